@@ -1,0 +1,57 @@
+# Everything a fresh machine needs: `make up` runs the service, `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
+GOOGLE_API_PROTOS := annotations http httpbody
+
+.PHONY: up test install gen lint format bench clean
+
+up: gen
+	exec $(BIN)/analytics up
+
+test: gen lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# gen/platformq must exist when the editable install maps it; its subpackages are generated below.
+$(STAMP): pyproject.toml | $(BIN)/python
+	mkdir -p gen/platformq && touch gen/platformq/__init__.py
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Generated code is not committed: the descriptor set for Envoy and the Python stubs are built
+# here from protos/, with google/api protos taken from the installed googleapis-common-protos.
+build/.gen: $(PROTOS) buf.yaml $(STAMP)
+	rm -rf build/third_party gen/platformq/analytics
+	mkdir -p build/third_party/googleapis/google/api
+	for p in $(GOOGLE_API_PROTOS); do cp $(SITE)/google/api/$$p.proto build/third_party/googleapis/google/api/; done
+	$(BIN)/buf build -o build/descriptor.binpb
+	$(BIN)/python -m grpc_tools.protoc -I protos -I $(SITE) \
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch gen/platformq/analytics/__init__.py gen/platformq/analytics/v1/__init__.py
+	touch $@
+
+gen: build/.gen
+
+lint: gen
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: gen
+	$(BIN)/buf format -w
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf build gen $(VENV) data

@@ -1,0 +1,1 @@
+"""The gateway: the Envoy config template and its renderer, and the WebSocket bridge."""

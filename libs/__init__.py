@@ -1,0 +1,1 @@
+"""Code shared by every service: configuration, errors, logging, the gRPC server scaffold."""

@@ -1,0 +1,136 @@
+"""Configuration from the environment, with the seed's variable names.
+
+A missing or bad value stops start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs.errors import ConfigError
+
+SERVICE_NAMES = ("query-router", "realtime", "ml", "monitoring")
+
+# Default gRPC port of each service when it runs alone (distributed mode).
+DEFAULT_SERVICE_PORTS = {"query-router": 50051, "realtime": 50052, "ml": 50053, "monitoring": 50054}
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each field reads the upper-case environment variable."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=True, case_sensitive=False
+    )
+
+    service_name: str = "analytics"
+    """SERVICE_NAME: the name this process logs and reports under."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+
+    bind_host: str = "127.0.0.1"
+    """BIND_HOST: the address every server listens on (loopback by default)."""
+
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """GRPC_PORT: the gRPC port; defaults to 50051 for `serve all`, or the service's own port."""
+
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    """GATEWAY_PORT: the Envoy port serving REST, gRPC and WebSocket."""
+
+    envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
+    """ENVOY_ADMIN_PORT: Envoy's admin port (loopback only)."""
+
+    ws_bridge_port: int = Field(default=8081, ge=0, le=65535)
+    """WS_BRIDGE_PORT: the WebSocket bridge and /health port behind Envoy."""
+
+    ws_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    """WS_HEARTBEAT_SECONDS: period of heartbeat frames on WebSocket streams."""
+
+    query_router_address: str = ""
+    """QUERY_ROUTER_ADDRESS: host:port of the query-router; empty means this host's GRPC_PORT."""
+
+    realtime_address: str = ""
+    """REALTIME_ADDRESS: host:port of realtime (comma-separated for replicas)."""
+
+    ml_address: str = ""
+    """ML_ADDRESS: host:port of the ml service."""
+
+    monitoring_address: str = ""
+    """MONITORING_ADDRESS: host:port of the monitoring service."""
+
+    data_dir: Path = Path("data")
+    """DATA_DIR: where WAL, segments, dashboards and models are stored."""
+
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """MAX_REQUEST_BYTES: the largest request body accepted (gateway and gRPC)."""
+
+    request_timeout_seconds: float = Field(default=60.0, gt=0)
+    """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""
+
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    """SHUTDOWN_GRACE_SECONDS: how long in-flight calls may finish after SIGTERM."""
+
+    pulsar_url: str = ""
+    """PULSAR_URL: pulsar://host:port of the broker; empty means the in-process bus."""
+
+    druid_broker_url: str = ""
+    """DRUID_BROKER_URL: Druid broker, for the Druid engine."""
+
+    druid_coordinator_url: str = ""
+    """DRUID_COORDINATOR_URL: Druid coordinator."""
+
+    druid_overlord_url: str = ""
+    """DRUID_OVERLORD_URL: Druid overlord, for ingestion tasks."""
+
+    ignite_host: str = ""
+    """IGNITE_HOST: Apache Ignite host for the distributed cache; empty means in-process."""
+
+    ignite_port: int = Field(default=10800, ge=1, le=65535)
+    """IGNITE_PORT: Apache Ignite thin-client port."""
+
+    elasticsearch_host: str = ""
+    """ELASTICSEARCH_HOST: Elasticsearch host for log search."""
+
+    trino_host: str = ""
+    """TRINO_HOST: Trino coordinator host, for the Trino engine."""
+
+    trino_port: int = Field(default=8080, ge=1, le=65535)
+    """TRINO_PORT: Trino coordinator port."""
+
+    mlflow_tracking_uri: str = ""
+    """MLFLOW_TRACKING_URI: MLflow tracking server; empty means a local store under DATA_DIR."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @cached_property
+    def grpc_bind_port(self) -> int:
+        """The gRPC port for `serve all` (50051 unless GRPC_PORT says otherwise)."""
+        return 50051 if self.grpc_port is None else self.grpc_port
+
+    def port_for(self, service: str) -> int:
+        """The gRPC port of one service run alone."""
+        return DEFAULT_SERVICE_PORTS[service] if self.grpc_port is None else self.grpc_port
+
+    def address_of(self, service: str) -> str:
+        """Where the gateway finds a service: its *_ADDRESS, else this host's gRPC port."""
+        explicit = getattr(self, f"{service.replace('-', '_')}_address")
+        return explicit or f"127.0.0.1:{self.grpc_bind_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,1 @@
+"""The four gRPC services of platformQ analytics and the `analytics` command that runs them."""

