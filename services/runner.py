@@ -33,7 +33,9 @@ async def _until_stop_signal() -> None:
 async def start_services(names: list[str], settings: Settings, port: int) -> RunningServer:
     """Start a gRPC server hosting the named services on `port` (0 picks one)."""
     bindings = [BINDERS[name](settings) for name in names]
-    return await start_server(bindings, settings.bind_host, port, settings.max_request_bytes)
+    # A JSON body's numbers can grow up to 4x as protobuf doubles ("1," is 2 bytes, a double 8), so
+    # gRPC messages may be 4x the gateway's REST body limit, which Envoy enforces itself.
+    return await start_server(bindings, settings.bind_host, port, 4 * settings.max_request_bytes)
 
 
 async def serve(target: str, settings: Settings, with_bridge: bool | None = None) -> None:

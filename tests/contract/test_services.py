@@ -1,0 +1,125 @@
+"""Contract tests: real grpc.aio servers on port 0, real stubs."""
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from platformq.analytics.v1 import (
+    ml_service_pb2,
+    ml_service_pb2_grpc,
+    monitoring_service_pb2,
+    monitoring_service_pb2_grpc,
+    query_service_pb2,
+    query_service_pb2_grpc,
+    realtime_service_pb2,
+    realtime_service_pb2_grpc,
+)
+
+API_SERVICES = {
+    "platformq.analytics.v1.QueryService",
+    "platformq.analytics.v1.RealtimeService",
+    "platformq.analytics.v1.MLService",
+    "platformq.analytics.v1.MonitoringService",
+}
+
+
+async def test_health_reports_each_service(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for name in ["", *API_SERVICES]:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Check(health_pb2.HealthCheckRequest(service="platformq.analytics.v1.Nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_the_four_services(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    reply = await call.read()
+    names = {s.name for s in reply.list_services_response.service}
+    assert names >= API_SERVICES
+    assert "grpc.health.v1.Health" in names
+
+
+def _unimplemented_calls(channel):
+    q = query_service_pb2_grpc.QueryServiceStub(channel)
+    r = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
+    m = ml_service_pb2_grpc.MLServiceStub(channel)
+    mon = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
+    seed_query = query_service_pb2.QueryRequest(metrics=["cpu_usage"], time_range="1h")
+    detect = json_format.ParseDict(
+        {"simulation_id": "sim-123", "metrics": {"cpu": 95.0}, "config": {"method": "isolation_forest"}},
+        ml_service_pb2.DetectAnomaliesRequest(),
+    )
+    return {
+        "Query": (q.Query(seed_query), "query execution"),
+        "QueryTimeseries": (
+            q.QueryTimeseries(
+                query_service_pb2.QueryTimeseriesRequest(metrics=["x"], intervals=["2024-01-01/P1D"])
+            ),
+            "timeseries",
+        ),
+        "Explain": (q.Explain(query_service_pb2.ExplainRequest(query=seed_query)), "planning"),
+        "GetCapabilities": (q.GetCapabilities(query_service_pb2.GetCapabilitiesRequest()), "capabilities"),
+        "GetMetadata": (q.GetMetadata(query_service_pb2.GetMetadataRequest(datasource="d")), "metadata"),
+        "IngestMetrics": (r.IngestMetrics(realtime_service_pb2.IngestMetricsRequest()), "ingest"),
+        "DetectAnomalies": (m.DetectAnomalies(detect), "anomaly detection"),
+        "Forecast": (m.Forecast(ml_service_pb2.ForecastRequest(metric="cpu", horizon=3)), "forecasting"),
+        "PredictMaintenance": (
+            m.PredictMaintenance(ml_service_pb2.PredictMaintenanceRequest(entity_id="e", sensors={"s": 1})),
+            "maintenance",
+        ),
+        "TrainOnline": (
+            m.TrainOnline(ml_service_pb2.TrainOnlineRequest(model_name="m", samples=[{"target": 1}])),
+            "online training",
+        ),
+        "Monitor": (mon.Monitor(monitoring_service_pb2.MonitorRequest(scope="platform")), "monitor scopes"),
+        "GetDashboard": (
+            mon.GetDashboard(monitoring_service_pb2.GetDashboardRequest(type="t")),
+            "dashboards",
+        ),
+        "CreateDashboard": (
+            mon.CreateDashboard(monitoring_service_pb2.CreateDashboardRequest(name="n", type="t")),
+            "dashboards",
+        ),
+        "ExportPrometheus": (
+            mon.ExportPrometheus(monitoring_service_pb2.ExportPrometheusRequest()),
+            "Prometheus",
+        ),
+    }
+
+
+async def test_unbuilt_rpcs_answer_unimplemented_naming_the_capability(channel):
+    for rpc, (call, capability) in _unimplemented_calls(channel).items():
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, rpc
+        assert capability in err.value.details() and "not built yet" in err.value.details(), rpc
+
+
+async def test_streaming_rpcs_answer_unimplemented(channel):
+    stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
+    batch = realtime_service_pb2.IngestMetricsStreamRequest(batch=realtime_service_pb2.IngestMetricsRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.IngestMetricsStream(iter([batch]))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    call = stub.Subscribe(realtime_service_pb2.SubscribeRequest(stream_type="metrics", stream_id="cpu"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    call = stub.Subscribe(realtime_service_pb2.SubscribeRequest(stream_type="weather", stream_id="x"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("stream_type: ")
+
+
+async def test_invalid_argument_names_field_and_reason(channel):
+    stub = query_service_pb2_grpc.QueryServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Query(query_service_pb2.QueryRequest(metrics=["cpu_usage"], mode="fast"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "mode: 'fast' is not allowed; use one of auto, batch, realtime, cache"

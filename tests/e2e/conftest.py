@@ -1,0 +1,71 @@
+"""The stack as `make up` starts it (`analytics up`: Envoy + `serve all`), on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT, alive, descendants, free_port, wait_until
+
+ANALYTICS = str(Path(sys.executable).with_name("analytics"))
+
+
+@dataclass
+class Stack:
+    base: str
+    gateway_port: int
+    grpc_port: int
+    env: dict[str, str]
+    process: subprocess.Popen
+
+
+def stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a stack on fresh loopback ports."""
+    return {
+        **os.environ,
+        "GATEWAY_PORT": str(free_port()),
+        "ENVOY_ADMIN_PORT": str(free_port()),
+        "WS_BRIDGE_PORT": str(free_port()),
+        "GRPC_PORT": str(free_port()),
+        "DATA_DIR": str(data_dir),
+        "SHUTDOWN_GRACE_SECONDS": "1",
+        **extra,
+    }
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def stop_and_check_nothing_left(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the launcher and assert every process it started is gone."""
+    children = descendants(process.pid)
+    assert children, "the launcher started no processes"
+    process.send_signal(sig)
+    process.wait(timeout=30)
+    wait_until(lambda: not any(alive(pid) for pid in children), 10, "every child to exit")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    env = stack_env(tmp_path_factory.mktemp("stack"), WS_HEARTBEAT_SECONDS="0.3", MAX_REQUEST_BYTES="1048576")
+    process = subprocess.Popen([ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    port = int(env["GATEWAY_PORT"])
+    try:
+        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
+        assert process.poll() is None, "analytics up exited during start-up"
+        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
+    finally:
+        if process.poll() is None:
+            stop_and_check_nothing_left(process)

@@ -1,0 +1,215 @@
+"""End-to-end through the real Envoy on the gateway port: REST, gRPC, WebSocket, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from platformq.analytics.v1 import query_service_pb2, query_service_pb2_grpc
+from tests.e2e.conftest import ANALYTICS
+
+SEED_EXAMPLES = [
+    (
+        "/api/v1/query",
+        '{"metrics": ["cpu_usage", "memory_usage"], "time_range": "1h", "group_by": ["service_name"], "mode": "auto"}',
+    ),
+    (
+        "/api/v1/query/timeseries",
+        '{"datasource": "platform_metrics", "metrics": ["request_rate", "error_rate"], '
+        '"intervals": ["2024-01-01/2024-01-02"], "granularity": "hour"}',
+    ),
+    (
+        "/api/v1/ml/detect-anomalies",
+        '{"simulation_id": "sim-123", "metrics": {"cpu": 95.0, "memory": 87.5, "disk_io": 1200}, '
+        '"config": {"method": "isolation_forest", "sensitivity": 0.95}}',
+    ),
+    (
+        "/api/v1/dashboards",
+        '{"name": "Service Performance", "type": "service-metrics", "config": {"services": ["auth-service", '
+        '"analytics-service"], "metrics": ["latency", "throughput", "error_rate"], "time_range": "24h"}, '
+        '"refresh_interval": 30}',
+    ),
+]
+
+# Every other REST endpoint of ARCHITECTURE.md's table, with a body the RPC accepts.
+OTHER_ENDPOINTS = [
+    ("GET", "/api/v1/analytics/capabilities", None),
+    ("GET", "/api/v1/analytics/metadata/platform_metrics", None),
+    ("POST", "/api/v1/metrics/ingest", '{"points": [{"name": "cpu_usage", "value": 1, "timestamp_ms": 1}]}'),
+    ("POST", "/api/v1/ml/forecast", '{"metric": "cpu_usage", "horizon": 24}'),
+    ("POST", "/api/v1/ml/predict-maintenance", '{"entity_id": "engine-1", "sensors": {"s2": 641.8}}'),
+    (
+        "POST",
+        "/api/v1/ml/train-online",
+        '{"model_name": "m", "samples": [{"features": {"x": 1}, "target": 2}]}',
+    ),
+    ("GET", "/api/v1/monitor/platform", None),
+    ("GET", "/api/v1/monitor/service?id=auth-service&time_range=1h", None),
+    ("GET", "/api/v1/dashboards/service-metrics", None),
+    ("GET", "/api/v1/export/prometheus", None),
+]
+
+
+def http(stack, method: str, path: str, body: str | bytes | None = None) -> tuple[int, dict, dict]:
+    data = body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(
+        stack.base + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, dict(reply.headers), json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"{}")
+
+
+def test_health_lists_every_service(stack):
+    status, _, body = http(stack, "GET", "/health")
+    assert status == 200
+    assert body["status"] == "SERVING"
+    assert set(body["services"]) == {"query-router", "realtime", "ml", "monitoring", "ws-bridge"}
+    assert set(body["services"].values()) == {"SERVING"}
+
+
+@pytest.mark.parametrize(("path", "body"), SEED_EXAMPLES, ids=[p for p, _ in SEED_EXAMPLES])
+def test_seed_examples_reach_their_rpc(stack, path, body):
+    status, headers, reply = http(stack, "POST", path, body)
+    # 501 comes from the RPC itself (UNIMPLEMENTED, gRPC code 12), never from the gateway.
+    assert status in (200, 501), reply
+    if status == 501:
+        assert reply["code"] == 12 and "not built yet" in reply["message"]
+    assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OTHER_ENDPOINTS, ids=[p for _, p, _ in OTHER_ENDPOINTS])
+def test_every_rest_endpoint_is_routed(stack, method, path, body):
+    status, _, reply = http(stack, method, path, body)
+    assert status in (200, 501), reply
+    if status == 501:
+        assert reply["code"] == 12 and "not built yet" in reply["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "expected"),
+    [
+        (
+            "/api/v1/query",
+            '{"metrics": ["cpu_usage"], "mode": "fast"}',
+            400,
+            "mode: 'fast' is not allowed; use one of auto, batch, realtime, cache",
+        ),
+        ("/api/v1/query", '{"metrics": ["cpu_usage"], "mode": ', 400, "Unexpected end of string"),
+        ("/api/v1/query", '{"metrics": 5}', 400, "metrics"),
+        ("/api/v1/query", '{"metrics": ["a"], "time_range": 60}', 400, "time_range"),
+        # Envoy's transcoder drops unknown body fields (no option to reject them, see docs/api.md);
+        # the service then names the field that is missing.
+        ("/api/v1/query", '{"metricz": ["a"]}', 400, "metrics: give at least one metric"),
+        (
+            "/api/v1/query/timeseries",
+            '{"metrics": ["a"], "intervals": ["2024-01-01/2024-01-02"], "granularity": "fortnight"}',
+            400,
+            "granularity: 'fortnight' is not a granularity",
+        ),
+        ("/api/v1/ml/detect-anomalies", '{"metrics": {"cpu": "high"}}', 400, "metrics[0].value"),
+        (
+            "/api/v1/dashboards",
+            '{"name": "x", "type": "t", "refresh_interval": -5}',
+            400,
+            "refresh_interval: must not be negative",
+        ),
+    ],
+)
+def test_bad_input_gets_400_naming_the_problem(stack, path, body, status, expected):
+    got, headers, reply = http(stack, "POST", path, body)
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    assert expected in reply["message"]
+    assert http(stack, "GET", "/health")[0] == 200  # still serving
+
+
+def test_bad_scope_is_400(stack):
+    status, _, reply = http(stack, "GET", "/api/v1/monitor/galaxy")
+    assert status == 400
+    assert reply["message"].startswith("scope: 'galaxy' is not a scope")
+
+
+def test_body_over_the_limit_is_413(stack):
+    big = '{"sql": "' + "x" * (2 * 1024 * 1024) + '"}'
+    status, headers, reply = http(stack, "POST", "/api/v1/query", big)
+    assert status == 413
+    assert headers["content-type"] == "application/json"
+    assert reply["code"] == 413
+    assert http(stack, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/nope", "/api/v1/nothing-here", "/api/v2/query"])
+def test_unknown_path_is_404_json(stack, path):
+    status, headers, reply = http(stack, "GET", path)
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert reply == {"code": 404, "message": "no route for this path; the README lists the REST endpoints"}
+
+
+def test_native_grpc_through_the_gateway(stack):
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Query(query_service_pb2.QueryRequest(metrics=["cpu_usage"], mode="fast"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("mode: ")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetCapabilities(query_service_pb2.GetCapabilitiesRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_through_the_gateway_lists_the_four_services(stack):
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in next(replies).list_services_response.service}
+    assert {
+        "platformq.analytics.v1.QueryService",
+        "platformq.analytics.v1.RealtimeService",
+        "platformq.analytics.v1.MLService",
+        "platformq.analytics.v1.MonitoringService",
+    } <= names
+
+
+async def test_websocket_through_the_gateway(stack):
+    url = f"ws://127.0.0.1:{stack.gateway_port}/api/v1/ws/metrics/cpu_usage"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["type"] == "hello"
+        assert (hello["stream_type"], hello["stream_id"]) == ("metrics", "cpu_usage")
+        heartbeat = await ws.receive_json(timeout=5)
+        assert heartbeat["type"] == "heartbeat"
+        assert heartbeat["server_time_ms"] >= hello["server_time_ms"]
+
+
+async def test_websocket_unknown_stream_type_is_404(stack):
+    url = f"ws://127.0.0.1:{stack.gateway_port}/api/v1/ws/weather/today"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await session.ws_connect(url)
+    assert err.value.status == 404
+
+
+def test_rendered_config_passes_envoy_validation(stack, tmp_path):
+    config = Path(stack.env["DATA_DIR"]) / "gateway" / "envoy.yaml"
+    envoy = str(Path(ANALYTICS).with_name("envoy"))
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
