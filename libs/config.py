@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     """DATA_DIR: where WAL, segments, dashboards and models are stored."""
 
     max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    """MAX_REQUEST_BYTES: the largest request body accepted (gateway and gRPC)."""
+    """MAX_REQUEST_BYTES: the largest REST body the gateway accepts (413 above); gRPC messages may be 4x."""
 
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""
