@@ -59,13 +59,19 @@ def stop_and_check_nothing_left(process: subprocess.Popen, sig: int = signal.SIG
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    env = stack_env(tmp_path_factory.mktemp("stack"), WS_HEARTBEAT_SECONDS="0.3", MAX_REQUEST_BYTES="1048576")
-    process = subprocess.Popen([ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    data_dir = tmp_path_factory.mktemp("stack")
+    env = stack_env(data_dir, WS_HEARTBEAT_SECONDS="0.3", MAX_REQUEST_BYTES="1048576")
+    # Logs of Envoy and the services go to a file, read back when start-up fails.
+    log = (data_dir / "stack.log").open("w")
+    process = subprocess.Popen(
+        [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+    )
     port = int(env["GATEWAY_PORT"])
     try:
         wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
-        assert process.poll() is None, "analytics up exited during start-up"
+        assert process.poll() is None, (data_dir / "stack.log").read_text()[-4000:]
         yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
     finally:
         if process.poll() is None:
             stop_and_check_nothing_left(process)
+        log.close()
