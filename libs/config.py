@@ -75,6 +75,45 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     """SHUTDOWN_GRACE_SECONDS: how long in-flight calls may finish after SIGTERM."""
 
+    hot_max_points: int = Field(default=20_000_000, gt=0)
+    """HOT_MAX_POINTS: the hot tier's memory bound in points (24 bytes each); ingest waits above it."""
+
+    hot_flush_points: int = Field(default=2_000_000, gt=0)
+    """HOT_FLUSH_POINTS: hot points that trigger a flush into Parquet segments."""
+
+    hot_flush_seconds: float = Field(default=30.0, gt=0)
+    """HOT_FLUSH_SECONDS: the longest a point stays only in the hot tier (and the WAL)."""
+
+    retention_days: float = Field(default=30.0, gt=0)
+    """RETENTION_DAYS: how long segments are kept, unless RETENTION_OVERRIDES says otherwise."""
+
+    retention_overrides: str = ""
+    """RETENTION_OVERRIDES: per-datasource retention in days, e.g. "tsbs=3650,platform_metrics=7"."""
+
+    query_cache_ttl_seconds: float = Field(default=60.0, ge=0)
+    """QUERY_CACHE_TTL_SECONDS: how long a query result is cached (0 turns the cache off)."""
+
+    dashboard_cache_ttl_seconds: float = Field(default=30.0, ge=0)
+    """DASHBOARD_CACHE_TTL_SECONDS: how long dashboard panel data is cached."""
+
+    ml_cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    """ML_CACHE_TTL_SECONDS: how long ML predictions are cached."""
+
+    cache_max_entries: int = Field(default=10_000, gt=0)
+    """CACHE_MAX_ENTRIES: entries the in-process cache keeps before evicting the oldest."""
+
+    query_max_points_per_series: int = Field(default=11_000, gt=0)
+    """QUERY_MAX_POINTS_PER_SERIES: a step giving more points per series is refused."""
+
+    query_max_series: int = Field(default=10_000, gt=0)
+    """QUERY_MAX_SERIES: the most series one answer may hold."""
+
+    sql_max_rows: int = Field(default=100_000, gt=0)
+    """SQL_MAX_ROWS: the most rows a SQL query returns."""
+
+    demo: bool = True
+    """DEMO: `make up` feeds a simulated platform through the ingest API (DEMO=0 turns it off)."""
+
     pulsar_url: str = ""
     """PULSAR_URL: pulsar://host:port of the broker; empty means the in-process bus."""
 
@@ -109,6 +148,20 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @cached_property
+    def retention_by_datasource(self) -> dict[str, float]:
+        """RETENTION_OVERRIDES parsed into {datasource: days}."""
+        out: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in self.retention_overrides.split(","))):
+            name, sep, days = item.partition("=")
+            try:
+                out[name.strip()] = float(days)
+            except ValueError:
+                raise ConfigError(f"RETENTION_OVERRIDES: {item!r} is not datasource=days") from None
+            if not sep or out[name.strip()] <= 0:
+                raise ConfigError(f"RETENTION_OVERRIDES: {item!r} is not datasource=days (days > 0)")
+        return out
 
     @cached_property
     def grpc_bind_port(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from grpc import aio
@@ -22,7 +22,6 @@ class ServiceBinding:
     name: str
     full_name: str
     register: Callable[[aio.Server], None]
-    close: Callable[[], object] | None = None
 
 
 @dataclass
@@ -33,22 +32,25 @@ class RunningServer:
     health: health.aio.HealthServicer
     port: int
     bindings: tuple[ServiceBinding, ...]
+    on_stop: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        for binding in self.bindings:
-            if binding.close is not None:
-                result = binding.close()
-                if hasattr(result, "__await__"):
-                    await result
+        for callback in self.on_stop:
+            await callback()
 
 
 async def start_server(
-    bindings: list[ServiceBinding], host: str, port: int, max_message_bytes: int
+    bindings: list[ServiceBinding],
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    on_stop: tuple[Callable[[], Awaitable[None]], ...] = (),
 ) -> RunningServer:
-    """Start a grpc.aio server hosting `bindings`; port 0 picks a free port."""
+    """Start a grpc.aio server hosting `bindings`; port 0 picks a free port. `on_stop` callbacks
+    run after the server has stopped (to flush and close shared resources)."""
     server = aio.server(
         interceptors=[ExceptionToStatusInterceptor()],
         options=[
@@ -71,4 +73,4 @@ async def start_server(
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("grpc server listening", extra={"address": f"{host}:{bound}", "services": names})
-    return RunningServer(server, health_servicer, bound, tuple(bindings))
+    return RunningServer(server, health_servicer, bound, tuple(bindings), tuple(on_stop))

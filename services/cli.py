@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run one service, or all of them in one process")
     serve.add_argument("target", choices=["all", *SERVICE_NAMES])
+    serve.add_argument("--demo", action="store_true", help="also feed the simulated platform (make up)")
     commands.add_parser("bridge", help="run the WebSocket bridge and /health alone")
     commands.add_parser("up", help="run Envoy and `serve all` in the foreground (what `make up` runs)")
     config = commands.add_parser("gateway-config", help="render the Envoy config")
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             from services.runner import serve
 
-            asyncio.run(serve(args.target, settings))
+            asyncio.run(serve(args.target, settings, with_demo=args.demo))
         elif args.command == "bridge":
             from services.runner import serve_bridge
 

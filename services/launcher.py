@@ -91,7 +91,7 @@ def run_local_stack(settings: Settings) -> int:
         "--log-format",
         ENVOY_LOG_FORMAT,
     ]
-    serve_cmd = [sys.executable, "-m", "services.cli", "serve", "all"]
+    serve_cmd = [sys.executable, "-m", "services.cli", "serve", "all", *(["--demo"] if settings.demo else [])]
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from libs.config import SERVICE_NAMES, Settings
 from libs.grpc_server import RunningServer, ServiceBinding, start_server
 from services import ml, monitoring, query_router, realtime
+from services.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
-BINDERS: dict[str, Callable[[Settings], ServiceBinding]] = {
+BINDERS: dict[str, Callable[[ServiceContext], ServiceBinding]] = {
     "query-router": query_router.binding,
     "realtime": realtime.binding,
     "ml": ml.binding,
@@ -31,28 +32,46 @@ async def _until_stop_signal() -> None:
 
 
 async def start_services(names: list[str], settings: Settings, port: int) -> RunningServer:
-    """Start a gRPC server hosting the named services on `port` (0 picks one)."""
-    bindings = [BINDERS[name](settings) for name in names]
+    """Open the shared resources, then start a gRPC server hosting the named services on `port`
+    (0 picks one). Stopping the server flushes the store."""
+    context = ServiceContext(settings)
+    bindings = [BINDERS[name](context) for name in names]
+    await context.start()
     # A JSON body's numbers can grow up to 4x as protobuf doubles ("1," is 2 bytes, a double 8), so
     # gRPC messages may be 4x the gateway's REST body limit, which Envoy enforces itself.
-    return await start_server(bindings, settings.bind_host, port, 4 * settings.max_request_bytes)
+    return await start_server(
+        bindings, settings.bind_host, port, 4 * settings.max_request_bytes, on_stop=(context.close,)
+    )
 
 
-async def serve(target: str, settings: Settings, with_bridge: bool | None = None) -> None:
-    """Serve `target` ("all" or one service name) until a stop signal, then stop gracefully."""
+async def serve(target: str, settings: Settings, with_demo: bool = False) -> None:
+    """Serve `target` ("all" or one service name) until a stop signal, then stop gracefully.
+
+    With `all` the ws bridge runs in the same process; `with_demo` also feeds the simulated
+    platform through the public ingest API.
+    """
     names = list(SERVICE_NAMES) if target == "all" else [target]
     port = settings.grpc_bind_port if target == "all" else settings.port_for(target)
     server = await start_services(names, settings, port)
     bridge_runner = bridge = None
-    if with_bridge if with_bridge is not None else target == "all":
+    if target == "all":
         from gateway.ws_bridge import start_bridge
 
         bridge_runner, bridge, _ = await start_bridge(settings)
+    demo_stop = asyncio.Event()
+    demo = None
+    if with_demo:
+        from services.demo.feed import run_feed
+
+        demo = asyncio.create_task(run_feed(f"127.0.0.1:{server.port}", stop=demo_stop), name="demo-feed")
 
     log.info("serving", extra={"target": target, "grpc_port": server.port})
     await _until_stop_signal()
 
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_seconds})
+    if demo is not None:
+        demo_stop.set()
+        await asyncio.gather(demo, return_exceptions=True)
     if bridge_runner is not None:
         await bridge_runner.cleanup()
         await bridge.close()

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from libs.config import Settings
 from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import ml_service_pb2, ml_service_pb2_grpc
+from services.context import ServiceContext
 from services.ml.core import MLCore
 from services.ml.servicer import MLServicer
 
 FULL_NAME = ml_service_pb2.DESCRIPTOR.services_by_name["MLService"].full_name
 
 
-def binding(settings: Settings) -> ServiceBinding:
+def binding(context: ServiceContext) -> ServiceBinding:
     """Build the ML core and servicer, ready to be added to a server."""
     servicer = MLServicer(MLCore())
     return ServiceBinding(

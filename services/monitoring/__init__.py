@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from libs.config import Settings
 from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import monitoring_service_pb2, monitoring_service_pb2_grpc
+from services.context import ServiceContext
 from services.monitoring.core import MonitoringCore
 from services.monitoring.servicer import MonitoringServicer
 
 FULL_NAME = monitoring_service_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
 
 
-def binding(settings: Settings) -> ServiceBinding:
+def binding(context: ServiceContext) -> ServiceBinding:
     """Build the monitoring core and servicer, ready to be added to a server."""
     servicer = MonitoringServicer(MonitoringCore())
     return ServiceBinding(

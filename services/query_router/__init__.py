@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from libs.config import Settings
 from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import query_service_pb2, query_service_pb2_grpc
-from services.query_router.core import QueryRouter
+from services.context import ServiceContext
+from services.query_router.core import Limits, QueryRouter
 from services.query_router.servicer import QueryServicer
 
 FULL_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 
 
-def binding(settings: Settings) -> ServiceBinding:
+def binding(context: ServiceContext) -> ServiceBinding:
     """Build the query-router's core and servicer, ready to be added to a server."""
-    servicer = QueryServicer(QueryRouter())
+    settings = context.settings
+    limits = Limits(
+        max_points_per_series=settings.query_max_points_per_series,
+        max_series=settings.query_max_series,
+        sql_max_rows=settings.sql_max_rows,
+        max_request_bytes=settings.max_request_bytes,
+        cache_ttl_seconds=settings.query_cache_ttl_seconds,
+    )
+    servicer = QueryServicer(QueryRouter(context.ensure_store(), context.cache, limits))
     return ServiceBinding(
         name="query-router",
         full_name=FULL_NAME,

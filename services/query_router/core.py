@@ -1,32 +1,373 @@
-"""The query router's core: plans and runs queries. Knows nothing of gRPC."""
+"""The query router's core: plans queries onto engines, runs fragments in parallel, merges and
+caches. Knows nothing of gRPC beyond the response messages it builds."""
 
 from __future__ import annotations
 
-from libs.errors import NotBuilt
-from services.query_router.spec import QuerySpec, TimeseriesSpec
+import asyncio
+import time
+from dataclasses import dataclass
 
-_PIPELINE = "it arrives with the metrics pipeline (storage, engines, routing and cache)"
+import pyarrow as pa
+
+from libs.cache import TtlCache
+from libs.errors import InvalidArgument, NotFound
+from libs.storage.series import SeriesCatalog
+from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
+from platformq.analytics.v1 import common_pb2
+from platformq.analytics.v1 import query_service_pb2 as pb
+from services.query_router.engine import Bucketing, FragmentResult, QueryEngine
+from services.query_router.planner import Plan, Window, plan, resolve_window
+from services.query_router.spec import (
+    AGGREGATIONS,
+    DEFAULT_DATASOURCE,
+    GRANULARITIES,
+    MODES,
+    QuerySpec,
+    TimeseriesSpec,
+)
+from services.query_router.sql_views import run_tenant_sql
+
+QUERY_CACHE = "query"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Query limits from the settings."""
+
+    max_points_per_series: int = 11_000
+    max_series: int = 10_000
+    sql_max_rows: int = 100_000
+    max_request_bytes: int = 16 * 1024 * 1024
+    cache_ttl_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The selected series and the group each belongs to."""
+
+    selection: pa.Table  # series_id UINT64, gid INT32
+    keys: list[tuple[str, tuple[str, ...]]]  # gid -> (metric, group label values)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class QueryRouter:
-    """Plans queries onto engines, runs the fragments, merges and caches the answers."""
+    """Plans queries onto the hot tier and segments, runs fragments in parallel, caches answers."""
 
-    async def query(self, spec: QuerySpec) -> object:
-        """Run a unified query."""
-        raise NotBuilt(f"query execution is not built yet: {_PIPELINE}")
+    def __init__(self, store: MetricStore, cache: TtlCache, limits: Limits) -> None:
+        self.store = store
+        self.cache = cache
+        self.limits = limits
+        self.engine = QueryEngine(store.segments.root)
 
-    async def query_timeseries(self, spec: TimeseriesSpec) -> object:
-        """Run a Druid-style timeseries query."""
-        raise NotBuilt(f"timeseries queries are not built yet: {_PIPELINE}")
+    # ---- unified query --------------------------------------------------------------------
+    async def query(self, spec: QuerySpec, tenant: str = DEFAULT_TENANT) -> pb.QueryResponse:
+        """Run a unified query (metrics or SQL), from the cache when a fresh answer is there."""
+        started = time.perf_counter()
+        if spec.sql:
+            return await self._sql(spec, tenant, started)
+        snapshot = self._snapshot(tenant, spec.datasource)
+        window = self._window(spec)
+        key = (tenant, _cache_key(spec, window))
+        # auto and cache consult the cache; batch and realtime always run their engines.
+        cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
+        if cached is not None:
+            response = pb.QueryResponse.FromString(cached)
+            response.metadata.cache_hit = True
+            response.metadata.engines[:] = ["cache"]
+            response.metadata.engine_time_ms.clear()
+            response.metadata.total_time_ms = (time.perf_counter() - started) * 1000
+            return response
+        groups = self._groups(snapshot, spec.metrics, spec.filters, spec.group_by, spec.limit)
+        the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
+        results = await self._run(the_plan, groups.selection, spec.aggregation, window.bucketing)
+        response = pb.QueryResponse(series=self._series(results, groups, spec.group_by, spec.aggregation))
+        self._metadata(response.metadata, the_plan, results, started)
+        self.cache.put(
+            QUERY_CACHE,
+            key,
+            response.SerializeToString(),
+            self.limits.cache_ttl_seconds,
+            scope=(tenant, spec.datasource, window.start, window.end),
+        )
+        return response
 
-    async def explain(self, spec: QuerySpec) -> object:
-        """Return the plan of a query without running it."""
-        raise NotBuilt(f"query planning is not built yet: {_PIPELINE}")
+    async def explain(self, spec: QuerySpec, tenant: str = DEFAULT_TENANT) -> pb.ExplainResponse:
+        """The plan a query would run, without running it."""
+        if spec.sql:
+            return pb.ExplainResponse(
+                plan=pb.QueryPlan(
+                    mode="batch",
+                    reason="SQL runs in one DuckDB pass",
+                    fragments=[pb.PlanFragment(engine="duckdb")],
+                )
+            )
+        snapshot = self._snapshot(tenant, spec.datasource)
+        the_plan = plan("auto" if spec.mode == "cache" else spec.mode, self._window(spec), snapshot)
+        return pb.ExplainResponse(plan=_plan_message(the_plan))
 
-    async def capabilities(self) -> object:
-        """List engines, modes, aggregations, granularities and limits."""
-        raise NotBuilt(f"capabilities are not built yet: {_PIPELINE}")
+    # ---- timeseries (Druid-style) ---------------------------------------------------------
+    async def query_timeseries(
+        self, spec: TimeseriesSpec, tenant: str = DEFAULT_TENANT
+    ) -> pb.QueryTimeseriesResponse:
+        """Run each aggregator over each interval and merge them into buckets."""
+        started = time.perf_counter()
+        snapshot = self._snapshot(tenant, spec.datasource)
+        aggregators = list(spec.aggregations) or [("avg", m, m) for m in spec.metrics]
+        buckets: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
+        all_results: list[FragmentResult] = []
+        last_plan: Plan | None = None
+        for start, end in spec.intervals:
+            bucketing = _granularity_bucketing(spec, start, end, self.limits.max_points_per_series)
+            window = Window(start, end, bucketing)
+            for kind, metric, name in aggregators:
+                groups = self._groups(snapshot, (metric,), spec.filters, spec.dimensions, 0)
+                last_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
+                results = await self._run(last_plan, groups.selection, kind, bucketing)
+                all_results += results
+                for result in results:
+                    cols = result.table.to_pydict()
+                    for gid, bucket, value in zip(cols["gid"], cols["bucket"], cols["value"], strict=True):
+                        buckets.setdefault((bucket, groups.keys[gid][1]), {})[name] = value
+        response = pb.QueryTimeseriesResponse()
+        from libs.timeparse import format_time_ms
 
-    async def metadata(self, datasource: str) -> object:
-        """Describe one datasource."""
-        raise NotBuilt(f"datasource metadata is not built yet: {_PIPELINE}")
+        for (bucket, dims), result in sorted(buckets.items()):
+            response.results.add(
+                timestamp=format_time_ms(bucket),
+                dimensions=dict(zip(spec.dimensions, dims, strict=True)),
+                result=result,
+            )
+        if last_plan is not None:
+            self._metadata(response.metadata, last_plan, all_results, started)
+        return response
+
+    # ---- capabilities and metadata --------------------------------------------------------
+    async def capabilities(self) -> pb.GetCapabilitiesResponse:
+        """What this deployment supports."""
+        return pb.GetCapabilitiesResponse(
+            engines=["hot", "duckdb", "cache"],
+            modes=list(MODES),
+            aggregations=[*AGGREGATIONS],
+            granularities=list(GRANULARITIES),
+            limits=pb.Limits(
+                max_points_per_series=self.limits.max_points_per_series,
+                max_series=self.limits.max_series,
+                max_request_bytes=self.limits.max_request_bytes,
+            ),
+        )
+
+    async def metadata(self, datasource: str, tenant: str = DEFAULT_TENANT) -> pb.GetMetadataResponse:
+        """Metrics, label keys with cardinality, time range and point count of a datasource."""
+        from libs.timeparse import format_time_ms
+
+        snapshot = self._snapshot(tenant, datasource)
+        counts = await asyncio.to_thread(self._point_counts, snapshot)
+        response = pb.GetMetadataResponse(datasource=datasource)
+        for metric, sids in sorted(snapshot.catalog.by_metric.items()):
+            points = sum(counts.get(sid, 0) for sid in sids)
+            response.metrics.add(name=metric, series_count=len(sids), point_count=points)
+        for key, values in sorted(snapshot.catalog.label_values.items()):
+            response.label_keys.add(key=key, cardinality=len(values))
+        response.point_count = sum(counts.values())
+        spans = [(s.min_ts, s.max_ts) for s in snapshot.segments]
+        if snapshot.hot_min_ts is not None:
+            spans.append((snapshot.hot_min_ts, snapshot.hot_max_ts))
+        if spans:
+            response.start = format_time_ms(min(lo for lo, _ in spans))
+            response.end = format_time_ms(max(hi for _, hi in spans))
+        return response
+
+    def _point_counts(self, snapshot: Snapshot) -> dict[int, int]:
+        from services.query_router.engine import Fragment
+
+        everything = Fragment("duckdb", -(2**62), 2**62, snapshot.segments, snapshot.hot)
+        sids = list(snapshot.catalog.by_id)
+        if not sids:
+            return {}
+        selection = pa.table(
+            {"series_id": pa.array(sids, pa.uint64()), "gid": pa.array(range(len(sids)), pa.int32())}
+        )
+        result = self.engine.run(everything, selection, "count", Bucketing(None, "all"))
+        cols = result.table.to_pydict()
+        return {sids[g]: int(v) for g, v in zip(cols["gid"], cols["value"], strict=True)}
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _snapshot(self, tenant: str, datasource: str) -> Snapshot:
+        snapshot = self.store.snapshot(tenant, datasource)
+        if snapshot is None and datasource == DEFAULT_DATASOURCE:
+            # The default datasource always exists, empty until the first point arrives.
+            return Snapshot(SeriesCatalog(), None, None, None, ())
+        if snapshot is None:
+            known = ", ".join(self.store.datasources(tenant)) or "none yet"
+            raise NotFound(f"{datasource!r} does not exist (known: {known})", "datasource")
+        return snapshot
+
+    def _window(self, spec: QuerySpec) -> Window:
+        return resolve_window(
+            spec.lookback_ms,
+            spec.start_ms,
+            spec.end_ms,
+            spec.step_ms,
+            _now_ms(),
+            self.limits.max_points_per_series,
+        )
+
+    def _groups(self, snapshot: Snapshot, metrics, filters, group_by, limit: int) -> Groups:
+        catalog = snapshot.catalog
+        known_labels = set(catalog.label_values)
+        for i, label in enumerate(group_by):
+            if label not in known_labels:
+                raise InvalidArgument(f"label {label!r} does not exist in this datasource", f"group_by[{i}]")
+        sids = catalog.select(metrics, [(f.label, f.op, f.values) for f in filters])
+        key_of: dict[tuple[str, tuple[str, ...]], int] = {}
+        gids = []
+        for sid in sids:
+            series = catalog.by_id[sid]
+            labels = series.label_map
+            key = (series.metric, tuple(labels.get(label, "") for label in group_by))
+            gids.append(key_of.setdefault(key, len(key_of)))
+        keys = list(key_of)
+        order = sorted(range(len(keys)), key=lambda g: keys[g])
+        if limit:
+            order = order[:limit]
+        elif len(keys) > self.limits.max_series:
+            raise InvalidArgument(
+                f"the query matches {len(keys)} series; at most {self.limits.max_series} can be returned: "
+                "add filters, group by fewer labels or set limit",
+                "limit",
+            )
+        allowed = set(order)
+        chosen = [(sid, gid) for sid, gid in zip(sids, gids, strict=True) if gid in allowed]
+        selection = pa.table(
+            {
+                "series_id": pa.array([s for s, _ in chosen], pa.uint64()),
+                "gid": pa.array([g for _, g in chosen], pa.int32()),
+            }
+        )
+        return Groups(selection, keys)
+
+    async def _run(
+        self, the_plan: Plan, selection: pa.Table, aggregation: str, bucketing: Bucketing
+    ) -> list[FragmentResult]:
+        # Fragments run in worker threads at once; DuckDB releases the GIL while it scans.
+        return list(
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(self.engine.run, fragment, selection, aggregation, bucketing)
+                    for fragment in the_plan.fragments
+                )
+            )
+        )
+
+    def _series(
+        self, results: list[FragmentResult], groups: Groups, group_by, aggregation: str
+    ) -> list[common_pb2.SeriesResult]:
+        points: dict[int, list[tuple[int, float]]] = {}
+        for result in results:
+            cols = result.table.to_pydict()
+            for gid, bucket, value in zip(cols["gid"], cols["bucket"], cols["value"], strict=True):
+                points.setdefault(gid, []).append((bucket, value))
+        out = []
+        for gid in sorted(points, key=lambda g: groups.keys[g]):
+            metric, values = groups.keys[gid]
+            series = common_pb2.SeriesResult(
+                metric=metric, group=dict(zip(group_by, values, strict=True)), aggregation=aggregation
+            )
+            for bucket, value in sorted(points[gid]):
+                series.points.add(timestamp_ms=bucket, value=value)
+            out.append(series)
+        return out
+
+    def _metadata(
+        self, meta: pb.QueryMetadata, the_plan: Plan, results: list[FragmentResult], started: float
+    ) -> None:
+        engines: dict[str, float] = {}
+        for result in results:
+            engines[result.engine] = engines.get(result.engine, 0.0) + result.seconds * 1000
+        meta.engines[:] = list(engines)
+        meta.engine_time_ms.update(engines)
+        meta.points_scanned = sum(r.scanned for r in results)
+        meta.cache_hit = False
+        meta.plan.CopyFrom(_plan_message(the_plan))
+        meta.total_time_ms = (time.perf_counter() - started) * 1000
+
+    async def _sql(self, spec: QuerySpec, tenant: str, started: float) -> pb.QueryResponse:
+        snapshots = {ds: self.store.snapshot(tenant, ds) for ds in self.store.datasources(tenant)}
+        columns, rows, seconds = await asyncio.to_thread(
+            run_tenant_sql,
+            self.store.segments.root,
+            tenant,
+            snapshots,
+            spec.sql,
+            spec.params,
+            self.limits.sql_max_rows,
+        )
+        response = pb.QueryResponse(columns=columns)
+        for row in rows:
+            response.rows.add().extend([_jsonable(v) for v in row])
+        meta = response.metadata
+        meta.engines[:] = ["duckdb"]
+        meta.engine_time_ms["duckdb"] = seconds * 1000
+        meta.plan.CopyFrom(
+            pb.QueryPlan(
+                mode="batch",
+                reason="SQL runs in one DuckDB pass over the tenant's views",
+                fragments=[pb.PlanFragment(engine="duckdb")],
+            )
+        )
+        meta.total_time_ms = (time.perf_counter() - started) * 1000
+        return response
+
+
+def _jsonable(value: object) -> object:
+    """A DuckDB value as something google.protobuf.Value accepts."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _plan_message(the_plan: Plan) -> pb.QueryPlan:
+    return pb.QueryPlan(
+        mode=the_plan.mode,
+        reason=the_plan.reason,
+        fragments=[
+            pb.PlanFragment(engine=f.engine, start_ms=f.start, end_ms=f.end) for f in the_plan.fragments
+        ],
+    )
+
+
+def _cache_key(spec: QuerySpec, window: Window) -> tuple:
+    return (
+        spec.datasource,
+        tuple(sorted(spec.metrics)),
+        spec.aggregation,
+        spec.group_by,
+        tuple(sorted((f.label, f.op, f.values) for f in spec.filters)),
+        window.start,
+        window.end,
+        window.bucketing,
+        spec.limit,
+    )
+
+
+def _granularity_bucketing(spec: TimeseriesSpec, start: int, end: int, max_points: int) -> Bucketing:
+    if spec.granularity in ("all", "month", "quarter", "year"):
+        return Bucketing(None, spec.granularity)
+    width = spec.granularity_ms
+    points = -(-(end - start) // width)
+    if points > max_points:
+        raise InvalidArgument(
+            f"granularity {spec.granularity!r} over this interval gives {points} buckets per series; "
+            f"at most {max_points} are allowed",
+            "granularity",
+        )
+    return Bucketing(width)

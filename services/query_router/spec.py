@@ -10,7 +10,7 @@ from libs.timeparse import parse_duration_ms, parse_interval_ms, parse_iso_durat
 from platformq.analytics.v1 import common_pb2, query_service_pb2
 
 MODES = ("auto", "batch", "realtime", "cache")
-AGGREGATIONS = ("avg", "sum", "min", "max", "count", "p50", "p90", "p95", "p99", "rate")
+AGGREGATIONS = ("avg", "sum", "min", "max", "count", "p50", "p90", "p95", "p99", "rate", "last")
 FILTER_OPS = ("=", "!=", "in", "regex")
 DEFAULT_DATASOURCE = "platform_metrics"
 LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from libs.config import Settings
 from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import realtime_service_pb2, realtime_service_pb2_grpc
+from services.context import ServiceContext
 from services.realtime.core import RealtimeCore
 from services.realtime.servicer import RealtimeServicer
 
 FULL_NAME = realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name
 
 
-def binding(settings: Settings) -> ServiceBinding:
+def binding(context: ServiceContext) -> ServiceBinding:
     """Build the realtime core and servicer, ready to be added to a server."""
-    servicer = RealtimeServicer(RealtimeCore())
+    servicer = RealtimeServicer(RealtimeCore(context.ensure_store(), context.bus, context.cache))
     return ServiceBinding(
         name="realtime",
         full_name=FULL_NAME,

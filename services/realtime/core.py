@@ -1,18 +1,40 @@
-"""The realtime core: durable ingest, hot tier, segments and live subscriptions. No gRPC here."""
+"""The realtime core: durable ingest into the store and publication on the bus. No gRPC here."""
 
 from __future__ import annotations
 
-from libs.errors import NotBuilt
+import logging
 
-_PIPELINE = "it arrives with the metrics pipeline (write-ahead log, hot tier and segments)"
+from libs.bus import Bus
+from libs.cache import TtlCache
+from libs.errors import NotBuilt
+from libs.storage.store import DEFAULT_TENANT, MetricStore
+from platformq.analytics.v1 import realtime_service_pb2 as pb
+from services.realtime.ingest import validate
+
+log = logging.getLogger(__name__)
 
 
 class RealtimeCore:
-    """Accepts metric batches durably and serves live updates."""
+    """Accepts metric batches durably, makes them queryable and publishes them."""
 
-    async def ingest(self, request: object) -> object:
-        """Make a batch durable and queryable."""
-        raise NotBuilt(f"metric ingest is not built yet: {_PIPELINE}")
+    def __init__(self, store: MetricStore, bus: Bus, cache: TtlCache | None = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.cache = cache
+
+    async def ingest(
+        self, request: pb.IngestMetricsRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.IngestMetricsResponse:
+        """Validate, store durably, invalidate cached answers over the new data, publish."""
+        batch = validate(request)
+        event = await self.store.ingest(tenant, batch.datasource, batch.series)
+        if event is not None:
+            if self.cache is not None:
+                lo = min(int(s.ts.min()) for s in batch.series)
+                hi = max(int(s.ts.max()) for s in batch.series)
+                self.cache.invalidate(tenant, batch.datasource, lo, hi)
+            await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
+        return pb.IngestMetricsResponse(accepted=batch.accepted, rejected=batch.rejected, errors=batch.errors)
 
     async def subscribe(self, stream_type: str, stream_id: str) -> object:
         """Follow one live stream."""

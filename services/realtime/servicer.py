@@ -11,6 +11,7 @@ from platformq.analytics.v1 import realtime_service_pb2 as pb
 from platformq.analytics.v1 import realtime_service_pb2_grpc
 from services.realtime.core import RealtimeCore
 
+MAX_STREAM_ERRORS = 100
 STREAM_TYPES = ("dashboard", "metrics", "anomalies", "analytics")
 
 
@@ -38,9 +39,15 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
     async def IngestMetricsStream(
         self, request_iterator: AsyncIterator[pb.IngestMetricsStreamRequest], context: aio.ServicerContext
     ) -> pb.IngestMetricsStreamResponse:
+        total = pb.IngestMetricsStreamResponse()
         async for item in request_iterator:
-            await self.core.ingest(item.batch)
-        return pb.IngestMetricsStreamResponse()
+            # Each batch is durable before the next is read; the answer totals them all.
+            reply = await self.core.ingest(item.batch)
+            total.accepted += reply.accepted
+            total.rejected += reply.rejected
+            room = MAX_STREAM_ERRORS - len(total.errors)
+            total.errors.extend(reply.errors[:room])
+        return total
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: aio.ServicerContext

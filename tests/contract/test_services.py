@@ -45,27 +45,13 @@ async def test_reflection_lists_the_four_services(channel):
 
 
 def _unimplemented_calls(channel):
-    q = query_service_pb2_grpc.QueryServiceStub(channel)
-    r = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
     m = ml_service_pb2_grpc.MLServiceStub(channel)
     mon = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
-    seed_query = query_service_pb2.QueryRequest(metrics=["cpu_usage"], time_range="1h")
     detect = json_format.ParseDict(
         {"simulation_id": "sim-123", "metrics": {"cpu": 95.0}, "config": {"method": "isolation_forest"}},
         ml_service_pb2.DetectAnomaliesRequest(),
     )
     return {
-        "Query": (q.Query(seed_query), "query execution"),
-        "QueryTimeseries": (
-            q.QueryTimeseries(
-                query_service_pb2.QueryTimeseriesRequest(metrics=["x"], intervals=["2024-01-01/P1D"])
-            ),
-            "timeseries",
-        ),
-        "Explain": (q.Explain(query_service_pb2.ExplainRequest(query=seed_query)), "planning"),
-        "GetCapabilities": (q.GetCapabilities(query_service_pb2.GetCapabilitiesRequest()), "capabilities"),
-        "GetMetadata": (q.GetMetadata(query_service_pb2.GetMetadataRequest(datasource="d")), "metadata"),
-        "IngestMetrics": (r.IngestMetrics(realtime_service_pb2.IngestMetricsRequest()), "ingest"),
         "DetectAnomalies": (m.DetectAnomalies(detect), "anomaly detection"),
         "Forecast": (m.Forecast(ml_service_pb2.ForecastRequest(metric="cpu", horizon=3)), "forecasting"),
         "PredictMaintenance": (
@@ -100,12 +86,8 @@ async def test_unbuilt_rpcs_answer_unimplemented_naming_the_capability(channel):
         assert capability in err.value.details() and "not built yet" in err.value.details(), rpc
 
 
-async def test_streaming_rpcs_answer_unimplemented(channel):
+async def test_subscribe_answers_unimplemented_and_checks_the_stream(channel):
     stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
-    batch = realtime_service_pb2.IngestMetricsStreamRequest(batch=realtime_service_pb2.IngestMetricsRequest())
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.IngestMetricsStream(iter([batch]))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     call = stub.Subscribe(realtime_service_pb2.SubscribeRequest(stream_type="metrics", stream_id="cpu"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call.read()

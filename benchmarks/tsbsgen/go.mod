@@ -1,0 +1,3 @@
+module platformq.local/benchmarks/tsbsgen
+
+go 1.22

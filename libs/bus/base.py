@@ -1,0 +1,55 @@
+"""The bus interface, shaped after Apache Pulsar: named topics, keyed ordering, shared or failover
+subscriptions, at-least-once delivery with acknowledgement, redelivery and a dead-letter topic."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from google.protobuf.message import Message
+
+SubscriptionMode = Literal["shared", "failover"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One delivered message: its topic, ordering key, protobuf payload bytes and delivery count."""
+
+    topic: str
+    key: str
+    payload: bytes
+    message_type: str
+    publish_time_ms: int
+    redelivery_count: int = 0
+
+    def decode(self, message_class: type[Message]) -> Message:
+        """Parse the payload as `message_class`."""
+        return message_class.FromString(self.payload)
+
+
+# A handler that returns normally acknowledges the message; one that raises asks for redelivery.
+Handler = Callable[[Envelope], Awaitable[None]]
+
+
+class Bus(Protocol):
+    """What services need of a bus; `InProcessBus` and the Pulsar bus both provide it."""
+
+    async def publish(self, topic: str, message: Message, key: str = "") -> None:
+        """Publish a protobuf message on `topic`; messages with the same key keep their order."""
+
+    async def subscribe(
+        self,
+        pattern: str,
+        subscription: str,
+        handler: Handler,
+        *,
+        mode: SubscriptionMode = "shared",
+        max_redeliveries: int = 3,
+    ) -> None:
+        """Deliver messages of every topic matching `pattern` (`*` matches one topic segment or
+        the rest) to `handler`; after `max_redeliveries` failures a message goes to
+        `<topic>.dlq`."""
+
+    async def close(self) -> None:
+        """Stop delivering and release resources."""

@@ -1,0 +1,109 @@
+"""The in-process bus of mode all: asyncio queues with the semantics of the Bus interface."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from libs.bus.base import Envelope, Handler, SubscriptionMode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Consumer:
+    handler: Handler
+    queue: asyncio.Queue[Envelope] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Subscription:
+    pattern: str
+    mode: SubscriptionMode
+    max_redeliveries: int
+    consumers: list[_Consumer] = field(default_factory=list)
+
+    def consumer_for(self, key: str) -> _Consumer:
+        # Shared: a key always goes to the same consumer, so order holds per key.
+        # Failover: the first consumer takes everything while it lives.
+        if self.mode == "failover":
+            return self.consumers[0]
+        return self.consumers[zlib.crc32(key.encode()) % len(self.consumers)]
+
+
+class InProcessBus:
+    """Topics and subscriptions inside one process; at-least-once with redelivery and a DLQ."""
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, _Subscription] = {}
+        self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0}
+
+    async def publish(self, topic: str, message: Message, key: str = "") -> None:
+        matching = [s for s in self._subscriptions.values() if fnmatch.fnmatchcase(topic, s.pattern)]
+        self.stats["published"] += 1
+        if not matching:
+            return
+        envelope = Envelope(
+            topic, key, message.SerializeToString(), message.DESCRIPTOR.full_name, int(time.time() * 1000)
+        )
+        for subscription in matching:
+            subscription.consumer_for(key).queue.put_nowait(envelope)
+
+    async def subscribe(
+        self,
+        pattern: str,
+        subscription: str,
+        handler: Handler,
+        *,
+        mode: SubscriptionMode = "shared",
+        max_redeliveries: int = 3,
+    ) -> None:
+        sub = self._subscriptions.setdefault(subscription, _Subscription(pattern, mode, max_redeliveries))
+        consumer = _Consumer(handler)
+        consumer.task = asyncio.create_task(self._consume(sub, consumer), name=f"bus:{subscription}")
+        sub.consumers.append(consumer)
+
+    async def _consume(self, sub: _Subscription, consumer: _Consumer) -> None:
+        while True:
+            envelope = await consumer.queue.get()
+            for attempt in range(sub.max_redeliveries + 1):
+                delivery = Envelope(**{**envelope.__dict__, "redelivery_count": attempt})
+                try:
+                    await consumer.handler(delivery)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.stats["redelivered"] += 1
+                    log.warning(
+                        "handler failed; redelivering",
+                        exc_info=True,
+                        extra={"topic": envelope.topic, "attempt": attempt + 1},
+                    )
+                    continue
+                self.stats["delivered"] += 1
+                break
+            else:
+                self.stats["dead_lettered"] += 1
+                log.error(
+                    "message dead-lettered", extra={"topic": envelope.topic, "dlq": f"{envelope.topic}.dlq"}
+                )
+                dlq = f"{envelope.topic}.dlq"
+                for other in self._subscriptions.values():
+                    if fnmatch.fnmatchcase(dlq, other.pattern):
+                        other.consumer_for(envelope.key).queue.put_nowait(
+                            Envelope(**{**envelope.__dict__, "topic": dlq})
+                        )
+
+    async def close(self) -> None:
+        tasks = [c.task for s in self._subscriptions.values() for c in s.consumers if c.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._subscriptions.clear()

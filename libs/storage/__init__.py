@@ -1,0 +1,1 @@
+"""Embedded storage: write-ahead log, hot tier, columnar segments."""

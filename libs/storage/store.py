@@ -1,0 +1,326 @@
+"""The metric store: write-ahead log, hot tier and segments working together.
+
+Ingest: validated series -> one MetricsBatchEvent -> WAL (group commit, fsync) -> hot tier; the
+call is acknowledged after the WAL append, and the points answer queries at once. A background
+flusher writes hot chunks into Parquet segments, commits them in the manifest together with the
+WAL position they cover, then truncates the WAL. Replay on start re-reads exactly the records
+after that position, so an acknowledged point is found once, whatever the crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from libs.errors import ResourceExhausted
+from libs.storage.hot import Chunk, HotTier, PartitionKey
+from libs.storage.segments import Segment, SegmentStore
+from libs.storage.series import SeriesCatalog, SeriesKey, series_id
+from libs.storage.wal import WriteAheadLog
+from platformq.analytics.v1 import common_pb2, events_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Knobs of the store (filled from Settings)."""
+
+    data_dir: Path
+    hot_max_points: int = 20_000_000
+    hot_flush_points: int = 2_000_000
+    hot_flush_seconds: float = 30.0
+    retention_days: dict[str, float] = field(default_factory=dict)
+    default_retention_days: float = 30.0
+    compact_min_files: int = 8
+    wal_fsync: bool = True
+
+
+@dataclass(frozen=True)
+class AcceptedSeries:
+    """Points of one series ready to store; `message` is the request's own Series when reusable."""
+
+    key: SeriesKey
+    ts: np.ndarray
+    values: np.ndarray
+    message: common_pb2.Series | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a query reads: the catalog, the hot points and the live segments at one instant."""
+
+    catalog: SeriesCatalog
+    hot: pa.Table | None
+    hot_min_ts: int | None
+    hot_max_ts: int | None
+    segments: tuple[Segment, ...]
+
+
+class MetricStore:
+    """Durable, queryable metric storage for every tenant and datasource."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.wal = WriteAheadLog(config.data_dir / "wal", fsync=config.wal_fsync)
+        self.segments = SegmentStore(config.data_dir / "segments")
+        self.hot = HotTier()
+        self.catalogs: dict[PartitionKey, SeriesCatalog] = {}
+        self._sid_cache: dict[SeriesKey, int] = {}
+        self._done_lsns: list[int] = []
+        self._contiguous = 0
+        self._flush_lock = asyncio.Lock()
+        self._flushed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
+
+    # ---- start and stop -------------------------------------------------------------------
+    def open(self) -> None:
+        """Load the manifest and saved series, then replay the WAL after the flushed position."""
+        self.segments.load()
+        for tenant, datasource in self.segments.partitions():
+            catalog = self._catalog((tenant, datasource))
+            for sid, key in self.segments.read_series(tenant, datasource):
+                catalog.add(sid, key, saved=True)
+        self.wal.open()
+        replayed = 0
+        for lsn, payload in self.wal.replay(after_lsn=self.segments.flushed_through):
+            event = events_pb2.MetricsBatchEvent.FromString(payload)
+            series = [
+                AcceptedSeries(
+                    SeriesKey.of(s.name, s.labels),
+                    np.array(s.timestamps_ms, dtype=np.int64),
+                    np.array(s.values, dtype=np.float64),
+                )
+                for s in event.series
+            ]
+            self._apply(lsn, (event.tenant, event.datasource), series)
+            replayed += 1
+        self._contiguous = max(self.wal.last_lsn, self.segments.flushed_through)
+        log.info(
+            "store opened",
+            extra={
+                "segments": len(self.segments.segments),
+                "replayed_batches": replayed,
+                "hot_points": self.hot.points,
+                "flushed_through": self.segments.flushed_through,
+            },
+        )
+
+    async def start(self) -> None:
+        """Start the background flusher."""
+        self._task = asyncio.create_task(self._flush_loop(), name="store-flusher")
+
+    async def close(self) -> None:
+        """Stop the flusher, flush every hot point into segments, close the WAL."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        await self.wal.close()
+
+    # ---- ingest --------------------------------------------------------------------------
+    async def ingest(
+        self, tenant: str, datasource: str, series: list[AcceptedSeries]
+    ) -> events_pb2.MetricsBatchEvent | None:
+        """Make `series` durable (WAL, fsync) and queryable; returns the batch as an event."""
+        if not series:
+            return None
+        await self._room_for(sum(len(s.ts) for s in series))
+        event = events_pb2.MetricsBatchEvent(
+            tenant=tenant,
+            datasource=datasource,
+            source=datasource,
+            batch_id=uuid.uuid4().hex,
+            accepted_at_ms=int(time.time() * 1000),
+        )
+        for s in series:
+            if s.message is not None:
+                event.series.append(s.message)
+            else:
+                out = event.series.add(name=s.key.metric, labels=dict(s.key.labels))
+                out.timestamps_ms.extend(s.ts.tolist())
+                out.values.extend(s.values.tolist())
+        lsn = await self.wal.append(event.SerializeToString())
+        try:
+            self._apply(lsn, (tenant, datasource), series)
+        finally:
+            self._mark_done(lsn)
+        return event
+
+    async def _room_for(self, points: int) -> None:
+        """Wait (bounded) for the flusher when the hot tier is at its memory bound."""
+        deadline = time.monotonic() + 30
+        while self.hot.points + points > self.config.hot_max_points and self.hot.points > 0:
+            self._flushed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResourceExhausted(
+                    f"the hot tier is full ({self.hot.points} points, HOT_MAX_POINTS="
+                    f"{self.config.hot_max_points}) and segments are not keeping up; retry later"
+                )
+            try:
+                await asyncio.wait_for(self._flushed.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    def _apply(self, lsn: int, key: PartitionKey, series: list[AcceptedSeries]) -> None:
+        catalog = self._catalog(key)
+        sids = np.empty(len(series), dtype=np.uint64)
+        for i, s in enumerate(series):
+            sid = self._sid_cache.get(s.key)
+            if sid is None:
+                sid = series_id(s.key.metric, s.key.labels)
+                self._sid_cache[s.key] = sid
+            catalog.add(sid, s.key)
+            sids[i] = sid
+        lengths = np.fromiter((len(s.ts) for s in series), dtype=np.int64, count=len(series))
+        chunk = Chunk(
+            lsn,
+            np.repeat(sids, lengths),
+            np.concatenate([s.ts for s in series]),
+            np.concatenate([s.values for s in series]),
+        )
+        self.hot.insert(key, chunk)
+        self.stats["ingested_points"] += len(chunk)
+
+    def _mark_done(self, lsn: int) -> None:
+        # The flush position only moves over LSNs whose points are all in the hot tier, so a
+        # batch acknowledged but not yet inserted is never skipped by a later replay.
+        heapq.heappush(self._done_lsns, lsn)
+        while self._done_lsns and self._done_lsns[0] <= self._contiguous + 1:
+            self._contiguous = max(self._contiguous, heapq.heappop(self._done_lsns))
+
+    def _catalog(self, key: PartitionKey) -> SeriesCatalog:
+        return self.catalogs.setdefault(key, SeriesCatalog())
+
+    # ---- reading --------------------------------------------------------------------------
+    def snapshot(self, tenant: str, datasource: str) -> Snapshot | None:
+        """A consistent view for one query, or None for an unknown datasource."""
+        key = (tenant, datasource)
+        catalog = self.catalogs.get(key)
+        if catalog is None:
+            return None
+        part = self.hot.partitions.get(key)
+        return Snapshot(
+            catalog,
+            part.table() if part else None,
+            part.min_ts if part else None,
+            part.max_ts if part else None,
+            tuple(s for s in self.segments.segments if s.tenant == tenant and s.datasource == datasource),
+        )
+
+    def datasources(self, tenant: str) -> list[str]:
+        """Datasources of a tenant that hold at least one series."""
+        return sorted(d for t, d in self.catalogs if t == tenant)
+
+    # ---- background work ------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                oldest = self.hot.oldest_arrival()
+                due = oldest is not None and time.monotonic() - oldest >= self.config.hot_flush_seconds
+                if self.hot.points >= self.config.hot_flush_points or due:
+                    await self.flush()
+                await self.compact()
+                self.apply_retention()
+                self.segments.delete_doomed(grace_s=60)
+            except OSError:
+                log.exception("background storage work failed; retrying")
+
+    async def flush(self) -> int:
+        """Write every hot chunk up to the contiguous acknowledged LSN into segments."""
+        async with self._flush_lock:
+            through = self._contiguous
+            taken = self.hot.chunks_through(through)
+            unsaved = {
+                key: [(sid, catalog.by_id[sid]) for sid in catalog.unsaved]
+                for key, catalog in self.catalogs.items()
+                if catalog.unsaved
+            }
+            if not taken and not unsaved:
+                return 0
+            added, series_files = await asyncio.to_thread(self._write, taken, unsaved)
+            # Commit and hot removal happen with no await between them, so a query snapshot sees
+            # each point exactly once: either in the hot tier or in a committed segment.
+            self.segments.commit(added, series_files, flushed_through=through)
+            self.hot.remove(taken)
+            for key, rows in unsaved.items():
+                catalog = self.catalogs[key]
+                saved = {sid for sid, _ in rows}
+                catalog.unsaved = [sid for sid in catalog.unsaved if sid not in saved]
+            self.wal.truncate_through(through)
+            self.stats["flushes"] += 1
+            self._flushed.set()
+            points = sum(len(c) for chunks in taken.values() for c in chunks)
+            log.info(
+                "flushed hot tier", extra={"points": points, "files": len(added), "through_lsn": through}
+            )
+            return points
+
+    def _write(
+        self, taken: dict[PartitionKey, list[Chunk]], unsaved: dict[PartitionKey, list[tuple[int, SeriesKey]]]
+    ) -> tuple[list[Segment], dict[PartitionKey, Path]]:
+        added: list[Segment] = []
+        for (tenant, datasource), chunks in taken.items():
+            added += self.segments.write_points(
+                tenant,
+                datasource,
+                np.concatenate([c.series_ids for c in chunks]),
+                np.concatenate([c.ts for c in chunks]),
+                np.concatenate([c.values for c in chunks]),
+            )
+        series_files = {key: self.segments.write_series(*key, rows) for key, rows in unsaved.items()}
+        return added, series_files
+
+    async def compact(self) -> None:
+        """Merge a day's small segments into one sorted file once there are enough of them."""
+        groups: dict[tuple[str, str, int], list[Segment]] = {}
+        for s in self.segments.segments:
+            groups.setdefault((s.tenant, s.datasource, s.day), []).append(s)
+        for (tenant, datasource, _), segs in groups.items():
+            if len(segs) < self.config.compact_min_files:
+                continue
+            async with self._flush_lock:
+                merged = await asyncio.to_thread(self._merge, tenant, datasource, segs)
+                self.segments.commit(merged, {}, removed=segs)
+                self.stats["compactions"] += 1
+            log.info("compacted segments", extra={"files_in": len(segs), "files_out": len(merged)})
+
+    def _merge(self, tenant: str, datasource: str, segs: list[Segment]) -> list[Segment]:
+        import pyarrow.parquet as pq
+
+        table = pa.concat_tables([pq.read_table(s.path) for s in segs])
+        return self.segments.write_points(
+            tenant,
+            datasource,
+            table["series_id"].to_numpy(),
+            table["ts"].to_numpy(),
+            table["value"].to_numpy(),
+        )
+
+    def apply_retention(self, now_ms: int | None = None) -> int:
+        """Drop segments wholly older than their datasource's retention; returns how many."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        expired = [
+            s
+            for s in self.segments.segments
+            if s.max_ts
+            < now_ms
+            - self.config.retention_days.get(s.datasource, self.config.default_retention_days) * 86_400_000
+        ]
+        if expired:
+            self.segments.commit([], {}, removed=expired)
+            log.info("retention removed segments", extra={"files": len(expired)})
+        return len(expired)
