@@ -3,6 +3,7 @@ and intervals. Each parser raises InvalidArgument naming the field."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -82,7 +83,8 @@ def parse_time_ms(text: str, field: str) -> int:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    # floor, not truncation: a time a fraction of a millisecond before 1970 stays negative
+    return math.floor(parsed.timestamp() * 1000)
 
 
 def parse_interval_ms(text: str, field: str) -> tuple[int, int]:

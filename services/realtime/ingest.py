@@ -35,10 +35,10 @@ class ValidatedBatch:
     rejected: int = 0
     errors: list[common_pb2.FieldViolation] = field(default_factory=list)
 
-    def reject(self, count: int, index: int, field_path: str, reason: str) -> None:
+    def reject(self, count: int, i: int, field_path: str, reason: str) -> None:
         self.rejected += count
         if len(self.errors) < MAX_ERRORS:
-            self.errors.append(common_pb2.FieldViolation(index=index, field=field_path, reason=reason))
+            self.errors.append(common_pb2.FieldViolation(index=i, field=field_path, reason=reason))
 
 
 def check_datasource(name: str) -> str:
@@ -86,40 +86,85 @@ def validate(request: realtime_service_pb2.IngestMetricsRequest, now_ms: int | N
 def _validate_series(
     request: realtime_service_pb2.IngestMetricsRequest, batch: ValidatedBatch, now_ms: int
 ) -> None:
+    candidates: list[tuple[int, SeriesKey, np.ndarray, np.ndarray]] = []
+    # Series-level rejections, applied in series order together with the point-level ones.
+    refused: dict[int, tuple[int, str, str]] = {}
     for i, series in enumerate(request.series):
-        where = f"series[{i}]"
         n = max(len(series.timestamps_ms), len(series.values))
-        labels = dict(series.labels)
-        problem = _series_problem(series.name, labels)
-        if problem:
-            batch.reject(n, i, f"{where}.{problem[0]}", problem[1])
+        if n == 0:
             continue
+        key = SeriesKey.of(series.name, series.labels)
+        if key not in _KNOWN_GOOD:
+            problem = _series_problem(series.name, dict(key.labels))
+            if problem:
+                refused[i] = (n, f"series[{i}].{problem[0]}", problem[1])
+                continue
+            _remember_good(key)
         if len(series.timestamps_ms) != len(series.values):
-            batch.reject(
+            refused[i] = (
                 n,
-                i,
-                f"{where}.values",
+                f"series[{i}].values",
                 f"has {len(series.values)} values for {len(series.timestamps_ms)} timestamps_ms",
             )
             continue
         ts = np.array(series.timestamps_ms, dtype=np.int64)
         values = np.array(series.values, dtype=np.float64)
-        keep = np.ones(len(ts), dtype=bool)
-        for mask, column, reason in _point_problems(ts, values, now_ms):
-            bad = mask & keep
-            for j in np.flatnonzero(bad)[: max(0, MAX_ERRORS - len(batch.errors))]:
-                batch.errors.append(
-                    common_pb2.FieldViolation(index=i, field=f"{where}.{column}[{j}]", reason=reason)
-                )
-            batch.rejected += int(bad.sum())
-            keep &= ~mask
-        key = SeriesKey.of(series.name, labels)
-        if keep.all():
-            # Whole series accepted: the request's own message goes into the WAL as is.
-            batch.series.append(AcceptedSeries(key, ts, values, series))
-        elif keep.any():
-            batch.series.append(AcceptedSeries(key, ts[keep], values[keep]))
-        batch.accepted += int(keep.sum())
+        candidates.append((i, key, ts, values))
+    # One vectorised check over every point of the batch; per-series work only where one is bad.
+    clean = not candidates or not any(
+        mask.any()
+        for mask, _, _ in _point_problems(
+            np.concatenate([c[2] for c in candidates]), np.concatenate([c[3] for c in candidates]), now_ms
+        )
+    )
+    pending = {c[0]: c for c in candidates}
+    for i in sorted(refused.keys() | pending.keys()):
+        if i in refused:
+            count, field_path, reason = refused[i]
+            batch.reject(count, i, field_path, reason)
+        elif clean:
+            _, key, ts, values = pending[i]
+            batch.series.append(AcceptedSeries(key, ts, values, request.series[i]))
+            batch.accepted += len(ts)
+        else:
+            _filter_points(batch, *pending[i], request.series[i], now_ms)
+
+
+def _filter_points(
+    batch: ValidatedBatch,
+    i: int,
+    key: SeriesKey,
+    ts: np.ndarray,
+    values: np.ndarray,
+    message: common_pb2.Series,
+    now_ms: int,
+) -> None:
+    keep = np.ones(len(ts), dtype=bool)
+    for mask, column, reason in _point_problems(ts, values, now_ms):
+        bad = mask & keep
+        for j in np.flatnonzero(bad)[: max(0, MAX_ERRORS - len(batch.errors))]:
+            batch.errors.append(
+                common_pb2.FieldViolation(index=i, field=f"series[{i}].{column}[{j}]", reason=reason)
+            )
+        batch.rejected += int(bad.sum())
+        keep &= ~mask
+    if keep.all():
+        # Whole series accepted: the request's own message goes into the WAL as is.
+        batch.series.append(AcceptedSeries(key, ts, values, message))
+    elif keep.any():
+        batch.series.append(AcceptedSeries(key, ts[keep], values[keep]))
+    batch.accepted += int(keep.sum())
+
+
+# Series whose name and labels already passed the checks (bounded, so high churn cannot grow it).
+_KNOWN_GOOD: dict[SeriesKey, None] = {}
+_KNOWN_GOOD_MAX = 200_000
+
+
+def _remember_good(key: SeriesKey) -> None:
+    if len(_KNOWN_GOOD) >= _KNOWN_GOOD_MAX:
+        _KNOWN_GOOD.clear()
+    _KNOWN_GOOD[key] = None
 
 
 def _point_time(point: common_pb2.Point) -> tuple[int | None, str | None]:
