@@ -103,8 +103,10 @@ class MetricStore:
                     np.array(s.values, dtype=np.float64),
                 )
                 for s in event.series
+                if len(s.values)
             ]
-            self._apply(lsn, (event.tenant, event.datasource), series)
+            if series:
+                self._apply(lsn, (event.tenant, event.datasource), series)
             replayed += 1
         self._contiguous = max(self.wal.last_lsn, self.segments.flushed_through)
         log.info(
@@ -134,6 +136,7 @@ class MetricStore:
         self, tenant: str, datasource: str, series: list[AcceptedSeries]
     ) -> events_pb2.MetricsBatchEvent | None:
         """Make `series` durable (WAL, fsync) and queryable; returns the batch as an event."""
+        series = [s for s in series if len(s.ts)]
         if not series:
             return None
         await self._room_for(sum(len(s.ts) for s in series))
@@ -151,12 +154,21 @@ class MetricStore:
                 out = event.series.add(name=s.key.metric, labels=dict(s.key.labels))
                 out.timestamps_ms.extend(s.ts.tolist())
                 out.values.extend(s.values.tolist())
+        # Shielded: once the record may be in the WAL, it must reach the hot tier and its LSN must
+        # be marked done even if the caller gives up, or flushes would stall behind it.
+        await asyncio.shield(
+            asyncio.ensure_future(self._append_and_apply(event, (tenant, datasource), series))
+        )
+        return event
+
+    async def _append_and_apply(
+        self, event: events_pb2.MetricsBatchEvent, key: PartitionKey, series: list[AcceptedSeries]
+    ) -> None:
         lsn = await self.wal.append(event.SerializeToString())
         try:
-            self._apply(lsn, (tenant, datasource), series)
+            self._apply(lsn, key, series)
         finally:
             self._mark_done(lsn)
-        return event
 
     async def _room_for(self, points: int) -> None:
         """Wait (bounded) for the flusher when the hot tier is at its memory bound."""
