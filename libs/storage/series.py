@@ -78,7 +78,12 @@ class SeriesCatalog:
         for metric in metrics:
             chosen |= self.by_metric.get(metric, set())
         for label, op, values in matchers:
-            chosen = {sid for sid in chosen if _matches(self.by_id[sid].label_map.get(label, ""), op, values)}
+            if op in ("=", "in") and "" not in values:
+                # Equality on a present value: intersect with the label index.
+                index = self.label_values.get(label, {})
+                chosen &= set().union(*(index.get(v, set()) for v in values))
+            else:
+                chosen = {sid for sid in chosen if _matches(self.by_id[sid].label_map.get(label, ""), op, values)}
         return sorted(chosen)
 
 
