@@ -49,7 +49,7 @@ class Bus(Protocol):
     ) -> None:
         """Deliver messages of every topic matching `pattern` (`*` matches one topic segment or
         the rest) to `handler`; after `max_redeliveries` failures a message goes to
-        `<topic>.dlq`."""
+        `<topic>.dlq`, which only patterns ending in `.dlq` receive."""
 
     async def close(self) -> None:
         """Stop delivering and release resources."""

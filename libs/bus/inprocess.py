@@ -38,6 +38,17 @@ class _Subscription:
         return self.consumers[zlib.crc32(key.encode()) % len(self.consumers)]
 
 
+DLQ_SUFFIX = ".dlq"
+
+
+def topic_matches(topic: str, pattern: str) -> bool:
+    """fnmatch-style `*`, except that dead-letter topics match only patterns naming them, so a
+    wildcard consumer never receives the messages it gave up on."""
+    if topic.endswith(DLQ_SUFFIX) and not pattern.endswith(DLQ_SUFFIX):
+        return False
+    return fnmatch.fnmatchcase(topic, pattern)
+
+
 class InProcessBus:
     """Topics and subscriptions inside one process; at-least-once with redelivery and a DLQ."""
 
@@ -46,7 +57,7 @@ class InProcessBus:
         self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0}
 
     async def publish(self, topic: str, message: Message, key: str = "") -> None:
-        matching = [s for s in self._subscriptions.values() if fnmatch.fnmatchcase(topic, s.pattern)]
+        matching = [s for s in self._subscriptions.values() if topic_matches(topic, s.pattern)]
         self.stats["published"] += 1
         if not matching:
             return
@@ -91,12 +102,16 @@ class InProcessBus:
                 break
             else:
                 self.stats["dead_lettered"] += 1
-                log.error(
-                    "message dead-lettered", extra={"topic": envelope.topic, "dlq": f"{envelope.topic}.dlq"}
-                )
-                dlq = f"{envelope.topic}.dlq"
+                if envelope.topic.endswith(DLQ_SUFFIX):
+                    log.error(
+                        "message dropped: its dead-letter consumer failed too",
+                        extra={"topic": envelope.topic},
+                    )
+                    continue
+                dlq = envelope.topic + DLQ_SUFFIX
+                log.error("message dead-lettered", extra={"topic": envelope.topic, "dlq": dlq})
                 for other in self._subscriptions.values():
-                    if fnmatch.fnmatchcase(dlq, other.pattern):
+                    if topic_matches(dlq, other.pattern):
                         other.consumer_for(envelope.key).queue.put_nowait(
                             Envelope(**{**envelope.__dict__, "topic": dlq})
                         )

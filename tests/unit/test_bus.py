@@ -1,0 +1,98 @@
+"""The in-process bus: wildcard topics, keyed order, redelivery, dead-letter topic; ingest publishes."""
+
+import asyncio
+
+import pytest
+
+from libs.bus import InProcessBus
+from libs.cache import TtlCache
+from libs.storage.store import MetricStore, StoreConfig
+from platformq.analytics.v1 import common_pb2, events_pb2, realtime_service_pb2
+from services.realtime.core import RealtimeCore
+
+
+def _event(n: int) -> events_pb2.AlertEvent:
+    return events_pb2.AlertEvent(name=f"a{n}", timestamp_ms=n)
+
+
+async def _drain(bus: InProcessBus, got: list, count: int) -> None:
+    for _ in range(200):
+        if len(got) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"got {len(got)} of {count} messages")
+
+
+async def test_wildcard_subscription_keeps_order_per_key():
+    bus = InProcessBus()
+    got = []
+
+    async def handler(envelope):
+        got.append((envelope.topic, envelope.decode(events_pb2.AlertEvent).timestamp_ms))
+
+    await bus.subscribe("simulation.metrics.*", "ml", handler)
+    for n in range(5):
+        await bus.publish(f"simulation.metrics.sim-{n % 2}", _event(n), key=f"sim-{n % 2}")
+    await bus.publish("anomalies.sim-1", _event(99))
+    await _drain(bus, got, 5)
+    assert [n for _, n in got] == [0, 1, 2, 3, 4]
+    assert {t for t, _ in got} == {"simulation.metrics.sim-0", "simulation.metrics.sim-1"}
+    await bus.close()
+
+
+async def test_failed_message_is_redelivered_then_dead_lettered_and_the_stream_flows():
+    bus = InProcessBus()
+    seen, dead = [], []
+
+    async def handler(envelope):
+        n = envelope.decode(events_pb2.AlertEvent).timestamp_ms
+        seen.append((n, envelope.redelivery_count))
+        if n == 1:
+            raise ValueError("poison")
+
+    async def dlq(envelope):
+        dead.append(envelope.decode(events_pb2.AlertEvent).timestamp_ms)
+
+    await bus.subscribe("alerts.*", "worker", handler, max_redeliveries=2)
+    await bus.subscribe("alerts.*.dlq", "dlq-reader", dlq)
+    for n in range(3):
+        await bus.publish("alerts.x", _event(n), key="k")
+    await _drain(bus, seen, 5)
+    await _drain(bus, dead, 1)
+    assert seen == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]
+    assert dead == [1]
+    assert bus.stats["dead_lettered"] == 1
+    await bus.close()
+
+
+@pytest.fixture
+async def core(tmp_path):
+    store = MetricStore(StoreConfig(tmp_path))
+    store.open()
+    bus = InProcessBus()
+    yield RealtimeCore(store, bus, TtlCache())
+    await store.close()
+    await bus.close()
+
+
+async def test_an_accepted_batch_is_published_on_simulation_metrics(core):
+    got = []
+
+    async def handler(envelope):
+        got.append(envelope.decode(events_pb2.MetricsBatchEvent))
+
+    await core.bus.subscribe("simulation.metrics.*", "test", handler)
+    request = realtime_service_pb2.IngestMetricsRequest(
+        datasource="sims",
+        series=[
+            common_pb2.Series(
+                name="cpu", labels={"simulation_id": "sim-1"}, timestamps_ms=[1, 2], values=[1, 2]
+            )
+        ],
+        points=[common_pb2.Point(name="cpu", value=float("nan"), timestamp_ms=3)],
+    )
+    reply = await core.ingest(request)
+    assert (reply.accepted, reply.rejected) == (2, 1)
+    await _drain(core.bus, got, 1)
+    assert got[0].datasource == "sims" and got[0].tenant == "default"
+    assert list(got[0].series[0].values) == [1.0, 2.0]
