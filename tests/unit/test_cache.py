@@ -1,0 +1,52 @@
+from libs.cache import TtlCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_entries_expire_after_their_ttl_and_hits_and_misses_are_counted():
+    clock = Clock()
+    cache = TtlCache(clock=clock)
+    assert cache.get("query", "k") is None
+    cache.put("query", "k", b"answer", ttl=60)
+    clock.now = 59.9
+    assert cache.get("query", "k") == b"answer"
+    clock.now = 60.0
+    assert cache.get("query", "k") is None  # never older than its TTL
+    assert (cache.hits["query"], cache.misses["query"]) == (1, 2)
+    assert cache.hit_rate("query") == 1 / 3
+    assert cache.hit_rate("dashboard") is None
+
+
+def test_namespaces_have_their_own_ttls_and_zero_caches_nothing():
+    clock = Clock()
+    cache = TtlCache(clock=clock)
+    cache.put("dashboard", "k", 1, ttl=30)
+    cache.put("ml", "k", 2, ttl=300)
+    cache.put("query", "k", 3, ttl=0)
+    clock.now = 31
+    assert (cache.get("dashboard", "k"), cache.get("ml", "k"), cache.get("query", "k")) == (None, 2, None)
+
+
+def test_a_write_invalidates_only_answers_over_its_data():
+    cache = TtlCache()
+    cache.put("query", "a", 1, ttl=60, scope=("default", "ds", 1000, 2000))
+    cache.put("query", "b", 2, ttl=60, scope=("default", "ds", 5000, 6000))
+    cache.put("query", "c", 3, ttl=60, scope=("default", "other", 1000, 2000))
+    cache.put("query", "d", 4, ttl=60, scope=("tenant2", "ds", 1000, 2000))
+    assert cache.invalidate("default", "ds", 1500, 1500) == 1
+    assert [cache.get("query", k) for k in "abcd"] == [None, 2, 3, 4]
+
+
+def test_the_oldest_entries_are_evicted_past_the_bound():
+    cache = TtlCache(max_entries=2)
+    for k in "abc":
+        cache.put("query", k, k, ttl=60)
+    assert len(cache) == 2
+    assert cache.get("query", "a") is None
+    assert cache.get("query", "c") == "c"
