@@ -83,7 +83,9 @@ class SeriesCatalog:
                 index = self.label_values.get(label, {})
                 chosen &= set().union(*(index.get(v, set()) for v in values))
             else:
-                chosen = {sid for sid in chosen if _matches(self.by_id[sid].label_map.get(label, ""), op, values)}
+                chosen = {
+                    sid for sid in chosen if _matches(self.by_id[sid].label_map.get(label, ""), op, values)
+                }
         return sorted(chosen)
 
 

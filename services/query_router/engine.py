@@ -105,7 +105,7 @@ def fragment_sql(fragment: Fragment, ids: str, aggregation: str, bucketing: Buck
                 FROM p JOIN sel USING (series_id)
             )
             SELECT gid, bucket,
-                   coalesce(sum(CASE WHEN delta < 0 THEN value ELSE delta END), 0) / {width} AS value,
+                   coalesce(sum(CASE WHEN delta < 0 THEN value ELSE delta END), 0) / ({width}) AS value,
                    count(*) AS n
             FROM d GROUP BY gid, bucket"""
     return f"""
@@ -149,8 +149,8 @@ class QueryEngine:
             params: dict[str, object] = {"start": fragment.start, "end": fragment.end}
             if not bucketing.calendar:
                 params["step"] = bucketing.step_ms
-            table = cursor.execute(
-                fragment_sql(fragment, ids, aggregation, bucketing), params
+            table = cursor.sql(
+                fragment_sql(fragment, ids, aggregation, bucketing), params=params
             ).to_arrow_table()
         finally:
             cursor.close()

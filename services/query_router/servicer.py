@@ -20,7 +20,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     async def Query(self, request: pb.QueryRequest, context: aio.ServicerContext) -> pb.QueryResponse:
         spec = query_from_proto(request)
         if spec.explain:
-            return await self.core.explain(spec)
+            # The plan alone, in the Query answer's metadata: nothing runs.
+            explained = await self.core.explain(spec)
+            return pb.QueryResponse(metadata=pb.QueryMetadata(plan=explained.plan))
         return await self.core.query(spec)
 
     async def QueryTimeseries(
