@@ -250,3 +250,76 @@ def test_rendered_config_passes_envoy_validation(stack, tmp_path):
         [envoy, "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_an_acknowledged_point_answers_the_next_query(stack):
+    now = int(time.time() * 1000)
+    body = {
+        "datasource": "e2e_fresh",
+        "points": [{"name": "probe", "value": 7.25, "timestamp_ms": now, "labels": {"host": "h1"}}],
+    }
+    status, _, reply = http(stack, "POST", "/api/v1/metrics/ingest", json.dumps(body))
+    assert (status, reply["accepted"]) == (200, "1")
+    query = {
+        "datasource": "e2e_fresh",
+        "metrics": ["probe"],
+        "aggregation": "last",
+        "step": "1m",
+        "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000 - 60)),
+        "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000 + 60)),
+    }
+    status, _, reply = http(stack, "POST", "/api/v1/query", json.dumps(query))
+    assert status == 200, reply
+    assert [p["value"] for s in reply["series"] for p in s["points"]] == [7.25]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "expected"),
+    [
+        (
+            "/api/v1/query",
+            '{"datasource": "nope", "metrics": ["cpu_usage"]}',
+            404,
+            "datasource: 'nope' does not exist",
+        ),
+        ("/api/v1/query", '{"metrics": ["cpu_usage"], "time_range": "7d", "step": "10s"}', 400, "step: "),
+        ("/api/v1/query", '{"metrics": ["cpu_usage"], "group_by": ["no_such_label"]}', 400, "group_by[0]: "),
+        (
+            "/api/v1/query",
+            '{"metrics": ["a"], "start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}',
+            400,
+            "end: end must be after start",
+        ),
+        ("/api/v1/query", '{"sql": "DROP TABLE metrics"}', 400, "sql: "),
+        ("/api/v1/query", '{"sql": "SELECT * FROM read_csv(\'/etc/passwd\')"}', 400, "sql: "),
+        ("/api/v1/metrics/ingest", '{"datasource": "../etc", "points": []}', 400, "datasource: "),
+    ],
+)
+def test_pipeline_bad_input_is_a_precise_4xx(stack, seeded, path, body, status, expected):
+    got, _, reply = http(stack, "POST", path, body)
+    assert got == status, reply
+    assert expected in reply["message"]
+
+
+def test_bad_points_are_named_and_the_good_ones_kept(stack):
+    now = int(time.time() * 1000)
+    points = [
+        {"name": "probe2", "value": 1.0, "timestamp_ms": now},
+        {"name": "probe2", "value": "NaN", "timestamp_ms": now + 1},
+        {"name": "", "value": 1.0, "timestamp_ms": now},
+        {"name": "probe2", "value": 1.0, "timestamp_ms": now + 3 * 86_400_000},
+        {"name": "probe2", "value": 1.0, "timestamp_ms": now, "labels": {"bad-key": "x"}},
+    ]
+    status, _, reply = http(
+        stack, "POST", "/api/v1/metrics/ingest", json.dumps({"datasource": "e2e_bad", "points": points})
+    )
+    assert status == 200
+    assert (reply["accepted"], reply["rejected"]) == ("1", "4")
+    assert [(e.get("index", 0), e["field"]) for e in reply["errors"]] == [
+        (1, "points[1].value"),
+        (2, "points[2].name"),
+        (3, "points[3].timestamp"),
+        (4, "points[4].labels.bad-key"),
+    ]
+    status, _, meta = http(stack, "GET", "/api/v1/analytics/metadata/e2e_bad")
+    assert status == 200 and meta["point_count"] == "1"
