@@ -53,5 +53,11 @@ format: gen
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Speed and memory side by side with baselines (VictoriaMetrics, raw DuckDB) in the same run;
+# writes docs/benchmarks.md. Not part of `make test`.
+bench: gen
+	bash benchmarks/setup.sh
+	$(BIN)/python -m benchmarks.run --docs
+
 clean:
 	rm -rf build gen $(VENV) data

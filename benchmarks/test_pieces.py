@@ -120,14 +120,18 @@ def test_floor_high_cpu_lastpoint_gobl_match_numpy(dataset: Dataset, floor: RawD
         want = [
             (t, *(r[m] for m in CPU_METRICS))
             for (h, t), r in sorted(rows.items(), key=lambda kv: kv[0][1])
-            if h == inst.hosts[0] and inst.start_ms <= t < inst.end_ms and r["cpu_usage_user"] > HIGH_CPU_THRESHOLD
+            if h == inst.hosts[0]
+            and inst.start_ms <= t < inst.end_ms
+            and r["cpu_usage_user"] > HIGH_CPU_THRESHOLD
         ]
         assert diff(floor.run(inst), want).agree
     (last,) = make_instances(by_name["lastpoint"], 1, dataset.hosts, START_MS, dataset.params.end_ms)
     end_t = max(t for _, t in rows)
     want = [(h, end_t, *(rows[(h, end_t)][m] for m in CPU_METRICS)) for h in sorted(dataset.hosts)]
     assert diff(floor.run(last), want).agree
-    for inst in make_instances(by_name["groupby-orderby-limit"], 2, dataset.hosts, START_MS, dataset.params.end_ms):
+    for inst in make_instances(
+        by_name["groupby-orderby-limit"], 2, dataset.hosts, START_MS, dataset.params.end_ms
+    ):
         minutes: dict[int, float] = {}
         for (_, t), r in rows.items():
             if t < inst.end_ms:
@@ -146,7 +150,7 @@ def test_instances_are_deterministic_and_inside_the_data() -> None:
         for inst in a:
             assert len(set(inst.hosts)) == qt.n_hosts
             if inst.start_ms is not None:
-                assert START_MS <= inst.start_ms and inst.end_ms <= end + 1000
+                assert inst.start_ms >= START_MS and inst.end_ms <= end + 1000
         if qt.kind != "lastpoint":
             windows = {(i.start_ms, i.end_ms, i.hosts) for i in a}
             assert len(windows) > 1  # random windows: instances differ, so none is a cache hit
@@ -169,3 +173,51 @@ def test_report_renders_unavailable_columns() -> None:
     results = report.example_results()
     text = report.render(results)
     assert "not available" in text and "| single-groupby-1-1-1 |" in text
+
+
+# A stand-in for `analytics serve all` whose RPCs are all unbuilt: grpc answers UNIMPLEMENTED for
+# every method no servicer registered, and the health service says SERVING.
+_UNBUILT_SERVICE = """
+import asyncio, os, signal
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+async def main():
+    server = aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port("127.0.0.1:" + os.environ["GRPC_PORT"])
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+asyncio.run(main())
+"""
+
+
+async def test_unimplemented_service_is_reported_not_available(
+    dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import sys
+
+    from benchmarks import ours, run
+
+    script = tmp_path / "unbuilt.py"
+    script.write_text(_UNBUILT_SERVICE)
+    monkeypatch.setattr(ours.OurService, "command", lambda self: [sys.executable, str(script)])
+    runs = {
+        qt.name: run.TypeRun(make_instances(qt, 2, dataset.hosts, START_MS, dataset.params.end_ms))
+        for qt in QUERY_TYPES
+    }
+    results: dict[str, object] = {"ingest": {}, "query_memory": {}}
+    args = argparse.Namespace(hosts_per_batch=2, slice_minutes=60, ingest_concurrency=2, cache_repeats=3)
+    data_dir = await run.phase_ours(args, dataset, tmp_path, runs, results)  # type: ignore[arg-type]
+    assert data_dir is None
+    assert results["ingest"]["ours"]["available"] is False  # type: ignore[index]
+    assert "UNIMPLEMENTED" in results["ingest"]["ours"]["detail"]  # type: ignore[index]
+    for r in runs.values():
+        assert r.ours["available"] is False and "UNIMPLEMENTED" in r.ours["detail"]

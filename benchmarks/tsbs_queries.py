@@ -106,20 +106,32 @@ def _rng(seed: int, qtype: str) -> np.random.Generator:
 
 
 def _rand_window(rng: np.random.Generator, lo_ms: int, hi_ms: int, window_ms: int) -> tuple[int, int, int]:
-    """TSBS RandWindow: start uniform in [lo, hi - window); shrinks window to fit short data."""
-    window = min(window_ms, hi_ms - lo_ms - 1)
-    start = lo_ms + int(rng.integers(0, hi_ms - window - lo_ms))
+    """TSBS RandWindow: start uniform in [lo, hi - window).
+
+    A window as long as the data or longer (only with --quick's short data) would leave no room
+    to vary, so every instance would be the same query; it shrinks to 3/4 of the span instead.
+    """
+    span = hi_ms - lo_ms
+    window = window_ms if window_ms < span else max(MINUTE_MS, span * 3 // 4 // MINUTE_MS * MINUTE_MS)
+    start = lo_ms + int(rng.integers(0, span - window))
     return start, start + window, window
 
 
 def make_instances(
     qtype: QueryType, n: int, hosts: list[str], data_start_ms: int, data_end_ms: int, seed: int = 123
 ) -> list[QueryInstance]:
-    """n random instances of qtype over the data's hosts and time range."""
+    """n distinct random instances of qtype over the data's hosts and time range.
+
+    A draw equal to an earlier one is drawn again: a repeated query would be a cache hit, and the
+    instances are meant to measure uncached answers.
+    """
     rng = _rng(seed, qtype.name)
     lo, hi = data_start_ms, data_end_ms + 1000
-    out = []
-    for i in range(n):
+    out: list[QueryInstance] = []
+    seen: set[tuple[object, ...]] = set()
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
         metrics = CPU_METRICS[: qtype.n_metrics]
         chosen: tuple[str, ...] = ()
         if qtype.n_hosts:
@@ -139,7 +151,11 @@ def make_instances(
             start = None
         else:
             start, end, window = _rand_window(rng, lo, hi, qtype.window_ms)
-        out.append(QueryInstance(qtype, i, metrics, chosen, start, end, window, extra))
+        key = (chosen, start, end, tuple(extra.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(QueryInstance(qtype, len(out), metrics, chosen, start, end, window, extra))
     return out
 
 
@@ -211,7 +227,7 @@ HAVING max(value) FILTER (WHERE metric = 'cpu_usage_user') > {HIGH_CPU_THRESHOLD
 ORDER BY ts"""
         return sql, [datasource, inst.hosts[0], inst.start_ms, inst.end_ms]
     if qt.kind == "lastpoint":
-        sql = f"""WITH last AS (
+        sql = f"""WITH latest AS (
   SELECT labels['hostname'] AS hostname, metric, max(ts) AS ts, arg_max(value, ts) AS value
   FROM metrics
   WHERE datasource = ? AND metric IN ({metric_list}) AND ts >= CAST(? AS BIGINT)
@@ -219,7 +235,7 @@ ORDER BY ts"""
 )
 SELECT hostname, max(ts) AS ts,
        {_pivot_columns("metric", "value")}
-FROM last
+FROM latest
 GROUP BY hostname
 ORDER BY hostname"""
         return sql, [datasource, inst.extra["lower_bound_ms"]]
@@ -280,7 +296,9 @@ def describe_types() -> list[dict[str, object]]:
             "api": "metrics" if t.kind == "groupby" else "sql",
             "metrics": t.n_metrics,
             "hosts": t.n_hosts or "all",
-            "window_h": t.window_ms / HOUR_MS if t.kind not in ("lastpoint",) else None,
+            "window": {"lastpoint": "all data", "gobl": "all data before a random end"}.get(
+                t.kind, f"random {t.window_ms // HOUR_MS} h"
+            ),
             "step": _step_text(t.step_ms) if t.kind in ("groupby", "gobl") else None,
             "aggregation": t.aggregation if t.kind in ("groupby", "gobl") else None,
             "vm": t.name not in VM_UNSUPPORTED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
@@ -10,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 
 from benchmarks.procs import LOOPBACK, free_port, log_tail, proc_status_kib, stop_process
+from benchmarks.tsbs_data import Dataset
 
 BINARY_NAME = "victoria-metrics"
 
@@ -130,8 +133,31 @@ def influx_chunks(path: Path, target_bytes: int = 2 << 20) -> list[bytes]:
     return chunks
 
 
-async def load(url: str, chunks: list[bytes], points: int, concurrency: int = 4) -> LoadResult:
-    """POST the chunks to /write over `concurrency` connections, then /internal/force_flush."""
+def import_chunks(ds: Dataset, series_per_body: int = 100) -> list[bytes]:
+    """The data set as /api/v1/import JSON lines, one line per whole series, built before timing.
+
+    This is VictoriaMetrics' own columnar import format: a line carries one series' labels once
+    and all its values and timestamps, where the influx format repeats the tag set on every row.
+    """
+    lines = []
+    for i, (name, labels) in enumerate(zip(ds.names, ds.labels, strict=True)):
+        ts, vals = ds.series(i)
+        metric = {"__name__": name, **labels}
+        # TSBS's values are whole numbers: writing them as ints keeps the body as small as influx's.
+        values = vals.astype(np.int64).tolist() if np.all(vals == np.floor(vals)) else vals.tolist()
+        lines.append(
+            json.dumps({"metric": metric, "values": values, "timestamps": ts.tolist()}, separators=(",", ":"))
+        )
+    return [
+        ("\n".join(lines[i : i + series_per_body]) + "\n").encode()
+        for i in range(0, len(lines), series_per_body)
+    ]
+
+
+async def load(
+    url: str, chunks: list[bytes], points: int, concurrency: int = 4, path: str = "/write"
+) -> LoadResult:
+    """POST the chunks to `path` over `concurrency` connections, then /internal/force_flush."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for c in chunks:
         queue.put_nowait(c)
@@ -144,7 +170,7 @@ async def load(url: str, chunks: list[bytes], points: int, concurrency: int = 4)
             nonlocal failures
             while not queue.empty():
                 body = queue.get_nowait()
-                async with session.post(f"{url}/write", data=body) as resp:
+                async with session.post(f"{url}{path}", data=body) as resp:
                     await resp.read()
                     if resp.status >= 300:
                         failures += 1
@@ -169,11 +195,13 @@ async def load(url: str, chunks: list[bytes], points: int, concurrency: int = 4)
 async def count_points(url: str, end_s: float, span_s: float) -> int:
     """How many cpu_* samples VictoriaMetrics returns for the data span (checks the load)."""
     query = f'sum(count_over_time({{__name__=~"cpu_.*"}}[{int(span_s) + 60}s]))'
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
             f"{url}/api/v1/query", params={"query": query, "time": str(end_s), "nocache": "1"}
-        ) as resp:
-            body = await resp.json()
+        ) as resp,
+    ):
+        body = await resp.json()
     result = body.get("data", {}).get("result", [])
     return int(float(result[0]["value"][1])) if result else 0
 

@@ -1,0 +1,55 @@
+"""User SQL sees the calling tenant's views only, hot and flushed points alike."""
+
+import numpy as np
+import pytest
+
+from libs.errors import InvalidArgument
+from libs.storage.series import SeriesKey
+from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from services.query_router.sql_views import run_tenant_sql
+
+
+def _series(host: str, values: list[float]) -> AcceptedSeries:
+    return AcceptedSeries(
+        SeriesKey.of("cpu", {"host": host}), np.arange(len(values), dtype=np.int64) * 1000, np.array(values)
+    )
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = MetricStore(StoreConfig(tmp_path))
+    store.open()
+    await store.ingest("acme", "ds", [_series("a", [1, 2, 3])])
+    await store.flush()
+    await store.ingest("acme", "ds", [_series("b", [10])])  # stays hot
+    await store.ingest("other", "ds", [_series("secret", [99])])
+    yield store
+    await store.close()
+
+
+def _sql(store: MetricStore, tenant: str, sql: str, params=()):
+    snapshots = {ds: store.snapshot(tenant, ds) for ds in store.datasources(tenant)}
+    columns, rows, _ = run_tenant_sql(store.segments.root, tenant, snapshots, sql, list(params), 1000)
+    return columns, rows
+
+
+async def test_hot_and_flushed_points_with_struct_labels(store):
+    columns, rows = _sql(
+        store,
+        "acme",
+        "SELECT labels.host AS host, labels['host'] AS h2, sum(value) AS total FROM metrics "
+        "WHERE metric = ? GROUP BY ALL ORDER BY host",
+        ["cpu"],
+    )
+    assert columns == ["host", "h2", "total"]
+    assert rows == [("a", "a", 6.0), ("b", "b", 10.0)]
+    assert _sql(store, "acme", "SELECT count(*) FROM series")[1] == [(2,)]
+
+
+async def test_another_tenants_data_is_out_of_reach(store):
+    assert _sql(store, "acme", "SELECT count(*) FROM metrics WHERE labels.host = 'secret'")[1] == [(0,)]
+    other = store.segments.root / "tenant=other"
+    await store.flush()
+    with pytest.raises(InvalidArgument):
+        _sql(store, "acme", f"SELECT * FROM read_parquet('{other}/**/*.parquet')")
+    assert _sql(store, "other", "SELECT max(value) FROM metrics")[1] == [(99.0,)]
