@@ -122,15 +122,21 @@ class QueryRouter:
         for start, end in spec.intervals:
             bucketing = _granularity_bucketing(spec, start, end, self.limits.max_points_per_series)
             window = Window(start, end, bucketing)
+            # One engine pass per aggregation type, over every metric it applies to.
+            names_by_kind: dict[str, dict[str, list[str]]] = {}
             for kind, metric, name in aggregators:
-                groups = self._groups(snapshot, (metric,), spec.filters, spec.dimensions, 0)
+                names_by_kind.setdefault(kind, {}).setdefault(metric, []).append(name)
+            for kind, names in names_by_kind.items():
+                groups = self._groups(snapshot, tuple(names), spec.filters, spec.dimensions, 0)
                 last_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
                 results = await self._run(last_plan, groups.selection, kind, bucketing)
                 all_results += results
                 for result in results:
                     cols = result.table.to_pydict()
                     for gid, bucket, value in zip(cols["gid"], cols["bucket"], cols["value"], strict=True):
-                        buckets.setdefault((bucket, groups.keys[gid][1]), {})[name] = value
+                        metric, dims = groups.keys[gid]
+                        for name in names[metric]:
+                            buckets.setdefault((bucket, dims), {})[name] = value
         response = pb.QueryTimeseriesResponse()
         from libs.timeparse import format_time_ms
 
