@@ -123,22 +123,11 @@ def versions(generator_name: str) -> dict[str, str]:
 
 
 def hot_tier_bound() -> dict[str, Any]:
-    """HOT_MAX_POINTS as the service will see it: our environment, else the service's default."""
-    env = os.environ.get("HOT_MAX_POINTS")
-    if env:
-        return {"value": int(env), "source": "HOT_MAX_POINTS from the environment, passed to the service"}
-    try:
-        from libs.config import Settings
+    """HOT_MAX_POINTS as the service will see it (the environment, else the default)."""
+    from libs.config import load_settings
 
-        fields = Settings.model_fields
-        if "hot_max_points" in fields:
-            return {
-                "value": int(fields["hot_max_points"].default),
-                "source": "the service's default (libs/config.py)",
-            }
-    except Exception as exc:  # a half-built service must not stop the benchmark
-        return {"value": None, "source": f"not reported: libs.config could not be read ({exc})"}
-    return {"value": None, "source": "not reported by the service (no HOT_MAX_POINTS setting yet)"}
+    source = "HOT_MAX_POINTS from the environment" if os.environ.get("HOT_MAX_POINTS") else "the default"
+    return {"value": load_settings().hot_max_points, "source": f"{source} (libs/config.py)"}
 
 
 # --- phases ---------------------------------------------------------------------------------------

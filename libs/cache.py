@@ -11,6 +11,8 @@ from typing import Any
 
 # The time span of data a cached answer was computed from: (tenant, datasource, start_ms, end_ms).
 Scope = tuple[str, str, int, int]
+# The datasource of a scope that any write of the tenant touches (SQL reads every datasource).
+ALL_DATASOURCES = "*"
 
 
 @dataclass
@@ -56,7 +58,8 @@ class TtlCache:
             key
             for key, entry in self._entries.items()
             if entry.scope is not None
-            and entry.scope[:2] == (tenant, datasource)
+            and entry.scope[0] == tenant
+            and entry.scope[1] in (datasource, ALL_DATASOURCES)
             and entry.scope[2] <= max_ts
             and entry.scope[3] > min_ts
         ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from libs.cache import TtlCache
+from libs.cache import ALL_DATASOURCES, TtlCache
 from libs.errors import InvalidArgument, NotFound
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
@@ -74,12 +74,7 @@ class QueryRouter:
         # auto and cache consult the cache; batch and realtime always run their engines.
         cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
         if cached is not None:
-            response = pb.QueryResponse.FromString(cached)
-            response.metadata.cache_hit = True
-            response.metadata.engines[:] = ["cache"]
-            response.metadata.engine_time_ms.clear()
-            response.metadata.total_time_ms = (time.perf_counter() - started) * 1000
-            return response
+            return _from_cache(cached, started)
         groups = self._groups(snapshot, spec.metrics, spec.filters, spec.group_by, spec.limit)
         the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
         results = await self._run(the_plan, groups.selection, spec.aggregation, window.bucketing)
@@ -301,6 +296,22 @@ class QueryRouter:
         meta.total_time_ms = (time.perf_counter() - started) * 1000
 
     async def _sql(self, spec: QuerySpec, tenant: str, started: float) -> pb.QueryResponse:
+        key = (tenant, "sql", spec.sql, spec.params)
+        cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
+        if cached is not None:
+            return _from_cache(cached, started)
+        response = await self._run_sql(spec, tenant, started)
+        # SQL may read any datasource of the tenant: any write of the tenant drops the entry.
+        self.cache.put(
+            QUERY_CACHE,
+            key,
+            response.SerializeToString(),
+            self.limits.cache_ttl_seconds,
+            scope=(tenant, ALL_DATASOURCES, -(2**63), 2**63),
+        )
+        return response
+
+    async def _run_sql(self, spec: QuerySpec, tenant: str, started: float) -> pb.QueryResponse:
         snapshots = {ds: self.store.snapshot(tenant, ds) for ds in self.store.datasources(tenant)}
         columns, rows, seconds = await asyncio.to_thread(
             run_tenant_sql,
@@ -326,6 +337,16 @@ class QueryRouter:
         )
         meta.total_time_ms = (time.perf_counter() - started) * 1000
         return response
+
+
+def _from_cache(cached: bytes, started: float) -> pb.QueryResponse:
+    """A cached answer, marked as such."""
+    response = pb.QueryResponse.FromString(cached)
+    response.metadata.cache_hit = True
+    response.metadata.engines[:] = ["cache"]
+    response.metadata.engine_time_ms.clear()
+    response.metadata.total_time_ms = (time.perf_counter() - started) * 1000
+    return response
 
 
 def _jsonable(value: object) -> object:

@@ -166,7 +166,12 @@ def _value_to_python(value: object) -> object:
         return None
     if kind in ("struct_value", "list_value"):
         raise InvalidArgument("only strings, numbers, booleans and null can be bound", "params")
-    return getattr(value, kind)
+    number = getattr(value, kind)
+    # JSON has one number type: a whole number binds as an integer, so `ts >= ?` stays an integer
+    # comparison that DuckDB can push into the Parquet scan.
+    if kind == "number_value" and number.is_integer() and abs(number) < 2**53:
+        return int(number)
+    return number
 
 
 def timeseries_from_proto(request: query_service_pb2.QueryTimeseriesRequest) -> TimeseriesSpec:

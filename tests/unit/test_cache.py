@@ -50,3 +50,10 @@ def test_the_oldest_entries_are_evicted_past_the_bound():
     assert len(cache) == 2
     assert cache.get("query", "a") is None
     assert cache.get("query", "c") == "c"
+
+
+def test_an_all_datasources_scope_dies_with_any_write_of_its_tenant():
+    cache = TtlCache()
+    cache.put("query", "sql", 1, ttl=60, scope=("default", "*", -(2**63), 2**63))
+    assert cache.invalidate("other", "ds", 0, 0) == 0
+    assert cache.invalidate("default", "any_datasource", 5, 5) == 1

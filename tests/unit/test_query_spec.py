@@ -98,4 +98,6 @@ def test_iso_granularity_and_params():
     )
     assert spec.granularity_ms == 300_000
     q = query_from_proto(_query({"sql": "SELECT ?", "params": [1, "a", True, None]}))
-    assert q.params == (1.0, "a", True, None)
+    assert q.params == (1, "a", True, None)
+    assert type(q.params[0]) is int
+    assert query_from_proto(_query({"sql": "SELECT ?", "params": [1.5, 1795852800000]})).params == (1.5, 1795852800000)
