@@ -17,6 +17,7 @@ from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.engine import Bucketing, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
+from services.query_router.rows import encode_rows
 from services.query_router.spec import (
     AGGREGATIONS,
     DEFAULT_DATASOURCE,
@@ -323,8 +324,7 @@ class QueryRouter:
             self.limits.sql_max_rows,
         )
         response = pb.QueryResponse(columns=columns)
-        for row in rows:
-            response.rows.add().extend([_jsonable(v) for v in row])
+        response.MergeFromString(encode_rows(rows))
         meta = response.metadata
         meta.engines[:] = ["duckdb"]
         meta.engine_time_ms["duckdb"] = seconds * 1000
@@ -347,19 +347,6 @@ def _from_cache(cached: bytes, started: float) -> pb.QueryResponse:
     response.metadata.engine_time_ms.clear()
     response.metadata.total_time_ms = (time.perf_counter() - started) * 1000
     return response
-
-
-def _jsonable(value: object) -> object:
-    """A DuckDB value as something google.protobuf.Value accepts."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 def _plan_message(the_plan: Plan) -> pb.QueryPlan:

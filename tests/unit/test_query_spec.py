@@ -100,4 +100,7 @@ def test_iso_granularity_and_params():
     q = query_from_proto(_query({"sql": "SELECT ?", "params": [1, "a", True, None]}))
     assert q.params == (1, "a", True, None)
     assert type(q.params[0]) is int
-    assert query_from_proto(_query({"sql": "SELECT ?", "params": [1.5, 1795852800000]})).params == (1.5, 1795852800000)
+    assert query_from_proto(_query({"sql": "SELECT ?", "params": [1.5, 1795852800000]})).params == (
+        1.5,
+        1795852800000,
+    )
