@@ -53,3 +53,15 @@ async def test_another_tenants_data_is_out_of_reach(store):
     with pytest.raises(InvalidArgument):
         _sql(store, "acme", f"SELECT * FROM read_parquet('{other}/**/*.parquet')")
     assert _sql(store, "other", "SELECT max(value) FROM metrics")[1] == [(99.0,)]
+
+
+async def test_datasources_with_different_label_keys_share_one_view(store):
+    await store.ingest(
+        "acme", "ds2", [AcceptedSeries(SeriesKey.of("mem", {"pod": "p1"}), np.array([5]), np.array([4.0]))]
+    )
+    _, rows = _sql(
+        store,
+        "acme",
+        "SELECT datasource, metric, labels.host, labels.pod, value FROM metrics ORDER BY value DESC LIMIT 2",
+    )
+    assert rows == [("ds", "cpu", "b", None, 10.0), ("ds2", "mem", None, "p1", 4.0)]
