@@ -40,14 +40,16 @@ log = logging.getLogger(__name__)
 
 TYPE_PROPERTY = "message_type"
 MAX_IN_FLIGHT = 1000  # the producers' pending-message queue size
+DEFAULT_CLIENT_LOGGER = pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
 _CONSUMER_TYPES = {"shared": pulsar.ConsumerType.KeyShared, "failover": pulsar.ConsumerType.Failover}
 
 
-def topic_regex(prefix: str, pattern: str) -> str:
-    """The regex over full topic names (`prefix` + name) that our glob `pattern` stands for."""
+def topic_regex(namespace: str, pattern: str) -> str:
+    """The regex over `<tenant>/<namespace>/<topic>` names that our glob `pattern` stands for (the
+    client matches persistent topics' names without their `persistent://` scheme)."""
     body = ".*".join(re.escape(part) for part in pattern.split("*"))
     no_dlq = "" if pattern.endswith(DLQ_SUFFIX) else f"(?!.*{re.escape(DLQ_SUFFIX)}$)"
-    return f"{prefix}{no_dlq}{body}"
+    return f"{namespace}{no_dlq}{body}"
 
 
 def _settle(future: asyncio.Future[Any], result: _pulsar.Result, value: Any, what: str) -> None:
@@ -84,10 +86,14 @@ class PulsarBus:
         nack_delay_ms: int = 200,
         discovery_period_s: int = 1,
         operation_timeout_s: int = 30,
+        client_logger: pulsar.ConsoleLogger | pulsar.FileLogger | None = None,
     ) -> None:
-        self._prefix = f"persistent://{tenant}/{namespace}/"
+        self._namespace = f"{tenant}/{namespace}/"
+        self._prefix = f"persistent://{self._namespace}"
+        # The client's own (C++) logger, warnings and errors on stdout: with a Python logger the
+        # interpreter may abort at exit (apache/pulsar-client-python#256).
         self._client = pulsar.Client(
-            url, operation_timeout_seconds=operation_timeout_s, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+            url, operation_timeout_seconds=operation_timeout_s, logger=client_logger or DEFAULT_CLIENT_LOGGER
         )
         self._producer_options: dict[str, Any] = {
             "batching_enabled": batching,
@@ -156,7 +162,7 @@ class PulsarBus:
         conf.pattern_auto_discovery_period(self._discovery_period_s)
         # pulsar.Client.subscribe ignores pattern_auto_discovery_period (apache/pulsar-client-python#171,
         # new topics would wait 60 s), so the consumer comes from the native client it wraps.
-        regex = topic_regex(self._prefix, pattern)
+        regex = topic_regex(self._namespace, pattern)
         consumer = await asyncio.to_thread(self._client._client.subscribe_pattern, regex, subscription, conf)
         self._consumers.append(consumer)
         task = asyncio.create_task(

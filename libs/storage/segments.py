@@ -79,6 +79,7 @@ class SegmentStore:
         self.segments: list[Segment] = []
         self.series_files: dict[tuple[str, str], list[Path]] = {}
         self.flushed_through = 0
+        self.recent_batches: list[str] = []
         self._doomed: list[tuple[float, Path]] = []
 
     @property
@@ -91,6 +92,7 @@ class SegmentStore:
         if self.manifest_path.exists():
             state = json.loads(self.manifest_path.read_text())
             self.flushed_through = state["flushed_through"]
+            self.recent_batches = state.get("recent_batches", [])
             self.segments = [
                 Segment(
                     s["tenant"], s["datasource"], self.root / s["path"], s["min_ts"], s["max_ts"], s["rows"]
@@ -108,6 +110,7 @@ class SegmentStore:
     def _save_manifest(self) -> None:
         state = {
             "flushed_through": self.flushed_through,
+            "recent_batches": self.recent_batches,
             "segments": [
                 {
                     "tenant": s.tenant,
@@ -182,6 +185,7 @@ class SegmentStore:
         added: list[Segment],
         series_added: dict[tuple[str, str], Path],
         flushed_through: int | None = None,
+        recent_batches: list[str] | None = None,
         removed: list[Segment] = (),
     ) -> None:
         """Make new files live (and old ones dead) in one atomic manifest replacement."""
@@ -191,6 +195,8 @@ class SegmentStore:
             self.series_files.setdefault(key, []).append(path)
         if flushed_through is not None:
             self.flushed_through = max(self.flushed_through, flushed_through)
+        if recent_batches is not None:
+            self.recent_batches = recent_batches
         self._save_manifest()
         # Readers may still hold a snapshot naming removed files: delete them a little later.
         now = time.monotonic()

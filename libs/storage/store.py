@@ -30,6 +30,7 @@ from platformq.analytics.v1 import common_pb2, events_pb2
 log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
+RECENT_BATCHES = 10_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,38 @@ class Snapshot:
     segments: tuple[Segment, ...]
 
 
+def build_event(tenant: str, datasource: str, series: list[AcceptedSeries]) -> events_pb2.MetricsBatchEvent:
+    """One accepted batch as a bus event (and WAL record), with a fresh batch id."""
+    event = events_pb2.MetricsBatchEvent(
+        tenant=tenant,
+        datasource=datasource,
+        source=datasource,
+        batch_id=uuid.uuid4().hex,
+        accepted_at_ms=int(time.time() * 1000),
+    )
+    for s in series:
+        if s.message is not None:
+            event.series.append(s.message)
+        else:
+            out = event.series.add(name=s.key.metric, labels=dict(s.key.labels))
+            out.timestamps_ms.extend(s.ts.tolist())
+            out.values.extend(s.values.tolist())
+    return event
+
+
+def series_from_event(event: events_pb2.MetricsBatchEvent) -> list[AcceptedSeries]:
+    """The non-empty series of an event, as arrays."""
+    return [
+        AcceptedSeries(
+            SeriesKey.of(s.name, s.labels),
+            np.array(s.timestamps_ms, dtype=np.int64),
+            np.array(s.values, dtype=np.float64),
+        )
+        for s in event.series
+        if len(s.values)
+    ]
+
+
 class MetricStore:
     """Durable, queryable metric storage for every tenant and datasource."""
 
@@ -80,6 +113,9 @@ class MetricStore:
         self._done_lsns: list[int] = []
         self._contiguous = 0
         self._flush_lock = asyncio.Lock()
+        # Batch ids of hot batches (by LSN) and of recently flushed ones, to drop redeliveries.
+        self._hot_batches: dict[int, str] = {}
+        self._recent_batches: dict[str, None] = {}
         self._flushed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
@@ -94,19 +130,13 @@ class MetricStore:
                 catalog.add(sid, key, saved=True)
         self.wal.open()
         replayed = 0
+        self._recent_batches.update(dict.fromkeys(self.segments.recent_batches))
         for lsn, payload in self.wal.replay(after_lsn=self.segments.flushed_through):
             event = events_pb2.MetricsBatchEvent.FromString(payload)
-            series = [
-                AcceptedSeries(
-                    SeriesKey.of(s.name, s.labels),
-                    np.array(s.timestamps_ms, dtype=np.int64),
-                    np.array(s.values, dtype=np.float64),
-                )
-                for s in event.series
-                if len(s.values)
-            ]
+            series = series_from_event(event)
             if series:
                 self._apply(lsn, (event.tenant, event.datasource), series)
+            self._hot_batches[lsn] = event.batch_id
             replayed += 1
         self._contiguous = max(self.wal.last_lsn, self.segments.flushed_through)
         log.info(
@@ -139,27 +169,31 @@ class MetricStore:
         series = [s for s in series if len(s.ts)]
         if not series:
             return None
+        event = build_event(tenant, datasource, series)
+        await self._store(event, series)
+        return event
+
+    async def ingest_event(self, event: events_pb2.MetricsBatchEvent) -> bool:
+        """Store a batch delivered by the bus, once: a redelivered batch (same batch_id) that is
+        already stored is skipped, which makes at-least-once delivery idempotent. True if stored."""
+        if self.knows_batch(event.batch_id):
+            return False
+        series = series_from_event(event)
+        if series:
+            await self._store(event, series)
+        return True
+
+    def knows_batch(self, batch_id: str) -> bool:
+        """True when the batch is in the hot tier or among the recently flushed ones."""
+        return batch_id in self._recent_batches or batch_id in self._hot_batches.values()
+
+    async def _store(self, event: events_pb2.MetricsBatchEvent, series: list[AcceptedSeries]) -> None:
         await self._room_for(sum(len(s.ts) for s in series))
-        event = events_pb2.MetricsBatchEvent(
-            tenant=tenant,
-            datasource=datasource,
-            source=datasource,
-            batch_id=uuid.uuid4().hex,
-            accepted_at_ms=int(time.time() * 1000),
-        )
-        for s in series:
-            if s.message is not None:
-                event.series.append(s.message)
-            else:
-                out = event.series.add(name=s.key.metric, labels=dict(s.key.labels))
-                out.timestamps_ms.extend(s.ts.tolist())
-                out.values.extend(s.values.tolist())
         # Shielded: once the record may be in the WAL, it must reach the hot tier and its LSN must
         # be marked done even if the caller gives up, or flushes would stall behind it.
         await asyncio.shield(
-            asyncio.ensure_future(self._append_and_apply(event, (tenant, datasource), series))
+            asyncio.ensure_future(self._append_and_apply(event, (event.tenant, event.datasource), series))
         )
-        return event
 
     async def _append_and_apply(
         self, event: events_pb2.MetricsBatchEvent, key: PartitionKey, series: list[AcceptedSeries]
@@ -167,6 +201,7 @@ class MetricStore:
         lsn = await self.wal.append(event.SerializeToString())
         try:
             self._apply(lsn, key, series)
+            self._hot_batches[lsn] = event.batch_id
         finally:
             self._mark_done(lsn)
 
@@ -212,6 +247,13 @@ class MetricStore:
         heapq.heappush(self._done_lsns, lsn)
         while self._done_lsns and self._done_lsns[0] <= self._contiguous + 1:
             self._contiguous = max(self._contiguous, heapq.heappop(self._done_lsns))
+
+    def _remember_flushed(self, batch_ids: list[str]) -> None:
+        # Redeliveries come within seconds of the crash they follow; the newest few thousand
+        # flushed batch ids cover them.
+        self._recent_batches.update(dict.fromkeys(batch_ids))
+        while len(self._recent_batches) > RECENT_BATCHES:
+            del self._recent_batches[next(iter(self._recent_batches))]
 
     def _catalog(self, key: PartitionKey) -> SeriesCatalog:
         return self.catalogs.setdefault(key, SeriesCatalog())
@@ -266,8 +308,17 @@ class MetricStore:
             added, series_files = await asyncio.to_thread(self._write, taken, unsaved)
             # Commit and hot removal happen with no await between them, so a query snapshot sees
             # each point exactly once: either in the hot tier or in a committed segment.
-            self.segments.commit(added, series_files, flushed_through=through)
+            flushed_lsns = {c.lsn for chunks in taken.values() for c in chunks}
+            flushed_batches = [
+                self._hot_batches[lsn] for lsn in sorted(flushed_lsns) if lsn in self._hot_batches
+            ]
+            self._remember_flushed(flushed_batches)
+            self.segments.commit(
+                added, series_files, flushed_through=through, recent_batches=list(self._recent_batches)
+            )
             self.hot.remove(taken)
+            for lsn in flushed_lsns:
+                self._hot_batches.pop(lsn, None)
             for key, rows in unsaved.items():
                 catalog = self.catalogs[key]
                 saved = {sid for sid, _ in rows}
