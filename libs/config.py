@@ -115,7 +115,16 @@ class Settings(BaseSettings):
     """DEMO: `make up` feeds a simulated platform through the ingest API (DEMO=0 turns it off)."""
 
     pulsar_url: str = ""
-    """PULSAR_URL: pulsar://host:port of the broker; empty means the in-process bus."""
+    """PULSAR_URL: pulsar://host:port of the broker; empty means the in-process bus (mode all)."""
+
+    pulsar_tenant: str = "public"
+    """PULSAR_TENANT: the Pulsar tenant of every topic."""
+
+    pulsar_namespace: str = "default"
+    """PULSAR_NAMESPACE: the Pulsar namespace of every topic."""
+
+    bus_max_redeliveries: int = Field(default=3, ge=0)
+    """BUS_MAX_REDELIVERIES: failed deliveries of a message before it goes to `<topic>.dlq`."""
 
     druid_broker_url: str = ""
     """DRUID_BROKER_URL: Druid broker, for the Druid engine."""

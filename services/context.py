@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from libs.bus import Bus, InProcessBus
+from libs.bus import Bus, Envelope, make_bus
 from libs.cache import TtlCache
 from libs.config import Settings
 from libs.storage.store import MetricStore, StoreConfig
+from platformq.analytics.v1 import events_pb2
 
 
 def store_config(settings: Settings) -> StoreConfig:
@@ -27,12 +28,20 @@ class ServiceContext:
     """Shared resources of a process; the store is opened by `start` when a service needs it."""
 
     settings: Settings
-    bus: Bus = field(default_factory=InProcessBus)
+    bus: Bus = field(init=False)
     store: MetricStore | None = None
-    cache: TtlCache | None = None
+    cache: TtlCache = field(init=False)
+    consume_metrics: bool = False
 
     def __post_init__(self) -> None:
-        self.cache = TtlCache(max_entries=self.settings.cache_max_entries)
+        s = self.settings
+        self.bus = make_bus(s.pulsar_url, s.pulsar_tenant, s.pulsar_namespace)
+        self.cache = TtlCache(max_entries=s.cache_max_entries)
+
+    @property
+    def distributed(self) -> bool:
+        """True when the bus is Apache Pulsar: ingest then goes through it to the store."""
+        return bool(self.settings.pulsar_url)
 
     def ensure_store(self) -> MetricStore:
         """The process's store (created on first use; opened in `start`)."""
@@ -41,10 +50,30 @@ class ServiceContext:
         return self.store
 
     async def start(self) -> None:
-        """Open the store (replaying the WAL) and start its background work."""
+        """Open the store (replaying the WAL), start its background work and, in distributed mode,
+        its consumer of ingested batches."""
         if self.store is not None:
             self.store.open()
             await self.store.start()
+            if self.distributed:
+                await self.bus.subscribe(
+                    "simulation.metrics.*",
+                    "storage",
+                    self._store_batch,
+                    max_redeliveries=self.settings.bus_max_redeliveries,
+                )
+
+    async def _store_batch(self, envelope: Envelope) -> None:
+        """Bus handler: store a batch once (redeliveries are skipped), then drop cached answers."""
+        event = events_pb2.MetricsBatchEvent.FromString(envelope.payload)
+        if not event.batch_id or not event.datasource:
+            raise ValueError(f"not an ingest batch on {envelope.topic}: batch_id and datasource are required")
+        if await self.store.ingest_event(event):
+            spans = [(min(s.timestamps_ms), max(s.timestamps_ms)) for s in event.series if s.timestamps_ms]
+            if spans:
+                self.cache.invalidate(
+                    event.tenant, event.datasource, min(a for a, _ in spans), max(b for _, b in spans)
+                )
 
     async def close(self) -> None:
         """Flush the store into segments and stop the bus."""

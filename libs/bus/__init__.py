@@ -1,6 +1,15 @@
-"""The event bus: an interface with Pulsar's semantics, and its in-process implementation."""
+"""The event bus: an interface with Pulsar's semantics, and its two implementations."""
 
 from libs.bus.base import Bus, Envelope, Handler
 from libs.bus.inprocess import InProcessBus
 
-__all__ = ["Bus", "Envelope", "Handler", "InProcessBus"]
+__all__ = ["Bus", "Envelope", "Handler", "InProcessBus", "make_bus"]
+
+
+def make_bus(pulsar_url: str, tenant: str = "public", namespace: str = "default") -> Bus:
+    """Apache Pulsar when a broker URL is configured (distributed mode), else the in-process bus."""
+    if not pulsar_url:
+        return InProcessBus()
+    from libs.bus.pulsar import PulsarBus  # the client library loads only where it is used
+
+    return PulsarBus(pulsar_url, tenant, namespace)

@@ -1,22 +1,21 @@
 """The bus of distributed mode on Apache Pulsar, with the semantics of `InProcessBus`.
 
-Our topic `alerts.x` is `persistent://<tenant>/<namespace>/alerts.x`. A subscription pattern is a
-regex subscription: `*` becomes `.*`, and dead-letter topics match only patterns ending in `.dlq`.
+Topic `alerts.x` is `persistent://<tenant>/<namespace>/alerts.x`; a pattern is a regex subscription
+(`*` becomes `.*`) that matches dead-letter topics only if the pattern ends in `.dlq`.
 
-- publish: one cached producer per topic with key-based batching (a batch holds one key, so a
-  Key_Shared dispatch keeps per-key order); the key is the partition key and the protobuf type name
-  the `message_type` property. It returns once the broker acknowledged the message, that is after
-  BookKeeper persisted it.
-- subscribe: mode "shared" is a Key_Shared subscription (each key is pinned to one consumer at a
-  time, so consumers share the work and per-key order holds), "failover" a Failover one. Each
-  consumer is an asyncio task taking one message at a time: it runs the handler, acknowledges the
-  message when it returns and negatively acknowledges it when it raises (redelivered after
-  `nack_delay_ms`; meanwhile later messages of the key may go first, as in Pulsar).
-- dead letters: a message whose handler still fails after `max_redeliveries` redeliveries is
-  published to `<topic>.dlq` (awaited), then acknowledged; an ERROR is logged and
-  `stats["dead_lettered"]` counted. The bus does this itself rather than through Pulsar's
-  DeadLetterPolicy, which names one dead-letter topic per consumer (not per topic) and never fires
-  on Failover subscriptions, where the broker does not count redeliveries.
+- publish: a cached producer per topic, batching by key (a batch holds one key); the key is the
+  partition key, the protobuf type name the `message_type` property. It returns once the broker
+  acknowledged the message, which it does after BookKeeper persisted it.
+- subscribe: "shared" is a Key_Shared subscription (each key pinned to one consumer at a time:
+  consumers share the work, per-key order holds), "failover" a Failover one. Each consumer is an
+  asyncio task handling one message at a time: acknowledged when the handler returns, negatively
+  acknowledged when it raises (redelivered after `nack_delay_ms`; later messages of its key may
+  overtake it meanwhile, as always with Pulsar).
+- dead letters: a message still failing after `max_redeliveries` redeliveries is published to
+  `<topic>.dlq`, then acknowledged, logged as an ERROR and counted in `stats["dead_lettered"]`.
+  Pulsar's DeadLetterPolicy cannot do this: its topic is one fixed name for all topics of a pattern
+  or `<topic>-<subscription>-DLQ`, and it never fires on Failover subscriptions, whose broker-side
+  redelivery count stays 0.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import _pulsar
@@ -72,6 +72,16 @@ def _bridge(future: asyncio.Future[Any], what: str) -> Callable[..., None]:
     return callback
 
 
+@dataclass
+class _Consumer:
+    native: _pulsar.Consumer
+    handler: Handler
+    max_redeliveries: int
+    # Failed attempts by message id, on failover subscriptions: the broker counts only Key_Shared ones.
+    attempts: dict[bytes, int] | None
+    task: asyncio.Task[None] | None = None
+
+
 class PulsarBus:
     """The Bus on a Pulsar cluster: at-least-once, ordered per key, with redelivery and `<topic>.dlq`."""
 
@@ -105,10 +115,7 @@ class PulsarBus:
         self._discovery_period_s = discovery_period_s
         self._producers: dict[str, asyncio.Task[pulsar.Producer]] = {}
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._consumers: list[_pulsar.Consumer] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        # Failed attempts by message id: the broker counts redeliveries on Key_Shared, not on Failover.
-        self._attempts: dict[bytes, int] = {}
+        self._consumers: list[_Consumer] = []
         self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0}
 
     async def publish(self, topic: str, message: Message, key: str = "") -> None:
@@ -163,30 +170,27 @@ class PulsarBus:
         # pulsar.Client.subscribe ignores pattern_auto_discovery_period (apache/pulsar-client-python#171,
         # new topics would wait 60 s), so the consumer comes from the native client it wraps.
         regex = topic_regex(self._namespace, pattern)
-        consumer = await asyncio.to_thread(self._client._client.subscribe_pattern, regex, subscription, conf)
+        native = await asyncio.to_thread(self._client._client.subscribe_pattern, regex, subscription, conf)
+        consumer = _Consumer(native, handler, max_redeliveries, {} if mode == "failover" else None)
+        consumer.task = asyncio.create_task(self._consume(consumer), name=f"bus:{subscription}")
         self._consumers.append(consumer)
-        task = asyncio.create_task(
-            self._consume(consumer, handler, max_redeliveries), name=f"bus:{subscription}"
-        )
-        self._tasks.append(task)
 
-    async def _consume(self, consumer: _pulsar.Consumer, handler: Handler, max_redeliveries: int) -> None:
+    async def _consume(self, consumer: _Consumer) -> None:
         while True:
             received = asyncio.get_running_loop().create_future()
-            consumer.receive_async(_bridge(received, f"receive on {consumer.subscription_name()}"))
+            consumer.native.receive_async(_bridge(received, "receive"))
             try:
                 message = await received
             except PulsarException:
                 log.exception("receive failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            await self._deliver(consumer, message, handler, max_redeliveries)
+            await self._deliver(consumer, message)
 
-    async def _deliver(
-        self, consumer: _pulsar.Consumer, message: _pulsar.Message, handler: Handler, max_redeliveries: int
-    ) -> None:
+    async def _deliver(self, consumer: _Consumer, message: _pulsar.Message) -> None:
         message_id = message.message_id().serialize()
-        attempt = max(message.redelivery_count(), self._attempts.get(message_id, 0))
+        attempts = consumer.attempts
+        attempt = message.redelivery_count() if attempts is None else attempts.get(message_id, 0)
         properties = message.properties()
         envelope = Envelope(
             topic=message.topic_name().removeprefix(self._prefix),
@@ -197,11 +201,12 @@ class PulsarBus:
             redelivery_count=attempt,
         )
         try:
-            await handler(envelope)
+            await consumer.handler(envelope)
             self.stats["delivered"] += 1
         except Exception:
-            if attempt < max_redeliveries:
-                self._attempts[message_id] = attempt + 1
+            if attempt < consumer.max_redeliveries:
+                if attempts is not None:
+                    attempts[message_id] = attempt + 1
                 self.stats["redelivered"] += 1
                 log.warning(
                     "handler failed on %s; redelivering",
@@ -209,20 +214,21 @@ class PulsarBus:
                     exc_info=True,
                     extra={"topic": envelope.topic, "attempt": attempt + 1},
                 )
-                consumer.negative_acknowledge(message)
+                consumer.native.negative_acknowledge(message)
                 return
             try:
                 await self._dead_letter(envelope, properties, attempt + 1)
             except PulsarException:
                 log.exception("dead-lettering failed; redelivering", extra={"topic": envelope.topic})
-                consumer.negative_acknowledge(message)
+                consumer.native.negative_acknowledge(message)
                 return
-        self._attempts.pop(message_id, None)
-        consumer.acknowledge_async(message, _log_failed_ack)
+        if attempts is not None:
+            attempts.pop(message_id, None)
+        consumer.native.acknowledge_async(message, _log_failed_ack)
 
     async def _dead_letter(self, envelope: Envelope, properties: dict[str, str], attempts: int) -> None:
-        self.stats["dead_lettered"] += 1
         if envelope.topic.endswith(DLQ_SUFFIX):
+            self.stats["dead_lettered"] += 1
             log.error(
                 "message dropped from %s: its dead-letter consumer failed too",
                 envelope.topic,
@@ -231,6 +237,7 @@ class PulsarBus:
             return
         dlq = envelope.topic + DLQ_SUFFIX
         await self._send(dlq, envelope.payload, envelope.key, properties)
+        self.stats["dead_lettered"] += 1
         log.error(
             "message dead-lettered from %s to %s after %d attempts",
             envelope.topic,
@@ -240,16 +247,17 @@ class PulsarBus:
         )
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [c.task for c in self._consumers if c.task]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         producers = [
             t.result()
             for t in self._producers.values()
             if t.done() and not t.cancelled() and not t.exception()
         ]
-        handles = [*self._consumers, *producers, self._client]
-        self._tasks, self._consumers, self._producers = [], [], {}
+        handles = [*(c.native for c in self._consumers), *producers, self._client]
+        self._consumers, self._producers = [], {}
         await asyncio.to_thread(_close_all, handles)
 
 

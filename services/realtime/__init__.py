@@ -13,7 +13,9 @@ FULL_NAME = realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].
 
 def binding(context: ServiceContext) -> ServiceBinding:
     """Build the realtime core and servicer, ready to be added to a server."""
-    servicer = RealtimeServicer(RealtimeCore(context.ensure_store(), context.bus, context.cache))
+    # Distributed: the replica validates and publishes to Pulsar; the store's consumer writes.
+    store = None if context.distributed else context.ensure_store()
+    servicer = RealtimeServicer(RealtimeCore(store, context.bus, context.cache))
     return ServiceBinding(
         name="realtime",
         full_name=FULL_NAME,

@@ -7,7 +7,7 @@ import logging
 from libs.bus import Bus
 from libs.cache import TtlCache
 from libs.errors import NotBuilt
-from libs.storage.store import DEFAULT_TENANT, MetricStore
+from libs.storage.store import DEFAULT_TENANT, MetricStore, build_event
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from services.realtime.ingest import validate
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class RealtimeCore:
     """Accepts metric batches durably, makes them queryable and publishes them."""
 
-    def __init__(self, store: MetricStore, bus: Bus, cache: TtlCache | None = None) -> None:
+    def __init__(self, store: MetricStore | None, bus: Bus, cache: TtlCache | None = None) -> None:
         self.store = store
         self.bus = bus
         self.cache = cache
@@ -27,6 +27,16 @@ class RealtimeCore:
     ) -> pb.IngestMetricsResponse:
         """Validate, store durably, invalidate cached answers over the new data, publish."""
         batch = validate(request)
+        if self.store is None:
+            # Distributed: acknowledged once Pulsar has persisted the batch; the store's consumer
+            # writes it (idempotently by batch id) and it answers queries from then on.
+            series = [s for s in batch.series if len(s.ts)]
+            if series:
+                event = build_event(tenant, batch.datasource, series)
+                await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
+            return pb.IngestMetricsResponse(
+                accepted=batch.accepted, rejected=batch.rejected, errors=batch.errors
+            )
         event = await self.store.ingest(tenant, batch.datasource, batch.series)
         if event is not None:
             if self.cache is not None:
