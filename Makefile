@@ -8,10 +8,15 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up test install gen lint format bench clean
+.PHONY: up up-distributed test install gen lint format bench clean
 
 up: gen
 	exec $(BIN)/analytics up
+
+# Distributed mode: Pulsar (from Maven Central, see scripts/pulsar-standalone), then every service
+# in its own process (realtime twice) and Envoy on 8080. Ctrl-C stops everything, Pulsar included.
+up-distributed: gen
+	exec $(BIN)/analytics up-distributed
 
 test: gen lint
 	$(BIN)/pytest -q -p no:cacheprovider

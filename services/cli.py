@@ -20,9 +20,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="also feed the simulated platform (make up)")
     commands.add_parser("bridge", help="run the WebSocket bridge and /health alone")
     commands.add_parser("up", help="run Envoy and `serve all` in the foreground (what `make up` runs)")
+    commands.add_parser(
+        "up-distributed", help="run Pulsar, each service in its own process and Envoy (make up-distributed)"
+    )
+    demo = commands.add_parser("demo", help="feed the simulated platform through the ingest API")
+    demo.add_argument("--target", required=True, help="host:port of a RealtimeService (or the gateway)")
     config = commands.add_parser("gateway-config", help="render the Envoy config")
     config.add_argument("--out", type=Path, default=Path("build/envoy.yaml"))
     return parser
+
+
+async def _demo(target: str, run_feed, until_stop_signal) -> None:
+    stop = asyncio.Event()
+    waiter = asyncio.create_task(until_stop_signal())
+    waiter.add_done_callback(lambda _: stop.set())
+    await run_feed(target, stop=stop)
+    waiter.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +60,15 @@ def main(argv: list[str] | None = None) -> None:
             from services.launcher import run_local_stack
 
             sys.exit(run_local_stack(settings))
+        elif args.command == "up-distributed":
+            from services.launcher import run_distributed_stack
+
+            sys.exit(run_distributed_stack(settings))
+        elif args.command == "demo":
+            from services.demo.feed import run_feed
+            from services.runner import until_stop_signal
+
+            asyncio.run(_demo(args.target, run_feed, until_stop_signal))
         elif args.command == "gateway-config":
             from gateway.envoy_config import write
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.envoy_config import write as write_envoy_config
 from libs.config import Settings
 from libs.errors import ConfigError
+from services.pulsar_standalone import PulsarStandalone
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def gateway_healthy(port: int) -> bool:
         return False
 
 
-def _banner(settings: Settings) -> str:
+def _banner(settings: Settings, mode: str) -> str:
     base = f"http://127.0.0.1:{settings.gateway_port}"
     query = json.dumps(
         {
@@ -64,10 +65,10 @@ def _banner(settings: Settings) -> str:
         }
     )
     return f"""
-platformQ analytics is up (mode all).
+platformQ analytics is up (mode {mode}).
   REST, gRPC and WebSocket:  {base}   (health: {base}/health)
   WebSocket streams:         ws://127.0.0.1:{settings.gateway_port}/api/v1/ws/{{stream_type}}/{{stream_id}}
-  gRPC services (direct):    127.0.0.1:{settings.grpc_bind_port}
+  gRPC services (direct):    {settings.address_of("query-router")} (query-router; see README for the others)
   Envoy admin:               http://127.0.0.1:{settings.envoy_admin_port}
 Try:
   curl -s {base}/health
@@ -77,11 +78,8 @@ Ctrl-C stops everything.
 """.rstrip()
 
 
-def run_local_stack(settings: Settings) -> int:
-    """Start Envoy and `serve all`, wait for health, run until a signal; the exit code."""
-    die_with_parent()
-    config = write_envoy_config(settings, settings.data_dir / "gateway" / "envoy.yaml")
-    envoy_cmd = [
+def _envoy_command(config: Path) -> list[str]:
+    return [
         envoy_binary(),
         "-c",
         str(config),
@@ -91,7 +89,70 @@ def run_local_stack(settings: Settings) -> int:
         "--log-format",
         ENVOY_LOG_FORMAT,
     ]
-    serve_cmd = [sys.executable, "-m", "services.cli", "serve", "all", *(["--demo"] if settings.demo else [])]
+
+
+def run_local_stack(settings: Settings) -> int:
+    """Mode all: Envoy and `serve all`, wait for health, run until a signal; the exit code."""
+    die_with_parent()
+    config = write_envoy_config(settings, settings.data_dir / "gateway" / "envoy.yaml")
+    serve = [sys.executable, "-m", "services.cli", "serve", "all", *(["--demo"] if settings.demo else [])]
+    return _supervise({"services": (serve, {}), "envoy": (_envoy_command(config), {})}, settings, "all")
+
+
+def distributed_ports(settings: Settings) -> dict[str, list[int]]:
+    """gRPC ports of distributed mode: GRPC_PORT (default 50051) for the query-router, then the
+    next ones for ml and monitoring, and two realtime replicas."""
+    base = settings.grpc_bind_port
+    return {
+        "query-router": [base],
+        "realtime": [base + 1, base + 4],
+        "ml": [base + 2],
+        "monitoring": [base + 3],
+    }
+
+
+def run_distributed_stack(settings: Settings) -> int:
+    """Distributed mode: Pulsar, then each service (realtime twice) and the ws bridge in its own
+    process, Envoy routing to them; everything stops together (Pulsar too, if started here)."""
+    die_with_parent()
+    pulsar = PulsarStandalone(settings.data_dir / "pulsar")
+    started_pulsar = pulsar.start()
+    try:
+        ports = distributed_ports(settings)
+        env = {
+            "PULSAR_URL": pulsar.url,
+            **{
+                f"{name.replace('-', '_').upper()}_ADDRESS": ",".join(f"127.0.0.1:{p}" for p in plist)
+                for name, plist in ports.items()
+            },
+        }
+        routed = settings.model_copy(update={k.lower(): v for k, v in env.items()})
+        config = write_envoy_config(routed, settings.data_dir / "gateway" / "envoy.yaml")
+        children: dict[str, tuple[list[str], dict[str, str]]] = {}
+        for name, plist in ports.items():
+            for i, port in enumerate(plist):
+                label = name if len(plist) == 1 else f"{name}-{i + 1}"
+                children[label] = (
+                    [sys.executable, "-m", "services.cli", "serve", name],
+                    {**env, "GRPC_PORT": str(port), "SERVICE_NAME": label},
+                )
+        children["ws-bridge"] = (
+            [sys.executable, "-m", "services.cli", "bridge"],
+            {**env, "SERVICE_NAME": "ws-bridge"},
+        )
+        children["envoy"] = (_envoy_command(config), {})
+        if settings.demo:
+            target = f"127.0.0.1:{settings.gateway_port}"  # through Envoy, shared by the replicas
+            children["demo"] = ([sys.executable, "-m", "services.cli", "demo", "--target", target], env)
+        return _supervise(children, routed, "distributed")
+    finally:
+        if started_pulsar:
+            pulsar.stop()
+
+
+def _supervise(
+    children_spec: dict[str, tuple[list[str], dict[str, str]]], settings: Settings, mode: str
+) -> int:
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -101,8 +162,8 @@ def run_local_stack(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     children = {
-        "services": subprocess.Popen(serve_cmd, preexec_fn=die_with_parent, env=os.environ.copy()),
-        "envoy": subprocess.Popen(envoy_cmd, preexec_fn=die_with_parent),
+        name: subprocess.Popen(cmd, preexec_fn=die_with_parent, env={**os.environ, **extra})
+        for name, (cmd, extra) in children_spec.items()
     }
     announced = False
     exit_code = 0
@@ -115,7 +176,7 @@ def run_local_stack(settings: Settings) -> int:
             break
         if not announced:
             if gateway_healthy(settings.gateway_port):
-                print(_banner(settings), flush=True)
+                print(_banner(settings, mode), flush=True)
                 announced = True
             elif time.monotonic() > deadline:
                 log.error("the stack did not become healthy within 90 s; stopping")

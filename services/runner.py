@@ -23,7 +23,8 @@ BINDERS: dict[str, Callable[[ServiceContext], ServiceBinding]] = {
 assert tuple(BINDERS) == SERVICE_NAMES
 
 
-async def _until_stop_signal() -> None:
+async def until_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,7 +67,7 @@ async def serve(target: str, settings: Settings, with_demo: bool = False) -> Non
         demo = asyncio.create_task(run_feed(f"127.0.0.1:{server.port}", stop=demo_stop), name="demo-feed")
 
     log.info("serving", extra={"target": target, "grpc_port": server.port})
-    await _until_stop_signal()
+    await until_stop_signal()
 
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_seconds})
     if demo is not None:
@@ -84,6 +85,6 @@ async def serve_bridge(settings: Settings) -> None:
     from gateway.ws_bridge import start_bridge
 
     runner, bridge, _ = await start_bridge(settings)
-    await _until_stop_signal()
+    await until_stop_signal()
     await runner.cleanup()
     await bridge.close()
