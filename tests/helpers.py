@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -16,6 +17,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are all free right now (outside the
+    ephemeral range, so ports picked by free_port() do not land inside the block)."""
+    for base in range(20_000 + random.randrange(0, 9_000, 10), 32_000, 10):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -180,3 +180,27 @@ async def test_publish_returns_once_the_message_is_persisted(pulsar_broker, pref
     finally:
         await reader.close()
     assert got == [0, 1, 2, 3, 4]
+
+
+async def test_a_failover_subscription_counts_redeliveries_itself_and_dead_letters(bus, prefix):
+    # The broker reports redelivery_count 0 on failover subscriptions: the bus counts the attempts.
+    topic = f"{prefix}.alerts.x"
+    seen: list[tuple[int, int]] = []
+    dead: list[int] = []
+
+    async def handler(envelope):
+        seen.append((_n(envelope), envelope.redelivery_count))
+        if _n(envelope) == 1:
+            raise ValueError("poison")
+
+    async def dlq_reader(envelope):
+        dead.append(_n(envelope))
+
+    await bus.subscribe(f"{prefix}.alerts.*", "ordered", handler, mode="failover", max_redeliveries=2)
+    await bus.subscribe(f"{prefix}.alerts.*.dlq", "dlq-reader", dlq_reader)
+    for n in range(3):
+        await bus.publish(topic, _event(n), key="k")
+    await eventually(lambda: dead == [1] and len(seen) >= 5, "the dead letter")
+
+    assert sorted(seen) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]
+    assert bus.stats["dead_lettered"] == 1

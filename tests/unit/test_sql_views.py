@@ -65,3 +65,8 @@ async def test_datasources_with_different_label_keys_share_one_view(store):
         "SELECT datasource, metric, labels.host, labels.pod, value FROM metrics ORDER BY value DESC LIMIT 2",
     )
     assert rows == [("ds", "cpu", "b", None, 10.0), ("ds2", "mem", None, "p1", 4.0)]
+
+
+async def test_a_label_key_no_series_has_yet_reads_as_null(store):
+    _, rows = _sql(store, "acme", "SELECT count(*) FROM metrics WHERE labels['pod'] IS NULL")
+    assert rows == [(4,)]
