@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
-from tests.helpers import REPO_ROOT, alive, descendants, free_port, wait_until
+from tests.helpers import REPO_ROOT, alive, descendants, free_port, free_port_block, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -261,7 +261,8 @@ def test_make_up_distributed_serves_rest_through_envoy(pulsar_broker, tmp_path):
         "GATEWAY_PORT": str(gateway),
         "ENVOY_ADMIN_PORT": str(free_port()),
         "WS_BRIDGE_PORT": str(free_port()),
-        "GRPC_PORT": str(free_port()),
+        # The launcher gives the services GRPC_PORT and the four ports after it.
+        "GRPC_PORT": str(free_port_block(5)),
         # The session's broker: the launcher finds it running and leaves it alone.
         "PULSAR_PORT": pulsar_broker.service_url.rsplit(":", 1)[1],
         "PULSAR_HTTP_PORT": pulsar_broker.http_url.rsplit(":", 1)[1],
