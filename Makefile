@@ -8,7 +8,7 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up up-distributed test install gen lint format bench clean
+.PHONY: up up-distributed pulsar-deps test install gen lint format bench clean
 
 up: gen
 	exec $(BIN)/analytics up
@@ -18,7 +18,12 @@ up: gen
 up-distributed: gen
 	exec $(BIN)/analytics up-distributed
 
-test: gen lint
+# Pulsar from Maven Central into ~/.m2 (about 250 MB, a minute the first time; instant once cached),
+# resolved before pytest so the download does not count against a test's timeout.
+pulsar-deps:
+	scripts/pulsar-standalone classpath >/dev/null
+
+test: gen lint pulsar-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 $(BIN)/python:
@@ -63,6 +68,7 @@ format: gen
 bench: gen
 	bash benchmarks/setup.sh
 	$(BIN)/python -m benchmarks.run --docs
+	$(BIN)/python -m benchmarks.distributed --docs
 
 clean:
 	rm -rf build gen $(VENV) data
