@@ -32,6 +32,7 @@ import _pulsar
 import pulsar
 from google.protobuf.message import Message
 from pulsar.exceptions import PulsarException
+from pulsar.schema import ProtobufNativeSchema
 
 from libs.bus.base import Envelope, Handler, SubscriptionMode
 from libs.bus.inprocess import DLQ_SUFFIX
@@ -120,29 +121,32 @@ class PulsarBus:
 
     async def publish(self, topic: str, message: Message, key: str = "") -> None:
         properties = {TYPE_PROPERTY: message.DESCRIPTOR.full_name}
-        await self._send(topic, message.SerializeToString(), key, properties)
+        await self._send(topic, message, key, properties)
         self.stats["published"] += 1
 
-    async def _send(self, topic: str, payload: bytes, key: str, properties: dict[str, str]) -> None:
-        """Send and wait for the broker's acknowledgement, which follows persistence."""
-        producer = await self._producer(topic)
+    async def _send(self, topic: str, content: bytes | Message, key: str, properties: dict[str, str]) -> None:
+        """Send and wait for the broker's acknowledgement, which follows persistence. A protobuf
+        message goes through a producer whose schema is that message (registered in the broker);
+        raw bytes (dead letters) through a schemaless one."""
+        producer = await self._producer(topic, type(content) if isinstance(content, Message) else None)
         async with self._in_flight:
             sent = asyncio.get_running_loop().create_future()
             producer.send_async(
-                payload,
+                content,
                 _bridge(sent, f"publish on {topic}"),
                 properties=properties,
                 partition_key=key or None,
             )
             await sent
 
-    async def _producer(self, topic: str) -> pulsar.Producer:
+    async def _producer(self, topic: str, kind: type[Message] | None = None) -> pulsar.Producer:
         task = self._producers.get(topic)
         if task is None:
             create = self._client.create_producer
-            task = asyncio.ensure_future(
-                asyncio.to_thread(create, self._prefix + topic, **self._producer_options)
-            )
+            # The events.proto message becomes the topic's schema in the broker's registry; the
+            # payload stays the message's own bytes, which ProtobufNativeSchema also writes.
+            options = {**self._producer_options, **({"schema": ProtobufNativeSchema(kind)} if kind else {})}
+            task = asyncio.ensure_future(asyncio.to_thread(create, self._prefix + topic, **options))
             self._producers[topic] = task
         try:
             return await asyncio.shield(task)
