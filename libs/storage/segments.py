@@ -143,8 +143,14 @@ class SegmentStore:
         self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray
     ) -> list[Segment]:
         """Write points as one sorted file per day; returns the new segments (not yet in the manifest)."""
-        order = np.lexsort((ts, series_ids))
+        order = np.lexsort((ts, series_ids))  # stable: equal keys keep their arrival order
         series_ids, ts, values = series_ids[order], ts[order], values[order]
+        # Writes are idempotent per series and timestamp: of several points with the same key, the
+        # last to arrive wins (flush order is arrival order; compaction merges older files first).
+        last = np.ones(len(ts), dtype=bool)
+        last[:-1] = (series_ids[1:] != series_ids[:-1]) | (ts[1:] != ts[:-1])
+        if not last.all():
+            series_ids, ts, values = series_ids[last], ts[last], values[last]
         days = ts // DAY_MS
         written = []
         for day in np.unique(days):

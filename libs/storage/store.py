@@ -364,7 +364,10 @@ class MetricStore:
     def _merge(self, tenant: str, datasource: str, segs: list[Segment]) -> list[Segment]:
         import pyarrow.parquet as pq
 
-        table = pa.concat_tables([pq.read_table(s.path) for s in segs])
+        # Oldest file first, so a newer point with the same series and timestamp wins the merge.
+        table = pa.concat_tables(
+            [pq.read_table(s.path) for s in sorted(segs, key=lambda s: s.path.stat().st_mtime)]
+        )
         return self.segments.write_points(
             tenant,
             datasource,

@@ -36,3 +36,26 @@ async def test_a_redelivered_batch_is_stored_once(tmp_path):
     assert await store.ingest_event(second) is False  # known from the WAL replay
     assert _points(store) == 4
     await store.close()
+
+
+async def test_the_same_series_and_timestamp_twice_is_stored_once_last_value_wins(tmp_path):
+    store = MetricStore(StoreConfig(tmp_path, compact_min_files=2))
+    store.open()
+    key = SeriesKey.of("cpu", {"host": "a"})
+    await store.ingest("default", "ds", [AcceptedSeries(key, np.array([1, 2]), np.array([1.0, 2.0]))])
+    await store.ingest("default", "ds", [AcceptedSeries(key, np.array([2, 3]), np.array([20.0, 3.0]))])
+    await store.flush()  # one flush: deduplicated while writing
+    await store.ingest("default", "ds", [AcceptedSeries(key, np.array([3]), np.array([30.0]))])
+    await store.flush()
+    await store.compact()  # two files of one day: merged, deduplicated
+    snap = store.snapshot("default", "ds")
+    assert len(snap.segments) == 1
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(snap.segments[0].path)
+    assert list(zip(table["ts"].to_pylist(), table["value"].to_pylist(), strict=True)) == [
+        (1, 1.0),
+        (2, 20.0),
+        (3, 30.0),
+    ]
+    await store.close()
