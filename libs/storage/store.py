@@ -364,10 +364,9 @@ class MetricStore:
     def _merge(self, tenant: str, datasource: str, segs: list[Segment]) -> list[Segment]:
         import pyarrow.parquet as pq
 
-        # Oldest file first, so a newer point with the same series and timestamp wins the merge.
-        table = pa.concat_tables(
-            [pq.read_table(s.path) for s in sorted(segs, key=lambda s: s.path.stat().st_mtime)]
-        )
+        # Manifest order is commit order (oldest first), so a newer point with the same series and
+        # timestamp wins the merge.
+        table = pa.concat_tables([pq.read_table(s.path) for s in segs])
         return self.segments.write_points(
             tenant,
             datasource,
