@@ -30,14 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _demo(target: str, run_feed, until_stop_signal) -> None:
-    stop = asyncio.Event()
-    waiter = asyncio.create_task(until_stop_signal())
-    waiter.add_done_callback(lambda _: stop.set())
-    await run_feed(target, stop=stop)
-    waiter.cancel()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `analytics`."""
     args = _parser().parse_args(argv)
@@ -65,10 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
             sys.exit(run_distributed_stack(settings))
         elif args.command == "demo":
-            from services.demo.feed import run_feed
-            from services.runner import until_stop_signal
+            from services.runner import serve_demo
 
-            asyncio.run(_demo(args.target, run_feed, until_stop_signal))
+            asyncio.run(serve_demo(args.target))
         elif args.command == "gateway-config":
             from gateway.envoy_config import write
 

@@ -88,3 +88,16 @@ async def serve_bridge(settings: Settings) -> None:
     await until_stop_signal()
     await runner.cleanup()
     await bridge.close()
+
+
+async def serve_demo(target: str) -> None:
+    """Feed the simulated platform to the RealtimeService at `target` until a stop signal."""
+    from services.demo.feed import run_feed
+
+    stop = asyncio.Event()
+    waiter = asyncio.create_task(until_stop_signal())
+    waiter.add_done_callback(lambda _: stop.set())
+    try:
+        await run_feed(target, stop=stop)
+    finally:
+        waiter.cancel()
