@@ -114,7 +114,7 @@ class MetricStore:
         self._contiguous = 0
         self._flush_lock = asyncio.Lock()
         # Batch ids of hot batches (by LSN) and of recently flushed ones, to drop redeliveries.
-        self._hot_batches: dict[int, str] = {}
+        self._hot_batches: dict[str, int] = {}  # batch id -> LSN, in the order they were stored
         self._recent_batches: dict[str, None] = {}
         self._flushed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -136,7 +136,7 @@ class MetricStore:
             series = series_from_event(event)
             if series:
                 self._apply(lsn, (event.tenant, event.datasource), series)
-            self._hot_batches[lsn] = event.batch_id
+            self._hot_batches[event.batch_id] = lsn
             replayed += 1
         self._contiguous = max(self.wal.last_lsn, self.segments.flushed_through)
         log.info(
@@ -185,7 +185,7 @@ class MetricStore:
 
     def knows_batch(self, batch_id: str) -> bool:
         """True when the batch is in the hot tier or among the recently flushed ones."""
-        return batch_id in self._recent_batches or batch_id in self._hot_batches.values()
+        return batch_id in self._recent_batches or batch_id in self._hot_batches
 
     async def _store(self, event: events_pb2.MetricsBatchEvent, series: list[AcceptedSeries]) -> None:
         await self._room_for(sum(len(s.ts) for s in series))
@@ -201,7 +201,7 @@ class MetricStore:
         lsn = await self.wal.append(event.SerializeToString())
         try:
             self._apply(lsn, key, series)
-            self._hot_batches[lsn] = event.batch_id
+            self._hot_batches[event.batch_id] = lsn
         finally:
             self._mark_done(lsn)
 
@@ -309,16 +309,14 @@ class MetricStore:
             # Commit and hot removal happen with no await between them, so a query snapshot sees
             # each point exactly once: either in the hot tier or in a committed segment.
             flushed_lsns = {c.lsn for chunks in taken.values() for c in chunks}
-            flushed_batches = [
-                self._hot_batches[lsn] for lsn in sorted(flushed_lsns) if lsn in self._hot_batches
-            ]
+            flushed_batches = [batch for batch, lsn in self._hot_batches.items() if lsn in flushed_lsns]
             self._remember_flushed(flushed_batches)
             self.segments.commit(
                 added, series_files, flushed_through=through, recent_batches=list(self._recent_batches)
             )
             self.hot.remove(taken)
-            for lsn in flushed_lsns:
-                self._hot_batches.pop(lsn, None)
+            for batch in flushed_batches:
+                del self._hot_batches[batch]
             for key, rows in unsaved.items():
                 catalog = self.catalogs[key]
                 saved = {sid for sid, _ in rows}
