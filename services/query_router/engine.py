@@ -123,6 +123,8 @@ class QueryEngine:
         self.db = duckdb.connect()
         root = str(segments_root.resolve()).replace("'", "''")
         self.db.execute(f"SET allowed_directories = ['{root}/']")
+        # Segments are immutable files, so their Parquet footers can be cached (about 1.5 ms a query).
+        self.db.execute("SET parquet_metadata_cache = true")
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
 

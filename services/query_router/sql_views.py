@@ -69,6 +69,7 @@ def _tenant_database(segments_root: Path, tenant: str) -> duckdb.DuckDBPyConnect
             # Let a hash join push its (small) build side into the points scan as an IN filter, so a
             # query over a few series skips the row groups of the others (segments are sorted by series).
             con.execute("SET dynamic_or_filter_threshold = 10000")
+            con.execute("SET parquet_metadata_cache = true")  # segments are immutable files
             harden(con, [tenant_dir])
             _DATABASES[key] = con
         return _DATABASES[key]
