@@ -227,18 +227,20 @@ HAVING max(value) FILTER (WHERE metric = 'cpu_usage_user') > {HIGH_CPU_THRESHOLD
 ORDER BY ts"""
         return sql, [datasource, inst.hosts[0], inst.start_ms, inst.end_ms]
     if qt.kind == "lastpoint":
+        # The floor's shape: last point per series on the `points` view, then the series' labels.
         sql = f"""WITH latest AS (
-  SELECT labels['hostname'] AS hostname, metric, max(ts) AS ts, arg_max(value, ts) AS value
-  FROM metrics
-  WHERE datasource = ? AND metric IN ({metric_list}) AND ts >= CAST(? AS BIGINT)
-  GROUP BY ALL
+  SELECT series_id, max(ts) AS ts, arg_max(value, ts) AS value
+  FROM points
+  WHERE datasource = ? AND ts >= CAST(? AS BIGINT)
+  GROUP BY series_id
 )
-SELECT hostname, max(ts) AS ts,
-       {_pivot_columns("metric", "value")}
-FROM latest
+SELECT s.labels['hostname'] AS hostname, max(latest.ts) AS ts,
+       {_pivot_columns("s.metric", "latest.value")}
+FROM latest JOIN series s USING (series_id)
+WHERE s.datasource = ? AND s.metric IN ({metric_list})
 GROUP BY hostname
 ORDER BY hostname"""
-        return sql, [datasource, inst.extra["lower_bound_ms"]]
+        return sql, [datasource, inst.extra["lower_bound_ms"], datasource]
     if qt.kind == "gobl":
         sql = """SELECT (ts // 60000) * 60000 AS minute, max(value) AS max_usage_user
 FROM metrics

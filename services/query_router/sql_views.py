@@ -3,6 +3,8 @@
   series(datasource VARCHAR, series_id UBIGINT, metric VARCHAR, labels STRUCT(<key> VARCHAR, ...))
   metrics(datasource VARCHAR, metric VARCHAR, labels STRUCT(<key> VARCHAR, ...), ts BIGINT (epoch ms),
           time TIMESTAMP, value DOUBLE)
+  points(datasource VARCHAR, series_id UBIGINT, ts BIGINT, value DOUBLE)   (no join: aggregate by
+          series_id here first, then join `series`, for queries over many points)
 
 `labels` is a STRUCT with one field per label key of the tenant (NULL where a series lacks it), so
 `labels['host']` and `labels.host` both work; a query naming a key no series has runs again with
@@ -27,7 +29,7 @@ from libs.errors import InvalidArgument
 from libs.storage.store import Snapshot
 from services.query_router.sql_guard import harden, run_user_sql
 
-VIEWS = frozenset({"metrics", "series"})
+VIEWS = frozenset({"metrics", "points", "series"})
 
 
 def _label_keys(snapshots: dict[str, Snapshot]) -> list[str]:
@@ -96,7 +98,7 @@ def _run(
         con.register("_series", _series_table(live, keys))
         # One join per datasource on the series id alone: a single-integer key joins much faster
         # than (datasource, series_id), and ids are unique within a datasource.
-        parts = []
+        parts, raw = [], []
         for i, (ds, snap) in enumerate(sorted(live.items())):
             sources = []
             if snap.segments:
@@ -108,6 +110,9 @@ def _run(
             if not sources:
                 continue
             con.register(f"_series{i}", _series_table({ds: snap}, keys))
+            raw.append(
+                f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
+            )
             parts.append(
                 f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
                 f"FROM ({' UNION ALL '.join(sources)}) p JOIN _series{i} s USING (series_id)"
@@ -117,7 +122,12 @@ def _run(
                 "SELECT datasource, metric, labels, NULL::BIGINT AS ts, NULL::TIMESTAMP AS time, "
                 "NULL::DOUBLE AS value FROM _series WHERE false"
             )
+        if not raw:
+            raw.append(
+                "SELECT datasource, series_id, NULL::BIGINT AS ts, NULL::DOUBLE AS value FROM _series WHERE false"
+            )
         con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
+        con.execute(f"CREATE TEMP VIEW points AS {' UNION ALL '.join(raw)}")
         con.execute(f"CREATE TEMP VIEW metrics AS {' UNION ALL '.join(parts)}")
         return run_user_sql(con, sql, params, VIEWS, max_rows)
     finally:

@@ -70,3 +70,15 @@ async def test_datasources_with_different_label_keys_share_one_view(store):
 async def test_a_label_key_no_series_has_yet_reads_as_null(store):
     _, rows = _sql(store, "acme", "SELECT count(*) FROM metrics WHERE labels['pod'] IS NULL")
     assert rows == [(4,)]
+
+
+async def test_the_points_view_aggregates_by_series_before_any_join(store):
+    _, rows = _sql(
+        store,
+        "acme",
+        "WITH last AS (SELECT series_id, arg_max(value, ts) AS value FROM points WHERE datasource = ? "
+        "GROUP BY series_id) SELECT s.labels.host, last.value FROM last JOIN series s USING (series_id) "
+        "ORDER BY 1",
+        ["ds"],
+    )
+    assert rows == [("a", 3.0), ("b", 10.0)]
