@@ -60,7 +60,8 @@ def stop_and_check_nothing_left(process: subprocess.Popen, sig: int = signal.SIG
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     data_dir = tmp_path_factory.mktemp("stack")
-    env = stack_env(data_dir, WS_HEARTBEAT_SECONDS="0.3", MAX_REQUEST_BYTES="1048576")
+    # DEMO=0: the assertions count exactly what the tests ingest (test_make_up covers the demo).
+    env = stack_env(data_dir, WS_HEARTBEAT_SECONDS="0.3", MAX_REQUEST_BYTES="1048576", DEMO="0")
     # Logs of Envoy and the services go to a file, read back when start-up fails.
     log = (data_dir / "stack.log").open("w")
     process = subprocess.Popen(

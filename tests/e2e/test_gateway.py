@@ -323,3 +323,24 @@ def test_bad_points_are_named_and_the_good_ones_kept(stack):
     ]
     status, _, meta = http(stack, "GET", "/api/v1/analytics/metadata/e2e_bad")
     assert status == 200 and meta["point_count"] == "1"
+
+
+def test_sql_explain_and_cache_through_the_gateway(stack, seeded):
+    body = {
+        "sql": "SELECT labels.service_name AS service, count(*) AS n FROM metrics WHERE metric = ? AND ts > 1000 "
+        "GROUP BY 1 ORDER BY 1",
+        "params": ["cpu_usage"],
+    }
+    status, _, reply = http(stack, "POST", "/api/v1/query", json.dumps(body))
+    assert status == 200, reply
+    assert reply["columns"] == ["service", "n"]
+    assert reply["rows"] == [["analytics-service", 30], ["auth-service", 30]]
+    status, _, again = http(stack, "POST", "/api/v1/query", json.dumps(body))
+    assert (status, again["metadata"]["cache_hit"], again["rows"]) == (200, True, reply["rows"])
+
+    query = {"metrics": ["cpu_usage"], "time_range": "1h", "explain": True}
+    status, _, explained = http(stack, "POST", "/api/v1/query", json.dumps(query))
+    assert status == 200 and explained["series"] == []
+    assert explained["metadata"]["plan"]["fragments"][0]["engine"] == "hot"
+    status, _, plan = http(stack, "POST", "/api/v1/query/explain", json.dumps({"query": query}))
+    assert status == 200 and plan["plan"]["mode"] == "auto"
