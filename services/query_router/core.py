@@ -13,9 +13,10 @@ from libs.cache import ALL_DATASOURCES, TtlCache
 from libs.errors import InvalidArgument, NotFound
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
+from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import query_service_pb2 as pb
-from services.query_router.engine import Bucketing, FragmentResult, QueryEngine
+from services.query_router.engine import Bucketing, Fragment, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
 from services.query_router.rows import encode_rows
 from services.query_router.spec import (
@@ -134,8 +135,6 @@ class QueryRouter:
                         for name in names[metric]:
                             buckets.setdefault((bucket, dims), {})[name] = value
         response = pb.QueryTimeseriesResponse()
-        from libs.timeparse import format_time_ms
-
         for (bucket, dims), result in sorted(buckets.items()):
             response.results.add(
                 timestamp=format_time_ms(bucket),
@@ -163,8 +162,6 @@ class QueryRouter:
 
     async def metadata(self, datasource: str, tenant: str = DEFAULT_TENANT) -> pb.GetMetadataResponse:
         """Metrics, label keys with cardinality, time range and point count of a datasource."""
-        from libs.timeparse import format_time_ms
-
         snapshot = self._snapshot(tenant, datasource)
         counts = await asyncio.to_thread(self._point_counts, snapshot)
         response = pb.GetMetadataResponse(datasource=datasource)
@@ -183,8 +180,6 @@ class QueryRouter:
         return response
 
     def _point_counts(self, snapshot: Snapshot) -> dict[int, int]:
-        from services.query_router.engine import Fragment
-
         everything = Fragment("duckdb", -(2**62), 2**62, snapshot.segments, snapshot.hot)
         sids = list(snapshot.catalog.by_id)
         if not sids:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from libs.errors import InvalidArgument
 from libs.storage.store import Snapshot
@@ -95,7 +96,8 @@ def _run(
     con = _tenant_database(segments_root, tenant).cursor()
     try:
         keys = _label_keys(live) if struct_labels else None
-        con.register("_series", _series_table(live, keys))
+        every_series = _series_table(live, keys)
+        con.register("_series", every_series)
         # One join per datasource on the series id alone: a single-integer key joins much faster
         # than (datasource, series_id), and ids are unique within a datasource.
         parts, raw = [], []
@@ -109,7 +111,7 @@ def _run(
                 sources.append(f"SELECT series_id, ts, value FROM _hot{i}")
             if not sources:
                 continue
-            con.register(f"_series{i}", _series_table({ds: snap}, keys))
+            con.register(f"_series{i}", every_series.filter(pc.equal(every_series["datasource"], ds)))
             raw.append(
                 f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
             )
