@@ -30,9 +30,8 @@ class RealtimeCore:
         if self.store is None:
             # Distributed: acknowledged once Pulsar has persisted the batch; the store's consumer
             # writes it (idempotently by batch id) and it answers queries from then on.
-            series = [s for s in batch.series if len(s.ts)]
-            if series:
-                event = build_event(tenant, batch.datasource, series)
+            if batch.series:  # validate() never keeps an empty series
+                event = build_event(tenant, batch.datasource, batch.series)
                 await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
             return pb.IngestMetricsResponse(
                 accepted=batch.accepted, rejected=batch.rejected, errors=batch.errors
