@@ -20,6 +20,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
         sql_max_rows=settings.sql_max_rows,
         max_request_bytes=settings.max_request_bytes,
         cache_ttl_seconds=settings.query_cache_ttl_seconds,
+        max_raw_points=settings.query_max_raw_points,
     )
     servicer = QueryServicer(QueryRouter(context.ensure_store(), context.cache, limits))
     return ServiceBinding(

@@ -24,6 +24,7 @@ from services.query_router.spec import (
     DEFAULT_DATASOURCE,
     GRANULARITIES,
     MODES,
+    RAW,
     QuerySpec,
     TimeseriesSpec,
 )
@@ -41,6 +42,7 @@ class Limits:
     sql_max_rows: int = 100_000
     max_request_bytes: int = 16 * 1024 * 1024
     cache_ttl_seconds: float = 60.0
+    max_raw_points: int = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,21 @@ class QueryRouter:
         cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
         if cached is not None:
             return _from_cache(cached, started)
-        groups = self._groups(snapshot, spec.metrics, spec.filters, spec.group_by, spec.limit)
+        # Raw: one group per stored series (grouped by every label key), one bucket per timestamp.
+        group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
+        groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
         the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
-        results = await self._run(the_plan, groups.selection, spec.aggregation, window.bucketing)
-        response = pb.QueryResponse(series=self._series(results, groups, spec.group_by, spec.aggregation))
+        aggregation = "last" if spec.aggregation == RAW else spec.aggregation
+        results = await self._run(the_plan, groups.selection, aggregation, window.bucketing)
+        if spec.aggregation == RAW:
+            points = sum(r.table.num_rows for r in results)
+            if points > self.limits.max_raw_points:
+                raise InvalidArgument(
+                    f"raw answers hold at most {self.limits.max_raw_points} points; this one has {points}: "
+                    "use a shorter range, fewer series or an aggregation",
+                    "aggregation",
+                )
+        response = pb.QueryResponse(series=self._series(results, groups, group_by, spec.aggregation))
         self._metadata(response.metadata, the_plan, results, started)
         self.cache.put(
             QUERY_CACHE,
@@ -203,6 +216,9 @@ class QueryRouter:
         return snapshot
 
     def _window(self, spec: QuerySpec) -> Window:
+        if spec.aggregation == RAW:
+            # Every timestamp is its own bucket; the answer is bounded by max_raw_points instead.
+            return resolve_window(spec.lookback_ms, spec.start_ms, spec.end_ms, 1, _now_ms(), 2**62)
         return resolve_window(
             spec.lookback_ms,
             spec.start_ms,
@@ -270,9 +286,9 @@ class QueryRouter:
         out = []
         for gid in sorted(points, key=lambda g: groups.keys[g]):
             metric, values = groups.keys[gid]
-            series = common_pb2.SeriesResult(
-                metric=metric, group=dict(zip(group_by, values, strict=True)), aggregation=aggregation
-            )
+            # A series lacks the label keys it does not carry: their group value is "".
+            group = {k: v for k, v in zip(group_by, values, strict=True) if v or aggregation != RAW}
+            series = common_pb2.SeriesResult(metric=metric, group=group, aggregation=aggregation)
             for bucket, value in sorted(points[gid]):
                 series.points.add(timestamp_ms=bucket, value=value)
             out.append(series)

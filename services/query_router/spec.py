@@ -10,7 +10,10 @@ from libs.timeparse import parse_duration_ms, parse_interval_ms, parse_iso_durat
 from platformq.analytics.v1 import common_pb2, query_service_pb2
 
 MODES = ("auto", "batch", "realtime", "cache")
-AGGREGATIONS = ("avg", "sum", "min", "max", "count", "p50", "p90", "p95", "p99", "rate", "last")
+BUCKET_AGGREGATIONS = ("avg", "sum", "min", "max", "count", "p50", "p90", "p95", "p99", "rate", "last")
+# "raw" returns every stored point of every matching series, one answer series per stored series.
+RAW = "raw"
+AGGREGATIONS = (*BUCKET_AGGREGATIONS, RAW)
 FILTER_OPS = ("=", "!=", "in", "regex")
 DEFAULT_DATASOURCE = "platform_metrics"
 LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -135,6 +138,9 @@ def query_from_proto(request: query_service_pb2.QueryRequest) -> QuerySpec:
         raise InvalidArgument("give either sql or metrics, not both", "sql")
     if request.limit < 0:
         raise InvalidArgument("must not be negative", "limit")
+    if aggregation == RAW and (request.step or request.group_by):
+        field_name = "step" if request.step else "group_by"
+        raise InvalidArgument("raw returns every point of every series: it takes no step or group_by", field_name)
     lookback = parse_duration_ms(request.time_range, "time_range") if request.time_range else None
     start = parse_time_ms(request.start, "start") if request.start else None
     end = parse_time_ms(request.end, "end") if request.end else None
@@ -193,7 +199,7 @@ def timeseries_from_proto(request: query_service_pb2.QueryTimeseriesRequest) -> 
         )
     aggregations = []
     for i, agg in enumerate(request.aggregations):
-        kind = _choice(agg.type, AGGREGATIONS, f"aggregations[{i}].type", "avg")
+        kind = _choice(agg.type, BUCKET_AGGREGATIONS, f"aggregations[{i}].type", "avg")
         if not agg.metric:
             raise InvalidArgument("must not be empty", f"aggregations[{i}].metric")
         aggregations.append((kind, agg.metric, agg.name or f"{kind}_{agg.metric}"))

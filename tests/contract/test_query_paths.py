@@ -592,3 +592,34 @@ async def test_a_repeated_query_comes_from_the_cache_until_new_data_touches_its_
             assert [p.value for p in third.series[0].points] == [10.0, 10.0, 11.0, 10.0, 10.0, 10.0]
     finally:
         await server.stop(0)
+
+
+# ---- raw points -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["auto", "batch", "realtime"])
+async def test_raw_returns_every_point_of_every_series_from_hot_and_segments(world, mode):
+    reply = await world.query.Query(_window(aggregation="raw", mode=mode, metrics=["latency", "requests"]))
+    got = {
+        (s.metric, tuple(sorted(s.group.items()))): [(p.timestamp_ms, p.value) for p in s.points]
+        for s in reply.series
+    }
+    want = {
+        (raw.metric, tuple(sorted(raw.labels.items()))): sorted(zip(raw.ts.tolist(), raw.values.tolist()))
+        for raw in POINTS.values()
+        if raw.metric in ("latency", "requests")
+    }
+    assert set(got) == set(want)
+    for key, points in want.items():
+        inside = [(t, v) for t, v in points if BASE <= t < END]
+        assert got[key] == inside, key
+    assert {s.aggregation for s in reply.series} == {"raw"}
+
+
+@pytest.mark.parametrize("field", ["step", "group_by"])
+async def test_raw_takes_no_step_or_group_by(world, field):
+    change = {"step": "1m"} if field == "step" else {"group_by": ["service"]}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await world.query.Query(_window(aggregation="raw", **change))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}: ")
