@@ -108,8 +108,27 @@ class Settings(BaseSettings):
     query_max_series: int = Field(default=10_000, gt=0)
     """QUERY_MAX_SERIES: the most series one answer may hold."""
 
+    query_max_raw_points: int = Field(default=2_000_000, gt=0)
+    """QUERY_MAX_RAW_POINTS: the most points a raw query (aggregation "raw") returns."""
+
     sql_max_rows: int = Field(default=100_000, gt=0)
     """SQL_MAX_ROWS: the most rows a SQL query returns."""
+
+    anomaly_retention_days: float = Field(default=0.0, ge=0)
+    """ANOMALY_RETENTION_DAYS: how long found anomalies are kept; 0 keeps them forever."""
+
+    anomaly_stream: bool = True
+    """ANOMALY_STREAM: the ml service scores every ingested point live (ANOMALY_STREAM=0 turns it off)."""
+
+    ml_state_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """ML_STATE_MAX_BYTES: memory for the live anomaly scorer's per-series state; the least recently
+    seen series are evicted above it (and re-warmed from stored history when they come back)."""
+
+    ml_state_idle_seconds: float = Field(default=3600.0, gt=0)
+    """ML_STATE_IDLE_SECONDS: a series silent this long loses its live scorer state."""
+
+    ml_checkpoint_seconds: float = Field(default=60.0, gt=0)
+    """ML_CHECKPOINT_SECONDS: how often the live scorer's state is checkpointed in DATA_DIR."""
 
     demo: bool = True
     """DEMO: `make up` feeds a simulated platform through the ingest API (DEMO=0 turns it off)."""
