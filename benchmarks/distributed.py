@@ -177,6 +177,7 @@ async def run(hours: float) -> dict:
             "WS_BRIDGE_PORT": str(free_port()),
             "RETENTION_OVERRIDES": "tsbs=36500,latency=36500",
             "HOT_FLUSH_SECONDS": "30",
+            "ANOMALY_STREAM": "0",  # storage latency alone; the scorer is measured in anomaly_speed
         }
         # Mode all: one process.
         port = free_port()

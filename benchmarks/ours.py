@@ -81,6 +81,9 @@ class OurService:
                 "WS_BRIDGE_PORT": str(self.ws_port),
                 "BIND_HOST": LOOPBACK,
                 "DEMO": "0",
+                # The storage benchmark measures the store, like VictoriaMetrics alone; the live
+                # anomaly scorer's cost is measured by benchmarks.anomaly_speed.
+                "ANOMALY_STREAM": "0",
                 "LOG_LEVEL": "WARNING",
                 **self.extra_env,
             }

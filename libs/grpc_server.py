@@ -22,6 +22,10 @@ class ServiceBinding:
     name: str
     full_name: str
     register: Callable[[aio.Server], None]
+    start: Callable[[], Awaitable[None]] | None = None
+    """Background work to start once the process's shared resources are open."""
+    stop: Callable[[], Awaitable[None]] | None = None
+    """Stops that work; runs after the server has stopped, before shared resources close."""
 
 
 @dataclass

@@ -32,6 +32,10 @@ class ServiceContext:
     store: MetricStore | None = None
     cache: TtlCache = field(init=False)
     consume_metrics: bool = False
+    hosted: tuple[str, ...] = ()
+    """The services this process hosts (on one gRPC port)."""
+    local_port: int | None = None
+    """The port this process's gRPC server bound, once started."""
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -42,6 +46,12 @@ class ServiceContext:
     def distributed(self) -> bool:
         """True when the bus is Apache Pulsar: ingest then goes through it to the store."""
         return bool(self.settings.pulsar_url)
+
+    def address_of(self, service: str) -> str:
+        """Where to call `service`: this process's own port when it hosts it, else its *_ADDRESS."""
+        if service in self.hosted and self.local_port is not None:
+            return f"127.0.0.1:{self.local_port}"
+        return self.settings.address_of(service)
 
     def ensure_store(self) -> MetricStore:
         """The process's store (created on first use; opened in `start`)."""

@@ -35,14 +35,20 @@ async def until_stop_signal() -> None:
 async def start_services(names: list[str], settings: Settings, port: int) -> RunningServer:
     """Open the shared resources, then start a gRPC server hosting the named services on `port`
     (0 picks one). Stopping the server flushes the store."""
-    context = ServiceContext(settings)
+    context = ServiceContext(settings, hosted=tuple(names))
     bindings = [BINDERS[name](context) for name in names]
     await context.start()
     # A JSON body's numbers can grow up to 4x as protobuf doubles ("1," is 2 bytes, a double 8), so
     # gRPC messages may be 4x the gateway's REST body limit, which Envoy enforces itself.
-    return await start_server(
-        bindings, settings.bind_host, port, 4 * settings.max_request_bytes, on_stop=(context.close,)
+    stops = tuple(b.stop for b in bindings if b.stop is not None)
+    running = await start_server(
+        bindings, settings.bind_host, port, 4 * settings.max_request_bytes, on_stop=(*stops, context.close)
     )
+    context.local_port = running.port
+    for b in bindings:
+        if b.start is not None:
+            await b.start()
+    return running
 
 
 async def serve(target: str, settings: Settings, with_demo: bool = False) -> None:

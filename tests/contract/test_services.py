@@ -2,7 +2,6 @@
 
 import grpc
 import pytest
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -47,12 +46,7 @@ async def test_reflection_lists_the_four_services(channel):
 def _unimplemented_calls(channel):
     m = ml_service_pb2_grpc.MLServiceStub(channel)
     mon = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
-    detect = json_format.ParseDict(
-        {"simulation_id": "sim-123", "metrics": {"cpu": 95.0}, "config": {"method": "isolation_forest"}},
-        ml_service_pb2.DetectAnomaliesRequest(),
-    )
     return {
-        "DetectAnomalies": (m.DetectAnomalies(detect), "anomaly detection"),
         "Forecast": (m.Forecast(ml_service_pb2.ForecastRequest(metric="cpu", horizon=3)), "forecasting"),
         "PredictMaintenance": (
             m.PredictMaintenance(ml_service_pb2.PredictMaintenanceRequest(entity_id="e", sensors={"s": 1})),

@@ -3,7 +3,7 @@ from google.protobuf import json_format
 
 from libs.errors import InvalidArgument
 from platformq.analytics.v1 import ml_service_pb2, monitoring_service_pb2
-from services.ml.spec import check_detect
+from services.ml.spec import detect_from_proto
 from services.monitoring.spec import check_create_dashboard, check_monitor
 
 SEED_DETECT = {
@@ -24,7 +24,8 @@ SEED_DASHBOARD = {
 
 
 def test_seed_bodies_pass_validation():
-    check_detect(json_format.ParseDict(SEED_DETECT, ml_service_pb2.DetectAnomaliesRequest()))
+    spec = detect_from_proto(json_format.ParseDict(SEED_DETECT, ml_service_pb2.DetectAnomaliesRequest()))
+    assert (spec.kind, spec.method, spec.sensitivity) == ("snapshot", "isolation_forest", 0.95)
     check_create_dashboard(
         json_format.ParseDict(SEED_DASHBOARD, monitoring_service_pb2.CreateDashboardRequest())
     )
@@ -35,15 +36,45 @@ def test_seed_bodies_pass_validation():
     [
         ({"config": {"method": "magic"}}, "config.method"),
         ({"config": {"sensitivity": 1.5}}, "config.sensitivity"),
+        ({"config": {"sensitivity": 1.0}}, "config.sensitivity"),
+        ({"config": {"sensitivity": -0.1}}, "config.sensitivity"),
         ({"metrics": {}}, "metrics"),
+        ({"simulation_id": ""}, "simulation_id"),
+        ({"metrics": {"cpu": "NaN"}}, "metrics.cpu"),
+        ({"metrics": {"cpu": "Infinity"}}, "metrics.cpu"),
+        ({"selection": {"metrics": ["cpu"]}}, "selection"),
+        ({"metrics": {}, "selection": {}}, "selection.metrics"),
+        ({"metrics": {}, "selection": {"metrics": ["cpu"], "time_range": "soon"}}, "selection.time_range"),
+        (
+            {"metrics": {}, "selection": {"metrics": ["cpu"], "filters": [{"label": "a b"}]}},
+            "selection.filters[0].label",
+        ),
+        (
+            {"metrics": {}, "series": [{"name": "x", "timestamps_ms": [1, 2], "values": [1.0]}]},
+            "series[0].values",
+        ),
+        (
+            {"metrics": {}, "series": [{"name": "x", "timestamps_ms": [1, 2], "values": [1.0, "NaN"]}]},
+            "series[0].values[1]",
+        ),
+        (
+            {"metrics": {}, "series": [{"name": "x", "timestamps_ms": [2, 2], "values": [1.0, 2.0]}]},
+            "series[0].timestamps_ms[1]",
+        ),
+        ({"metrics": {}, "series": [{"name": "", "timestamps_ms": [1], "values": [1.0]}]}, "series[0].name"),
     ],
 )
 def test_bad_detect_requests(change, field):
     with pytest.raises(InvalidArgument) as err:
-        check_detect(
+        detect_from_proto(
             json_format.ParseDict({**SEED_DETECT, **change}, ml_service_pb2.DetectAnomaliesRequest())
         )
     assert err.value.field == field
+
+
+def test_unknown_method_lists_the_methods():
+    with pytest.raises(InvalidArgument, match="auto, zscore, mad, seasonal, isolation_forest"):
+        detect_from_proto(ml_service_pb2.DetectAnomaliesRequest(config={"method": "lof"}))
 
 
 @pytest.mark.parametrize(

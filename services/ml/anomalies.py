@@ -1,0 +1,505 @@
+"""Anomaly detection requests: a snapshot of one simulation's metrics, stored series, or inline
+series, scored by the chosen detector; anomalies found on stored data are kept in the anomaly
+store. No gRPC here beyond the response messages it builds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from libs.cache import TtlCache
+from libs.errors import InvalidArgument, NotFound
+from platformq.analytics.v1 import common_pb2
+from platformq.analytics.v1 import ml_service_pb2 as pb
+from services.ml import detectors
+from services.ml.anomaly_store import AnomalyFilter, AnomalyRecord, AnomalyStore, anomaly_id
+from services.ml.detectors.auto import MEMORY_POINTS
+from services.ml.detectors.base import DEFAULT_SENSITIVITY, Scores, TooShort, deviation, threshold_for
+from services.ml.history import HistoryClient, StoredSeries
+from services.ml.spec import DetectSpec, ListSpec
+from services.ml.thresholds import series_threshold
+from services.query_router.spec import LabelMatch
+
+ML_CACHE = "ml"
+DETECTOR_VERSION = "1"
+SNAPSHOT_LOOKBACK_MS = 24 * 3_600_000
+"""A snapshot value is judged against this much of its series' stored history."""
+SNAPSHOT_LABELS = ("simulation_id", "service_name")
+"""Label keys a snapshot's simulation_id is looked up under, in order."""
+RESPONSE_MAX_ANOMALIES = 1000
+
+
+def model_version(method: str) -> str:
+    """The version string of a detector."""
+    return f"{method}/v{DETECTOR_VERSION}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One series to score and the slice of it the answer reports."""
+
+    metric: str
+    labels: dict[str, str]
+    ts: np.ndarray
+    values: np.ndarray
+    report_from: int  # index of the first reported point (earlier points are history)
+
+
+class AnomalyDetection:
+    """Scores requests with the detectors and keeps what it finds on stored data."""
+
+    def __init__(
+        self, store: AnomalyStore, history: HistoryClient, cache: TtlCache, cache_ttl_seconds: float
+    ) -> None:
+        self.store = store
+        self.history = history
+        self.cache = cache
+        self.cache_ttl_seconds = cache_ttl_seconds
+
+    # ---- DetectAnomalies ------------------------------------------------------------------
+    async def detect(
+        self, spec: DetectSpec, tenant: str, timeout: float | None = None
+    ) -> pb.DetectAnomaliesResponse:
+        """Score one request; the answer carries the method, model version and threshold."""
+        if spec.kind == "snapshot":
+            return await self._snapshot(spec, tenant, timeout)
+        if spec.kind == "selection":
+            return await self._selection(spec, tenant, timeout)
+        targets = [Target(s.metric, s.labels, s.ts, s.values, 0) for s in spec.inline]
+        response = await self._score_targets(spec, tenant, "", targets, store=False)
+        return response
+
+    def _base(self, spec: DetectSpec) -> pb.DetectAnomaliesResponse:
+        return pb.DetectAnomaliesResponse(
+            method=spec.method,
+            model_version=model_version(spec.method),
+            threshold=threshold_for(spec.sensitivity),
+            sensitivity=spec.sensitivity,
+        )
+
+    async def _snapshot(
+        self, spec: DetectSpec, tenant: str, timeout: float | None
+    ) -> pb.DetectAnomaliesResponse:
+        key = (tenant, "snapshot", spec.simulation_id, spec.snapshot, spec.method, spec.sensitivity)
+        cached = self.cache.get(ML_CACHE, key)
+        if cached is not None:
+            return cached
+        now = _now_ms()
+        names = [name for name, _ in spec.snapshot]
+        histories = await self._snapshot_history(spec, now, timeout)
+        response = self._base(spec)
+        response = await asyncio.to_thread(
+            self._score_snapshot, spec, tenant, now, names, histories, response
+        )
+        self.cache.put(ML_CACHE, key, _as_hit(response), self.cache_ttl_seconds)
+        return response
+
+    async def _snapshot_history(
+        self, spec: DetectSpec, now: int, timeout: float | None
+    ) -> dict[str, list[StoredSeries]]:
+        names = [name for name, _ in spec.snapshot]
+        found: dict[str, list[StoredSeries]] = {}
+        for label in SNAPSHOT_LABELS:
+            missing = [n for n in names if n not in found]
+            if not missing:
+                break
+            series = await self.history.raw(
+                spec.datasource,
+                missing,
+                [_equals(label, spec.simulation_id)],
+                now - SNAPSHOT_LOOKBACK_MS,
+                now,
+                timeout,
+            )
+            for s in series:
+                if len(s.ts):
+                    found.setdefault(s.metric, []).append(s)
+        return found
+
+    def _score_snapshot(
+        self,
+        spec: DetectSpec,
+        tenant: str,
+        now: int,
+        names: list[str],
+        histories: dict[str, list[StoredSeries]],
+        response: pb.DetectAnomaliesResponse,
+    ) -> pb.DetectAnomaliesResponse:
+        threshold = threshold_for(spec.sensitivity)
+        values = dict(spec.snapshot)
+        if spec.method == "isolation_forest" and sum(1 for n in names if n in histories) >= 2:
+            self._snapshot_entity(spec, now, values, histories, response)
+        for name in names:
+            if name in response.metric_scores:
+                continue
+            verdict = response.metric_scores[name]
+            verdict.value = values[name]
+            candidates = histories.get(name, [])
+            if not candidates:
+                verdict.note = (
+                    f"no stored history of {name} for {spec.simulation_id}: nothing to compare with"
+                )
+                continue
+            best = None
+            for series in candidates:
+                ts = np.append(series.ts[series.ts < now], now)
+                vals = np.append(series.values[series.ts < now], values[name])
+                try:
+                    scores = detectors.detect(spec.method, ts, vals)
+                except TooShort as exc:
+                    verdict.note = f"{exc.minimum} stored points are needed, {len(ts) - 1} are stored"
+                    verdict.history_points = len(ts) - 1
+                    continue
+                # Several series may match (cpu_usage of a CPU and of a GPU): the value is judged
+                # against the one it fits best.
+                if best is None or scores.score[-1] < best[1].score[-1]:
+                    best = (series, scores, len(ts) - 1)
+            if best is None:
+                continue
+            series, scores, count = best
+            self._fill_verdict(verdict, values[name], scores, -1, count, series.labels, threshold)
+            verdict.note = "" if scores.warmup < len(scores.score) else "still warming up"
+        flagged = [(n, v) for n, v in response.metric_scores.items() if v.is_anomaly]
+        response.score = max((v.score for v in response.metric_scores.values()), default=0.0)
+        response.is_anomaly = bool(flagged)
+        for name, verdict in flagged:
+            response.anomalies.add(
+                metric=name,
+                timestamp_ms=now,
+                value=verdict.value,
+                score=verdict.score,
+                labels=dict(verdict.labels),
+                datasource=spec.datasource,
+                method=spec.method,
+                expected=verdict.expected,
+                lower=verdict.lower,
+                upper=verdict.upper,
+                deviation=verdict.deviation,
+                threshold=threshold,
+                model_version=response.model_version,
+                contributions={
+                    n: v.contribution for n, v in response.metric_scores.items() if v.contribution
+                },
+            )
+        if not any(v.history_points for v in response.metric_scores.values()):
+            response.message = (
+                f"no stored history for {spec.simulation_id}: every score is 0 until it has some"
+            )
+        return response
+
+    def _snapshot_entity(self, spec, now, values, histories, response) -> None:
+        """isolation_forest: the snapshot as one vector, scored against the aligned history."""
+        names = [n for n in values if n in histories]
+        common = None
+        chosen = {n: histories[n][0] for n in names}
+        for series in chosen.values():
+            common = series.ts if common is None else np.intersect1d(common, series.ts)
+        common = common[common < now]
+        matrix = np.column_stack([chosen[n].values[np.searchsorted(chosen[n].ts, common)] for n in names])
+        matrix = np.vstack([matrix, [values[n] for n in names]])
+        ts = np.append(common, now)
+        try:
+            scores = detectors.detect_entity(spec.method, ts, matrix, names)
+        except TooShort:
+            return  # each metric falls back to its own univariate verdict
+        threshold = threshold_for(spec.sensitivity)
+        shares = scores.contributions[-1] if scores.contributions is not None else np.ones(len(names))
+        top = float(shares.max()) or 1.0
+        for j, name in enumerate(names):
+            verdict = response.metric_scores[name]
+            column = Scores(
+                scores.score, scores.expected[:, j], scores.lower[:, j], scores.upper[:, j], scores.warmup
+            )
+            self._fill_verdict(verdict, values[name], column, -1, len(common), chosen[name].labels, threshold)
+            # The entity's score goes to the metric that explains most of it, and to the others in
+            # proportion to their share.
+            verdict.contribution = float(shares[j])
+            verdict.score = float(scores.score[-1]) * float(shares[j]) / top
+            verdict.is_anomaly = verdict.score >= threshold
+
+    @staticmethod
+    def _fill_verdict(verdict, value, scores: Scores, i, count, labels, threshold) -> None:
+        verdict.value = value
+        verdict.score = float(scores.score[i])
+        verdict.is_anomaly = verdict.score >= threshold
+        verdict.expected = float(scores.expected[i])
+        verdict.lower = float(scores.lower[i])
+        verdict.upper = float(scores.upper[i])
+        band = [np.array([verdict.expected]), np.array([verdict.lower]), np.array([verdict.upper])]
+        verdict.deviation = float(deviation(np.array([value]), *band)[0])
+        verdict.history_points = count
+        verdict.labels.update(labels)
+
+    async def _selection(
+        self, spec: DetectSpec, tenant: str, timeout: float | None
+    ) -> pb.DetectAnomaliesResponse:
+        now = _now_ms()
+        start, end = _resolve(spec, now)
+        key = (
+            tenant,
+            "selection",
+            spec.datasource,
+            spec.metrics,
+            spec.filters,
+            start,
+            end,
+            spec.method,
+            spec.sensitivity,
+            spec.include_points,
+        )
+        cached = self.cache.get(ML_CACHE, key)
+        if cached is not None:
+            return cached
+        filters = [_filter(f) for f in spec.filters]
+        series = await self.history.raw(spec.datasource, list(spec.metrics), filters, start, end, timeout)
+        if not series:
+            response = self._base(spec)
+            response.message = (
+                f"no stored series of {', '.join(spec.metrics)} in {spec.datasource!r} match the selection "
+                "in that time range"
+            )
+            return response
+        # History before the window warms the detectors up, so a backtest equals the live scores.
+        spacing = max(
+            1, int(np.median(np.concatenate([np.diff(s.ts) for s in series if len(s.ts) > 1] or [[60_000]])))
+        )
+        before = await self.history.raw(
+            spec.datasource,
+            list(spec.metrics),
+            filters,
+            start - spacing * (MEMORY_POINTS + 1),
+            start,
+            timeout,
+        )
+        earlier = {(s.metric, tuple(sorted(s.labels.items()))): s for s in before}
+        targets = []
+        for s in series:
+            prior = earlier.get((s.metric, tuple(sorted(s.labels.items()))))
+            if prior is not None and len(prior.ts):
+                keep = slice(max(0, len(prior.ts) - MEMORY_POINTS), None)
+                targets.append(
+                    Target(
+                        s.metric,
+                        s.labels,
+                        np.concatenate([prior.ts[keep], s.ts]),
+                        np.concatenate([prior.values[keep], s.values]),
+                        len(prior.ts[keep]),
+                    )
+                )
+            else:
+                targets.append(Target(s.metric, s.labels, s.ts, s.values, 0))
+        response = await self._score_targets(spec, tenant, spec.datasource, targets, store=True)
+        # A write into the window drops the entry, so a hit is what scoring again would say.
+        self.cache.put(
+            ML_CACHE,
+            key,
+            _as_hit(response),
+            self.cache_ttl_seconds,
+            scope=(tenant, spec.datasource, start, end),
+        )
+        return response
+
+    async def _score_targets(
+        self, spec: DetectSpec, tenant: str, datasource: str, targets: list[Target], store: bool
+    ) -> pb.DetectAnomaliesResponse:
+        response = self._base(spec)
+        thresholds = {}
+        if store:
+            for t in targets:
+                tp, fp = await asyncio.to_thread(
+                    self.store.feedback_counts, tenant, datasource, t.metric, t.labels
+                )
+                thresholds[id(t)] = series_threshold(spec.sensitivity, tp, fp)
+        results = await asyncio.to_thread(_score_all, spec.method, targets)
+        scored_any = False
+        records: list[AnomalyRecord] = []
+        detected_at = _now_ms()
+        for target, outcome in zip(targets, results, strict=True):
+            out = response.series.add(metric=target.metric, labels=target.labels)
+            if isinstance(outcome, TooShort):
+                out.warmup_points = len(target.ts) - target.report_from
+                if spec.kind == "inline":
+                    raise InvalidArgument(str(outcome), f"series[{len(response.series) - 1}]")
+                continue
+            scored_any = True
+            threshold = thresholds.get(id(target), response.threshold)
+            r = slice(target.report_from, None)
+            score, ts, values = outcome.score[r], target.ts[r], target.values[r]
+            warm = max(0, outcome.warmup - target.report_from)
+            out.warmup_points = min(warm, len(ts))
+            out.points_scored = len(ts) - out.warmup_points
+            flags = np.flatnonzero(score >= threshold)
+            out.anomaly_count = len(flags)
+            out.max_score = float(score.max()) if len(score) else 0.0
+            if spec.include_points:
+                out.timestamps_ms.extend(ts.tolist())
+                out.scores.extend(score.tolist())
+                out.expected.extend(outcome.expected[r].tolist())
+                out.lower.extend(outcome.lower[r].tolist())
+                out.upper.extend(outcome.upper[r].tolist())
+            dev = deviation(values, outcome.expected[r], outcome.lower[r], outcome.upper[r])
+            for i in flags:
+                record = AnomalyRecord(
+                    tenant=tenant,
+                    datasource=datasource,
+                    metric=target.metric,
+                    labels=dict(target.labels),
+                    timestamp_ms=int(ts[i]),
+                    value=float(values[i]),
+                    score=float(score[i]),
+                    method=spec.method,
+                    expected=float(outcome.expected[r][i]),
+                    lower=float(outcome.lower[r][i]),
+                    upper=float(outcome.upper[r][i]),
+                    deviation=float(dev[i]),
+                    threshold=threshold,
+                    model_version=response.model_version,
+                    contributions={},
+                    source="request",
+                    detected_at_ms=detected_at,
+                    id=anomaly_id(tenant, datasource, target.metric, target.labels, int(ts[i]), spec.method)
+                    if store
+                    else "",
+                )
+                records.append(record)
+        if not scored_any:
+            minimum = detectors.MIN_POINTS[spec.method]
+            raise InvalidArgument(
+                f"{spec.method} needs at least {minimum} points per series; no series has that many",
+                "selection" if spec.kind == "selection" else "series",
+            )
+        if store and records:
+            await asyncio.to_thread(self.store.add, records)
+        records.sort(key=lambda a: -a.score)
+        for record in records[:RESPONSE_MAX_ANOMALIES]:
+            response.anomalies.append(anomaly_message(record))
+        response.is_anomaly = bool(records)
+        response.score = max((s.max_score for s in response.series), default=0.0)
+        return response
+
+    # ---- stored anomalies -------------------------------------------------------------------
+    async def list(self, spec: ListSpec, tenant: str) -> pb.ListAnomaliesResponse:
+        """One page of stored anomalies, newest first."""
+        now = _now_ms()
+        start, end = spec.start_ms, spec.end_ms
+        if spec.lookback_ms is not None:
+            start, end = now - spec.lookback_ms, now + 1
+        f = AnomalyFilter(
+            tenant=tenant,
+            datasource=spec.datasource,
+            metric=spec.metric,
+            labels=spec.labels,
+            start_ms=start,
+            end_ms=end,
+            min_score=spec.min_score,
+            method=spec.method,
+            limit=spec.limit,
+            cursor=spec.cursor,
+        )
+        try:
+            records, cursor = await asyncio.to_thread(self.store.list, f)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc).removeprefix("cursor: "), "cursor") from None
+        return pb.ListAnomaliesResponse(anomalies=[anomaly_message(r) for r in records], next_cursor=cursor)
+
+    async def feedback(
+        self, anomaly_id: str, verdict: str, comment: str, tenant: str
+    ) -> pb.SubmitAnomalyFeedbackResponse:
+        """Store a verdict; the series' threshold follows the documented rule."""
+        try:
+            record = await asyncio.to_thread(self.store.set_feedback, tenant, anomaly_id, verdict, comment)
+        except KeyError:
+            raise NotFound(f"no anomaly {anomaly_id!r}", "id") from None
+        tp, fp = await self.feedback_tally(tenant, record.datasource, record.metric, record.labels)
+        return pb.SubmitAnomalyFeedbackResponse(
+            anomaly=anomaly_message(record), series_threshold=series_threshold(DEFAULT_SENSITIVITY, tp, fp)
+        )
+
+    async def feedback_tally(
+        self, tenant: str, datasource: str, metric: str, labels: dict[str, str]
+    ) -> tuple[int, int]:
+        """(true positives, false positives) of one series."""
+        return await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, labels)
+
+    async def stats(self, tenant: str) -> pb.GetAnomalyStatsResponse:
+        """Precision per method from the feedback."""
+        tallies = await asyncio.to_thread(self.store.precision_by_method, tenant)
+        response = pb.GetAnomalyStatsResponse()
+        for method, t in tallies.items():
+            out = response.methods[method]
+            out.anomalies, out.true_positive, out.false_positive = (
+                t.anomalies,
+                t.true_positive,
+                t.false_positive,
+            )
+            if t.precision is not None:
+                out.precision = t.precision
+        return response
+
+
+def _as_hit(response: pb.DetectAnomaliesResponse) -> pb.DetectAnomaliesResponse:
+    hit = pb.DetectAnomaliesResponse()
+    hit.CopyFrom(response)
+    hit.cached = True
+    return hit
+
+
+def _score_all(method: str, targets: list[Target]) -> list[Scores | TooShort]:
+    """Score every target (in a worker thread); a series too short for the method is reported."""
+    out: list[Scores | TooShort] = []
+    for t in targets:
+        try:
+            out.append(detectors.detect(method, t.ts, t.values))
+        except TooShort as exc:
+            out.append(exc)
+    return out
+
+
+def anomaly_message(record: AnomalyRecord) -> pb.Anomaly:
+    """A stored (or just found) anomaly as its API message."""
+    return pb.Anomaly(
+        id=record.id,
+        metric=record.metric,
+        labels=record.labels,
+        datasource=record.datasource,
+        timestamp_ms=record.timestamp_ms,
+        value=record.value,
+        score=record.score,
+        method=record.method,
+        expected=record.expected,
+        lower=record.lower,
+        upper=record.upper,
+        deviation=record.deviation,
+        contributions=record.contributions,
+        peers=record.peers,
+        peer_series=record.peer_series,
+        threshold=record.threshold,
+        model_version=record.model_version,
+        feedback=record.feedback,
+        source=record.source,
+        detected_at_ms=record.detected_at_ms,
+    )
+
+
+def _resolve(spec: DetectSpec, now: int) -> tuple[int, int]:
+    if spec.start_ms is not None:
+        return spec.start_ms, spec.end_ms if spec.end_ms is not None else now + 1
+    end = spec.end_ms if spec.end_ms is not None else now + 1
+    return end - spec.lookback_ms, end
+
+
+def _equals(label: str, value: str) -> common_pb2.LabelFilter:
+    return common_pb2.LabelFilter(label=label, op="=", value=value)
+
+
+def _filter(match: LabelMatch) -> common_pb2.LabelFilter:
+    if match.op == "in":
+        return common_pb2.LabelFilter(label=match.label, op="in", values=list(match.values))
+    return common_pb2.LabelFilter(label=match.label, op=match.op, value=match.values[0])

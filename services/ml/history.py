@@ -1,0 +1,92 @@
+"""Stored history for the ML service, read through the query-router's gRPC API (never segment
+files), so the ML service runs the same in mode all and in distributed mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from libs.errors import InvalidArgument, Unavailable
+from libs.timeparse import format_time_ms
+from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
+from services.ml.detectors.base import FloatArray, IntArray
+
+
+@dataclass(frozen=True)
+class StoredSeries:
+    """One stored series' raw points over a window."""
+
+    metric: str
+    labels: dict[str, str]
+    ts: IntArray
+    values: FloatArray
+
+
+class HistoryClient:
+    """Raw points of stored series, by metric and label filters, from the query-router."""
+
+    def __init__(self, address: Callable[[], str], max_message_bytes: int) -> None:
+        # Resolved on first use: in mode all the query-router is this process, on a port known
+        # only once the server has started.
+        self._address = address
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel: aio.Channel | None = None
+
+    def _stub(self) -> query_service_pb2_grpc.QueryServiceStub:
+        if self._channel is None:
+            self._channel = aio.insecure_channel(self._address(), options=self._options)
+        return query_service_pb2_grpc.QueryServiceStub(self._channel)
+
+    async def raw(
+        self,
+        datasource: str,
+        metrics: list[str],
+        filters: list[common_pb2.LabelFilter],
+        start_ms: int,
+        end_ms: int,
+        timeout: float | None = None,
+    ) -> list[StoredSeries]:
+        """Every point of every matching series in [start_ms, end_ms); an unknown datasource
+        gives no series. `timeout` is the caller's remaining deadline."""
+        request = query_service_pb2.QueryRequest(
+            datasource=datasource,
+            metrics=metrics,
+            filters=filters,
+            aggregation="raw",
+            start=format_time_ms(start_ms),
+            end=format_time_ms(end_ms),
+            mode="auto",
+        )
+        try:
+            response = await self._stub().Query(request, timeout=timeout, wait_for_ready=True)
+        except aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"the stored history cannot be read: {exc.details()}") from None
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            raise Unavailable(
+                f"the query-router at {self._address()} did not answer: {exc.details()}"
+            ) from None
+        return [
+            StoredSeries(
+                s.metric,
+                dict(s.group),
+                np.fromiter((p.timestamp_ms for p in s.points), np.int64, len(s.points)),
+                np.fromiter((p.value for p in s.points), np.float64, len(s.points)),
+            )
+            for s in response.series
+        ]
+
+    async def close(self) -> None:
+        """Close the channel."""
+        if self._channel is not None:
+            await self._channel.close()

@@ -1,0 +1,298 @@
+"""The live anomaly scorer: consumes `simulation.metrics.*` on its own subscription, scores every
+arriving point with the `auto` detector, keeps and publishes what it flags.
+
+Per series it holds one `AutoState` (bounded: `AutoState.nbytes`, about the same for every
+series). The least recently seen series are evicted above ML_STATE_MAX_BYTES, and series silent
+for ML_STATE_IDLE_SECONDS on each checkpoint; a series that comes back (or is seen for the first
+time) is re-warmed from the last MEMORY_POINTS points of its stored history, read through the
+query-router, so its scores are those it would have had without the gap. All state is
+checkpointed in DATA_DIR every ML_CHECKPOINT_SECONDS and on stop, so a restart resumes without
+a blind warm-up; points at or before a series' last scored timestamp are skipped, so
+redeliveries are scored once. Scoring runs in a worker thread (the detector's kernel releases the
+GIL), and ingest never waits for it: the scorer is one more consumer of the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from libs.bus import Bus, Envelope
+from platformq.analytics.v1 import common_pb2, events_pb2
+from services.ml.anomalies import model_version
+from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
+from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
+from services.ml.detectors.base import Scores, deviation
+from services.ml.history import HistoryClient
+from services.ml.thresholds import series_threshold
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION = "ml-anomaly"
+METHOD = "auto"
+WARM_MAX_LOOKBACK_MS = 7 * 86_400_000
+DEFAULT_SPACING_MS = 60_000
+
+SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]  # tenant, datasource, metric, labels
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Knobs of the live scorer (from the settings)."""
+
+    data_dir: Path
+    max_state_bytes: int = 256 * 1024 * 1024
+    idle_seconds: float = 3600.0
+    checkpoint_seconds: float = 60.0
+    max_redeliveries: int = 3
+    sensitivity: float = 0.95
+
+
+@dataclass
+class _Live:
+    state: AutoState
+    last_ts: int
+    last_seen: float
+    threshold: float
+
+
+class StreamScorer:
+    """Scores the live stream per series; bounded state, checkpointed, re-warmed from history."""
+
+    def __init__(self, bus: Bus, store: AnomalyStore, history: HistoryClient, config: StreamConfig) -> None:
+        self.bus = bus
+        self.store = store
+        self.history = history
+        self.config = config
+        self.path = config.data_dir / "ml" / "stream_state.bin"
+        self._states: OrderedDict[SeriesKey, _Live] = OrderedDict()
+        self._bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"points": 0, "anomalies": 0, "warmed": 0, "evicted": 0, "checkpoints": 0}
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes held by per-series state now."""
+        return self._bytes
+
+    @property
+    def series(self) -> int:
+        """Series with live state now."""
+        return len(self._states)
+
+    # ---- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the checkpoint, subscribe, start checkpointing."""
+        for key, live in await asyncio.to_thread(self._load):
+            self._put(key, live)
+        await self.bus.subscribe(
+            "simulation.metrics.*", SUBSCRIPTION, self.handle, max_redeliveries=self.config.max_redeliveries
+        )
+        self._task = asyncio.create_task(self._checkpoints(), name="ml-checkpoints")
+
+    async def stop(self) -> None:
+        """Stop checkpointing and write a last checkpoint."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.to_thread(self._save)
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_seconds)
+            self._evict_idle(time.monotonic())
+            await asyncio.to_thread(self._save)
+
+    # ---- scoring --------------------------------------------------------------------------
+    async def handle(self, envelope: Envelope) -> None:
+        """Bus handler: score a batch; a malformed one raises, so the bus dead-letters it."""
+        event = events_pb2.MetricsBatchEvent.FromString(envelope.payload)
+        if not event.datasource:
+            raise ValueError(f"not an ingest batch on {envelope.topic}: datasource is required")
+        work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]] = []
+        for s in event.series:
+            ts = np.array(s.timestamps_ms, dtype=np.int64)
+            values = np.array(s.values, dtype=np.float64)
+            if len(ts) != len(values) or not np.isfinite(values).all():
+                raise ValueError(f"series {s.name!r} on {envelope.topic} has mismatched or non-finite values")
+            if not len(ts):
+                continue
+            order = np.argsort(ts, kind="stable")
+            ts, values = ts[order], values[order]
+            key: SeriesKey = (event.tenant, event.datasource, s.name, tuple(sorted(s.labels.items())))
+            live = self._states.get(key)
+            if live is None:
+                live = await self._warm(key, ts)
+            fresh = ts > live.last_ts
+            if fresh.any():
+                work.append((key, live, ts[fresh], values[fresh]))
+        if not work:
+            return
+        results = await asyncio.to_thread(_score_batch, work)
+        now = time.monotonic()
+        records = []
+        detected_at = int(time.time() * 1000)
+        for (key, live, ts, values), scores in zip(work, results, strict=True):
+            live.last_ts = int(ts[-1])
+            live.last_seen = now
+            self._states.move_to_end(key)
+            self.stats["points"] += len(ts)
+            records += _records(key, live.threshold, ts, values, scores, detected_at)
+        self._evict_over_bound()
+        if records:
+            self.stats["anomalies"] += await asyncio.to_thread(self.store.add, records)
+            for record in records:
+                await self.bus.publish(f"anomalies.{record.datasource}", anomaly_event(record), key=record.id)
+
+    async def _warm(self, key: SeriesKey, ts: np.ndarray) -> _Live:
+        """A state for a series not in memory: its stored history replayed, and its threshold."""
+        tenant, datasource, metric, labels = key
+        spacing = int(np.median(np.diff(ts))) if len(ts) > 1 else DEFAULT_SPACING_MS
+        lookback = min(WARM_MAX_LOOKBACK_MS, max(1, spacing) * MEMORY_POINTS * 2)
+        filters = [common_pb2.LabelFilter(label=k, op="=", value=v) for k, v in labels]
+        first = int(ts[0])
+        history = await self.history.raw(datasource, [metric], filters, first - lookback, first)
+        state = AutoState.new()
+        last_ts = -(2**63)
+        for series in history:
+            if tuple(sorted(series.labels.items())) == labels and len(series.ts):
+                keep = slice(max(0, len(series.ts) - MEMORY_POINTS), None)
+                await asyncio.to_thread(score_chunk, state, series.ts[keep], series.values[keep])
+                last_ts = int(series.ts[-1])
+                self.stats["warmed"] += 1
+        tp, fp = await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, dict(labels))
+        live = _Live(state, last_ts, time.monotonic(), series_threshold(self.config.sensitivity, tp, fp))
+        self._put(key, live)
+        return live
+
+    def feedback_changed(self, key: SeriesKey, true_positive: int, false_positive: int) -> None:
+        """Apply a verdict given in this process to the series' live threshold at once."""
+        live = self._states.get(key)
+        if live is not None:
+            live.threshold = series_threshold(self.config.sensitivity, true_positive, false_positive)
+
+    # ---- bounds -----------------------------------------------------------------------------
+    def _put(self, key: SeriesKey, live: _Live) -> None:
+        old = self._states.pop(key, None)
+        if old is not None:
+            self._bytes -= old.state.nbytes
+        self._states[key] = live
+        self._bytes += live.state.nbytes
+        self._evict_over_bound()
+
+    def _evict_over_bound(self) -> None:
+        while self._bytes > self.config.max_state_bytes and len(self._states) > 1:
+            _, live = self._states.popitem(last=False)
+            self._bytes -= live.state.nbytes
+            self.stats["evicted"] += 1
+
+    def _evict_idle(self, now: float) -> None:
+        idle = [k for k, live in self._states.items() if now - live.last_seen > self.config.idle_seconds]
+        for key in idle:
+            self._bytes -= self._states.pop(key).state.nbytes
+        self.stats["evicted"] += len(idle)
+
+    # ---- checkpoint -------------------------------------------------------------------------
+    def _save(self) -> None:
+        """Write every state to a new file, fsync it, then rename it over the old one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            for key, live in list(self._states.items()):
+                head = json.dumps([*key[:3], list(key[3]), live.last_ts, live.threshold]).encode()
+                body = live.state.to_bytes()
+                out.write(struct.pack("<II", len(head), len(body)) + head + body)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        self.stats["checkpoints"] += 1
+
+    def _load(self) -> list[tuple[SeriesKey, _Live]]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        out = []
+        pos = 0
+        now = time.monotonic()
+        while pos + 8 <= len(data):
+            head_len, body_len = struct.unpack_from("<II", data, pos)
+            pos += 8
+            tenant, datasource, metric, labels, last_ts, threshold = json.loads(data[pos : pos + head_len])
+            pos += head_len
+            state = AutoState.from_bytes(data[pos : pos + body_len])
+            pos += body_len
+            key = (tenant, datasource, metric, tuple((k, v) for k, v in labels))
+            out.append((key, _Live(state, last_ts, now, threshold)))
+        log.info("live scorer state restored", extra={"series": len(out), "path": str(self.path)})
+        return out
+
+
+def _score_batch(work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]]) -> list[Scores]:
+    """Advance each series' state over its new points (in a worker thread)."""
+    return [score_chunk(live.state, ts, values) for _, live, ts, values in work]
+
+
+def _records(
+    key: SeriesKey, threshold: float, ts: np.ndarray, values: np.ndarray, scores: Scores, detected_at: int
+) -> list[AnomalyRecord]:
+    flagged = np.flatnonzero(scores.score >= threshold)
+    if not flagged.size:
+        return []
+    tenant, datasource, metric, labels = key
+    label_map = dict(labels)
+    dev = deviation(values[flagged], scores.expected[flagged], scores.lower[flagged], scores.upper[flagged])
+    return [
+        AnomalyRecord(
+            tenant=tenant,
+            datasource=datasource,
+            metric=metric,
+            labels=label_map,
+            timestamp_ms=int(ts[i]),
+            value=float(values[i]),
+            score=float(scores.score[i]),
+            method=METHOD,
+            expected=float(scores.expected[i]),
+            lower=float(scores.lower[i]),
+            upper=float(scores.upper[i]),
+            deviation=float(d),
+            threshold=threshold,
+            model_version=model_version(METHOD),
+            contributions={},
+            source="stream",
+            detected_at_ms=detected_at,
+            id=anomaly_id(tenant, datasource, metric, label_map, int(ts[i]), METHOD),
+        )
+        for i, d in zip(flagged, dev, strict=True)
+    ]
+
+
+def anomaly_event(record: AnomalyRecord) -> events_pb2.AnomalyEvent:
+    """The bus message of one anomaly."""
+    return events_pb2.AnomalyEvent(
+        tenant=record.tenant,
+        source=record.datasource,
+        datasource=record.datasource,
+        metric=record.metric,
+        labels=record.labels,
+        timestamp_ms=record.timestamp_ms,
+        value=record.value,
+        score=record.score,
+        method=record.method,
+        expected=record.expected,
+        lower=record.lower,
+        upper=record.upper,
+        deviation=record.deviation,
+        threshold=record.threshold,
+        model_version=record.model_version,
+        id=record.id,
+        detected_at_ms=record.detected_at_ms,
+    )
