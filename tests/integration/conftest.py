@@ -9,12 +9,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import REPO_ROOT, alive, free_port, wait_until
 
@@ -76,3 +79,83 @@ def pulsar_broker(tmp_path_factory) -> Broker:
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not alive(pid), 10, "the broker to be killed")
         assert stopped.returncode == 0, stopped.stderr
+
+
+class Service:
+    """One `analytics serve <name>` process of the cluster."""
+
+    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+        self.name, self.env, self.log = name, env, log
+        self.port = int(env["GRPC_PORT"])
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "serve", self.name],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
+        wait_until(self.serving, 60, f"{self.name} to serve")
+        return self
+
+    def serving(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def cluster(pulsar_broker, tmp_path):
+    """A query-router (store and bus consumer) and two realtime replicas on the broker."""
+    base = {
+        **os.environ,
+        "PULSAR_URL": pulsar_broker.service_url,
+        "LOG_LEVEL": "INFO",
+        "HOT_FLUSH_SECONDS": "1",
+        "HOT_FLUSH_POINTS": "5000",
+        "WS_BRIDGE_PORT": str(free_port()),
+    }
+    services = {
+        "query-router": Service(
+            "query-router",
+            {**base, "GRPC_PORT": str(free_port()), "DATA_DIR": str(tmp_path / "store")},
+            tmp_path / "query-router.log",
+        ),
+        "realtime-1": Service(
+            "realtime",
+            {**base, "GRPC_PORT": str(free_port()), "DATA_DIR": str(tmp_path / "r1")},
+            tmp_path / "realtime-1.log",
+        ),
+        "realtime-2": Service(
+            "realtime",
+            {**base, "GRPC_PORT": str(free_port()), "DATA_DIR": str(tmp_path / "r2")},
+            tmp_path / "realtime-2.log",
+        ),
+    }
+    try:
+        for service in services.values():
+            service.start()
+        yield services
+    finally:
+        for service in services.values():
+            service.stop()

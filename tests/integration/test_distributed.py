@@ -19,7 +19,6 @@ import pulsar
 import pytest
 from google.protobuf import struct_pb2
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
@@ -27,86 +26,6 @@ from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
 from tests.helpers import REPO_ROOT, alive, descendants, free_port, free_port_block, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class Service:
-    """One `analytics serve <name>` process of the cluster."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.name, self.env, self.log = name, env, log
-        self.port = int(env["GRPC_PORT"])
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Service:
-        with self.log.open("a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", self.name],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=out,
-            )
-        wait_until(self.serving, 60, f"{self.name} to serve")
-        return self
-
-    def serving(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def cluster(pulsar_broker, tmp_path):
-    """A query-router (store and bus consumer) and two realtime replicas on the broker."""
-    base = {
-        **os.environ,
-        "PULSAR_URL": pulsar_broker.service_url,
-        "LOG_LEVEL": "INFO",
-        "HOT_FLUSH_SECONDS": "1",
-        "HOT_FLUSH_POINTS": "5000",
-        "WS_BRIDGE_PORT": str(free_port()),
-    }
-    services = {
-        "query-router": Service(
-            "query-router",
-            {**base, "GRPC_PORT": str(free_port()), "DATA_DIR": str(tmp_path / "store")},
-            tmp_path / "query-router.log",
-        ),
-        "realtime-1": Service(
-            "realtime",
-            {**base, "GRPC_PORT": str(free_port()), "DATA_DIR": str(tmp_path / "r1")},
-            tmp_path / "realtime-1.log",
-        ),
-        "realtime-2": Service(
-            "realtime",
-            {**base, "GRPC_PORT": str(free_port()), "DATA_DIR": str(tmp_path / "r2")},
-            tmp_path / "realtime-2.log",
-        ),
-    }
-    try:
-        for service in services.values():
-            service.start()
-        yield services
-    finally:
-        for service in services.values():
-            service.stop()
 
 
 def _batch(datasource: str, n: int, points: int = 20) -> rpb.IngestMetricsRequest:
