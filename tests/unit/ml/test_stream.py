@@ -1,0 +1,153 @@
+"""The live scorer on the in-process bus with a real anomaly store: flags what it should, keeps its
+state bounded, resumes from its checkpoint, skips redeliveries, dead-letters poison."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from libs.bus import Envelope, InProcessBus
+from platformq.analytics.v1 import events_pb2
+from services.ml.anomaly_store import AnomalyFilter, AnomalyStore
+from services.ml.detectors import auto
+from services.ml.history import StoredSeries
+from services.ml.stream import StreamConfig, StreamScorer
+
+
+class RecordedHistory:
+    """Stands in for the query-router: answers raw reads from series given to it (the real path,
+    through gRPC, is covered by tests/contract/test_anomalies.py)."""
+
+    def __init__(self) -> None:
+        self.series: list[StoredSeries] = []
+        self.reads = 0
+
+    async def raw(self, datasource, metrics, filters, start_ms, end_ms, timeout=None):
+        self.reads += 1
+        out = []
+        for s in self.series:
+            keep = (s.ts >= start_ms) & (s.ts < end_ms)
+            out.append(StoredSeries(s.metric, s.labels, s.ts[keep], s.values[keep]))
+        return out
+
+
+def _series(n: int, spikes=(), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ts = 1_790_000_000_000 + 10_000 * np.arange(n, dtype=np.int64)
+    values = 30 + rng.normal(0, 1, n)
+    values[list(spikes)] += 12
+    return ts, values
+
+
+def _envelope(ts, values, host: str = "h1", batch: str = "b") -> Envelope:
+    event = events_pb2.MetricsBatchEvent(tenant="default", datasource="ds", batch_id=batch)
+    event.series.add(name="lat", labels={"host": host}, timestamps_ms=ts.tolist(), values=values.tolist())
+    return Envelope("simulation.metrics.ds", "ds", event.SerializeToString(), "x", 0)
+
+
+def _scorer(tmp_path, history=None, **config) -> tuple[StreamScorer, AnomalyStore, InProcessBus]:
+    store = AnomalyStore(tmp_path / "a.sqlite3")
+    store.open()
+    bus = InProcessBus()
+    scorer = StreamScorer(bus, store, history or RecordedHistory(), StreamConfig(data_dir=tmp_path, **config))
+    return scorer, store, bus
+
+
+def _stored(store: AnomalyStore) -> dict[int, float]:
+    records, _ = store.list(AnomalyFilter(datasource="ds", limit=1000))
+    return {r.timestamp_ms: r.score for r in records}
+
+
+async def test_spikes_are_flagged_stored_and_published(tmp_path):
+    scorer, store, bus = _scorer(tmp_path)
+    published = []
+
+    async def collect(envelope):
+        published.append(envelope.decode(events_pb2.AnomalyEvent))
+
+    await bus.subscribe("anomalies.*", "t", collect)
+    ts, values = _series(800, spikes=(600, 700))
+    for lo in range(0, 800, 100):
+        await scorer.handle(_envelope(ts[lo : lo + 100], values[lo : lo + 100]))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert {int(ts[600]), int(ts[700])} <= set(_stored(store)) and len(_stored(store)) <= 6
+    assert {e.timestamp_ms for e in published} == set(_stored(store))
+    assert all(e.labels["host"] == "h1" and e.datasource == "ds" for e in published)
+    await bus.close()
+
+
+async def test_a_redelivered_batch_is_scored_once(tmp_path):
+    scorer, store, _ = _scorer(tmp_path)
+    ts, values = _series(700, spikes=(650,))
+    await scorer.handle(_envelope(ts, values))
+    points = scorer.stats["points"]
+    await scorer.handle(_envelope(ts, values))  # the bus delivers it again
+    assert scorer.stats["points"] == points
+    assert len(_stored(store)) == scorer.stats["anomalies"]
+
+
+async def test_state_is_bounded_in_bytes_and_the_least_recent_series_go_first(tmp_path):
+    per_series = auto.AutoState.new().nbytes
+    scorer, _, _ = _scorer(tmp_path, max_state_bytes=3 * per_series)
+    ts, values = _series(60)
+    for host in ("a", "b", "c", "d", "e"):
+        await scorer.handle(_envelope(ts, values, host=host))
+    assert scorer.series == 3 and scorer.state_bytes == 3 * per_series
+    assert scorer.stats["evicted"] == 2
+
+
+async def test_a_returning_series_is_rewarmed_from_history_to_the_scores_it_would_have_had(tmp_path):
+    history = RecordedHistory()
+    scorer, store, _ = _scorer(tmp_path, history=history)
+    ts, values = _series(1000, spikes=(900,))
+    # The first 800 points are stored (another replica scored them); this scorer never saw them.
+    history.series = [StoredSeries("lat", {"host": "h1"}, ts[:800], values[:800])]
+    await scorer.handle(_envelope(ts[800:], values[800:]))
+    assert scorer.stats["warmed"] == 1
+    whole = auto.detect(ts, values)
+    threshold = 1 - 0.95 / 2
+    expected = {int(t): s for t, s in zip(ts[800:], whole.score[800:], strict=True) if s >= threshold}
+    assert _stored(store) == expected and int(ts[900]) in expected
+
+
+async def test_a_restart_resumes_from_the_checkpoint_without_warming_up(tmp_path):
+    ts, values = _series(1000, spikes=(900,))
+    scorer, store, _ = _scorer(tmp_path)
+    await scorer.handle(_envelope(ts[:800], values[:800]))
+    await scorer.stop()
+    store.close()
+    history = RecordedHistory()
+    scorer, store, bus = _scorer(tmp_path, history=history)
+    await scorer.start()
+    assert scorer.series == 1
+    await scorer.handle(_envelope(ts[800:], values[800:]))
+    assert history.reads == 0  # no warm-up read: the state came from the checkpoint
+    whole = auto.detect(ts, values)
+    assert _stored(store)[int(ts[900])] == whole.score[900]
+    await scorer.stop()
+    await bus.close()
+
+
+async def test_a_poison_batch_is_dead_lettered_and_the_stream_flows(tmp_path):
+    scorer, _, bus = _scorer(tmp_path, max_redeliveries=1)
+    dead = []
+
+    async def dlq(envelope):
+        dead.append(envelope.topic)
+
+    await scorer.start()
+    await bus.subscribe("simulation.metrics.*.dlq", "dlq", dlq)
+    # A batch without a datasource cannot be scored: the handler refuses it every time.
+    await bus.publish("simulation.metrics.ds", events_pb2.MetricsBatchEvent(batch_id="poison"), key="ds")
+    ts, values = _series(700, spikes=(650,))
+    event = events_pb2.MetricsBatchEvent.FromString(_envelope(ts, values).payload)
+    await bus.publish("simulation.metrics.ds", event, key="ds")
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if dead and scorer.stats["points"] == 700:
+            break
+    assert dead == ["simulation.metrics.ds.dlq"] and scorer.stats["points"] == 700
+    await scorer.stop()
+    await bus.close()
