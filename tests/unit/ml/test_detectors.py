@@ -291,4 +291,4 @@ def test_prophet_small_case_finds_spikes_and_is_causal() -> None:
 def test_the_registry_knows_autos_minimum():
     from services.ml.detectors import auto
 
-    assert MIN_POINTS["auto"] == auto.MIN_POINTS
+    assert detectors.MIN_POINTS["auto"] == auto.MIN_POINTS
