@@ -140,7 +140,9 @@ def query_from_proto(request: query_service_pb2.QueryRequest) -> QuerySpec:
         raise InvalidArgument("must not be negative", "limit")
     if aggregation == RAW and (request.step or request.group_by):
         field_name = "step" if request.step else "group_by"
-        raise InvalidArgument("raw returns every point of every series: it takes no step or group_by", field_name)
+        raise InvalidArgument(
+            "raw returns every point of every series: it takes no step or group_by", field_name
+        )
     lookback = parse_duration_ms(request.time_range, "time_range") if request.time_range else None
     start = parse_time_ms(request.start, "start") if request.start else None
     end = parse_time_ms(request.end, "end") if request.end else None

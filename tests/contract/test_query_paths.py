@@ -605,7 +605,9 @@ async def test_raw_returns_every_point_of_every_series_from_hot_and_segments(wor
         for s in reply.series
     }
     want = {
-        (raw.metric, tuple(sorted(raw.labels.items()))): sorted(zip(raw.ts.tolist(), raw.values.tolist()))
+        (raw.metric, tuple(sorted(raw.labels.items()))): sorted(
+            zip(raw.ts.tolist(), raw.values.tolist(), strict=True)
+        )
         for raw in POINTS.values()
         if raw.metric in ("latency", "requests")
     }

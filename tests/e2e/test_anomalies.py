@@ -72,7 +72,8 @@ def test_a_spike_ingested_live_is_listed_with_its_simulation_within_a_minute(sta
         status, _, reply = http(stack, "GET", f"/api/v1/ml/anomalies?simulation_id=sim-123&start={start}")
         assert status == 200, reply
         return any(
-            int(a["timestamp_ms"]) == int(ts[20]) and a["source"] == "stream" for a in reply.get("anomalies", [])
+            int(a["timestamp_ms"]) == int(ts[20]) and a["source"] == "stream"
+            for a in reply.get("anomalies", [])
         )
 
     wait_until(listed, 60, "the live spike in GET /api/v1/ml/anomalies")
