@@ -63,12 +63,15 @@ format: gen
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Speed and memory side by side with baselines (VictoriaMetrics, raw DuckDB) in the same run;
+# Speed and memory side by side with baselines (VictoriaMetrics, raw DuckDB) in the same run, and
+# anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone);
 # writes docs/benchmarks.md. Not part of `make test`.
 bench: gen
 	bash benchmarks/setup.sh
 	$(BIN)/python -m benchmarks.run --docs
 	$(BIN)/python -m benchmarks.distributed --docs
+	$(BIN)/python -m benchmarks.anomaly --docs
+	$(BIN)/python -m benchmarks.anomaly_speed --docs
 
 clean:
 	rm -rf build gen $(VENV) data
