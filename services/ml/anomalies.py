@@ -17,7 +17,15 @@ from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml import detectors
 from services.ml.anomaly_store import AnomalyFilter, AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS
-from services.ml.detectors.base import DEFAULT_SENSITIVITY, Scores, TooShort, deviation, threshold_for
+from services.ml.detectors.base import (
+    DEFAULT_SENSITIVITY,
+    EPISODE_GAP,
+    Scores,
+    TooShort,
+    deviation,
+    onsets,
+    threshold_for,
+)
 from services.ml.history import HistoryClient, StoredSeries
 from services.ml.spec import DetectSpec, ListSpec
 from services.ml.thresholds import series_threshold
@@ -30,6 +38,9 @@ SNAPSHOT_LOOKBACK_MS = 24 * 3_600_000
 SNAPSHOT_LABELS = ("simulation_id", "service_name")
 """Label keys a snapshot's simulation_id is looked up under, in order."""
 RESPONSE_MAX_ANOMALIES = 1000
+HISTORY_POINTS = MEMORY_POINTS + EPISODE_GAP
+"""Points before a window that make its scores and episodes those of the live scorer: the
+detector's memory, then the episode gap scored from that exact state."""
 
 
 def model_version(method: str) -> str:
@@ -274,7 +285,7 @@ class AnomalyDetection:
             spec.datasource,
             list(spec.metrics),
             filters,
-            start - spacing * (MEMORY_POINTS + 1),
+            start - spacing * (HISTORY_POINTS + 1),
             start,
             timeout,
         )
@@ -283,7 +294,7 @@ class AnomalyDetection:
         for s in series:
             prior = earlier.get((s.metric, tuple(sorted(s.labels.items()))))
             if prior is not None and len(prior.ts):
-                keep = slice(max(0, len(prior.ts) - MEMORY_POINTS), None)
+                keep = slice(max(0, len(prior.ts) - HISTORY_POINTS), None)
                 targets.append(
                     Target(
                         s.metric,
@@ -335,7 +346,9 @@ class AnomalyDetection:
             warm = max(0, outcome.warmup - target.report_from)
             out.warmup_points = min(warm, len(ts))
             out.points_scored = len(ts) - out.warmup_points
-            flags = np.flatnonzero(score >= threshold)
+            # Onsets over the whole scored array: the history before the window decides whether
+            # its first points continue an episode that began before it.
+            flags = np.flatnonzero(onsets(outcome.score, threshold)[0][r])
             out.anomaly_count = len(flags)
             out.max_score = float(score.max()) if len(score) else 0.0
             if spec.include_points:

@@ -4,8 +4,9 @@ arriving point with the `auto` detector, keeps and publishes what it flags.
 Per series it holds one `AutoState` (bounded: `AutoState.nbytes`, about the same for every
 series). The least recently seen series are evicted above ML_STATE_MAX_BYTES, and series silent
 for ML_STATE_IDLE_SECONDS on each checkpoint; a series that comes back (or is seen for the first
-time) is re-warmed from the last MEMORY_POINTS points of its stored history, read through the
-query-router, so its scores are those it would have had without the gap. All state is
+time) is re-warmed from the last MEMORY_POINTS + EPISODE_GAP points of its stored history, read
+through the query-router, so its scores and episodes are those it would have had without the gap.
+An anomaly is the onset of an episode (`base.onsets`). All state is
 checkpointed in DATA_DIR every ML_CHECKPOINT_SECONDS and on stop, so a restart resumes without
 a blind warm-up; points at or before a series' last scored timestamp are skipped, so
 redeliveries are scored once. Scoring runs in a worker thread (the detector's kernel releases the
@@ -31,7 +32,7 @@ from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import model_version
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
-from services.ml.detectors.base import Scores, deviation
+from services.ml.detectors.base import EPISODE_GAP, Scores, deviation, onsets
 from services.ml.history import HistoryClient
 from services.ml.thresholds import series_threshold
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SUBSCRIPTION = "ml-anomaly"
 METHOD = "auto"
 WARM_MAX_LOOKBACK_MS = 7 * 86_400_000
+WARM_POINTS = MEMORY_POINTS + EPISODE_GAP
 DEFAULT_SPACING_MS = 60_000
 
 SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]  # tenant, datasource, metric, labels
@@ -63,6 +65,7 @@ class _Live:
     last_ts: int
     last_seen: float
     threshold: float
+    since_above: int = EPISODE_GAP + 1  # points since the last one at or above the threshold
 
 
 class StreamScorer:
@@ -146,7 +149,8 @@ class StreamScorer:
             live.last_seen = now
             self._states.move_to_end(key)
             self.stats["points"] += len(ts)
-            records += _records(key, live.threshold, ts, values, scores, detected_at)
+            flags, live.since_above = onsets(scores.score, live.threshold, live.since_above)
+            records += _records(key, live.threshold, ts, values, scores, np.flatnonzero(flags), detected_at)
         self._evict_over_bound()
         if records:
             self.stats["anomalies"] += await asyncio.to_thread(self.store.add, records)
@@ -157,20 +161,25 @@ class StreamScorer:
         """A state for a series not in memory: its stored history replayed, and its threshold."""
         tenant, datasource, metric, labels = key
         spacing = int(np.median(np.diff(ts))) if len(ts) > 1 else DEFAULT_SPACING_MS
-        lookback = min(WARM_MAX_LOOKBACK_MS, max(1, spacing) * MEMORY_POINTS * 2)
+        lookback = min(WARM_MAX_LOOKBACK_MS, max(1, spacing) * WARM_POINTS * 2)
         filters = [common_pb2.LabelFilter(label=k, op="=", value=v) for k, v in labels]
         first = int(ts[0])
         history = await self.history.raw(datasource, [metric], filters, first - lookback, first)
-        state = AutoState.new()
-        last_ts = -(2**63)
+        tp, fp = await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, dict(labels))
+        live = _Live(
+            AutoState.new(), -(2**63), time.monotonic(), series_threshold(self.config.sensitivity, tp, fp)
+        )
         for series in history:
             if tuple(sorted(series.labels.items())) == labels and len(series.ts):
-                keep = slice(max(0, len(series.ts) - MEMORY_POINTS), None)
-                await asyncio.to_thread(score_chunk, state, series.ts[keep], series.values[keep])
-                last_ts = int(series.ts[-1])
+                # The memory rebuilds the state exactly; the episode gap after it, scored from that
+                # state, says whether an episode is still open.
+                keep = slice(max(0, len(series.ts) - WARM_POINTS), None)
+                scores = await asyncio.to_thread(
+                    score_chunk, live.state, series.ts[keep], series.values[keep]
+                )
+                _, live.since_above = onsets(scores.score, live.threshold)
+                live.last_ts = int(series.ts[-1])
                 self.stats["warmed"] += 1
-        tp, fp = await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, dict(labels))
-        live = _Live(state, last_ts, time.monotonic(), series_threshold(self.config.sensitivity, tp, fp))
         self._put(key, live)
         return live
 
@@ -208,7 +217,9 @@ class StreamScorer:
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as out:
             for key, live in list(self._states.items()):
-                head = json.dumps([*key[:3], list(key[3]), live.last_ts, live.threshold]).encode()
+                head = json.dumps(
+                    [*key[:3], list(key[3]), live.last_ts, live.threshold, live.since_above]
+                ).encode()
                 body = live.state.to_bytes()
                 out.write(struct.pack("<II", len(head), len(body)) + head + body)
             out.flush()
@@ -226,12 +237,14 @@ class StreamScorer:
         while pos + 8 <= len(data):
             head_len, body_len = struct.unpack_from("<II", data, pos)
             pos += 8
-            tenant, datasource, metric, labels, last_ts, threshold = json.loads(data[pos : pos + head_len])
+            tenant, datasource, metric, labels, last_ts, threshold, since_above = json.loads(
+                data[pos : pos + head_len]
+            )
             pos += head_len
             state = AutoState.from_bytes(data[pos : pos + body_len])
             pos += body_len
             key = (tenant, datasource, metric, tuple((k, v) for k, v in labels))
-            out.append((key, _Live(state, last_ts, now, threshold)))
+            out.append((key, _Live(state, last_ts, now, threshold, since_above)))
         log.info("live scorer state restored", extra={"series": len(out), "path": str(self.path)})
         return out
 
@@ -242,9 +255,14 @@ def _score_batch(work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]]) ->
 
 
 def _records(
-    key: SeriesKey, threshold: float, ts: np.ndarray, values: np.ndarray, scores: Scores, detected_at: int
+    key: SeriesKey,
+    threshold: float,
+    ts: np.ndarray,
+    values: np.ndarray,
+    scores: Scores,
+    flagged: np.ndarray,
+    detected_at: int,
 ) -> list[AnomalyRecord]:
-    flagged = np.flatnonzero(scores.score >= threshold)
     if not flagged.size:
         return []
     tenant, datasource, metric, labels = key

@@ -3,8 +3,8 @@
 Rule: a series whose anomalies were marked false positive more often than true positive gets a
 stricter threshold: with n = false positives - true positives (when above 0), the distance from
 the threshold to 1 shrinks by a factor 0.7 per n: ``1 - (1 - threshold) * 0.7 ** n``. At the
-default sensitivity (threshold 0.525) one net false positive raises it to 0.67, two to 0.77,
-three to 0.84. True positives earn the strictness back; no feedback changes nothing.
+default sensitivity (threshold 0.69) one net false positive raises it to 0.78, two to 0.85,
+three to 0.89. True positives earn the strictness back; no feedback changes nothing.
 """
 
 from __future__ import annotations

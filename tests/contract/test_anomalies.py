@@ -21,6 +21,7 @@ from platformq.analytics.v1 import (
     realtime_service_pb2,
     realtime_service_pb2_grpc,
 )
+from services.ml.detectors.base import onsets, threshold_for
 from services.runner import start_services
 
 SEED = {
@@ -89,7 +90,7 @@ async def test_the_seed_body_is_scored_against_the_simulations_history(ml, metho
     assert cpu.lower < 50 < cpu.upper and cpu.upper < 95 and cpu.deviation > 1
     assert cpu.history_points >= 300 and dict(cpu.labels) == {"simulation_id": "sim-123"}
     assert [a.metric for a in reply.anomalies] == ["cpu"]
-    assert reply.threshold == pytest.approx(1 - 0.95 / 2)
+    assert reply.threshold == pytest.approx(threshold_for(0.95))
     assert reply.model_version.startswith(method)
     if method == "isolation_forest":
         assert cpu.contribution > max(memory.contribution, disk.contribution)
@@ -216,8 +217,9 @@ async def test_the_live_scorer_flags_ingested_spikes_and_a_backtest_says_exactly
     for a in live:
         if a.timestamp_ms >= start:
             assert by_ts[a.timestamp_ms] == a.score
+    flags, _ = onsets(np.array(series.scores), reply.threshold)
     assert {a.timestamp_ms for a in live if a.timestamp_ms >= start} == {
-        t for t, s in by_ts.items() if s >= reply.threshold
+        t for t, flagged in zip(series.timestamps_ms, flags, strict=True) if flagged
     }
 
 

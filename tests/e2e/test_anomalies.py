@@ -51,7 +51,7 @@ def test_the_seed_body_verbatim_gets_a_real_score(stack, sim_123):
     assert status == 200, reply
     assert headers["content-type"] == "application/json"
     assert reply["is_anomaly"] is True and reply["score"] > 0.9
-    assert reply["method"] == "isolation_forest" and reply["threshold"] == pytest.approx(0.525)
+    assert reply["method"] == "isolation_forest" and reply["threshold"] == pytest.approx(0.69, abs=0.01)
     cpu = reply["metric_scores"]["cpu"]
     assert cpu["is_anomaly"] is True and float(cpu["lower"]) < 55 < float(cpu["upper"]) < 95
     assert int(cpu["history_points"]) >= 2000
@@ -97,7 +97,7 @@ def test_selection_list_and_feedback_through_the_gateway(stack, sim_123):
         stack, "POST", f"/api/v1/ml/anomalies/{anomaly['id']}/feedback", '{"feedback": "false_positive"}'
     )
     assert status == 200, judged
-    assert judged["anomaly"]["feedback"] == "false_positive" and judged["series_threshold"] > 0.525
+    assert judged["anomaly"]["feedback"] == "false_positive" and judged["series_threshold"] > 0.7
     status, _, stats = http(stack, "GET", "/api/v1/ml/anomalies/stats")
     assert status == 200 and int(stats["methods"]["zscore"]["false_positive"]) >= 1
 

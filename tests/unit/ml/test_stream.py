@@ -11,6 +11,7 @@ from libs.bus import Envelope, InProcessBus
 from platformq.analytics.v1 import events_pb2
 from services.ml.anomaly_store import AnomalyFilter, AnomalyStore
 from services.ml.detectors import auto
+from services.ml.detectors.base import onsets, threshold_for
 from services.ml.history import StoredSeries
 from services.ml.stream import StreamConfig, StreamScorer
 
@@ -107,8 +108,10 @@ async def test_a_returning_series_is_rewarmed_from_history_to_the_scores_it_woul
     await scorer.handle(_envelope(ts[800:], values[800:]))
     assert scorer.stats["warmed"] == 1
     whole = auto.detect(ts, values)
-    threshold = 1 - 0.95 / 2
-    expected = {int(t): s for t, s in zip(ts[800:], whole.score[800:], strict=True) if s >= threshold}
+    flags, _ = onsets(whole.score, threshold_for(0.95))
+    expected = {
+        int(t): float(s) for t, s, f in zip(ts, whole.score, flags, strict=True) if f and t >= ts[800]
+    }
     assert _stored(store) == expected and int(ts[900]) in expected
 
 
