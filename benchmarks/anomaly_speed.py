@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from grpc import aio
 
 from benchmarks.procs import free_port
+from benchmarks.report import write_docs_section
 from libs.bus import Envelope, InProcessBus
 from libs.config import SERVICE_NAMES, load_settings
 from libs.timeparse import format_time_ms
@@ -260,14 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(asyncio.run(run()))
     print(section)
     if args.docs:
-        docs = REPO_ROOT / "docs" / "benchmarks.md"
-        text = docs.read_text() if docs.exists() else ""
-        text = (
-            re.sub(rf"\n{re.escape(SECTION)}.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
-            + "\n\n"
-            + section
-        )
-        docs.write_text(text)
+        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks import tsbs_data
 from benchmarks.ours import build_ingest_plan
 from benchmarks.procs import free_port, mib, proc_status_kib
+from benchmarks.report import write_docs_section
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from services.pulsar_standalone import PulsarStandalone
@@ -271,14 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(asyncio.run(run(args.hours)))
     print(section)
     if args.docs:
-        docs = REPO_ROOT / "docs" / "benchmarks.md"
-        text = docs.read_text() if docs.exists() else ""
-        text = (
-            re.sub(rf"\n{re.escape(SECTION)}.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
-            + "\n\n"
-            + section
-        )
-        docs.write_text(text)
+        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
 
 
 if __name__ == "__main__":

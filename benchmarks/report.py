@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 NA = "not available"
@@ -380,3 +382,10 @@ def example_results() -> dict[str, Any]:
         ],
         "floor": {},
     }
+
+
+def write_docs_section(docs: Path, heading: str, section: str) -> None:
+    """Replace the section under `heading` (up to the next `## `) in `docs`, or append it."""
+    text = docs.read_text() if docs.exists() else ""
+    text = re.sub(rf"\n{re.escape(heading)}.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
+    docs.write_text(text + "\n\n" + section)

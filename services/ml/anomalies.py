@@ -475,29 +475,40 @@ def _score_all(method: str, targets: list[Target]) -> list[Scores | TooShort]:
     return out
 
 
+# The fields an anomaly's API message and its bus event share, named alike in both.
+_SHARED_FIELDS = (
+    "id",
+    "metric",
+    "labels",
+    "datasource",
+    "timestamp_ms",
+    "value",
+    "score",
+    "method",
+    "expected",
+    "lower",
+    "upper",
+    "deviation",
+    "threshold",
+    "model_version",
+    "detected_at_ms",
+)
+
+
+def shared_fields(record: AnomalyRecord) -> dict[str, object]:
+    """What `pb.Anomaly` and `events_pb2.AnomalyEvent` both carry of a record."""
+    return {name: getattr(record, name) for name in _SHARED_FIELDS}
+
+
 def anomaly_message(record: AnomalyRecord) -> pb.Anomaly:
     """A stored (or just found) anomaly as its API message."""
     return pb.Anomaly(
-        id=record.id,
-        metric=record.metric,
-        labels=record.labels,
-        datasource=record.datasource,
-        timestamp_ms=record.timestamp_ms,
-        value=record.value,
-        score=record.score,
-        method=record.method,
-        expected=record.expected,
-        lower=record.lower,
-        upper=record.upper,
-        deviation=record.deviation,
+        **shared_fields(record),
         contributions=record.contributions,
         peers=record.peers,
         peer_series=record.peer_series,
-        threshold=record.threshold,
-        model_version=record.model_version,
         feedback=record.feedback,
         source=record.source,
-        detected_at_ms=record.detected_at_ms,
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from libs.bus import Bus, Envelope
 from platformq.analytics.v1 import common_pb2, events_pb2
-from services.ml.anomalies import model_version
+from services.ml.anomalies import model_version, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
 from services.ml.detectors.base import EPISODE_GAP, Scores, deviation, onsets
@@ -295,22 +295,4 @@ def _records(
 
 def anomaly_event(record: AnomalyRecord) -> events_pb2.AnomalyEvent:
     """The bus message of one anomaly."""
-    return events_pb2.AnomalyEvent(
-        tenant=record.tenant,
-        source=record.datasource,
-        datasource=record.datasource,
-        metric=record.metric,
-        labels=record.labels,
-        timestamp_ms=record.timestamp_ms,
-        value=record.value,
-        score=record.score,
-        method=record.method,
-        expected=record.expected,
-        lower=record.lower,
-        upper=record.upper,
-        deviation=record.deviation,
-        threshold=record.threshold,
-        model_version=record.model_version,
-        id=record.id,
-        detected_at_ms=record.detected_at_ms,
-    )
+    return events_pb2.AnomalyEvent(**shared_fields(record), tenant=record.tenant, source=record.datasource)
