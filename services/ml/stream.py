@@ -155,7 +155,11 @@ class StreamScorer:
         if records:
             self.stats["anomalies"] += await asyncio.to_thread(self.store.add, records)
             for record in records:
-                await self.bus.publish(f"anomalies.{record.datasource}", anomaly_event(record), key=record.id)
+                # Keyed by series, so a series' anomalies keep their order for every consumer.
+                series_key = f"{record.metric}{json.dumps(record.labels, sort_keys=True)}"
+                await self.bus.publish(
+                    f"anomalies.{record.datasource}", anomaly_event(record), key=series_key
+                )
 
     async def _warm(self, key: SeriesKey, ts: np.ndarray) -> _Live:
         """A state for a series not in memory: its stored history replayed, and its threshold."""
