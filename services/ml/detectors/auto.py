@@ -17,8 +17,10 @@ and its score ``1 - 2 ** -(deviation ** 2)`` as in `base.score_from_deviation`.
 - **drift** (level shifts, slow ramps): the mean of the last `SHORT_WINDOW` = 24 points against the
   means of the window's earlier stretches of 24, beyond `DRIFT_EDGE` = 4 times their spread (the
   series' own wander at that scale, whatever its autocorrelation, and never below i.i.d. noise's)
-  and beyond every level those stretches held. A memory leak of 30 units over 3 hours on noise of
-  sigma 1.5, sampled every 10 s, is flagged about 55 points (9 minutes) in.
+  and beyond every level those stretches held at least `SEEN_AFTER` = 128 points earlier (a slow
+  ramp's own recent past must not excuse it). A memory leak of 30 units over 3 hours on noise of
+  sigma 1.5, sampled every 10 s, crosses the band edge about 55 points (9 minutes) in; its score
+  peaks near the default threshold, so at the default it is flagged in most but not all cases.
 - **variance**: the mean absolute step between neighbours over the last 24 points against the
   earlier stretches' on a log scale, beyond `VARIANCE_EDGE` = 4 times their spread (at least a
   doubling) or, quieter, `VARIANCE_DOWN_EDGE` = 6 times (at least a fourfold drop: a stuck sensor).
@@ -74,6 +76,9 @@ SIGMAS = 3.0
 DRIFT_EDGE = 4.0
 """The drift edge, in spreads of the window's stretch means (before the small-sample widening)."""
 TRIM = 0.1
+SEEN_AFTER = 128
+"""A level counts as already held (no drift) only when the window held it at least this many points
+before the stretch under test: a slow ramp's own recent past must not excuse it."""
 """Share of the drift's reference stretches, farthest from the median, that its spread leaves out."""
 STEP_CLIP = 4.0
 """Steps between neighbours are winsorised at this many sigmas (times sqrt 2) for the variance."""
@@ -415,8 +420,9 @@ def _level_spread(sums: FloatArray, blocks: int, far: FloatArray) -> tuple[float
         mean = total / SHORT_WINDOW
         spread += abs(mean)
         _keep_largest(far, trim + 1, abs(mean))
-        highest = max(highest, mean)
-        lowest = min(lowest, mean)
+        if j >= per + SEEN_AFTER // BLOCK:  # a level held a while ago, not the ramp just before
+            highest = max(highest, mean)
+            lowest = min(lowest, mean)
     for k in range(trim):
         spread -= far[k]
     return math.sqrt(0.5 * math.pi) * spread / (stretches - trim), highest, lowest
