@@ -4,8 +4,8 @@
 
 Each method of `services.ml.detectors` scores every case at one sensitivity (default the service's),
 a point is flagged when ``score >= threshold_for(sensitivity)``, and the anomalies reported are
-the episode onsets among them (`base.onsets`): the ML API's own path for an inline series. SKAB runs are 8-channel entities (`detect_entity`); demo series are scored one by
-one (`detect`). Metrics (benchmarks/anomaly_scoring.py): point-wise precision, recall and F1 pooled
+the episode onsets among them (`base.onsets`): the ML API's own path for an inline series. SKAB
+runs are 8-channel entities (`detect_entity`); demo series are scored one by one (`detect`). Metrics (benchmarks/anomaly_scoring.py): point-wise precision, recall and F1 pooled
 over a data set of the flagged points, detection delay per labelled interval, and the NAB score
 (standard profile) of the reported anomalies.
 Results go to benchmarks/results/anomaly.json; `--docs` replaces the anomaly section of

@@ -164,3 +164,13 @@ def test_event_delay_looks_only_inside_the_event():
     flags = flags_at(5, 42)
     assert event_delay(ts, flags, 40_000, 50_000) == 2.0
     assert event_delay(ts, flags, 10_000, 20_000) is None
+
+
+def test_nab_scores_the_reported_onsets_and_the_point_counts_the_flags():
+    ts = np.arange(N, dtype=np.int64) * 1000
+    flags = flags_at(*range(48, 58), 20, 21, 22)
+    onsets = flags_at(48, 20)  # one reported anomaly per episode of flags
+    result = score_series("s", ts, LABELS, flags, warmup=0, seconds=1, values=N, reported=onsets)
+    assert (result.tp, result.fp) == (5, 8)
+    assert result.nab.false_positives == 1
+    assert nab_normalised(result.nab.raw, result.nab.windows) == pytest.approx(100 * (1 - 0.11 + 1) / 2)
