@@ -23,6 +23,7 @@ from services.ml.detectors.base import (
     Scores,
     TooShort,
     deviation,
+    explained_deviation,
     onsets,
     threshold_for,
 )
@@ -357,7 +358,7 @@ class AnomalyDetection:
                 out.expected.extend(outcome.expected[r].tolist())
                 out.lower.extend(outcome.lower[r].tolist())
                 out.upper.extend(outcome.upper[r].tolist())
-            dev = deviation(values, outcome.expected[r], outcome.lower[r], outcome.upper[r])
+            dev = explained_deviation(values, outcome.expected[r], outcome.lower[r], outcome.upper[r], score)
             for i in flags:
                 record = AnomalyRecord(
                     tenant=tenant,

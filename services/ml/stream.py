@@ -32,7 +32,7 @@ from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import model_version, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
-from services.ml.detectors.base import EPISODE_GAP, Scores, deviation, onsets
+from services.ml.detectors.base import EPISODE_GAP, Scores, explained_deviation, onsets
 from services.ml.history import HistoryClient
 from services.ml.thresholds import series_threshold
 
@@ -271,7 +271,13 @@ def _records(
         return []
     tenant, datasource, metric, labels = key
     label_map = dict(labels)
-    dev = deviation(values[flagged], scores.expected[flagged], scores.lower[flagged], scores.upper[flagged])
+    dev = explained_deviation(
+        values[flagged],
+        scores.expected[flagged],
+        scores.lower[flagged],
+        scores.upper[flagged],
+        scores.score[flagged],
+    )
     return [
         AnomalyRecord(
             tenant=tenant,

@@ -71,6 +71,17 @@ def deviation(values: FloatArray, expected: FloatArray, lower: FloatArray, upper
     return np.nan_to_num(np.maximum(dev, 0.0), nan=0.0, posinf=1e6)
 
 
+def explained_deviation(
+    values: FloatArray, expected: FloatArray, lower: FloatArray, upper: FloatArray, score: FloatArray
+) -> FloatArray:
+    """The deviation an anomaly reports: the larger of the value's own (against its band) and the
+    one its score stands for, which is larger when another part of a detector fired (a level shift
+    or a variance change whose points stay inside the value band)."""
+    # A score of 1.0 says only "beyond about 7.3": 1 - 2^-(d^2) rounds to 1 from there on.
+    from_score = np.sqrt(-np.log2(np.maximum(1.0 - np.asarray(score, dtype=np.float64), 2.0**-53)))
+    return np.maximum(deviation(values, expected, lower, upper), from_score)
+
+
 def score_from_deviation(dev: FloatArray) -> FloatArray:
     """Deviation (band half-widths) to a score in [0, 1]: 0.5 on the band edge."""
     dev = np.nan_to_num(np.asarray(dev, dtype=np.float64), nan=0.0, posinf=1e6)

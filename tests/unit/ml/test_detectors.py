@@ -292,3 +292,17 @@ def test_the_registry_knows_autos_minimum():
     from services.ml.detectors import auto
 
     assert detectors.MIN_POINTS["auto"] == auto.MIN_POINTS
+
+
+def test_an_anomaly_inside_its_value_band_reports_the_deviation_its_score_stands_for():
+    from services.ml.detectors.base import explained_deviation, score_from_deviation
+
+    one = np.array([1.0])
+    # Inside the band (0.5 half-widths) but scored as 1.4 half-widths off: a level shift fired.
+    inside = explained_deviation(
+        np.array([10.5]), one * 10, one * 9, one * 11, score_from_deviation(one * 1.4)
+    )
+    assert inside[0] == pytest.approx(1.4)
+    # A spike 8 half-widths out whose score has saturated at 1 keeps its own, larger deviation.
+    spike = explained_deviation(np.array([18.0]), one * 10, one * 9, one * 11, np.array([1.0]))
+    assert spike[0] == pytest.approx(8.0)
