@@ -25,6 +25,7 @@ from services.ml.detectors.base import (
     deviation,
     explained_deviation,
     onsets,
+    reason_at,
     threshold_for,
 )
 from services.ml.history import HistoryClient, StoredSeries
@@ -381,6 +382,7 @@ class AnomalyDetection:
                     id=anomaly_id(tenant, datasource, target.metric, target.labels, int(ts[i]), spec.method)
                     if store
                     else "",
+                    reason=reason_at(outcome, target.report_from + int(i)),
                 )
                 records.append(record)
         if not scored_any:
@@ -493,6 +495,7 @@ _SHARED_FIELDS = (
     "threshold",
     "model_version",
     "detected_at_ms",
+    "reason",
 )
 
 

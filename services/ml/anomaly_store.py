@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS anomalies (
     timestamp_ms INTEGER NOT NULL, method TEXT NOT NULL, value REAL, score REAL, expected REAL,
     lower REAL, upper REAL, deviation REAL, threshold REAL, model_version TEXT NOT NULL,
     contributions TEXT NOT NULL, source TEXT NOT NULL, detected_at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT 'value',
     feedback TEXT NOT NULL DEFAULT '', feedback_comment TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS anomalies_by_series ON anomalies (sid, timestamp_ms, method);
@@ -107,6 +108,7 @@ class AnomalyRecord:
     peer_series: int = 0  # other series of the same shape with any anomaly stored
     feedback: str = ""  # "", "true_positive" or "false_positive"
     feedback_comment: str = ""
+    reason: str = "value"  # what decided the score: "value", "level_shift" or "variance"
 
 
 @dataclass(frozen=True)
@@ -263,13 +265,14 @@ class AnomalyStore:
                         json.dumps(r.contributions, sort_keys=True),
                         r.source,
                         int(r.detected_at_ms),
+                        r.reason,
                     )
                 )
             # rowcount leaves out the triggers' updates and the ignored duplicates.
             return db.executemany(
                 "INSERT OR IGNORE INTO anomalies (id, tenant, sid, shape, timestamp_ms, method,"
-                f" {', '.join(_FLOATS)}, model_version, contributions, source, detected_at_ms)"
-                f" VALUES ({', '.join('?' * 17)})",
+                f" {', '.join(_FLOATS)}, model_version, contributions, source, detected_at_ms, reason)"
+                f" VALUES ({', '.join('?' * 18)})",
                 rows,
             ).rowcount
 
@@ -474,6 +477,7 @@ def _explained(db: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[Anom
                 peer_series=population[row["shape"]] - 1,
                 feedback=row["feedback"],
                 feedback_comment=row["feedback_comment"],
+                reason=row["reason"],
             )
         )
     return records

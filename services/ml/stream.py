@@ -32,7 +32,7 @@ from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import model_version, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
-from services.ml.detectors.base import EPISODE_GAP, Scores, explained_deviation, onsets
+from services.ml.detectors.base import EPISODE_GAP, Scores, explained_deviation, onsets, reason_at
 from services.ml.history import HistoryClient
 from services.ml.thresholds import series_threshold
 
@@ -298,6 +298,7 @@ def _records(
             source="stream",
             detected_at_ms=detected_at,
             id=anomaly_id(tenant, datasource, metric, label_map, int(ts[i]), METHOD),
+            reason=reason_at(scores, int(i)),
         )
         for i, d in zip(flagged, dev, strict=True)
     ]

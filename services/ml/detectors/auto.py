@@ -53,7 +53,15 @@ import struct
 import numpy as np
 from numba import njit
 
-from services.ml.detectors.base import FloatArray, IntArray, Scores, TooShort
+from services.ml.detectors.base import (
+    REASON_LEVEL_SHIFT,
+    REASON_VALUE,
+    REASON_VARIANCE,
+    FloatArray,
+    IntArray,
+    Scores,
+    TooShort,
+)
 
 LONG_WINDOW = 512
 """Points of the long window: the reference distribution of values and of forecast errors."""
@@ -162,11 +170,11 @@ def score_chunk(state: AutoState, ts: IntArray, values: FloatArray) -> Scores:
         raise ValueError(
             f"ts and values must be 1-D and of one length; got {np.shape(ts)} and {values.shape}"
         )
-    out = np.empty((4, n))
+    out = np.empty((5, n))
     warmup = _score_kernel(state.buf, values, out)
     if n:
         state.last_ts = int(ts[-1])
-    return Scores(out[0], out[1], out[2], out[3], warmup)
+    return Scores(out[0], out[1], out[2], out[3], warmup, reasons=out[4].astype(np.int8))
 
 
 def detect(ts: IntArray, values: FloatArray) -> Scores:
@@ -183,7 +191,7 @@ def _score_kernel(buf: FloatArray, values: FloatArray, out: FloatArray) -> int:
     for i in range(values.shape[0]):
         x = values[i]
         if not math.isfinite(x):
-            out[0, i] = 0.0
+            out[0, i] = out[4, i] = 0.0
             out[1, i] = out[2, i] = out[3, i] = np.nan
             if buf[_COUNT] < WARMUP_POINTS:
                 warmup += 1
@@ -212,7 +220,7 @@ def _step(buf: FloatArray, x: float, out: FloatArray, i: int, scratch: FloatArra
     if scored:
         _score_point(ring, ordered, errors, n, x, forecast, out, i, scratch)
     else:
-        out[0, i] = 0.0
+        out[0, i] = out[4, i] = 0.0
         out[1, i] = out[2, i] = out[3, i] = np.nan
 
     if n < LONG_WINDOW:
@@ -256,6 +264,7 @@ def _score_point(
         expected = forecast + bias
         lower, upper = expected - SIGMAS * error_lo, expected + SIGMAS * error_hi
     dev = (x - expected) / (upper - expected) if x >= expected else (expected - x) / (expected - lower)
+    reason = REASON_VALUE
 
     # Drift and variance compare the last SHORT_WINDOW points with earlier stretches of as many
     # points in the window, in the spread of those stretches: the series' own wander and unrest at
@@ -281,7 +290,9 @@ def _score_point(
         iid_error = level_sigma / math.sqrt(SHORT_WINDOW)
         seen = max(highest, 0.0) if recent >= 0.0 else max(-lowest, 0.0)
         edge = max(DRIFT_EDGE * iid_error, _t_edge(DRIFT_EDGE, dof) * wander, seen + max(wander, iid_error))
-        dev = max(dev, abs(recent) / edge)
+        if abs(recent) / edge > dev:
+            dev = abs(recent) / edge
+            reason = REASON_LEVEL_SHIFT
 
     # Variance: mean absolute step between neighbours (winsorised, so one spike or one level shift
     # barely moves it), on a log scale: at least a doubling, or a fourfold drop, of the usual.
@@ -304,10 +315,13 @@ def _score_point(
         else:
             change = math.log(max(usual_steps, quiet) / max(recent_steps, quiet))
             edge = max(math.log(4.0), _t_edge(VARIANCE_DOWN_EDGE, dof) * relative)
-        dev = max(dev, abs(change) / edge)
+        if abs(change) / edge > dev:
+            dev = abs(change) / edge
+            reason = REASON_VARIANCE
 
     dev = min(dev, 1e3) if dev == dev else 0.0  # NaN (only from overflowing values): 0, as in base
     out[0, i] = 1.0 - 2.0 ** (-(dev * dev))
+    out[4, i] = reason
     out[1, i] = expected
     out[2, i] = lower
     out[3, i] = upper

@@ -30,6 +30,10 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 DEFAULT_SENSITIVITY = 0.95
+REASONS = ("value", "level_shift", "variance")
+"""What made a point anomalous, by code: its value against its band, a shift of the recent level,
+or a change of the recent variance (only `auto` tells the last two apart; the others say value)."""
+REASON_VALUE, REASON_LEVEL_SHIFT, REASON_VARIANCE = 0, 1, 2
 EPISODE_GAP = 12
 """Points at or above the threshold less than this many points apart belong to one episode."""
 
@@ -50,6 +54,8 @@ class Scores:
     upper: FloatArray
     warmup: int
     contributions: FloatArray | None = None
+    reasons: npt.NDArray[np.int8] | None = None
+    """Per point, the index in `REASONS` of what decided its score; None means value throughout."""
 
 
 class TooShort(ValueError):
@@ -86,6 +92,11 @@ def score_from_deviation(dev: FloatArray) -> FloatArray:
     """Deviation (band half-widths) to a score in [0, 1]: 0.5 on the band edge."""
     dev = np.nan_to_num(np.asarray(dev, dtype=np.float64), nan=0.0, posinf=1e6)
     return 1.0 - np.exp2(-(np.minimum(dev, 1e3) ** 2))
+
+
+def reason_at(scores: Scores, i: int) -> str:
+    """What decided point i's score, by name."""
+    return REASONS[0] if scores.reasons is None else REASONS[int(scores.reasons[i])]
 
 
 def threshold_for(sensitivity: float) -> float:

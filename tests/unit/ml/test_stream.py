@@ -154,3 +154,16 @@ async def test_a_poison_batch_is_dead_lettered_and_the_stream_flows(tmp_path):
     assert dead == ["simulation.metrics.ds.dlq"] and scorer.stats["points"] == 700
     await scorer.stop()
     await bus.close()
+
+
+async def test_each_anomaly_says_what_fired_a_spike_or_a_level_shift(tmp_path):
+    scorer, store, _ = _scorer(tmp_path)
+    ts, values = _series(1400, spikes=(700,))
+    values[1000:] += 2.0  # two sigma up for good: inside the value band, a level shift
+    await scorer.handle(_envelope(ts, values))
+    records, _ = store.list(AnomalyFilter(datasource="ds", limit=1000))
+    by_ts = {r.timestamp_ms: r for r in records}
+    assert by_ts[int(ts[700])].reason == "value"
+    shift = [r for r in records if ts[1000] <= r.timestamp_ms < ts[1060]]
+    assert shift and shift[0].reason == "level_shift"
+    assert shift[0].lower <= shift[0].value <= shift[0].upper and shift[0].deviation >= 1.0
