@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     ml_state_idle_seconds: float = Field(default=3600.0, gt=0)
     """ML_STATE_IDLE_SECONDS: a series silent this long loses its live scorer state."""
 
+    ml_stream_max_backlog_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """ML_STREAM_MAX_BACKLOG_BYTES: in mode all, ingested batches waiting for the live scorer; above
+    it the oldest are skipped (counted, logged), so a slow scorer never holds ingest's memory."""
+
     ml_checkpoint_seconds: float = Field(default=60.0, gt=0)
     """ML_CHECKPOINT_SECONDS: how often the live scorer's state is checkpointed in DATA_DIR."""
 

@@ -46,10 +46,14 @@ class Bus(Protocol):
         *,
         mode: SubscriptionMode = "shared",
         max_redeliveries: int = 3,
+        max_backlog_bytes: int = 0,
     ) -> None:
         """Deliver messages of every topic matching `pattern` (`*` matches one topic segment or
         the rest) to `handler`; after `max_redeliveries` failures a message goes to
-        `<topic>.dlq`, which only patterns ending in `.dlq` receive."""
+        `<topic>.dlq`, which only patterns ending in `.dlq` receive. `max_backlog_bytes` (0: no
+        bound) caps what waits in memory for a slow consumer: above it the oldest waiting messages
+        are evicted and counted, like Pulsar's consumer_backlog_eviction quota (Pulsar itself keeps
+        its backlog on disk and ignores it)."""
 
     async def close(self) -> None:
         """Stop delivering and release resources."""

@@ -21,6 +21,7 @@ class _Consumer:
     handler: Handler
     queue: asyncio.Queue[Envelope] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    backlog_bytes: int = 0
 
 
 @dataclass
@@ -28,6 +29,7 @@ class _Subscription:
     pattern: str
     mode: SubscriptionMode
     max_redeliveries: int
+    max_backlog_bytes: int = 0
     consumers: list[_Consumer] = field(default_factory=list)
 
     def consumer_for(self, key: str) -> _Consumer:
@@ -54,7 +56,7 @@ class InProcessBus:
 
     def __init__(self) -> None:
         self._subscriptions: dict[str, _Subscription] = {}
-        self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0}
+        self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0, "evicted": 0}
 
     async def publish(self, topic: str, message: Message, key: str = "") -> None:
         matching = [s for s in self._subscriptions.values() if topic_matches(topic, s.pattern)]
@@ -65,7 +67,24 @@ class InProcessBus:
             topic, key, message.SerializeToString(), message.DESCRIPTOR.full_name, int(time.time() * 1000)
         )
         for subscription in matching:
-            subscription.consumer_for(key).queue.put_nowait(envelope)
+            self._enqueue(subscription, subscription.consumer_for(key), envelope)
+
+    def _enqueue(self, sub: _Subscription, consumer: _Consumer, envelope: Envelope) -> None:
+        """Queue for a consumer; above the subscription's byte bound the oldest waiting go first."""
+        consumer.queue.put_nowait(envelope)
+        consumer.backlog_bytes += len(envelope.payload)
+        while (
+            sub.max_backlog_bytes
+            and consumer.backlog_bytes > sub.max_backlog_bytes
+            and consumer.queue.qsize() > 1
+        ):
+            oldest = consumer.queue.get_nowait()
+            consumer.backlog_bytes -= len(oldest.payload)
+            self.stats["evicted"] += 1
+            log.warning(
+                "slow consumer: oldest message evicted from its backlog",
+                extra={"topic": oldest.topic, "backlog_bytes": consumer.backlog_bytes},
+            )
 
     async def subscribe(
         self,
@@ -75,8 +94,11 @@ class InProcessBus:
         *,
         mode: SubscriptionMode = "shared",
         max_redeliveries: int = 3,
+        max_backlog_bytes: int = 0,
     ) -> None:
-        sub = self._subscriptions.setdefault(subscription, _Subscription(pattern, mode, max_redeliveries))
+        sub = self._subscriptions.setdefault(
+            subscription, _Subscription(pattern, mode, max_redeliveries, max_backlog_bytes)
+        )
         consumer = _Consumer(handler)
         consumer.task = asyncio.create_task(self._consume(sub, consumer), name=f"bus:{subscription}")
         sub.consumers.append(consumer)
@@ -84,6 +106,7 @@ class InProcessBus:
     async def _consume(self, sub: _Subscription, consumer: _Consumer) -> None:
         while True:
             envelope = await consumer.queue.get()
+            consumer.backlog_bytes -= len(envelope.payload)
             for attempt in range(sub.max_redeliveries + 1):
                 delivery = Envelope(**{**envelope.__dict__, "redelivery_count": attempt})
                 try:
@@ -112,8 +135,10 @@ class InProcessBus:
                 log.error("message dead-lettered", extra={"topic": envelope.topic, "dlq": dlq})
                 for other in self._subscriptions.values():
                     if topic_matches(dlq, other.pattern):
-                        other.consumer_for(envelope.key).queue.put_nowait(
-                            Envelope(**{**envelope.__dict__, "topic": dlq})
+                        self._enqueue(
+                            other,
+                            other.consumer_for(envelope.key),
+                            Envelope(**{**envelope.__dict__, "topic": dlq}),
                         )
 
     async def close(self) -> None:

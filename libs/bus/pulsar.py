@@ -163,6 +163,7 @@ class PulsarBus:
         *,
         mode: SubscriptionMode = "shared",
         max_redeliveries: int = 3,
+        max_backlog_bytes: int = 0,  # the broker keeps the backlog on disk, not in this process
     ) -> None:
         conf = _pulsar.ConsumerConfiguration()
         conf.consumer_type(_CONSUMER_TYPES[mode])

@@ -30,6 +30,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
             idle_seconds=s.ml_state_idle_seconds,
             checkpoint_seconds=s.ml_checkpoint_seconds,
             max_redeliveries=s.bus_max_redeliveries,
+            max_backlog_bytes=s.ml_stream_max_backlog_bytes,
         )
         scorer = StreamScorer(context.bus, store, history, config)
     servicer = MLServicer(MLCore(detection, scorer))

@@ -56,6 +56,7 @@ class StreamConfig:
     idle_seconds: float = 3600.0
     checkpoint_seconds: float = 60.0
     max_redeliveries: int = 3
+    max_backlog_bytes: int = 256 * 1024 * 1024
     sensitivity: float = 0.95
 
 
@@ -98,7 +99,11 @@ class StreamScorer:
         for key, live in await asyncio.to_thread(self._load):
             self._put(key, live)
         await self.bus.subscribe(
-            "simulation.metrics.*", SUBSCRIPTION, self.handle, max_redeliveries=self.config.max_redeliveries
+            "simulation.metrics.*",
+            SUBSCRIPTION,
+            self.handle,
+            max_redeliveries=self.config.max_redeliveries,
+            max_backlog_bytes=self.config.max_backlog_bytes,
         )
         self._task = asyncio.create_task(self._checkpoints(), name="ml-checkpoints")
 

@@ -96,3 +96,31 @@ async def test_an_accepted_batch_is_published_on_simulation_metrics(core):
     await _drain(core.bus, got, 1)
     assert got[0].datasource == "sims" and got[0].tenant == "default"
     assert list(got[0].series[0].values) == [1.0, 2.0]
+
+
+async def test_a_slow_consumer_over_its_backlog_bound_loses_the_oldest_and_others_lose_nothing():
+    bus = InProcessBus()
+    slow, fast = [], []
+    release = asyncio.Event()
+
+    async def slow_handler(envelope):
+        await release.wait()
+        slow.append(envelope.decode(events_pb2.AlertEvent).timestamp_ms)
+
+    async def fast_handler(envelope):
+        fast.append(envelope.decode(events_pb2.AlertEvent).timestamp_ms)
+
+    size = len(_event(5).SerializeToString())  # every message below is this size
+    await bus.subscribe("alerts.*", "slow", slow_handler, max_backlog_bytes=3 * size)
+    await bus.subscribe("alerts.*", "fast", fast_handler)
+    for n in range(10):
+        await bus.publish("alerts.x", _event(n), key="k")
+    await _drain(bus, fast, 10)
+    release.set()
+    await _drain(bus, slow, 3)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    # Its backlog holds three messages' bytes: the newest three are delivered, the rest evicted.
+    assert slow == [7, 8, 9] and fast == list(range(10))
+    assert bus.stats["evicted"] == 7
+    await bus.close()
