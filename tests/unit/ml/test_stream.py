@@ -167,3 +167,18 @@ async def test_each_anomaly_says_what_fired_a_spike_or_a_level_shift(tmp_path):
     shift = [r for r in records if ts[1000] <= r.timestamp_ms < ts[1060]]
     assert shift and shift[0].reason == "level_shift"
     assert shift[0].lower <= shift[0].value <= shift[0].upper and shift[0].deviation >= 1.0
+
+
+async def test_idle_series_lose_their_state_at_a_checkpoint(tmp_path):
+    scorer, _, bus = _scorer(tmp_path, idle_seconds=0.05, checkpoint_seconds=0.1)
+    await scorer.start()
+    ts, values = _series(100)
+    await scorer.handle(_envelope(ts, values))
+    assert scorer.series == 1
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if scorer.stats["checkpoints"] and scorer.series == 0:
+            break
+    assert scorer.series == 0 and scorer.state_bytes == 0 and scorer.stats["evicted"] == 1
+    await scorer.stop()
+    await bus.close()
