@@ -325,11 +325,14 @@ class AnomalyDetection:
         response = self._base(spec)
         thresholds = {}
         if store:
-            for t in targets:
-                tp, fp = await asyncio.to_thread(
-                    self.store.feedback_counts, tenant, datasource, t.metric, t.labels
-                )
-                thresholds[id(t)] = series_threshold(spec.sensitivity, tp, fp)
+            # One worker-thread hop for every series' feedback, not one per series.
+            tallies = await asyncio.to_thread(
+                lambda: [self.store.feedback_counts(tenant, datasource, t.metric, t.labels) for t in targets]
+            )
+            thresholds = {
+                id(t): series_threshold(spec.sensitivity, tp, fp)
+                for t, (tp, fp) in zip(targets, tallies, strict=True)
+            }
         results = await asyncio.to_thread(_score_all, spec.method, targets)
         scored_any = False
         records: list[AnomalyRecord] = []
@@ -433,16 +436,12 @@ class AnomalyDetection:
             record = await asyncio.to_thread(self.store.set_feedback, tenant, anomaly_id, verdict, comment)
         except KeyError:
             raise NotFound(f"no anomaly {anomaly_id!r}", "id") from None
-        tp, fp = await self.feedback_tally(tenant, record.datasource, record.metric, record.labels)
+        tp, fp = await asyncio.to_thread(
+            self.store.feedback_counts, tenant, record.datasource, record.metric, record.labels
+        )
         return pb.SubmitAnomalyFeedbackResponse(
             anomaly=anomaly_message(record), series_threshold=series_threshold(DEFAULT_SENSITIVITY, tp, fp)
         )
-
-    async def feedback_tally(
-        self, tenant: str, datasource: str, metric: str, labels: dict[str, str]
-    ) -> tuple[int, int]:
-        """(true positives, false positives) of one series."""
-        return await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, labels)
 
     async def stats(self, tenant: str) -> pb.GetAnomalyStatsResponse:
         """Precision per method from the feedback."""

@@ -40,10 +40,8 @@ class MLCore:
         response = await self.detection.feedback(anomaly_id, verdict, comment, tenant)
         if self.scorer is not None:
             a = response.anomaly
-            tp, fp = await self.detection.feedback_tally(tenant, a.datasource, a.metric, dict(a.labels))
-            self.scorer.feedback_changed(
-                (tenant, a.datasource, a.metric, tuple(sorted(a.labels.items()))), tp, fp
-            )
+            key = (tenant, a.datasource, a.metric, tuple(sorted(a.labels.items())))
+            self.scorer.threshold_changed(key, response.series_threshold)
         return response
 
     async def forecast(self, request: object) -> object:

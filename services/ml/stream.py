@@ -32,7 +32,14 @@ from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import model_version, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
-from services.ml.detectors.base import EPISODE_GAP, Scores, explained_deviation, onsets, reason_at
+from services.ml.detectors.base import (
+    DEFAULT_SENSITIVITY,
+    EPISODE_GAP,
+    Scores,
+    explained_deviation,
+    onsets,
+    reason_at,
+)
 from services.ml.history import HistoryClient
 from services.ml.thresholds import series_threshold
 
@@ -57,7 +64,7 @@ class StreamConfig:
     checkpoint_seconds: float = 60.0
     max_redeliveries: int = 3
     max_backlog_bytes: int = 256 * 1024 * 1024
-    sensitivity: float = 0.95
+    sensitivity: float = DEFAULT_SENSITIVITY
 
 
 @dataclass
@@ -192,11 +199,11 @@ class StreamScorer:
         self._put(key, live)
         return live
 
-    def feedback_changed(self, key: SeriesKey, true_positive: int, false_positive: int) -> None:
-        """Apply a verdict given in this process to the series' live threshold at once."""
+    def threshold_changed(self, key: SeriesKey, threshold: float) -> None:
+        """Apply a series' new threshold (after a verdict given in this process) at once."""
         live = self._states.get(key)
         if live is not None:
-            live.threshold = series_threshold(self.config.sensitivity, true_positive, false_positive)
+            live.threshold = threshold
 
     # ---- bounds -----------------------------------------------------------------------------
     def _put(self, key: SeriesKey, live: _Live) -> None:
