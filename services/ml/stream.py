@@ -69,8 +69,7 @@ class StreamConfig:
 
 @dataclass
 class _Live:
-    state: AutoState
-    last_ts: int
+    state: AutoState  # its last_ts is the series' last scored timestamp
     last_seen: float
     threshold: float
     since_above: int = EPISODE_GAP + 1  # points since the last one at or above the threshold
@@ -147,7 +146,7 @@ class StreamScorer:
             live = self._states.get(key)
             if live is None:
                 live = await self._warm(key, ts)
-            fresh = ts > live.last_ts
+            fresh = ts > live.state.last_ts if live.state.last_ts is not None else np.ones(len(ts), bool)
             if fresh.any():
                 work.append((key, live, ts[fresh], values[fresh]))
         if not work:
@@ -157,7 +156,6 @@ class StreamScorer:
         records = []
         detected_at = int(time.time() * 1000)
         for (key, live, ts, values), scores in zip(work, results, strict=True):
-            live.last_ts = int(ts[-1])
             live.last_seen = now
             self._states.move_to_end(key)
             self.stats["points"] += len(ts)
@@ -182,9 +180,7 @@ class StreamScorer:
         first = int(ts[0])
         history = await self.history.raw(datasource, [metric], filters, first - lookback, first)
         tp, fp = await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, dict(labels))
-        live = _Live(
-            AutoState.new(), -(2**63), time.monotonic(), series_threshold(self.config.sensitivity, tp, fp)
-        )
+        live = _Live(AutoState.new(), time.monotonic(), series_threshold(self.config.sensitivity, tp, fp))
         for series in history:
             if tuple(sorted(series.labels.items())) == labels and len(series.ts):
                 # The memory rebuilds the state exactly; the episode gap after it, scored from that
@@ -194,7 +190,6 @@ class StreamScorer:
                     score_chunk, live.state, series.ts[keep], series.values[keep]
                 )
                 _, live.since_above = onsets(scores.score, live.threshold)
-                live.last_ts = int(series.ts[-1])
                 self.stats["warmed"] += 1
         self._put(key, live)
         return live
@@ -233,9 +228,7 @@ class StreamScorer:
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as out:
             for key, live in list(self._states.items()):
-                head = json.dumps(
-                    [*key[:3], list(key[3]), live.last_ts, live.threshold, live.since_above]
-                ).encode()
+                head = json.dumps([*key[:3], list(key[3]), live.threshold, live.since_above]).encode()
                 body = live.state.to_bytes()
                 out.write(struct.pack("<II", len(head), len(body)) + head + body)
             out.flush()
@@ -253,14 +246,14 @@ class StreamScorer:
         while pos + 8 <= len(data):
             head_len, body_len = struct.unpack_from("<II", data, pos)
             pos += 8
-            tenant, datasource, metric, labels, last_ts, threshold, since_above = json.loads(
+            tenant, datasource, metric, labels, threshold, since_above = json.loads(
                 data[pos : pos + head_len]
             )
             pos += head_len
             state = AutoState.from_bytes(data[pos : pos + body_len])
             pos += body_len
             key = (tenant, datasource, metric, tuple((k, v) for k, v in labels))
-            out.append((key, _Live(state, last_ts, now, threshold, since_above)))
+            out.append((key, _Live(state, now, threshold, since_above)))
         log.info("live scorer state restored", extra={"series": len(out), "path": str(self.path)})
         return out
 
