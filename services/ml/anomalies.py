@@ -108,9 +108,7 @@ class AnomalyDetection:
         names = [name for name, _ in spec.snapshot]
         histories = await self._snapshot_history(spec, now, timeout)
         response = self._base(spec)
-        response = await asyncio.to_thread(
-            self._score_snapshot, spec, tenant, now, names, histories, response
-        )
+        response = await asyncio.to_thread(self._score_snapshot, spec, now, names, histories, response)
         self.cache.put(ML_CACHE, key, _as_hit(response), self.cache_ttl_seconds)
         return response
 
@@ -139,7 +137,6 @@ class AnomalyDetection:
     def _score_snapshot(
         self,
         spec: DetectSpec,
-        tenant: str,
         now: int,
         names: list[str],
         histories: dict[str, list[StoredSeries]],

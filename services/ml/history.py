@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from libs.errors import InvalidArgument, Unavailable
+from libs.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from services.ml.detectors.base import FloatArray, IntArray
@@ -72,7 +72,7 @@ class HistoryClient:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(f"the stored history cannot be read: {exc.details()}") from None
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise
+                raise DeadlineExceeded("the request's deadline passed while reading stored history") from None
             raise Unavailable(
                 f"the query-router at {self._address()} did not answer: {exc.details()}"
             ) from None
