@@ -36,6 +36,7 @@ from platformq.analytics.v1 import (
 )
 from services.ml.anomaly_store import AnomalyStore
 from services.ml.detectors import auto
+from services.ml.history import HistoryClient
 from services.ml.stream import StreamConfig, StreamScorer
 from services.runner import start_services
 
@@ -107,8 +108,11 @@ def kernel_speed() -> dict:
     }
 
 
-class _NoHistory:
+class _NoHistory(HistoryClient):
     """Stands in for the query-router here: these series have no stored history to warm from."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: "unused", 0)
 
     async def raw(self, *args, **kwargs) -> list:
         return []

@@ -280,27 +280,20 @@ class AnomalyDetection:
         spacing = max(
             1, int(np.median(np.concatenate([np.diff(s.ts) for s in series if len(s.ts) > 1] or [[60_000]])))
         )
-        before = await self.history.raw(
-            spec.datasource,
-            list(spec.metrics),
-            filters,
-            start - spacing * (HISTORY_POINTS + 1),
-            start,
-            timeout,
+        earlier = await self.history.last_before(
+            spec.datasource, list(spec.metrics), filters, start, HISTORY_POINTS, spacing, timeout
         )
-        earlier = {(s.metric, tuple(sorted(s.labels.items()))): s for s in before}
         targets = []
         for s in series:
-            prior = earlier.get((s.metric, tuple(sorted(s.labels.items()))))
-            if prior is not None and len(prior.ts):
-                keep = slice(max(0, len(prior.ts) - HISTORY_POINTS), None)
+            prior = earlier.get(s.key)
+            if prior is not None:
                 targets.append(
                     Target(
                         s.metric,
                         s.labels,
-                        np.concatenate([prior.ts[keep], s.ts]),
-                        np.concatenate([prior.values[keep], s.values]),
-                        len(prior.ts[keep]),
+                        np.concatenate([prior.ts, s.ts]),
+                        np.concatenate([prior.values, s.values]),
+                        len(prior.ts),
                     )
                 )
             else:

@@ -15,6 +15,9 @@ from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from services.ml.detectors.base import FloatArray, IntArray
 
+MAX_LOOKBACK_MS = 7 * 86_400_000
+"""The furthest back `last_before` reads."""
+
 
 @dataclass(frozen=True)
 class StoredSeries:
@@ -24,6 +27,11 @@ class StoredSeries:
     labels: dict[str, str]
     ts: IntArray
     values: FloatArray
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """(metric, sorted labels): which series this is."""
+        return self.metric, tuple(sorted(self.labels.items()))
 
 
 class HistoryClient:
@@ -85,6 +93,26 @@ class HistoryClient:
             )
             for s in response.series
         ]
+
+    async def last_before(
+        self,
+        datasource: str,
+        metrics: list[str],
+        filters: list[common_pb2.LabelFilter],
+        before_ms: int,
+        points: int,
+        spacing_ms: int,
+        timeout: float | None = None,
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], StoredSeries]:
+        """The last `points` stored points before `before_ms` of every matching series that has any,
+        by `StoredSeries.key`; read over twice `points` spacings back (at most a week)."""
+        lookback = min(MAX_LOOKBACK_MS, max(1, spacing_ms) * points * 2)
+        found = await self.raw(datasource, metrics, filters, before_ms - lookback, before_ms, timeout)
+        return {
+            s.key: StoredSeries(s.metric, s.labels, s.ts[-points:], s.values[-points:])
+            for s in found
+            if len(s.ts)
+        }
 
     async def close(self) -> None:
         """Close the channel."""

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTION = "ml-anomaly"
 METHOD = "auto"
-WARM_MAX_LOOKBACK_MS = 7 * 86_400_000
 WARM_POINTS = MEMORY_POINTS + EPISODE_GAP
 DEFAULT_SPACING_MS = 60_000
 
@@ -175,22 +174,19 @@ class StreamScorer:
         """A state for a series not in memory: its stored history replayed, and its threshold."""
         tenant, datasource, metric, labels = key
         spacing = int(np.median(np.diff(ts))) if len(ts) > 1 else DEFAULT_SPACING_MS
-        lookback = min(WARM_MAX_LOOKBACK_MS, max(1, spacing) * WARM_POINTS * 2)
         filters = [common_pb2.LabelFilter(label=k, op="=", value=v) for k, v in labels]
-        first = int(ts[0])
-        history = await self.history.raw(datasource, [metric], filters, first - lookback, first)
+        history = await self.history.last_before(
+            datasource, [metric], filters, int(ts[0]), WARM_POINTS, spacing
+        )
         tp, fp = await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, dict(labels))
         live = _Live(AutoState.new(), time.monotonic(), series_threshold(self.config.sensitivity, tp, fp))
-        for series in history:
-            if tuple(sorted(series.labels.items())) == labels and len(series.ts):
-                # The memory rebuilds the state exactly; the episode gap after it, scored from that
-                # state, says whether an episode is still open.
-                keep = slice(max(0, len(series.ts) - WARM_POINTS), None)
-                scores = await asyncio.to_thread(
-                    score_chunk, live.state, series.ts[keep], series.values[keep]
-                )
-                _, live.since_above = onsets(scores.score, live.threshold)
-                self.stats["warmed"] += 1
+        series = history.get((metric, labels))  # the filters also match series with more labels
+        if series is not None:
+            # The memory rebuilds the state exactly; the episode gap after it, scored from that
+            # state, says whether an episode is still open.
+            scores = await asyncio.to_thread(score_chunk, live.state, series.ts, series.values)
+            _, live.since_above = onsets(scores.score, live.threshold)
+            self.stats["warmed"] += 1
         self._put(key, live)
         return live
 

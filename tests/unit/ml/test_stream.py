@@ -12,15 +12,16 @@ from platformq.analytics.v1 import events_pb2
 from services.ml.anomaly_store import AnomalyFilter, AnomalyStore
 from services.ml.detectors import auto
 from services.ml.detectors.base import onsets, threshold_for
-from services.ml.history import StoredSeries
+from services.ml.history import HistoryClient, StoredSeries
 from services.ml.stream import StreamConfig, StreamScorer
 
 
-class RecordedHistory:
+class RecordedHistory(HistoryClient):
     """Stands in for the query-router: answers raw reads from series given to it (the real path,
-    through gRPC, is covered by tests/contract/test_anomalies.py)."""
+    through gRPC, is covered by tests/contract/test_anomalies.py); the rest is the real client."""
 
     def __init__(self) -> None:
+        super().__init__(lambda: "unused", 0)
         self.series: list[StoredSeries] = []
         self.reads = 0
 
