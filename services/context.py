@@ -1,4 +1,5 @@
-"""What the services of one process share: the store, the bus and the cache, built once."""
+"""What the services of one process share: the store, the bus and the cache, built once, and where
+each service is reached (this process's own port for the services it hosts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The in-process bus of mode all: asyncio queues with the semantics of the Bus interface."""
+"""The in-process bus of mode all: asyncio queues with the semantics of the Bus interface; a
+subscription may bound what waits for it in bytes (the oldest waiting messages are evicted)."""
 
 from __future__ import annotations
 
