@@ -1,23 +1,27 @@
 """ml: anomaly detection (on request and on the live stream), forecasting, predictive maintenance
-and online training."""
+and online training.
+
+The detectors pull in numba, pandas and friends: they are imported when the ml service is built,
+not when another service's process imports this package."""
 
 from __future__ import annotations
 
 from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import ml_service_pb2, ml_service_pb2_grpc
 from services.context import ServiceContext
-from services.ml.anomalies import AnomalyDetection
-from services.ml.anomaly_store import AnomalyStore, store_path
-from services.ml.core import MLCore
-from services.ml.history import HistoryClient
-from services.ml.servicer import MLServicer
-from services.ml.stream import StreamConfig, StreamScorer
 
 FULL_NAME = ml_service_pb2.DESCRIPTOR.services_by_name["MLService"].full_name
 
 
 def binding(context: ServiceContext) -> ServiceBinding:
     """Build the ML core and servicer; its start opens the anomaly store and the live scorer."""
+    from services.ml.anomalies import AnomalyDetection
+    from services.ml.anomaly_store import AnomalyStore, store_path
+    from services.ml.core import MLCore
+    from services.ml.history import HistoryClient
+    from services.ml.servicer import MLServicer
+    from services.ml.stream import StreamConfig, StreamScorer
+
     s = context.settings
     store = AnomalyStore(store_path(s.data_dir), s.anomaly_retention_days)
     history = HistoryClient(lambda: context.address_of("query-router"), 4 * s.max_request_bytes)
