@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from libs.bus import Bus, Envelope, make_bus
 from libs.cache import TtlCache
 from libs.config import Settings
+from libs.selfmetrics import SelfMetrics
 from libs.storage.store import MetricStore, StoreConfig
 from platformq.analytics.v1 import events_pb2
 
@@ -37,11 +38,14 @@ class ServiceContext:
     """The services this process hosts (on one gRPC port)."""
     local_port: int | None = None
     """The port this process's gRPC server bound, once started."""
+    metrics: SelfMetrics = field(init=False)
+    """The process's own metrics (exported for Prometheus, written to datasource analytics_self)."""
 
     def __post_init__(self) -> None:
         s = self.settings
         self.bus = make_bus(s.pulsar_url, s.pulsar_tenant, s.pulsar_namespace)
         self.cache = TtlCache(max_entries=s.cache_max_entries)
+        self.metrics = SelfMetrics()
 
     @property
     def distributed(self) -> bool:

@@ -32,10 +32,13 @@ async def until_stop_signal() -> None:
     await stop.wait()
 
 
-async def start_services(names: list[str], settings: Settings, port: int) -> RunningServer:
+async def start_services(
+    names: list[str], settings: Settings, port: int, context: ServiceContext | None = None
+) -> RunningServer:
     """Open the shared resources, then start a gRPC server hosting the named services on `port`
-    (0 picks one). Stopping the server flushes the store."""
-    context = ServiceContext(settings, hosted=tuple(names))
+    (0 picks one). Stopping the server flushes the store. A caller that passes `context` can
+    share it (mode all gives its bus and stream hub to the ws bridge)."""
+    context = context or ServiceContext(settings, hosted=tuple(names))
     bindings = [BINDERS[name](context) for name in names]
     await context.start()
     # A JSON body's numbers can grow up to 4x as protobuf doubles ("1," is 2 bytes, a double 8), so

@@ -1,27 +1,60 @@
-"""The monitoring core: scopes, dashboards, alerts and the Prometheus export. No gRPC here."""
+"""The monitoring core: delegates each operation to its component. No gRPC here.
+
+Components: `scopes.Scopes` (monitor scopes), `dashboards.Dashboards` (stored and built-in
+dashboards, panel data, live refresh), `alerts.AlertEngine` (rules, states, history) and
+`export.PrometheusExport` (self-metrics and stored series in the text exposition format).
+"""
 
 from __future__ import annotations
 
-from libs.errors import NotBuilt
+from google.api import httpbody_pb2
 
-_MON = "it arrives with the monitoring issue (dashboards, alerts, self-metrics)"
+from platformq.analytics.v1 import monitoring_service_pb2 as pb
+from services.monitoring.alerts import AlertEngine
+from services.monitoring.dashboards import Dashboards
+from services.monitoring.export import PrometheusExport
+from services.monitoring.scopes import Scopes
 
 
 class MonitoringCore:
-    """Summarises scopes, keeps dashboards and exports the service's own metrics."""
+    """Summarises scopes, keeps dashboards, evaluates alerts and exports metrics."""
 
-    async def monitor(self, request: object) -> object:
+    def __init__(
+        self, scopes: Scopes, dashboards: Dashboards, alerts: AlertEngine, export: PrometheusExport
+    ) -> None:
+        self.scopes = scopes
+        self.dashboards = dashboards
+        self.alerts = alerts
+        self.export = export
+
+    async def monitor(self, request: pb.MonitorRequest) -> pb.MonitorResponse:
         """Summarise one scope."""
-        raise NotBuilt(f"monitor scopes are not built yet: {_MON}")
+        return await self.scopes.monitor(request)
 
-    async def get_dashboard(self, dashboard_type: str) -> object:
-        """Return a dashboard and its panel data."""
-        raise NotBuilt(f"dashboards are not built yet: {_MON}")
+    async def get_dashboard(self, key: str) -> pb.GetDashboardResponse:
+        """A dashboard (by id, built-in type or stored type) with its panel data."""
+        return await self.dashboards.get(key)
 
-    async def create_dashboard(self, request: object) -> object:
+    async def list_dashboards(self, request: pb.ListDashboardsRequest) -> pb.ListDashboardsResponse:
+        """Stored and built-in dashboards, without panel data."""
+        return await self.dashboards.list(request)
+
+    async def create_dashboard(self, request: pb.CreateDashboardRequest) -> pb.CreateDashboardResponse:
         """Store a dashboard."""
-        raise NotBuilt(f"dashboards are not built yet: {_MON}")
+        return await self.dashboards.create(request)
 
-    async def export_prometheus(self) -> object:
-        """Render the service's metrics in the Prometheus text format."""
-        raise NotBuilt(f"the Prometheus export is not built yet: {_MON}")
+    async def update_dashboard(self, request: pb.UpdateDashboardRequest) -> pb.UpdateDashboardResponse:
+        """Replace a stored dashboard."""
+        return await self.dashboards.update(request)
+
+    async def delete_dashboard(self, dashboard_id: str) -> pb.DeleteDashboardResponse:
+        """Remove a stored dashboard."""
+        return await self.dashboards.delete(dashboard_id)
+
+    async def list_alerts(self, request: pb.ListAlertsRequest) -> pb.ListAlertsResponse:
+        """Current alerts and their stored history."""
+        return await self.alerts.list(request)
+
+    async def export_prometheus(self, request: pb.ExportPrometheusRequest) -> httpbody_pb2.HttpBody:
+        """Self-metrics, or with match[] the latest stored values, for Prometheus."""
+        return await self.export.render(request)

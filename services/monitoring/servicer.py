@@ -5,7 +5,6 @@ from __future__ import annotations
 from google.api import httpbody_pb2
 from grpc import aio
 
-from libs.errors import InvalidArgument
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from platformq.analytics.v1 import monitoring_service_pb2_grpc
 from services.monitoring import spec
@@ -25,9 +24,13 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
     async def GetDashboard(
         self, request: pb.GetDashboardRequest, context: aio.ServicerContext
     ) -> pb.GetDashboardResponse:
-        if not request.type:
-            raise InvalidArgument("must not be empty", "type")
+        spec.check_dashboard_key(request.type, "type")
         return await self.core.get_dashboard(request.type)
+
+    async def ListDashboards(
+        self, request: pb.ListDashboardsRequest, context: aio.ServicerContext
+    ) -> pb.ListDashboardsResponse:
+        return await self.core.list_dashboards(request)
 
     async def CreateDashboard(
         self, request: pb.CreateDashboardRequest, context: aio.ServicerContext
@@ -35,7 +38,26 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         spec.check_create_dashboard(request)
         return await self.core.create_dashboard(request)
 
+    async def UpdateDashboard(
+        self, request: pb.UpdateDashboardRequest, context: aio.ServicerContext
+    ) -> pb.UpdateDashboardResponse:
+        spec.check_update_dashboard(request)
+        return await self.core.update_dashboard(request)
+
+    async def DeleteDashboard(
+        self, request: pb.DeleteDashboardRequest, context: aio.ServicerContext
+    ) -> pb.DeleteDashboardResponse:
+        spec.check_dashboard_key(request.id, "id")
+        return await self.core.delete_dashboard(request.id)
+
+    async def ListAlerts(
+        self, request: pb.ListAlertsRequest, context: aio.ServicerContext
+    ) -> pb.ListAlertsResponse:
+        spec.check_list_alerts(request)
+        return await self.core.list_alerts(request)
+
     async def ExportPrometheus(
         self, request: pb.ExportPrometheusRequest, context: aio.ServicerContext
     ) -> httpbody_pb2.HttpBody:
-        return await self.core.export_prometheus()
+        spec.check_export(request)
+        return await self.core.export_prometheus(request)

@@ -27,3 +27,32 @@ def check_create_dashboard(request: pb.CreateDashboardRequest) -> None:
         raise InvalidArgument("must not be negative", "refresh_interval")
     if request.config.time_range:
         parse_duration_ms(request.config.time_range, "config.time_range")
+
+
+def check_dashboard_key(key: str, field: str) -> None:
+    """A dashboard id or type must be given."""
+    if not key.strip():
+        raise InvalidArgument("must not be empty", field)
+
+
+def check_update_dashboard(request: pb.UpdateDashboardRequest) -> None:
+    """An update names the dashboard and carries a whole valid dashboard."""
+    check_dashboard_key(request.id, "id")
+    check_create_dashboard(
+        pb.CreateDashboardRequest(
+            name=request.name,
+            type=request.type,
+            config=request.config,
+            refresh_interval=request.refresh_interval,
+        )
+    )
+
+
+def check_list_alerts(request: pb.ListAlertsRequest) -> None:
+    """Filters are checked by the alerts issue's rules (placeholder: time range only)."""
+    if request.time_range:
+        parse_duration_ms(request.time_range, "time_range")
+
+
+def check_export(request: pb.ExportPrometheusRequest) -> None:
+    """Selectors are checked where they are parsed (placeholder)."""
