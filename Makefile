@@ -64,7 +64,8 @@ format: gen
 	$(BIN)/ruff check --fix .
 
 # Speed and memory side by side with baselines (VictoriaMetrics, raw DuckDB) in the same run, and
-# anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone);
+# anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone), and
+# the live streams at scale (1,000 WebSocket clients through Envoy, beside the bridge alone);
 # writes docs/benchmarks.md. Not part of `make test`.
 bench: gen
 	bash benchmarks/setup.sh
@@ -72,6 +73,7 @@ bench: gen
 	$(BIN)/python -m benchmarks.distributed --docs
 	$(BIN)/python -m benchmarks.anomaly --docs
 	$(BIN)/python -m benchmarks.anomaly_speed --docs
+	$(BIN)/python -m benchmarks.streams --docs
 
 clean:
 	rm -rf build gen $(VENV) data

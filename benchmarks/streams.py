@@ -1,0 +1,371 @@
+"""Scale of the live path: 1,000 WebSocket clients following metric streams while 20,000 points/s
+are ingested, through Envoy and, as the baseline in the same run, straight to the ws bridge.
+
+    .venv/bin/python -m benchmarks.streams [--docs] [--clients 1000] [--rate 20000] [--seconds 20]
+
+The stack is started the way `make up` starts it (`analytics up`: Envoy and `serve all`, demo off,
+the live anomaly scorer on as by default). A separate process ingests the load through Envoy's
+native gRPC port in batches (columnar, 1,000 series) and records when each batch was acknowledged;
+the clients (one asyncio process) record when the frame carrying each batch arrived. Latency is
+frame received minus ingest acknowledged, on the same machine clock; a frame can beat the
+acknowledgement back to the ingester, so small negative values are real.
+
+Three phases per path: idle connections (memory per connection), the load with every client
+reading, and the load with one more client that never reads (it must not move the others' p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks.procs import Latency, free_port, log_tail, mib, stop_process, tree_rss_kib
+from benchmarks.report import write_docs_section
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Live streams"
+DATASOURCE = "bench_streams"
+METRIC = "stream_load"
+SERIES = 1000
+CHANNELS = 100
+"""Clients follow one of this many label-filtered channels (`?series=s<k>`), 10 each at 1,000."""
+BATCHES_PER_SECOND = 4
+"""20,000 points/s arrive as 4 batches a second (a collector flushing every 250 ms)."""
+
+
+@dataclass
+class PhaseResult:
+    """What one phase measured."""
+
+    path: str
+    clients: int
+    slow_client: bool
+    points_per_s: float
+    frames: int
+    latency: Latency | None
+    lagged_frames: int
+    slow_client_outcome: str
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the stack exited: {log_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the stack did not become healthy: {log_tail(log)}")
+
+
+def _start_stack(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str], Path]:
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(free_port()),
+        "ENVOY_ADMIN_PORT": str(free_port()),
+        "WS_BRIDGE_PORT": str(free_port()),
+        "GRPC_PORT": str(free_port()),
+        "DATA_DIR": str(data_dir),
+        "DEMO": "0",
+        "LOG_LEVEL": "WARNING",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    log = data_dir / "stack.log"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("analytics")), "up"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    _wait_healthy(int(env["GATEWAY_PORT"]), process, log)
+    return process, env, log
+
+
+def _ingester(target: str, rate: int, seconds: float, start_ms: int, acks: Any, ready: Any) -> None:
+    """Child process: ingest `rate` points/s for `seconds`; put (batch, ack wall time) on `acks`."""
+    import grpc
+
+    from platformq.analytics.v1 import common_pb2, realtime_service_pb2, realtime_service_pb2_grpc
+
+    per_series = max(1, rate // BATCHES_PER_SECOND // SERIES)
+    period = 1.0 / BATCHES_PER_SECOND
+    spacing = int(period * 1000) // per_series
+    channel = grpc.insecure_channel(target)
+    stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
+    ready.set()
+    t0 = time.monotonic()
+    batch = 0
+    while time.monotonic() - t0 < seconds:
+        base = start_ms + batch * int(period * 1000)
+        stamps = [base + k * spacing for k in range(per_series)]
+        series = [
+            common_pb2.Series(
+                name=METRIC,
+                labels={"series": f"s{i % CHANNELS}", "instance": f"i{i}"},
+                timestamps_ms=stamps,
+                values=[float(i + k) for k in range(per_series)],
+            )
+            for i in range(SERIES)
+        ]
+        stub.IngestMetrics(realtime_service_pb2.IngestMetricsRequest(datasource=DATASOURCE, series=series))
+        acks.put((batch, time.time()))
+        batch += 1
+        pause = t0 + batch * period - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    acks.put(None)
+    channel.close()
+
+
+class Client:
+    """One WebSocket client following a channel; records when each batch's frame arrived."""
+
+    def __init__(self, url: str, start_ms: int, read: bool = True) -> None:
+        self.url = url
+        self.start_ms = start_ms
+        self.read = read
+        self.received: dict[int, float] = {}
+        self.lagged = 0
+        self.closed_reason = ""
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def connect(self, session: aiohttp.ClientSession) -> None:
+        # A slow client's receive buffer stays small so the server side sees it back up.
+        self.ws = await session.ws_connect(self.url, max_msg_size=0, autoping=True, heartbeat=None)
+        hello = await self.ws.receive(timeout=30)
+        assert json.loads(hello.data)["type"] == "hello", hello.data
+
+    async def run(self) -> None:
+        assert self.ws is not None
+        if not self.read:
+            await asyncio.Event().wait()  # never reads; cancelled at the end
+        period_ms = int(1000 / BATCHES_PER_SECOND)
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            now = time.time()
+            frame = json.loads(msg.data)
+            kind = frame.get("type")
+            if kind == "data":
+                for series in frame.get("series", ()):
+                    for point in series.get("points", ()):
+                        batch = (int(point["timestamp_ms"]) - self.start_ms) // period_ms
+                        self.received.setdefault(batch, now)
+            elif kind == "lagged":
+                self.lagged += int(frame.get("dropped", 0))
+            elif kind == "closing":
+                self.closed_reason = frame.get("reason", "")
+
+
+async def _phase(
+    path: str, ws_base: str, grpc_target: str, clients: int, rate: int, seconds: float, slow: bool
+) -> tuple[PhaseResult, Client | None]:
+    start_ms = (int(time.time() * 1000) // 1000 + 2) * 1000
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        crowd = [
+            Client(
+                f"{ws_base}/api/v1/ws/metrics/{METRIC}?datasource={DATASOURCE}&series=s{i % CHANNELS}",
+                start_ms,
+            )
+            for i in range(clients)
+        ]
+        for i in range(0, clients, 50):
+            await asyncio.gather(*(c.connect(session) for c in crowd[i : i + 50]))
+        laggard = None
+        if slow:
+            laggard = Client(
+                f"{ws_base}/api/v1/ws/metrics/{METRIC}?datasource={DATASOURCE}", start_ms, read=False
+            )
+            await laggard.connect(session)
+        readers = [asyncio.create_task(c.run()) for c in crowd]
+        slow_task = asyncio.create_task(laggard.run()) if laggard else None
+
+        ctx = multiprocessing.get_context("spawn")
+        acks_q, ready = ctx.Queue(), ctx.Event()
+        ingester = ctx.Process(target=_ingester, args=(grpc_target, rate, seconds, start_ms, acks_q, ready))
+        ingester.start()
+        acks: dict[int, float] = {}
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await loop.run_in_executor(None, acks_q.get)
+            if item is None:
+                break
+            acks[item[0]] = item[1]
+        ingester.join()
+        await asyncio.sleep(1.0)  # let the last frames arrive before counting
+        slow_outcome = ""
+        if laggard is not None:
+            assert laggard.ws is not None
+            slow_outcome = "closed by the server" if laggard.ws.closed else "still open"
+        for task in [*readers, *([slow_task] if slow_task else [])]:
+            task.cancel()
+        await asyncio.gather(*readers, *([slow_task] if slow_task else []), return_exceptions=True)
+        for c in [*crowd, *([laggard] if laggard else [])]:
+            if c.ws is not None:
+                await c.ws.close()
+    latencies = [got - acks[b] for c in crowd for b, got in c.received.items() if b in acks]
+    result = PhaseResult(
+        path=path,
+        clients=clients,
+        slow_client=slow,
+        points_per_s=len(acks) * SERIES * max(1, rate // BATCHES_PER_SECOND // SERIES) / seconds,
+        frames=sum(len(c.received) for c in crowd),
+        latency=Latency.of_seconds(latencies),
+        lagged_frames=sum(c.lagged for c in crowd),
+        slow_client_outcome=slow_outcome,
+    )
+    return result, laggard
+
+
+async def _memory_per_connection(ws_base: str, pids: list[int], clients: int) -> dict[str, float]:
+    before = sum(tree_rss_kib(p) for p in pids)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        crowd = [
+            Client(f"{ws_base}/api/v1/ws/metrics/{METRIC}?datasource={DATASOURCE}", 0) for _ in range(clients)
+        ]
+        for i in range(0, clients, 50):
+            await asyncio.gather(*(c.connect(session) for c in crowd[i : i + 50]))
+        await asyncio.sleep(2.0)
+        after = sum(tree_rss_kib(p) for p in pids)
+        for c in crowd:
+            await c.ws.close()
+    return {
+        "before_mib": mib(before),
+        "after_mib": mib(after),
+        "kib_per_connection": (after - before) / clients,
+    }
+
+
+def _pids_of(process: subprocess.Popen) -> dict[str, int]:
+    """The stack's Envoy and Python server pids (children of the launcher)."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=,args=", "--ppid", str(process.pid)], capture_output=True, text=True
+    )
+    pids = {}
+    for line in out.stdout.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        pids["envoy" if "envoy" in args else "services"] = int(pid)
+    return pids
+
+
+def _raise_open_files(clients: int) -> None:
+    """Each connection costs a descriptor in the clients, two in Envoy and one in the bridge; the
+    stack inherits this process's limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * clients + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def _run(clients: int, rate: int, seconds: float) -> dict[str, Any]:
+    _raise_open_files(clients)
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
+        process, env, log = _start_stack(Path(tmp))
+        try:
+            gateway = f"ws://127.0.0.1:{env['GATEWAY_PORT']}"
+            bridge = f"ws://127.0.0.1:{env['WS_BRIDGE_PORT']}"
+            grpc_target = f"127.0.0.1:{env['GATEWAY_PORT']}"
+            pids = _pids_of(process)
+            # Warm-up: the metric exists before anyone subscribes (an unknown metric is refused).
+            await _phase("warm-up", gateway, grpc_target, 1, rate // 10, 2, slow=False)
+            memory = {
+                "envoy": await _memory_per_connection(gateway, [pids["services"], pids["envoy"]], clients),
+                "direct": await _memory_per_connection(bridge, [pids["services"]], clients),
+            }
+            phases = []
+            for path, base in (("envoy", gateway), ("direct", bridge)):
+                for slow in (False, True):
+                    result, _ = await _phase(path, base, grpc_target, clients, rate, seconds, slow)
+                    phases.append(result)
+                    print(json.dumps(asdict(result)), flush=True)
+        finally:
+            stop_process(process, 30, signal.SIGTERM)
+            if process.returncode not in (0, -signal.SIGTERM):
+                print(log_tail(log), file=sys.stderr)
+    return {
+        "clients": clients,
+        "rate": rate,
+        "seconds": seconds,
+        "memory": memory,
+        "phases": [asdict(p) for p in phases],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render(r: dict[str, Any]) -> str:
+    """The docs section."""
+    lines = [
+        SECTION,
+        "",
+        f"`python -m benchmarks.streams` (part of `make bench`): {r['clients']} WebSocket clients follow "
+        f"`metrics/{METRIC}` streams (one of {CHANNELS} label-filtered channels each) while {r['rate']:,} "
+        f"points/s are ingested ({BATCHES_PER_SECOND} batches/s of {SERIES} series) for {r['seconds']:g} s, "
+        "through Envoy and, as the baseline in the same run, straight to the ws bridge. Latency: frame "
+        f"received minus ingest acknowledged. Machine: {r['machine']}.",
+        "",
+        "| path | slow client | points/s ingested | frames received | p50 ms | p99 ms | max ms | frames dropped "
+        "(lagged) for the readers | the slow client |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in r["phases"]:
+        lat = p["latency"] or {}
+        lines.append(
+            f"| {p['path']} | {'yes' if p['slow_client'] else 'no'} | {p['points_per_s']:,.0f} | {p['frames']:,} | "
+            f"{_ms(lat.get('p50_ms'))} | {_ms(lat.get('p99_ms'))} | {_ms(lat.get('max_ms'))} | "
+            f"{p['lagged_frames']} | {p['slow_client_outcome'] or '-'} |"
+        )
+    m = r["memory"]
+    lines += [
+        "",
+        f"Memory per idle connection: {m['envoy']['kib_per_connection']:.1f} KiB through Envoy (services and "
+        f"Envoy together), {m['direct']['kib_per_connection']:.1f} KiB straight to the bridge.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=20_000, help="points per second")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
+    )
+    args = parser.parse_args(argv)
+    results = asyncio.run(_run(args.clients, args.rate, args.seconds))
+    (REPO_ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (REPO_ROOT / "benchmarks" / "results" / "streams.json").write_text(json.dumps(results, indent=2))
+    section = render(results)
+    print(section)
+    if args.docs:
+        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+
+
+if __name__ == "__main__":
+    main()
