@@ -8,7 +8,7 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up up-distributed pulsar-deps test install gen lint format bench clean
+.PHONY: up up-distributed pulsar-deps prometheus-deps test install gen lint format bench clean
 
 up: gen
 	exec $(BIN)/analytics up
@@ -23,7 +23,12 @@ up-distributed: gen
 pulsar-deps:
 	scripts/pulsar-standalone classpath >/dev/null
 
-test: gen lint pulsar-deps
+# Debian's prometheus and promtool unpacked into build/prometheus/ (apt-get download + dpkg-deb -x,
+# no root, about 20 MB; instant once there), for the Prometheus export's tests.
+prometheus-deps:
+	scripts/prometheus-deps >/dev/null
+
+test: gen lint pulsar-deps prometheus-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 $(BIN)/python:

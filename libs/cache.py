@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,17 @@ class _Entry:
 class TtlCache:
     """A bounded map whose entries expire after their TTL and die when a write touches their data."""
 
-    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        unwatched_datasources: Iterable[str] = (),
+    ) -> None:
         self.max_entries = max_entries
+        # Writes to these datasources drop only answers computed from them, not the answers that
+        # read every datasource (SQL): the service's own metrics, written every few seconds,
+        # would otherwise empty the SQL cache each time. Those answers then live their TTL out.
+        self.unwatched_datasources = frozenset(unwatched_datasources)
         self._clock = clock
         self._entries: OrderedDict[tuple[str, Hashable], _Entry] = OrderedDict()
         self.hits: dict[str, int] = {}
@@ -54,12 +63,13 @@ class TtlCache:
 
     def invalidate(self, tenant: str, datasource: str, min_ts: int, max_ts: int) -> int:
         """Drop entries computed from data of [min_ts, max_ts] in this datasource; returns how many."""
+        touched = (datasource,) if datasource in self.unwatched_datasources else (datasource, ALL_DATASOURCES)
         doomed = [
             key
             for key, entry in self._entries.items()
             if entry.scope is not None
             and entry.scope[0] == tenant
-            and entry.scope[1] in (datasource, ALL_DATASOURCES)
+            and entry.scope[1] in touched
             and entry.scope[2] <= max_ts
             and entry.scope[3] > min_ts
         ]

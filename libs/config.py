@@ -51,6 +51,22 @@ class Settings(BaseSettings):
     ws_heartbeat_seconds: float = Field(default=15.0, gt=0)
     """WS_HEARTBEAT_SECONDS: period of heartbeat frames on WebSocket streams."""
 
+    ws_client_queue_frames: int = Field(default=256, gt=0)
+    """WS_CLIENT_QUEUE_FRAMES: frames waiting for one stream client before newer ones are dropped."""
+
+    ws_client_max_dropped: int = Field(default=1000, gt=0)
+    """WS_CLIENT_MAX_DROPPED: frames dropped in a row for one slow client before it is closed."""
+
+    ws_client_max_lag_seconds: float = Field(default=30.0, gt=0)
+    """WS_CLIENT_MAX_LAG_SECONDS: how far behind (age of its oldest waiting frame) a client may fall
+    before it is closed."""
+
+    stream_replay_seconds: float = Field(default=300.0, ge=0)
+    """STREAM_REPLAY_SECONDS: how long a stream keeps its frames for clients resuming with ?since=."""
+
+    stream_replay_frames: int = Field(default=1000, ge=0)
+    """STREAM_REPLAY_FRAMES: the most frames a stream keeps for clients resuming with ?since=."""
+
     query_router_address: str = ""
     """QUERY_ROUTER_ADDRESS: host:port of the query-router; empty means this host's GRPC_PORT."""
 
@@ -93,8 +109,35 @@ class Settings(BaseSettings):
     query_cache_ttl_seconds: float = Field(default=60.0, ge=0)
     """QUERY_CACHE_TTL_SECONDS: how long a query result is cached (0 turns the cache off)."""
 
+    self_metrics_interval_seconds: float = Field(default=10.0, ge=0)
+    """SELF_METRICS_INTERVAL_SECONDS: how often each process writes its own metrics into datasource
+    analytics_self (0 turns the writing off; the Prometheus export still works)."""
+
     dashboard_cache_ttl_seconds: float = Field(default=30.0, ge=0)
     """DASHBOARD_CACHE_TTL_SECONDS: how long dashboard panel data is cached."""
+
+    dashboard_min_refresh_seconds: float = Field(default=5.0, gt=0)
+    """DASHBOARD_MIN_REFRESH_SECONDS: live refresh never runs a dashboard more often than this
+    (a shorter refresh_interval is stored as given and refreshed at this period, like Grafana's
+    min_refresh_interval)."""
+
+    dashboard_refresh_concurrency: int = Field(default=2, gt=0)
+    """DASHBOARD_REFRESH_CONCURRENCY: dashboards the live refresh computes at once."""
+
+    monitor_error_rate_degraded: float = Field(default=0.05, ge=0)
+    """MONITOR_ERROR_RATE_DEGRADED: an error_rate at or above this makes a service "degraded"."""
+
+    monitor_error_rate_down: float = Field(default=0.5, ge=0)
+    """MONITOR_ERROR_RATE_DOWN: an error_rate at or above this makes a service "down"."""
+
+    monitor_latency_degraded_ms: float = Field(default=2000.0, gt=0)
+    """MONITOR_LATENCY_DEGRADED_MS: a latency_p95 (ms) at or above this makes a service "degraded"."""
+
+    monitor_stale_seconds: float = Field(default=120.0, gt=0)
+    """MONITOR_STALE_SECONDS: an entity whose newest point is older than this is "down"."""
+
+    monitor_saturation_percent: float = Field(default=90.0, gt=0)
+    """MONITOR_SATURATION_PERCENT: cpu_usage or memory_usage (%) at or above this is "degraded"."""
 
     ml_cache_ttl_seconds: float = Field(default=300.0, ge=0)
     """ML_CACHE_TTL_SECONDS: how long ML predictions are cached."""
@@ -133,6 +176,42 @@ class Settings(BaseSettings):
 
     ml_checkpoint_seconds: float = Field(default=60.0, gt=0)
     """ML_CHECKPOINT_SECONDS: how often the live scorer's state is checkpointed in DATA_DIR."""
+
+    alert_eval_seconds: float = Field(default=15.0, gt=0)
+    """ALERT_EVAL_SECONDS: how often the monitoring service evaluates the alert rules."""
+
+    alert_window_seconds: float = Field(default=300.0, gt=0)
+    """ALERT_WINDOW_SECONDS: the window the alert rules look back over (increase, p99, hit rate)."""
+
+    alert_for_seconds: float = Field(default=60.0, ge=0)
+    """ALERT_FOR_SECONDS: how long a rule's condition holds (pending) before the alert fires."""
+
+    alert_batch_query_seconds: float = Field(default=5.0, gt=0)
+    """ALERT_BATCH_QUERY_SECONDS: SlowBatchQuery fires above this p99 batch query time."""
+
+    alert_realtime_query_seconds: float = Field(default=0.5, gt=0)
+    """ALERT_REALTIME_QUERY_SECONDS: SlowRealtimeQuery fires above this p99 real-time query time."""
+
+    alert_cache_hit_rate: float = Field(default=0.7, ge=0, le=1)
+    """ALERT_CACHE_HIT_RATE: LowCacheHitRate fires below this hit ratio over the window."""
+
+    alert_cache_min_lookups: int = Field(default=50, ge=1)
+    """ALERT_CACHE_MIN_LOOKUPS: LowCacheHitRate needs at least this many lookups in the window."""
+
+    alert_anomaly_rate_factor: float = Field(default=3.0, gt=0)
+    """ALERT_ANOMALY_RATE_FACTOR: AnomalyRateSpike fires above this multiple of the baseline rate."""
+
+    alert_anomaly_min_count: int = Field(default=5, ge=1)
+    """ALERT_ANOMALY_MIN_COUNT: AnomalyRateSpike needs at least this many anomalies in the window."""
+
+    alert_anomaly_baseline_seconds: float = Field(default=3600.0, gt=0)
+    """ALERT_ANOMALY_BASELINE_SECONDS: the period before the window AnomalyRateSpike compares with."""
+
+    alert_stream_backlog_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """ALERT_STREAM_BACKLOG_BYTES: StreamBacklog fires above this bus subscription backlog."""
+
+    alert_stream_lag_seconds: float = Field(default=30.0, gt=0)
+    """ALERT_STREAM_LAG_SECONDS: StreamBacklog fires above this stream consumer lag."""
 
     demo: bool = True
     """DEMO: `make up` feeds a simulated platform through the ingest API (DEMO=0 turns it off)."""

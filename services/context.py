@@ -3,13 +3,15 @@ each service is reached (this process's own port for the services it hosts)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from libs.bus import Bus, Envelope, make_bus
 from libs.cache import TtlCache
 from libs.config import Settings
-from libs.selfmetrics import SelfMetrics
+from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from libs.storage.store import MetricStore, StoreConfig
+from libs.streams import StreamHub
 from platformq.analytics.v1 import events_pb2
 
 
@@ -40,12 +42,15 @@ class ServiceContext:
     """The port this process's gRPC server bound, once started."""
     metrics: SelfMetrics = field(init=False)
     """The process's own metrics (exported for Prometheus, written to datasource analytics_self)."""
+    streams: StreamHub | None = None
+    """The process's live stream hub (ws bridge and Subscribe), built on first use by `stream_hub`."""
 
     def __post_init__(self) -> None:
         s = self.settings
         self.bus = make_bus(s.pulsar_url, s.pulsar_tenant, s.pulsar_namespace)
-        self.cache = TtlCache(max_entries=s.cache_max_entries)
-        self.metrics = SelfMetrics()
+        # The service's own metrics writes (every few seconds) must not drop every cached SQL answer.
+        self.cache = TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
+        self.metrics = SelfMetrics(cache=self.cache, bus=self.bus)
 
     @property
     def distributed(self) -> bool:
@@ -83,15 +88,27 @@ class ServiceContext:
         event = events_pb2.MetricsBatchEvent.FromString(envelope.payload)
         if not event.batch_id or not event.datasource:
             raise ValueError(f"not an ingest batch on {envelope.topic}: batch_id and datasource are required")
-        if await self.store.ingest_event(event):
+        stored = await self.store.ingest_event(event)
+        self.metrics.stream_lag.labels("storage").set(max(0.0, time.time() - envelope.publish_time_ms / 1000))
+        if stored:
             spans = [(min(s.timestamps_ms), max(s.timestamps_ms)) for s in event.series if s.timestamps_ms]
             if spans:
                 self.cache.invalidate(
                     event.tenant, event.datasource, min(a for a, _ in spans), max(b for _, b in spans)
                 )
 
+    def stream_hub(self) -> StreamHub:
+        """The process's one stream hub (it subscribes on the bus when its first client listens)."""
+        if self.streams is None:
+            self.streams = StreamHub(
+                self.settings, self.bus, self.metrics, self.address_of, distributed=self.distributed
+            )
+        return self.streams
+
     async def close(self) -> None:
-        """Flush the store into segments and stop the bus."""
+        """Close the stream hub, flush the store into segments and stop the bus."""
+        if self.streams is not None:
+            await self.streams.close()
         if self.store is not None:
             await self.store.close()
         await self.bus.close()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from libs.config import SERVICE_NAMES, Settings
 from libs.grpc_server import RunningServer, ServiceBinding, start_server
+from libs.selfmetrics_writer import SelfMetricsWriter, process_labels
 from services import ml, monitoring, query_router, realtime
 from services.context import ServiceContext
 
@@ -44,13 +45,25 @@ async def start_services(
     # A JSON body's numbers can grow up to 4x as protobuf doubles ("1," is 2 bytes, a double 8), so
     # gRPC messages may be 4x the gateway's REST body limit, which Envoy enforces itself.
     stops = tuple(b.stop for b in bindings if b.stop is not None)
+    writer = SelfMetricsWriter(
+        context.metrics,
+        lambda: context.address_of("realtime"),
+        lambda: process_labels(context.hosted, context.local_port),
+        settings.self_metrics_interval_seconds,
+        4 * settings.max_request_bytes,
+    )
     running = await start_server(
-        bindings, settings.bind_host, port, 4 * settings.max_request_bytes, on_stop=(*stops, context.close)
+        bindings,
+        settings.bind_host,
+        port,
+        4 * settings.max_request_bytes,
+        on_stop=(writer.stop, *stops, context.close),
     )
     context.local_port = running.port
     for b in bindings:
         if b.start is not None:
             await b.start()
+    await writer.start()
     return running
 
 
@@ -62,12 +75,15 @@ async def serve(target: str, settings: Settings, with_demo: bool = False) -> Non
     """
     names = list(SERVICE_NAMES) if target == "all" else [target]
     port = settings.grpc_bind_port if target == "all" else settings.port_for(target)
-    server = await start_services(names, settings, port)
+    # One context for the process: in mode all the bridge serves the same stream hub, on the same
+    # in-process bus, with the same self-metrics, as the services.
+    context = ServiceContext(settings, hosted=tuple(names))
+    server = await start_services(names, settings, port, context=context)
     bridge_runner = bridge = None
     if target == "all":
         from gateway.ws_bridge import start_bridge
 
-        bridge_runner, bridge, _ = await start_bridge(settings)
+        bridge_runner, bridge, _ = await start_bridge(settings, context=context)
     demo_stop = asyncio.Event()
     demo = None
     if with_demo:
@@ -93,10 +109,25 @@ async def serve_bridge(settings: Settings) -> None:
     """Serve the WebSocket bridge and /health alone (distributed mode) until a stop signal."""
     from gateway.ws_bridge import start_bridge
 
-    runner, bridge, _ = await start_bridge(settings)
+    # The bridge's own context hosts no service; its hub follows the bus (Pulsar when PULSAR_URL is
+    # set), so frames from every replica of distributed mode arrive as they do in mode all.
+    context = ServiceContext(settings)
+    await context.start()
+    runner, bridge, port = await start_bridge(settings, context=context)
+    # The bridge's self-metrics (WebSocket connections, frames) go into analytics_self too.
+    writer = SelfMetricsWriter(
+        context.metrics,
+        lambda: context.address_of("realtime"),
+        lambda: process_labels(["bridge"], port),
+        settings.self_metrics_interval_seconds,
+        4 * settings.max_request_bytes,
+    )
+    await writer.start()
     await until_stop_signal()
+    await writer.stop()
     await runner.cleanup()
     await bridge.close()
+    await context.close()
 
 
 async def serve_demo(target: str) -> None:

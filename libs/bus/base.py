@@ -47,13 +47,23 @@ class Bus(Protocol):
         mode: SubscriptionMode = "shared",
         max_redeliveries: int = 3,
         max_backlog_bytes: int = 0,
+        ephemeral: bool = False,
     ) -> None:
         """Deliver messages of every topic matching `pattern` (`*` matches one topic segment or
         the rest) to `handler`; after `max_redeliveries` failures a message goes to
         `<topic>.dlq`, which only patterns ending in `.dlq` receive. `max_backlog_bytes` (0: no
         bound) caps what waits in memory for a slow consumer: above it the oldest waiting messages
         are evicted and counted, like Pulsar's consumer_backlog_eviction quota (Pulsar itself keeps
-        its backlog on disk and ignores it)."""
+        its backlog on disk and ignores it). An `ephemeral` subscription (one process's live
+        fan-out, under a name unique to the process) starts at the newest message rather than the
+        oldest retained one and is deleted from the broker on close."""
+
+    stats: dict[str, int]
+    """Counts of bus events in this process: published, delivered, redelivered, dead_lettered
+    (and evicted, in-process only)."""
+
+    def backlog_bytes(self) -> dict[str, int]:
+        """Bytes waiting in this process for each subscription (empty where the broker keeps them)."""
 
     async def close(self) -> None:
         """Stop delivering and release resources."""

@@ -96,6 +96,7 @@ class InProcessBus:
         mode: SubscriptionMode = "shared",
         max_redeliveries: int = 3,
         max_backlog_bytes: int = 0,
+        ephemeral: bool = False,  # in process every subscription starts now and ends with the bus
     ) -> None:
         sub = self._subscriptions.setdefault(
             subscription, _Subscription(pattern, mode, max_redeliveries, max_backlog_bytes)
@@ -141,6 +142,13 @@ class InProcessBus:
                             other.consumer_for(envelope.key),
                             Envelope(**{**envelope.__dict__, "topic": dlq}),
                         )
+
+    def backlog_bytes(self) -> dict[str, int]:
+        """Payload bytes waiting for each subscription's consumers now."""
+        return {
+            name: sum(c.backlog_bytes for c in sub.consumers)
+            for name, sub in list(self._subscriptions.items())
+        }
 
     async def close(self) -> None:
         tasks = [c.task for s in self._subscriptions.values() for c in s.consumers if c.task]

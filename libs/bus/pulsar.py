@@ -80,6 +80,8 @@ class _Consumer:
     max_redeliveries: int
     # Failed attempts by message id, on failover subscriptions: the broker counts only Key_Shared ones.
     attempts: dict[bytes, int] | None
+    ephemeral: bool = False
+    """Unsubscribed (the subscription deleted from the broker) on close rather than closed."""
     task: asyncio.Task[None] | None = None
 
 
@@ -164,11 +166,15 @@ class PulsarBus:
         mode: SubscriptionMode = "shared",
         max_redeliveries: int = 3,
         max_backlog_bytes: int = 0,  # the broker keeps the backlog on disk, not in this process
+        ephemeral: bool = False,
     ) -> None:
         conf = _pulsar.ConsumerConfiguration()
         conf.consumer_type(_CONSUMER_TYPES[mode])
-        # New subscriptions, and topics the pattern discovers later, start at their first message.
-        conf.subscription_initial_position(pulsar.InitialPosition.Earliest)
+        # New subscriptions, and topics the pattern discovers later, start at their first message;
+        # an ephemeral one (live fan-out) only wants what is published from now on.
+        conf.subscription_initial_position(
+            pulsar.InitialPosition.Latest if ephemeral else pulsar.InitialPosition.Earliest
+        )
         conf.negative_ack_redelivery_delay_ms(self._nack_delay_ms)
         conf.batch_index_ack_enabled(True)  # a nack redelivers one message, not its whole batch
         conf.pattern_auto_discovery_period(self._discovery_period_s)
@@ -176,7 +182,7 @@ class PulsarBus:
         # new topics would wait 60 s), so the consumer comes from the native client it wraps.
         regex = topic_regex(self._namespace, pattern)
         native = await asyncio.to_thread(self._client._client.subscribe_pattern, regex, subscription, conf)
-        consumer = _Consumer(native, handler, max_redeliveries, {} if mode == "failover" else None)
+        consumer = _Consumer(native, handler, max_redeliveries, {} if mode == "failover" else None, ephemeral)
         consumer.task = asyncio.create_task(self._consume(consumer), name=f"bus:{subscription}")
         self._consumers.append(consumer)
 
@@ -251,6 +257,11 @@ class PulsarBus:
             extra={"topic": envelope.topic, "dlq": dlq, "attempts": attempts},
         )
 
+    def backlog_bytes(self) -> dict[str, int]:
+        """Nothing waits in this process: the broker keeps the backlog (see Pulsar's own
+        `pulsar_subscription_back_log` metrics)."""
+        return {}
+
     async def close(self) -> None:
         tasks = [c.task for c in self._consumers if c.task]
         for task in tasks:
@@ -261,9 +272,10 @@ class PulsarBus:
             for t in self._producers.values()
             if t.done() and not t.cancelled() and not t.exception()
         ]
-        handles = [*(c.native for c in self._consumers), *producers, self._client]
+        ephemeral = [c.native for c in self._consumers if c.ephemeral]
+        handles = [*(c.native for c in self._consumers if not c.ephemeral), *producers, self._client]
         self._consumers, self._producers = [], {}
-        await asyncio.to_thread(_close_all, handles)
+        await asyncio.to_thread(_close_all, handles, ephemeral)
 
 
 def _log_failed_ack(result: _pulsar.Result) -> None:
@@ -271,7 +283,12 @@ def _log_failed_ack(result: _pulsar.Result) -> None:
         log.warning("acknowledgement failed: %s; the message will be redelivered", result)
 
 
-def _close_all(handles: list[Any]) -> None:
+def _close_all(handles: list[Any], unsubscribe: list[Any]) -> None:
+    for consumer in unsubscribe:
+        try:
+            consumer.unsubscribe()  # an ephemeral subscription must not keep a backlog after us
+        except PulsarException as error:
+            log.warning("unsubscribe failed: %s; the subscription stays on the broker", error)
     for handle in handles:
         try:
             handle.close()

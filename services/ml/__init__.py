@@ -25,7 +25,8 @@ def binding(context: ServiceContext) -> ServiceBinding:
     s = context.settings
     store = AnomalyStore(store_path(s.data_dir), s.anomaly_retention_days)
     history = HistoryClient(lambda: context.address_of("query-router"), 4 * s.max_request_bytes)
-    detection = AnomalyDetection(store, history, context.cache, s.ml_cache_ttl_seconds)
+    detection = AnomalyDetection(store, history, context.cache, s.ml_cache_ttl_seconds, context.metrics)
+    context.metrics.model_quality.attach(detection.model_quality)
     scorer = None
     if s.anomaly_stream:
         config = StreamConfig(
@@ -36,7 +37,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
             max_redeliveries=s.bus_max_redeliveries,
             max_backlog_bytes=s.ml_stream_max_backlog_bytes,
         )
-        scorer = StreamScorer(context.bus, store, history, config)
+        scorer = StreamScorer(context.bus, store, history, config, context.metrics)
     servicer = MLServicer(MLCore(detection, scorer))
 
     async def start() -> None:

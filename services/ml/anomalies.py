@@ -12,10 +12,12 @@ import numpy as np
 
 from libs.cache import TtlCache
 from libs.errors import InvalidArgument, NotFound
+from libs.selfmetrics import SelfMetrics
+from libs.storage.store import DEFAULT_TENANT
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml import detectors
-from services.ml.anomaly_store import AnomalyFilter, AnomalyRecord, AnomalyStore, anomaly_id
+from services.ml.anomaly_store import AnomalyFilter, AnomalyRecord, AnomalyStore, MethodPrecision, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS
 from services.ml.detectors.base import (
     DEFAULT_SENSITIVITY,
@@ -69,12 +71,18 @@ class AnomalyDetection:
     """Scores requests with the detectors and keeps what it finds on stored data."""
 
     def __init__(
-        self, store: AnomalyStore, history: HistoryClient, cache: TtlCache, cache_ttl_seconds: float
+        self,
+        store: AnomalyStore,
+        history: HistoryClient,
+        cache: TtlCache,
+        cache_ttl_seconds: float,
+        metrics: SelfMetrics | None = None,
     ) -> None:
         self.store = store
         self.history = history
         self.cache = cache
         self.cache_ttl_seconds = cache_ttl_seconds
+        self.metrics = metrics
 
     # ---- DetectAnomalies ------------------------------------------------------------------
     async def detect(
@@ -108,7 +116,9 @@ class AnomalyDetection:
         names = [name for name, _ in spec.snapshot]
         histories = await self._snapshot_history(spec, now, timeout)
         response = self._base(spec)
+        started = time.perf_counter()
         response = await asyncio.to_thread(self._score_snapshot, spec, now, names, histories, response)
+        self._scored(spec.method, started)
         self.cache.put(ML_CACHE, key, _as_hit(response), self.cache_ttl_seconds)
         return response
 
@@ -323,7 +333,9 @@ class AnomalyDetection:
                 id(t): series_threshold(spec.sensitivity, tp, fp)
                 for t, (tp, fp) in zip(targets, tallies, strict=True)
             }
+        started = time.perf_counter()
         results = await asyncio.to_thread(_score_all, spec.method, targets)
+        self._scored(spec.method, started)
         scored_any = False
         records: list[AnomalyRecord] = []
         detected_at = _now_ms()
@@ -385,13 +397,27 @@ class AnomalyDetection:
                 "selection" if spec.kind == "selection" else "series",
             )
         if store and records:
-            await asyncio.to_thread(self.store.add, records)
+            added = await asyncio.to_thread(self.store.add, records)
+            if self.metrics is not None:
+                self.metrics.anomalies_detected.labels(spec.method, datasource).inc(added)
         records.sort(key=lambda a: -a.score)
         for record in records[:RESPONSE_MAX_ANOMALIES]:
             response.anomalies.append(anomaly_message(record))
         response.is_anomaly = bool(records)
         response.score = max((s.max_score for s in response.series), default=0.0)
         return response
+
+    def _scored(self, method: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.ml_scoring_duration.labels(method).observe(time.perf_counter() - started)
+
+    def model_quality(self, tenant: str = DEFAULT_TENANT) -> dict[str, MethodPrecision]:
+        """Anomalies, verdicts and precision by method, for the self-metrics (called from a worker
+        thread at each collection); empty while the anomaly store is closed (start-up, shutdown)."""
+        try:
+            return self.store.precision_by_method(tenant)
+        except RuntimeError:  # the store raises it when it is not open
+            return {}
 
     # ---- stored anomalies -------------------------------------------------------------------
     async def list(self, spec: ListSpec, tenant: str) -> pb.ListAnomaliesResponse:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from libs.bus import Bus, Envelope
+from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import model_version, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
@@ -77,11 +78,19 @@ class _Live:
 class StreamScorer:
     """Scores the live stream per series; bounded state, checkpointed, re-warmed from history."""
 
-    def __init__(self, bus: Bus, store: AnomalyStore, history: HistoryClient, config: StreamConfig) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: AnomalyStore,
+        history: HistoryClient,
+        config: StreamConfig,
+        metrics: SelfMetrics | None = None,
+    ) -> None:
         self.bus = bus
         self.store = store
         self.history = history
         self.config = config
+        self.metrics = metrics
         self.path = config.data_dir / "ml" / "stream_state.bin"
         self._states: OrderedDict[SeriesKey, _Live] = OrderedDict()
         self._bytes = 0
@@ -127,16 +136,27 @@ class StreamScorer:
 
     # ---- scoring --------------------------------------------------------------------------
     async def handle(self, envelope: Envelope) -> None:
-        """Bus handler: score a batch; a malformed one raises, so the bus dead-letters it."""
+        """Bus handler: score a batch; a malformed one raises, so the bus dead-letters it.
+
+        The service's own metrics (datasource analytics_self) are not scored: they are counters
+        and histogram buckets of this very process, and scoring them would make every query,
+        ingest and anomaly feed back into the anomaly stream."""
         event = events_pb2.MetricsBatchEvent.FromString(envelope.payload)
         if not event.datasource:
             raise ValueError(f"not an ingest batch on {envelope.topic}: datasource is required")
+        if event.datasource != SELF_DATASOURCE:
+            await self._score_event(event, envelope.topic)
+        if self.metrics is not None:
+            lag = time.time() - envelope.publish_time_ms / 1000
+            self.metrics.stream_lag.labels(SUBSCRIPTION).set(max(0.0, lag))
+
+    async def _score_event(self, event: events_pb2.MetricsBatchEvent, topic: str) -> None:
         work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]] = []
         for s in event.series:
             ts = np.array(s.timestamps_ms, dtype=np.int64)
             values = np.array(s.values, dtype=np.float64)
             if len(ts) != len(values) or not np.isfinite(values).all():
-                raise ValueError(f"series {s.name!r} on {envelope.topic} has mismatched or non-finite values")
+                raise ValueError(f"series {s.name!r} on {topic} has mismatched or non-finite values")
             if not len(ts):
                 continue
             order = np.argsort(ts, kind="stable")
@@ -150,7 +170,10 @@ class StreamScorer:
                 work.append((key, live, ts[fresh], values[fresh]))
         if not work:
             return
+        started = time.perf_counter()
         results = await asyncio.to_thread(_score_batch, work)
+        if self.metrics is not None:
+            self.metrics.ml_scoring_duration.labels(METHOD).observe(time.perf_counter() - started)
         now = time.monotonic()
         records = []
         detected_at = int(time.time() * 1000)
@@ -162,7 +185,10 @@ class StreamScorer:
             records += _records(key, live.threshold, ts, values, scores, np.flatnonzero(flags), detected_at)
         self._evict_over_bound()
         if records:
-            self.stats["anomalies"] += await asyncio.to_thread(self.store.add, records)
+            added = await asyncio.to_thread(self.store.add, records)
+            self.stats["anomalies"] += added
+            if self.metrics is not None:
+                self.metrics.anomalies_detected.labels(METHOD, event.datasource).inc(added)
             for record in records:
                 # Keyed by series, so a series' anomalies keep their order for every consumer.
                 series_key = f"{record.metric}{json.dumps(record.labels, sort_keys=True)}"

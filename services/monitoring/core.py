@@ -55,6 +55,8 @@ class MonitoringCore:
         """Current alerts and their stored history."""
         return await self.alerts.list(request)
 
-    async def export_prometheus(self, request: pb.ExportPrometheusRequest) -> httpbody_pb2.HttpBody:
+    async def export_prometheus(
+        self, request: pb.ExportPrometheusRequest, timeout: float | None = None
+    ) -> httpbody_pb2.HttpBody:
         """Self-metrics, or with match[] the latest stored values, for Prometheus."""
-        return await self.export.render(request)
+        return await self.export.render(request, timeout)

@@ -1,20 +1,33 @@
-"""What the monitoring service reads from its peers over gRPC: queries and metadata from the
-query-router, anomalies from the ml service. Never segment files, so it runs the same in both modes."""
+"""What the monitoring service reads from its peers over gRPC: queries, SQL over the series
+catalog and metadata from the query-router, anomalies from the ml service, and every peer's gRPC
+health. Never segment files, so it runs the same in both modes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import grpc
+from google.protobuf import json_format
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from platformq.analytics.v1 import (
     ml_service_pb2,
     ml_service_pb2_grpc,
+    monitoring_service_pb2,
     query_service_pb2,
     query_service_pb2_grpc,
+    realtime_service_pb2,
 )
+
+# The proto service name each peer reports its health under.
+HEALTH_NAMES = {
+    "query-router": query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+    "realtime": realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name,
+    "ml": ml_service_pb2.DESCRIPTOR.services_by_name["MLService"].full_name,
+    "monitoring": monitoring_service_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
+}
 
 
 def _domain_error(exc: aio.AioRpcError, peer: str) -> Exception:
@@ -43,9 +56,29 @@ class PeerReader:
         self._channels: dict[str, aio.Channel] = {}
 
     def _channel(self, service: str) -> aio.Channel:
-        if service not in self._channels:
-            self._channels[service] = aio.insecure_channel(self._address_of(service), options=self._options)
-        return self._channels[service]
+        # A comma-separated address lists replicas; queries go to the first.
+        return self._channel_to(self._address_of(service).split(",")[0].strip())
+
+    def _channel_to(self, address: str) -> aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = aio.insecure_channel(address, options=self._options)
+        return self._channels[address]
+
+    async def health(self, service: str, timeout: float = 2.0) -> dict[str, str]:
+        """The gRPC health status of each replica of a peer, by address: "SERVING", "NOT_SERVING",
+        ..., or "UNREACHABLE (<code>)" when it does not answer within `timeout` seconds."""
+        out: dict[str, str] = {}
+        for address in (a.strip() for a in self._address_of(service).split(",") if a.strip()):
+            stub = health_pb2_grpc.HealthStub(self._channel_to(address))
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=timeout
+                )
+            except aio.AioRpcError as exc:
+                out[address] = f"UNREACHABLE ({exc.code().name})"
+                continue
+            out[address] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return out
 
     async def query(
         self, request: query_service_pb2.QueryRequest, timeout: float | None = None
@@ -56,6 +89,23 @@ class PeerReader:
             return await stub.Query(request, timeout=timeout, wait_for_ready=True)
         except aio.AioRpcError as exc:
             raise _domain_error(exc, "query-router") from None
+
+    async def sql(
+        self, sql: str, params: list[object], timeout: float | None = None
+    ) -> list[dict[str, object]]:
+        """Rows of a read-only SELECT over the tenant's views, as dicts by column. The text comes
+        from this service's code; values are bound parameters, never spliced."""
+        # batch: never a cached answer, which may predate a write it raced with.
+        request = query_service_pb2.QueryRequest(sql=sql, mode="batch")
+        for value in params:
+            item = request.params.add()
+            if isinstance(value, str):
+                item.string_value = value
+            else:
+                item.number_value = float(value)  # type: ignore[arg-type]
+        reply = await self.query(request, timeout)
+        columns = list(reply.columns)
+        return [dict(zip(columns, json_format.MessageToDict(row), strict=True)) for row in reply.rows]
 
     async def metadata(
         self, datasource: str, timeout: float | None = None

@@ -60,4 +60,4 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self, request: pb.ExportPrometheusRequest, context: aio.ServicerContext
     ) -> httpbody_pb2.HttpBody:
         spec.check_export(request)
-        return await self.core.export_prometheus(request)
+        return await self.core.export_prometheus(request, context.time_remaining())

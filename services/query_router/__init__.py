@@ -22,7 +22,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
         cache_ttl_seconds=settings.query_cache_ttl_seconds,
         max_raw_points=settings.query_max_raw_points,
     )
-    servicer = QueryServicer(QueryRouter(context.ensure_store(), context.cache, limits))
+    servicer = QueryServicer(QueryRouter(context.ensure_store(), context.cache, limits, context.metrics))
     return ServiceBinding(
         name="query-router",
         full_name=FULL_NAME,

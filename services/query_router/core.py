@@ -7,10 +7,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import duckdb
 import pyarrow as pa
 
 from libs.cache import ALL_DATASOURCES, TtlCache
 from libs.errors import InvalidArgument, NotFound
+from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
 from libs.timeparse import format_time_ms
@@ -29,8 +31,12 @@ from services.query_router.spec import (
     TimeseriesSpec,
 )
 from services.query_router.sql_views import run_tenant_sql
+from services.query_router.telemetry import QueryTelemetry, QueryTrace
 
 QUERY_CACHE = "query"
+SELF_CACHE = "self"
+"""The cache namespace of queries over the service's own metrics (alert rules, self dashboards), so
+their hits and misses are counted apart from users' queries."""
 
 
 @dataclass(frozen=True)
@@ -60,29 +66,49 @@ def _now_ms() -> int:
 class QueryRouter:
     """Plans queries onto the hot tier and segments, runs fragments in parallel, caches answers."""
 
-    def __init__(self, store: MetricStore, cache: TtlCache, limits: Limits) -> None:
+    def __init__(
+        self, store: MetricStore, cache: TtlCache, limits: Limits, metrics: SelfMetrics | None = None
+    ) -> None:
         self.store = store
         self.cache = cache
         self.limits = limits
         self.engine = QueryEngine(store.segments.root)
+        self.telemetry = QueryTelemetry(metrics)
 
     # ---- unified query --------------------------------------------------------------------
     async def query(self, spec: QuerySpec, tenant: str = DEFAULT_TENANT) -> pb.QueryResponse:
         """Run a unified query (metrics or SQL), from the cache when a fresh answer is there."""
+        trace = QueryTrace()
+        if not spec.sql and spec.datasource == SELF_DATASOURCE:
+            # The service reading its own metrics (alert rules, self dashboards) is not counted in
+            # them: watching the query figures must not move them.
+            return await self._query(spec, tenant, trace)
+        try:
+            response = await self._query(spec, tenant, trace)
+        except Exception as exc:
+            self.telemetry.failed(exc, trace)
+            raise
+        self.telemetry.answered(response.metadata)
+        return response
+
+    async def _query(self, spec: QuerySpec, tenant: str, trace: QueryTrace) -> pb.QueryResponse:
         started = time.perf_counter()
         if spec.sql:
+            trace.engines = {"duckdb"}
             return await self._sql(spec, tenant, started)
         snapshot = self._snapshot(tenant, spec.datasource)
         window = self._window(spec)
         key = (tenant, _cache_key(spec, window))
         # auto and cache consult the cache; batch and realtime always run their engines.
-        cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
+        namespace = SELF_CACHE if spec.datasource == SELF_DATASOURCE else QUERY_CACHE
+        cached = self.cache.get(namespace, key) if spec.mode in ("auto", "cache") else None
         if cached is not None:
             return _from_cache(cached, started)
         # Raw: one group per stored series (grouped by every label key), one bucket per timestamp.
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
         the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
+        trace.engines = {f.engine for f in the_plan.fragments}
         aggregation = "last" if spec.aggregation == RAW else spec.aggregation
         results = await self._run(the_plan, groups.selection, aggregation, window.bucketing)
         if spec.aggregation == RAW:
@@ -96,7 +122,7 @@ class QueryRouter:
         response = pb.QueryResponse(series=self._series(results, groups, group_by, spec.aggregation))
         self._metadata(response.metadata, the_plan, results, started)
         self.cache.put(
-            QUERY_CACHE,
+            namespace,
             key,
             _as_hit(response),
             self.limits.cache_ttl_seconds,
@@ -123,6 +149,18 @@ class QueryRouter:
         self, spec: TimeseriesSpec, tenant: str = DEFAULT_TENANT
     ) -> pb.QueryTimeseriesResponse:
         """Run each aggregator over each interval and merge them into buckets."""
+        trace = QueryTrace()
+        try:
+            response = await self._query_timeseries(spec, tenant, trace)
+        except Exception as exc:
+            self.telemetry.failed(exc, trace)
+            raise
+        self.telemetry.answered(response.metadata)
+        return response
+
+    async def _query_timeseries(
+        self, spec: TimeseriesSpec, tenant: str, trace: QueryTrace
+    ) -> pb.QueryTimeseriesResponse:
         started = time.perf_counter()
         snapshot = self._snapshot(tenant, spec.datasource)
         aggregators = list(spec.aggregations) or [("avg", m, m) for m in spec.metrics]
@@ -139,6 +177,7 @@ class QueryRouter:
             for kind, names in names_by_kind.items():
                 groups = self._groups(snapshot, tuple(names), spec.filters, spec.dimensions, 0)
                 last_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
+                trace.engines |= {f.engine for f in last_plan.fragments}
                 results = await self._run(last_plan, groups.selection, kind, bucketing)
                 all_results += results
                 for result in results:
@@ -269,11 +308,21 @@ class QueryRouter:
         return list(
             await asyncio.gather(
                 *(
-                    asyncio.to_thread(self.engine.run, fragment, selection, aggregation, bucketing)
+                    self._run_fragment(fragment, selection, aggregation, bucketing)
                     for fragment in the_plan.fragments
                 )
             )
         )
+
+    async def _run_fragment(
+        self, fragment: Fragment, selection: pa.Table, aggregation: str, bucketing: Bucketing
+    ) -> FragmentResult:
+        try:
+            return await asyncio.to_thread(self.engine.run, fragment, selection, aggregation, bucketing)
+        except (duckdb.IOException, duckdb.ConnectionException, OSError):
+            # The engine could not reach its data (a segment file, or a remote engine later).
+            self.telemetry.engine_unreachable(fragment.engine)
+            raise
 
     def _series(
         self, results: list[FragmentResult], groups: Groups, group_by, aggregation: str
@@ -325,15 +374,19 @@ class QueryRouter:
 
     async def _run_sql(self, spec: QuerySpec, tenant: str, started: float) -> pb.QueryResponse:
         snapshots = {ds: self.store.snapshot(tenant, ds) for ds in self.store.datasources(tenant)}
-        columns, rows, seconds = await asyncio.to_thread(
-            run_tenant_sql,
-            self.store.segments.root,
-            tenant,
-            snapshots,
-            spec.sql,
-            spec.params,
-            self.limits.sql_max_rows,
-        )
+        try:
+            columns, rows, seconds = await asyncio.to_thread(
+                run_tenant_sql,
+                self.store.segments.root,
+                tenant,
+                snapshots,
+                spec.sql,
+                spec.params,
+                self.limits.sql_max_rows,
+            )
+        except (duckdb.IOException, OSError):
+            self.telemetry.engine_unreachable("duckdb")
+            raise
         response = pb.QueryResponse(columns=columns)
         response.MergeFromString(encode_rows(rows))
         meta = response.metadata

@@ -15,7 +15,8 @@ def binding(context: ServiceContext) -> ServiceBinding:
     """Build the realtime core and servicer, ready to be added to a server."""
     # Distributed: the replica validates and publishes to Pulsar; the store's consumer writes.
     store = None if context.distributed else context.ensure_store()
-    servicer = RealtimeServicer(RealtimeCore(store, context.bus, context.cache))
+    core = RealtimeCore(store, context.bus, context.cache, context.metrics, hub=context.stream_hub())
+    servicer = RealtimeServicer(core)
     return ServiceBinding(
         name="realtime",
         full_name=FULL_NAME,

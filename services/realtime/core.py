@@ -1,15 +1,20 @@
-"""The realtime core: durable ingest into the store and publication on the bus. No gRPC here."""
+"""The realtime core: durable ingest into the store, publication on the bus, and live
+subscriptions from the process's stream hub. No gRPC here."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from libs.bus import Bus
 from libs.cache import TtlCache
-from libs.errors import NotBuilt
+from libs.errors import NotBuilt, ResourceExhausted, Unavailable
+from libs.selfmetrics import SelfMetrics
 from libs.storage.store import DEFAULT_TENANT, MetricStore, build_event
+from libs.streams import StreamHub, StreamSpec, SubscriptionClosed
+from libs.streams.subscriber import CLOSE_TOO_SLOW
 from platformq.analytics.v1 import realtime_service_pb2 as pb
-from services.realtime.ingest import validate
+from services.realtime.ingest import ValidatedBatch, validate
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +22,19 @@ log = logging.getLogger(__name__)
 class RealtimeCore:
     """Accepts metric batches durably, makes them queryable and publishes them."""
 
-    def __init__(self, store: MetricStore | None, bus: Bus, cache: TtlCache | None = None) -> None:
+    def __init__(
+        self,
+        store: MetricStore | None,
+        bus: Bus,
+        cache: TtlCache | None = None,
+        metrics: SelfMetrics | None = None,
+        hub: StreamHub | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.cache = cache
+        self.metrics = metrics
+        self.hub = hub
 
     async def ingest(
         self, request: pb.IngestMetricsRequest, tenant: str = DEFAULT_TENANT
@@ -33,9 +47,7 @@ class RealtimeCore:
             if batch.series:  # validate() never keeps an empty series
                 event = build_event(tenant, batch.datasource, batch.series)
                 await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
-            return pb.IngestMetricsResponse(
-                accepted=batch.accepted, rejected=batch.rejected, errors=batch.errors
-            )
+            return self._acknowledged(batch)
         event = await self.store.ingest(tenant, batch.datasource, batch.series)
         if event is not None:
             if self.cache is not None:
@@ -43,8 +55,34 @@ class RealtimeCore:
                 hi = max(int(s.ts.max()) for s in batch.series)
                 self.cache.invalidate(tenant, batch.datasource, lo, hi)
             await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
+        return self._acknowledged(batch)
+
+    def _acknowledged(self, batch: ValidatedBatch) -> pb.IngestMetricsResponse:
+        """The answer to an acknowledged batch, counted by datasource (the service's own metrics
+        are counted under datasource analytics_self, apart from users' points)."""
+        if self.metrics is not None:
+            self.metrics.ingest_points.labels(batch.datasource, "accepted").inc(batch.accepted)
+            self.metrics.ingest_points.labels(batch.datasource, "rejected").inc(batch.rejected)
+            self.metrics.ingest_batches.labels(batch.datasource).inc()
         return pb.IngestMetricsResponse(accepted=batch.accepted, rejected=batch.rejected, errors=batch.errors)
 
-    async def subscribe(self, stream_type: str, stream_id: str) -> object:
-        """Follow one live stream."""
-        raise NotBuilt("live subscriptions are not built yet: they arrive with the streaming issue")
+    async def subscribe(self, spec: StreamSpec) -> AsyncIterator[pb.SubscribeResponse]:
+        """Follow one live stream from the process's hub: the hello frame, then frames (heartbeats
+        when idle) until the caller stops iterating. A close by the server (client too slow, server
+        shutting down) ends with its closing frame, then the error saying why."""
+        if self.hub is None:
+            raise NotBuilt("this process has no stream hub")
+        subscriber = await self.hub.subscribe(spec)
+        try:
+            while True:
+                frame = await subscriber.next()
+                yield frame.message()
+                subscriber.count_sent()
+                if frame.close_code == CLOSE_TOO_SLOW:
+                    raise ResourceExhausted(subscriber.close_reason)
+                if frame.close_code:
+                    raise Unavailable(subscriber.close_reason)
+        except SubscriptionClosed:
+            return
+        finally:
+            self.hub.unsubscribe(subscriber)

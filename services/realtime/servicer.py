@@ -6,23 +6,13 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
-from libs.errors import InvalidArgument
+from libs.streams import STREAM_TYPES, parse_subscription
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from platformq.analytics.v1 import realtime_service_pb2_grpc
 from services.realtime.core import RealtimeCore
 
 MAX_STREAM_ERRORS = 100
-STREAM_TYPES = ("dashboard", "metrics", "anomalies", "analytics")
-
-
-def check_stream(stream_type: str, stream_id: str) -> None:
-    """Reject unknown stream types and empty stream ids, naming the field."""
-    if stream_type not in STREAM_TYPES:
-        raise InvalidArgument(
-            f"{stream_type!r} is not a stream type; use one of {', '.join(STREAM_TYPES)}", "stream_type"
-        )
-    if not stream_id:
-        raise InvalidArgument("must not be empty", "stream_id")
+__all__ = ["STREAM_TYPES", "RealtimeServicer"]  # the stream types live with the stream hub
 
 
 class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
@@ -52,7 +42,6 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        check_stream(request.stream_type, request.stream_id)
-        await self.core.subscribe(request.stream_type, request.stream_id)
-        # Unreachable until subscriptions are built; keeps this an async generator.
-        yield pb.SubscribeResponse()
+        # Ends when the client cancels (the generator is closed and the subscriber removed).
+        async for frame in self.core.subscribe(parse_subscription(request)):
+            yield frame

@@ -8,8 +8,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from platformq.analytics.v1 import (
     ml_service_pb2,
     ml_service_pb2_grpc,
-    monitoring_service_pb2,
-    monitoring_service_pb2_grpc,
     query_service_pb2,
     query_service_pb2_grpc,
     realtime_service_pb2,
@@ -45,7 +43,6 @@ async def test_reflection_lists_the_four_services(channel):
 
 def _unimplemented_calls(channel):
     m = ml_service_pb2_grpc.MLServiceStub(channel)
-    mon = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
     return {
         "Forecast": (m.Forecast(ml_service_pb2.ForecastRequest(metric="cpu", horizon=3)), "forecasting"),
         "PredictMaintenance": (
@@ -55,19 +52,6 @@ def _unimplemented_calls(channel):
         "TrainOnline": (
             m.TrainOnline(ml_service_pb2.TrainOnlineRequest(model_name="m", samples=[{"target": 1}])),
             "online training",
-        ),
-        "Monitor": (mon.Monitor(monitoring_service_pb2.MonitorRequest(scope="platform")), "monitor scopes"),
-        "GetDashboard": (
-            mon.GetDashboard(monitoring_service_pb2.GetDashboardRequest(type="t")),
-            "dashboards",
-        ),
-        "CreateDashboard": (
-            mon.CreateDashboard(monitoring_service_pb2.CreateDashboardRequest(name="n", type="t")),
-            "dashboards",
-        ),
-        "ExportPrometheus": (
-            mon.ExportPrometheus(monitoring_service_pb2.ExportPrometheusRequest()),
-            "Prometheus",
         ),
     }
 
@@ -80,12 +64,13 @@ async def test_unbuilt_rpcs_answer_unimplemented_naming_the_capability(channel):
         assert capability in err.value.details() and "not built yet" in err.value.details(), rpc
 
 
-async def test_subscribe_answers_unimplemented_and_checks_the_stream(channel):
+async def test_subscribe_checks_the_stream(channel):
+    # Streams themselves: tests/contract/test_subscribe.py.
     stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
     call = stub.Subscribe(realtime_service_pb2.SubscribeRequest(stream_type="metrics", stream_id="cpu"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call.read()
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing ingested: no metric cpu yet
     call = stub.Subscribe(realtime_service_pb2.SubscribeRequest(stream_type="weather", stream_id="x"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call.read()

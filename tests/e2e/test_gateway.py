@@ -56,7 +56,7 @@ OTHER_ENDPOINTS = [
     ("GET", "/api/v1/monitor/platform", None),
     ("GET", "/api/v1/monitor/service?id=auth-service&time_range=1h", None),
     ("GET", "/api/v1/dashboards/service-metrics", None),
-    ("GET", "/api/v1/export/prometheus", None),
+    # GET /api/v1/export/prometheus answers text, not JSON: tests/e2e/test_prometheus.py.
 ]
 
 
@@ -159,7 +159,7 @@ def test_every_rest_endpoint_is_routed(stack, seeded, method, path, body):
         ("/api/v1/ml/detect-anomalies", '{"metrics": {"cpu": "high"}}', 400, "metrics[0].value"),
         (
             "/api/v1/dashboards",
-            '{"name": "x", "type": "t", "refresh_interval": -5}',
+            '{"name": "x", "type": "service-metrics", "refresh_interval": -5}',
             400,
             "refresh_interval: must not be negative",
         ),
@@ -225,14 +225,14 @@ def test_reflection_through_the_gateway_lists_the_four_services(stack):
 
 
 async def test_websocket_through_the_gateway(stack):
-    url = f"ws://127.0.0.1:{stack.gateway_port}/api/v1/ws/metrics/cpu_usage"
+    url = f"ws://127.0.0.1:{stack.gateway_port}/api/v1/ws/anomalies/all"
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         hello = await ws.receive_json(timeout=5)
         assert hello["type"] == "hello"
-        assert (hello["stream_type"], hello["stream_id"]) == ("metrics", "cpu_usage")
+        assert (hello["stream_type"], hello["stream_id"]) == ("anomalies", "all")
         heartbeat = await ws.receive_json(timeout=5)
         assert heartbeat["type"] == "heartbeat"
-        assert heartbeat["server_time_ms"] >= hello["server_time_ms"]
+        assert int(heartbeat["timestamp_ms"]) >= int(hello["timestamp_ms"])
 
 
 async def test_websocket_unknown_stream_type_is_404(stack):

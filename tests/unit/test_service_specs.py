@@ -82,7 +82,20 @@ def test_unknown_method_lists_the_methods():
     [
         ({"name": " "}, "name"),
         ({"refresh_interval": -1}, "refresh_interval"),
+        ({"refresh_interval": 86_401}, "refresh_interval"),
         ({"config": {"time_range": "a day"}}, "config.time_range"),
+        ({"type": ""}, "type"),
+        ({"type": "my-board"}, "type"),
+        ({"config": {"step": "soon"}}, "config.step"),
+        ({"config": {"time_range": "1h", "step": "2h"}}, "config.step"),
+        ({"config": {"time_range": "30d", "step": "1m"}}, "config.step"),
+        ({"config": {"aggregation": "raw"}}, "config.aggregation"),
+        ({"config": {"aggregation": "median"}}, "config.aggregation"),
+        ({"config": {"datasource": "../etc"}}, "config.datasource"),
+        ({"config": {"metrics": ["cpu_usage", " "]}}, "config.metrics[1]"),
+        ({"config": {"services": [""]}}, "config.services[0]"),
+        ({"config": {"simulations": ["sim-001"]}}, "config.simulations"),
+        ({"type": "simulation", "config": {"services": ["auth-service"]}}, "config.services"),
     ],
 )
 def test_bad_dashboards(change, field):
@@ -92,7 +105,46 @@ def test_bad_dashboards(change, field):
     assert err.value.field == field
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "type": "platform-overview",
+            "config": {"metrics": ["cpu_usage"], "step": "1m", "aggregation": "p95"},
+        },
+        {"type": "resource-utilization", "config": {"services": ["a"], "simulations": ["sim-001"]}},
+        {
+            "type": "simulation",
+            "config": {"simulations": ["sim-001"], "datasource": "lab.v2"},
+            "refresh_interval": 0,
+        },
+    ],
+)
+def test_good_dashboards(body):
+    check_create_dashboard(
+        json_format.ParseDict({**SEED_DASHBOARD, **body}, monitoring_service_pb2.CreateDashboardRequest())
+    )
+
+
 def test_monitor_scope():
     check_monitor(monitoring_service_pb2.MonitorRequest(scope="platform"))
+    check_monitor(monitoring_service_pb2.MonitorRequest(scope="resource"))
+    check_monitor(monitoring_service_pb2.MonitorRequest(scope="service", id="auth-service", time_range="7d"))
     with pytest.raises(InvalidArgument, match="scope"):
         check_monitor(monitoring_service_pb2.MonitorRequest(scope="galaxy"))
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"scope": "service"}, "id"),
+        ({"scope": "simulation", "id": " "}, "id"),
+        ({"scope": "platform", "id": "x"}, "id"),
+        ({"scope": "platform", "time_range": "soon"}, "time_range"),
+        ({"scope": "platform", "time_range": "32d"}, "time_range"),
+    ],
+)
+def test_bad_monitor_requests(request_fields, field):
+    with pytest.raises(InvalidArgument) as err:
+        check_monitor(monitoring_service_pb2.MonitorRequest(**request_fields))
+    assert err.value.field == field
