@@ -4,7 +4,7 @@ a write touches. Keys are built by callers from the tenant and the normalised re
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +13,8 @@ from typing import Any
 Scope = tuple[str, str, int, int]
 # The datasource of a scope that any write of the tenant touches (SQL reads every datasource).
 ALL_DATASOURCES = "*"
+# Writes remembered for `put(..., mark=)`; a mark older than these refuses the put (conservative).
+RECENT_WRITES = 4096
 
 
 @dataclass
@@ -40,6 +42,8 @@ class TtlCache:
         self._entries: OrderedDict[tuple[str, Hashable], _Entry] = OrderedDict()
         self.hits: dict[str, int] = {}
         self.misses: dict[str, int] = {}
+        self._writes = 0
+        self._recent: deque[tuple[int, str, str, int, int]] = deque(maxlen=RECENT_WRITES)
 
     def get(self, namespace: str, key: Hashable) -> Any | None:
         """The cached value, or None when absent or older than its TTL (counted either way)."""
@@ -52,26 +56,51 @@ class TtlCache:
         self.hits[namespace] = self.hits.get(namespace, 0) + 1
         return entry.value
 
-    def put(self, namespace: str, key: Hashable, value: Any, ttl: float, scope: Scope | None = None) -> None:
-        """Cache `value` for `ttl` seconds (a TTL of 0 caches nothing)."""
+    def mark(self) -> int:
+        """A point in the sequence of writes: take it before computing an answer, give it to `put`."""
+        return self._writes
+
+    def put(
+        self,
+        namespace: str,
+        key: Hashable,
+        value: Any,
+        ttl: float,
+        scope: Scope | None = None,
+        mark: int | None = None,
+    ) -> None:
+        """Cache `value` for `ttl` seconds (a TTL of 0 caches nothing). With `mark` (taken before the
+        answer was computed), an answer whose data a write touched in the meantime is not cached:
+        it may lack that write's points, and the write's invalidation has already run."""
         if ttl <= 0:
+            return
+        if mark is not None and scope is not None and self._written_since(mark, scope):
             return
         self._entries[(namespace, key)] = _Entry(value, self._clock() + ttl, scope)
         self._entries.move_to_end((namespace, key))
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def _touches(self, tenant: str, datasource: str, min_ts: int, max_ts: int, scope: Scope) -> bool:
+        """Whether a write of [min_ts, max_ts] to `datasource` touches an answer computed over `scope`."""
+        touched = (datasource,) if datasource in self.unwatched_datasources else (datasource, ALL_DATASOURCES)
+        return scope[0] == tenant and scope[1] in touched and scope[2] <= max_ts and scope[3] > min_ts
+
+    def _written_since(self, mark: int, scope: Scope) -> bool:
+        if mark == self._writes:
+            return False
+        if not self._recent or self._recent[0][0] > mark + 1:
+            return True  # the writes after `mark` are no longer all remembered
+        return any(n > mark and self._touches(t, d, lo, hi, scope) for n, t, d, lo, hi in self._recent)
+
     def invalidate(self, tenant: str, datasource: str, min_ts: int, max_ts: int) -> int:
         """Drop entries computed from data of [min_ts, max_ts] in this datasource; returns how many."""
-        touched = (datasource,) if datasource in self.unwatched_datasources else (datasource, ALL_DATASOURCES)
+        self._writes += 1
+        self._recent.append((self._writes, tenant, datasource, min_ts, max_ts))
         doomed = [
             key
             for key, entry in self._entries.items()
-            if entry.scope is not None
-            and entry.scope[0] == tenant
-            and entry.scope[1] in touched
-            and entry.scope[2] <= max_ts
-            and entry.scope[3] > min_ts
+            if entry.scope is not None and self._touches(tenant, datasource, min_ts, max_ts, entry.scope)
         ]
         for key in doomed:
             del self._entries[key]

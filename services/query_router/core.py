@@ -96,6 +96,8 @@ class QueryRouter:
         if spec.sql:
             trace.engines = {"duckdb"}
             return await self._sql(spec, tenant, started)
+        # Taken before the snapshot: a write landing after it keeps this answer out of the cache.
+        mark = self.cache.mark()
         snapshot = self._snapshot(tenant, spec.datasource)
         window = self._window(spec)
         key = (tenant, _cache_key(spec, window))
@@ -127,6 +129,7 @@ class QueryRouter:
             _as_hit(response),
             self.limits.cache_ttl_seconds,
             scope=(tenant, spec.datasource, window.start, window.end),
+            mark=mark,
         )
         return response
 
@@ -361,6 +364,7 @@ class QueryRouter:
         cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
         if cached is not None:
             return _from_cache(cached, started)
+        mark = self.cache.mark()
         response = await self._run_sql(spec, tenant, started)
         # SQL may read any datasource of the tenant: any write of the tenant drops the entry.
         self.cache.put(
@@ -369,6 +373,7 @@ class QueryRouter:
             _as_hit(response),
             self.limits.cache_ttl_seconds,
             scope=(tenant, ALL_DATASOURCES, -(2**63), 2**63),
+            mark=mark,
         )
         return response
 

@@ -57,3 +57,30 @@ def test_an_all_datasources_scope_dies_with_any_write_of_its_tenant():
     cache.put("query", "sql", 1, ttl=60, scope=("default", "*", -(2**63), 2**63))
     assert cache.invalidate("other", "ds", 0, 0) == 0
     assert cache.invalidate("default", "any_datasource", 5, 5) == 1
+
+
+def test_an_answer_a_write_overtook_is_not_cached():
+    """A query computed from data a concurrent ingest then changed must not outlive that ingest's
+    invalidation in the cache (it would serve the answer without the new points for a TTL)."""
+    cache = TtlCache()
+    scope = ("default", "ds", 1000, 2000)
+    mark = cache.mark()
+    cache.invalidate("default", "ds", 1500, 1500)  # lands while the answer is being computed
+    cache.put("query", "stale", 1, ttl=60, scope=scope, mark=mark)
+    assert cache.get("query", "stale") is None
+    mark = cache.mark()
+    cache.invalidate("default", "ds", 5000, 6000)  # another time range: the answer stays valid
+    cache.invalidate("default", "other", 1500, 1500)  # another datasource
+    cache.put("query", "fresh", 2, ttl=60, scope=scope, mark=mark)
+    assert cache.get("query", "fresh") == 2
+
+
+def test_a_mark_older_than_the_remembered_writes_caches_nothing():
+    from libs.cache import RECENT_WRITES
+
+    cache = TtlCache()
+    mark = cache.mark()
+    for i in range(RECENT_WRITES + 1):
+        cache.invalidate("default", "other", i, i)
+    cache.put("query", "k", 1, ttl=60, scope=("default", "ds", 0, 10), mark=mark)
+    assert cache.get("query", "k") is None
