@@ -28,6 +28,10 @@ from prometheus_client.metrics_core import Metric
 
 from libs.selfmetrics_collectors import BusCollector, BusStats, CacheCollector, Counted, ModelQualityCollector
 
+SELF_CACHE_NAMESPACE = "self"
+"""The cache namespace of queries over the service's own metrics (alert rules, self dashboards), so
+their hits and misses are counted apart from users' queries (and the cache alert ignores them)."""
+
 SELF_DATASOURCE = "analytics_self"
 """The datasource the self-metrics are written to."""
 

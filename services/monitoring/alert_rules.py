@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from libs.config import Settings
+from libs.selfmetrics import SELF_CACHE_NAMESPACE
 
 Labels = tuple[tuple[str, str], ...]
 """Sorted (key, value) pairs: an alert's identity within its rule."""
@@ -214,6 +215,8 @@ class CacheHitRule(Rule):
         start = now_ms - self.window_ms
         groups: dict[Labels, dict[str, float]] = {}
         for s in series:
+            if s.labels.get("namespace") == SELF_CACHE_NAMESPACE:
+                continue  # the service reading its own metrics is not a cache users depend on
             result = s.labels.get("result")
             counted = increase(s.points, start, now_ms)
             if result not in ("hit", "miss") or counted is None:
@@ -397,9 +400,10 @@ def seed_rules(settings: Settings) -> RuleSet:
                     f"when there were at least {settings.alert_cache_min_lookups} lookups"
                 ),
                 promql=(
-                    f'sum without (result) (increase(analytics_cache_requests_total{{result="hit"}}[{w}])) '
-                    f"/ sum without (result) (increase(analytics_cache_requests_total[{w}])) < {hit_rate:g} "
-                    f"and sum without (result) (increase(analytics_cache_requests_total[{w}])) "
+                    f'sum without (result) (increase(analytics_cache_requests_total{{result="hit",namespace!="self"}}[{w}])) '
+                    f'/ sum without (result) (increase(analytics_cache_requests_total{{namespace!="self"}}[{w}])) '
+                    f"< {hit_rate:g} "
+                    f'and sum without (result) (increase(analytics_cache_requests_total{{namespace!="self"}}[{w}])) '
                     f">= {settings.alert_cache_min_lookups}"
                 ),
                 threshold=hit_rate,

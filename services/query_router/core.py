@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from libs.cache import ALL_DATASOURCES, TtlCache
 from libs.errors import InvalidArgument, NotFound
-from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
+from libs.selfmetrics import SELF_CACHE_NAMESPACE, SELF_DATASOURCE, SelfMetrics
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
 from libs.timeparse import format_time_ms
@@ -34,9 +34,6 @@ from services.query_router.sql_views import run_tenant_sql
 from services.query_router.telemetry import QueryTelemetry, QueryTrace
 
 QUERY_CACHE = "query"
-SELF_CACHE = "self"
-"""The cache namespace of queries over the service's own metrics (alert rules, self dashboards), so
-their hits and misses are counted apart from users' queries."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ class QueryRouter:
         window = self._window(spec)
         key = (tenant, _cache_key(spec, window))
         # auto and cache consult the cache; batch and realtime always run their engines.
-        namespace = SELF_CACHE if spec.datasource == SELF_DATASOURCE else QUERY_CACHE
+        namespace = SELF_CACHE_NAMESPACE if spec.datasource == SELF_DATASOURCE else QUERY_CACHE
         cached = self.cache.get(namespace, key) if spec.mode in ("auto", "cache") else None
         if cached is not None:
             return _from_cache(cached, started)

@@ -333,3 +333,8 @@ def test_every_rule_is_listed_with_its_promql():
         "StreamBacklog",
         "EngineConnectionFailure",
     }
+
+
+def test_the_services_own_reads_of_its_metrics_raise_no_cache_alert():
+    # namespace "self": the alert rules and dashboards reading analytics_self, not users' queries.
+    assert rules()["LowCacheHitRate"].evaluate(cache("self", [0, 0], [0, 500]), NOW) == []
