@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from google.api import httpbody_pb2
 from grpc import aio
 
+from libs.errors import DeadlineExceeded
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from platformq.analytics.v1 import monitoring_service_pb2_grpc
 from services.monitoring import spec
 from services.monitoring.core import MonitoringCore
+
+T = TypeVar("T")
+
+
+async def _within(context: aio.ServicerContext, work: Awaitable[T]) -> T:
+    """Run `work` no longer than the call's deadline: its peer queries end with the call."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return await work
+    try:
+        async with asyncio.timeout(remaining):
+            return await work
+    except TimeoutError:
+        raise DeadlineExceeded("the call's deadline passed before the answer was ready") from None
 
 
 class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
@@ -19,13 +38,13 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
 
     async def Monitor(self, request: pb.MonitorRequest, context: aio.ServicerContext) -> pb.MonitorResponse:
         spec.check_monitor(request)
-        return await self.core.monitor(request)
+        return await _within(context, self.core.monitor(request))
 
     async def GetDashboard(
         self, request: pb.GetDashboardRequest, context: aio.ServicerContext
     ) -> pb.GetDashboardResponse:
         spec.check_dashboard_key(request.type, "type")
-        return await self.core.get_dashboard(request.type)
+        return await _within(context, self.core.get_dashboard(request.type))
 
     async def ListDashboards(
         self, request: pb.ListDashboardsRequest, context: aio.ServicerContext
@@ -36,13 +55,13 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self, request: pb.CreateDashboardRequest, context: aio.ServicerContext
     ) -> pb.CreateDashboardResponse:
         spec.check_create_dashboard(request)
-        return await self.core.create_dashboard(request)
+        return await _within(context, self.core.create_dashboard(request))
 
     async def UpdateDashboard(
         self, request: pb.UpdateDashboardRequest, context: aio.ServicerContext
     ) -> pb.UpdateDashboardResponse:
         spec.check_update_dashboard(request)
-        return await self.core.update_dashboard(request)
+        return await _within(context, self.core.update_dashboard(request))
 
     async def DeleteDashboard(
         self, request: pb.DeleteDashboardRequest, context: aio.ServicerContext
