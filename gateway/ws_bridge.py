@@ -67,15 +67,23 @@ class WsBridge:
             self._channels[address] = aio.insecure_channel(address)
         return self._channels[address]
 
-    async def _status_of(self, service: str) -> str:
-        # A replicated service (comma-separated addresses) is up when its first replica answers.
-        address = self.settings.address_of(service).split(",")[0].strip()
+    async def _replica_status(self, service: str, address: str) -> str:
         stub = health_pb2_grpc.HealthStub(self._channel(address))
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=2)
         except grpc.RpcError as exc:
             return f"UNREACHABLE ({exc.code().name})"
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def _status_of(self, service: str) -> str:
+        # A replicated service (comma-separated addresses) serves when every replica does: Envoy
+        # balances over all of them, so one that is not up yet would fail requests.
+        addresses = [a.strip() for a in self.settings.address_of(service).split(",") if a.strip()]
+        statuses = await asyncio.gather(*(self._replica_status(service, a) for a in addresses))
+        failing = [f"{a}: {st}" for a, st in zip(addresses, statuses, strict=True) if st != "SERVING"]
+        if not failing:
+            return "SERVING"
+        return statuses[0] if len(addresses) == 1 else f"NOT_SERVING ({'; '.join(failing)})"
 
     async def health(self, request: web.Request) -> web.Response:
         """200 with every service's status when all serve, 503 otherwise."""

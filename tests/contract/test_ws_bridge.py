@@ -48,6 +48,19 @@ async def test_health_is_503_naming_the_service_that_is_down(server, monkeypatch
     assert body["services"]["query-router"] == "SERVING"
 
 
+async def test_health_is_503_until_every_replica_serves(server, monkeypatch):
+    # Envoy balances over every replica: one not listening yet would fail requests routed to it.
+    down = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("GRPC_PORT", str(server.port))
+    monkeypatch.setenv("REALTIME_ADDRESS", f"127.0.0.1:{server.port},{down}")
+    status, body = await _health()
+    assert status == 503
+    assert body["services"]["realtime"] == f"NOT_SERVING ({down}: UNREACHABLE (UNAVAILABLE))"
+    monkeypatch.setenv("REALTIME_ADDRESS", f"127.0.0.1:{server.port},127.0.0.1:{server.port}")
+    status, body = await _health()
+    assert (status, body["services"]["realtime"]) == (200, "SERVING")
+
+
 async def test_health_is_503_while_services_drain(server, monkeypatch):
     monkeypatch.setenv("GRPC_PORT", str(server.port))
     await server.health.enter_graceful_shutdown()
