@@ -182,3 +182,40 @@ async def test_an_injected_incident_arrives_as_an_anomaly_frame(stack):
     assert found is not None, "no anomaly frame for the spike within a minute"
     assert found["metric"] == "cpu" and found["labels"] == {"simulation_id": sim} and found["value"] == 99.0
     assert found["score"] > 0.5
+
+
+async def test_a_created_dashboard_streams_its_panels_and_their_updates(stack):
+    """The seed's dashboard shape, created through REST, followed on `dashboard/{id}`: the current
+    panels first, then the refresher's update carrying a point ingested after the connect."""
+    service = "ws-dash-svc"
+    now = int(time.time() * 1000) // STEP * STEP
+    history = [now - 900_000 - i * STEP for i in range(30)][::-1]  # well before the new point's bucket
+    body = {
+        "name": "Live errors",
+        "type": "service-metrics",
+        "config": {"services": [service], "metrics": ["error_rate"], "time_range": "1h"},
+        "refresh_interval": 5,
+    }
+    async with aiohttp.ClientSession() as session:
+        labels = {"service_name": service, "host": f"{service}-1"}
+        await _ingest(session, stack, _points("error_rate", labels, history, [0.01] * len(history)))
+        async with session.post(f"{stack.base}/api/v1/dashboards", json=body) as reply:
+            created = await reply.json()
+        assert reply.status == 200, created
+        dashboard_id = created["dashboard"]["id"]
+        async with session.ws_connect(_ws(stack, f"dashboard/{dashboard_id}")) as ws:
+            assert (await _data(ws))["type"] == "hello"
+            first = await _data(ws)
+            assert first["type"] == "data" and [p["metric"] for p in first["panels"]] == ["error_rate"]
+            await _ingest(session, stack, _points("error_rate", labels, [now], [0.77]))
+            deadline = time.monotonic() + 30  # two refresh intervals and some
+            values: list[float] = []
+            while 0.77 not in values and time.monotonic() < deadline:
+                frame = await _data(ws, timeout=deadline - time.monotonic())
+                values = [
+                    point["value"]
+                    for panel in frame.get("panels", ())
+                    for series in panel.get("series", ())
+                    for point in series["points"]
+                ]
+    assert 0.77 in values, "the dashboard's update with the new point never arrived"
