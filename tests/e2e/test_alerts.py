@@ -1,14 +1,16 @@
 """Alerts through the real Envoy: `GET /api/v1/alerts` with its filters and 400s on the shared stack,
 and, on a stack of its own with very low thresholds, an alert that fires from the service's own
-query telemetry and whose history survives a restart of the whole stack (`analytics up`)."""
+query telemetry, arrives on the `alerts` WebSocket stream, and whose history survives a restart
+of the whole stack (`analytics up`)."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import subprocess
 import time
 from contextlib import contextmanager
 
+import aiohttp
 import pytest
 
 from tests.e2e.conftest import ANALYTICS, Stack, healthy, stack_env, stop_and_check_nothing_left
@@ -67,6 +69,32 @@ def own_stack(env):
             stop_and_check_nothing_left(process)
 
 
+async def _fire_while_watching(s: Stack) -> dict:
+    """Follow `alerts/SlowRealtimeQuery` on a WebSocket, make the rule fire with real-time queries,
+    and return the frame that carries the firing transition."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"ws://127.0.0.1:{s.gateway_port}/api/v1/ws/alerts/SlowRealtimeQuery") as ws,
+    ):
+        assert (await ws.receive_json(timeout=10))["type"] == "hello"
+        # A point ingested now and read back from the hot tier: queries counted as realtime.
+        point = {"name": "cpu_usage", "value": 1, "timestamp_ms": int(time.time() * 1000)}
+        point["labels"] = {"service_name": "auth-service"}
+        async with session.post(f"{s.base}/api/v1/metrics/ingest", json={"points": [point]}) as reply:
+            assert reply.status == 200
+        for _ in range(3):
+            query = {"metrics": ["cpu_usage"], "time_range": "5m", "mode": "realtime"}
+            async with session.post(f"{s.base}/api/v1/query", json=query) as reply:
+                answer = await reply.json()
+            assert reply.status == 200 and answer["metadata"]["engines"] == ["hot"], answer
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            frame = await ws.receive_json(timeout=deadline - time.monotonic())
+            if frame.get("alert", {}).get("state") == "firing":
+                return frame
+    raise AssertionError("no firing frame on the alerts stream within a minute")
+
+
 def test_an_alert_fires_through_the_gateway_and_its_history_survives_a_restart(tmp_path):
     env = stack_env(
         tmp_path,
@@ -78,23 +106,9 @@ def test_an_alert_fires_through_the_gateway_and_its_history_survives_a_restart(t
         SELF_METRICS_INTERVAL_SECONDS="0.5",
     )
     with own_stack(env) as s:
-        # A point ingested now and read back from the hot tier: queries counted as realtime.
-        now = int(time.time() * 1000)
-        point = {
-            "name": "cpu_usage",
-            "value": 1,
-            "timestamp_ms": now,
-            "labels": {"service_name": "auth-service"},
-        }
-        assert http(s, "POST", "/api/v1/metrics/ingest", json.dumps({"points": [point]}))[0] == 200
-        for _ in range(3):
-            status, _, reply = http(
-                s,
-                "POST",
-                "/api/v1/query",
-                '{"metrics": ["cpu_usage"], "time_range": "5m", "mode": "realtime"}',
-            )
-            assert status == 200 and reply["metadata"]["engines"] == ["hot"]
+        frame = asyncio.run(_fire_while_watching(s))
+        assert frame["alert"]["name"] == "SlowRealtimeQuery" and frame["alert"]["state"] == "firing"
+        assert frame["alert"]["from_state"] == "inactive"
 
         def firing():
             status, _, body = http(s, "GET", "/api/v1/alerts?state=firing&name=SlowRealtimeQuery")
