@@ -107,10 +107,10 @@ class MetricsChannel(Channel):
         self.bucketer = Bucketer(spec.step_ms, spec.aggregation) if spec.step_ms else None
         self._pending: list[dict[str, Any]] = []
 
-    def take(self, series: common_pb2.Series) -> bool:
-        """Collect a series of a batch for the next frame; False when the filters reject it."""
+    def take(self, series: common_pb2.Series, labels: dict[str, str]) -> bool:
+        """Collect a series of a batch (its labels as a dict) for the next frame; False when the
+        filters reject it."""
         filters = self.spec.labels
-        labels = series.labels
         if filters and not labels_match(labels, filters):
             return False
         if self.bucketer is None:
@@ -138,6 +138,49 @@ class MetricsChannel(Channel):
             metric, aggregation = self.spec.stream_id, self.spec.aggregation
             series = [series_dict(metric, dict(key), aggregation, closed) for key, closed in expired.items()]
             self.publish(self.data(series=series), now)
+
+
+class MetricRoutes:
+    """The metrics channels of one (datasource, metric), indexed by their first label filter, so a
+    series is offered only to the channels that can want it: the cost per series grows with the
+    number of distinct filter keys, not with the number of channels (a thousand clients each
+    following one service would otherwise cost a thousand label checks per series)."""
+
+    def __init__(self) -> None:
+        self.unfiltered: dict[MetricsChannel, None] = {}
+        self.by_label: dict[str, dict[str, dict[MetricsChannel, None]]] = {}
+
+    def add(self, channel: MetricsChannel) -> None:
+        """Route series to `channel`."""
+        if not channel.spec.labels:
+            self.unfiltered[channel] = None
+            return
+        key, value = channel.spec.labels[0]
+        self.by_label.setdefault(key, {}).setdefault(value, {})[channel] = None
+
+    def remove(self, channel: MetricsChannel) -> None:
+        """Stop routing to `channel`."""
+        self.unfiltered.pop(channel, None)
+        if channel.spec.labels:
+            key, value = channel.spec.labels[0]
+            by_value = self.by_label.get(key, {})
+            by_value.get(value, {}).pop(channel, None)
+            if not by_value.get(value, True):
+                del by_value[value]
+            if not by_value:
+                self.by_label.pop(key, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.unfiltered or self.by_label)
+
+    def candidates(self, labels: dict[str, str]) -> list[MetricsChannel]:
+        """The channels whose first filter this series' labels satisfy (they check the rest)."""
+        found = list(self.unfiltered)
+        for key, by_value in self.by_label.items():
+            value = labels.get(key)
+            if value is not None and value in by_value:
+                found.extend(by_value[value])
+        return found
 
 
 class AnomalyChannel(Channel):

@@ -24,6 +24,7 @@ from libs.streams.channels import (
     Channel,
     DashboardChannel,
     FrameSequence,
+    MetricRoutes,
     MetricsChannel,
 )
 from libs.streams.frames import Cursor, Frame, control, heartbeat_frame, message_dict
@@ -74,7 +75,7 @@ class StreamHub:
         self.channels: dict[tuple, Channel] = {}
         self._opening: dict[tuple, asyncio.Task[Channel]] = {}
         # Indexes the bus handlers use: only channels that can want an event are looked at.
-        self._by_metric: dict[tuple[str, str], dict[MetricsChannel, None]] = {}
+        self._by_metric: dict[tuple[str, str], MetricRoutes] = {}
         self._analytics: dict[tuple[str, str], dict[AnalyticsChannel, None]] = {}
         self._anomalies: dict[AnomalyChannel, None] = {}
         self._dashboards: dict[DashboardChannel, None] = {}
@@ -177,7 +178,7 @@ class StreamHub:
                     "stream_id",
                 )
             channel = MetricsChannel(*args)
-            self._by_metric.setdefault((spec.datasource, spec.stream_id), {})[channel] = None
+            self._by_metric.setdefault((spec.datasource, spec.stream_id), MetricRoutes()).add(channel)
         elif spec.stream_type == "analytics":
             channel = AnalyticsChannel(
                 *args, peers=self.peers, interval=ANALYTICS_INTERVAL_SECONDS, confirm=self._distributed
@@ -205,10 +206,12 @@ class StreamHub:
     async def _drop(self, channel: Channel) -> None:
         self.channels.pop(channel.key, None)
         indexes: list[dict[Any, None]] = [self._anomalies, self._dashboards, self._alerts]
-        for by_metric in (self._by_metric, self._analytics):
-            indexes.extend(by_metric.values())
+        indexes.extend(self._analytics.values())
         for index in indexes:
             index.pop(channel, None)
+        if isinstance(channel, MetricsChannel):
+            for routes in self._by_metric.values():
+                routes.remove(channel)
         for by_metric in (self._by_metric, self._analytics):
             for key in [k for k, v in by_metric.items() if not v]:
                 del by_metric[key]
@@ -256,9 +259,12 @@ class StreamHub:
                 key = (event.datasource, series.name)
                 for analytics in self._analytics.get(key, ()):
                     analytics.mark_dirty()
-                for channel in self._by_metric.get(key, ()):
-                    if channel.take(series):
-                        touched[channel] = None
+                routes = self._by_metric.get(key)
+                if routes:
+                    labels = dict(series.labels)
+                    for channel in routes.candidates(labels):
+                        if channel.take(series, labels):
+                            touched[channel] = None
             for channel in touched:
                 channel.flush(now)
 

@@ -155,3 +155,28 @@ def test_cursors_round_trip_and_name_their_hub_instance():
     assert Cursor.parse(str(cursor)) == cursor
     with pytest.raises(InvalidArgument):
         Cursor.parse("0123456789ab-")
+
+
+def test_metric_routes_offer_a_series_only_to_channels_whose_filter_it_can_meet():
+    from libs.streams.channels import FrameSequence, MetricRoutes, MetricsChannel
+
+    def channel(**labels: str) -> MetricsChannel:
+        spec = parse_subscription(pb.SubscribeRequest(stream_type="metrics", stream_id="cpu", labels=labels))
+        return MetricsChannel(spec, FrameSequence("e"), 10, 60.0)
+
+    everything = channel()
+    per_service = {f"svc-{i}": channel(service_name=f"svc-{i}") for i in range(100)}
+    per_host = channel(host="h-1", service_name="svc-7")  # first filter (sorted): host
+    routes = MetricRoutes()
+    for c in (everything, *per_service.values(), per_host):
+        routes.add(c)
+    offered = routes.candidates({"service_name": "svc-7", "host": "h-1"})
+    assert set(offered) == {everything, per_service["svc-7"], per_host}
+    assert set(routes.candidates({"service_name": "svc-7", "host": "h-2"})) == {
+        everything,
+        per_service["svc-7"],
+    }
+    assert routes.candidates({"region": "x"}) == [everything]
+    for c in (everything, *per_service.values(), per_host):
+        routes.remove(c)
+    assert not routes and routes.by_label == {}
