@@ -151,38 +151,26 @@ class StreamScorer:
             self.metrics.stream_lag.labels(SUBSCRIPTION).set(max(0.0, lag))
 
     async def _score_event(self, event: events_pb2.MetricsBatchEvent, topic: str) -> None:
+        # Per-series work runs in a worker thread, not on the event loop that also serves ingest
+        # and the live streams: a 1,000-series batch costs tens of milliseconds of Python.
+        prepared = await asyncio.to_thread(_prepare, event, topic)
         work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]] = []
-        for s in event.series:
-            ts = np.array(s.timestamps_ms, dtype=np.int64)
-            values = np.array(s.values, dtype=np.float64)
-            if len(ts) != len(values) or not np.isfinite(values).all():
-                raise ValueError(f"series {s.name!r} on {topic} has mismatched or non-finite values")
-            if not len(ts):
-                continue
-            order = np.argsort(ts, kind="stable")
-            ts, values = ts[order], values[order]
-            key: SeriesKey = (event.tenant, event.datasource, s.name, tuple(sorted(s.labels.items())))
+        for key, ts, values in prepared:
             live = self._states.get(key)
             if live is None:
                 live = await self._warm(key, ts)
-            fresh = ts > live.state.last_ts if live.state.last_ts is not None else np.ones(len(ts), bool)
-            if fresh.any():
-                work.append((key, live, ts[fresh], values[fresh]))
+            work.append((key, live, ts, values))
         if not work:
             return
         started = time.perf_counter()
-        results = await asyncio.to_thread(_score_batch, work)
+        points, records = await asyncio.to_thread(_score_batch, work, int(time.time() * 1000))
         if self.metrics is not None:
             self.metrics.ml_scoring_duration.labels(METHOD).observe(time.perf_counter() - started)
         now = time.monotonic()
-        records = []
-        detected_at = int(time.time() * 1000)
-        for (key, live, ts, values), scores in zip(work, results, strict=True):
+        for key, live, _, _ in work:
             live.last_seen = now
             self._states.move_to_end(key)
-            self.stats["points"] += len(ts)
-            flags, live.since_above = onsets(scores.score, live.threshold, live.since_above)
-            records += _records(key, live.threshold, ts, values, scores, np.flatnonzero(flags), detected_at)
+        self.stats["points"] += points
         self._evict_over_bound()
         if records:
             added = await asyncio.to_thread(self.store.add, records)
@@ -280,9 +268,43 @@ class StreamScorer:
         return out
 
 
-def _score_batch(work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]]) -> list[Scores]:
-    """Advance each series' state over its new points (in a worker thread)."""
-    return [score_chunk(live.state, ts, values) for _, live, ts, values in work]
+def _prepare(
+    event: events_pb2.MetricsBatchEvent, topic: str
+) -> list[tuple[SeriesKey, np.ndarray, np.ndarray]]:
+    """Each non-empty series of a batch as (key, timestamps, values) in time order (in a worker
+    thread); a malformed series raises ValueError, so the bus dead-letters the batch."""
+    out = []
+    for s in event.series:
+        ts = np.array(s.timestamps_ms, dtype=np.int64)
+        values = np.array(s.values, dtype=np.float64)
+        if len(ts) != len(values) or not np.isfinite(values).all():
+            raise ValueError(f"series {s.name!r} on {topic} has mismatched or non-finite values")
+        if not len(ts):
+            continue
+        order = np.argsort(ts, kind="stable")
+        key: SeriesKey = (event.tenant, event.datasource, s.name, tuple(sorted(s.labels.items())))
+        out.append((key, ts[order], values[order]))
+    return out
+
+
+def _score_batch(
+    work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]], detected_at: int
+) -> tuple[int, list[AnomalyRecord]]:
+    """Advance each series' state over its points newer than the state (in a worker thread): the
+    points scored and the anomalies found (episode onsets above the series' threshold)."""
+    points = 0
+    records: list[AnomalyRecord] = []
+    for key, live, ts, values in work:
+        if live.state.last_ts is not None:
+            fresh = ts > live.state.last_ts
+            ts, values = ts[fresh], values[fresh]
+        if not len(ts):
+            continue
+        scores = score_chunk(live.state, ts, values)
+        points += len(ts)
+        flags, live.since_above = onsets(scores.score, live.threshold, live.since_above)
+        records += _records(key, live.threshold, ts, values, scores, np.flatnonzero(flags), detected_at)
+    return points, records
 
 
 def _records(
