@@ -22,11 +22,11 @@ import hashlib
 import json
 import math
 import sqlite3
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from libs.sqlite_db import SqliteDb
 
 VERDICTS = ("true_positive", "false_positive")
 SOURCES = ("stream", "request")
@@ -37,8 +37,9 @@ DAY_MS = 86_400_000
 # index and keeps the newest; beyond, walking the tenant's time index finds a page sooner.
 SERIES_PATH_ROWS = 20_000
 
+SCHEMA_VERSION = 1
+
 _SCHEMA = """
-BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS series (
     sid INTEGER PRIMARY KEY,
     tenant TEXT NOT NULL, datasource TEXT NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL,
@@ -73,7 +74,6 @@ END;
 CREATE TRIGGER IF NOT EXISTS anomaly_dropped AFTER DELETE ON anomalies BEGIN
     UPDATE series SET anomalies = anomalies - 1 WHERE sid = OLD.sid;
 END;
-COMMIT;
 """
 
 _FLOATS = ("value", "score", "expected", "lower", "upper", "deviation", "threshold")
@@ -191,48 +191,15 @@ class AnomalyStore:
     def __init__(self, path: Path, retention_days: float = 0.0) -> None:
         self.path = path
         self.retention_days = retention_days  # 0 keeps anomalies forever
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self.db = SqliteDb(path, _SCHEMA, SCHEMA_VERSION, "anomaly store")
 
     def open(self) -> None:
-        """Open the database file, creating it and its schema when new."""
-        if self._conn is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=30000")  # other processes' writes are waited for, not failed on
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        try:
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error:
-            conn.close()
-            raise
-        with self._lock:
-            self._conn = conn
+        """Open the database file, creating or upgrading its schema."""
+        self.db.open()
 
     def close(self) -> None:
         """Close the database; the store can be opened again."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    @contextmanager
-    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        # Callers hold self._lock. A write takes the database lock up front (IMMEDIATE), since
-        # upgrading a read transaction fails at once in WAL mode instead of waiting.
-        if self._conn is None:
-            raise RuntimeError("the anomaly store is not open")
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield self._conn
-        except BaseException:
-            if self._conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-                self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        self.db.close()
 
     # ---- writing -----------------------------------------------------------------------------
     def add(self, records: Iterable[AnomalyRecord]) -> int:
@@ -244,7 +211,7 @@ class AnomalyStore:
                 raise ValueError(f"source: {r.source!r} is not one of {', '.join(SOURCES)}")
         if not records:
             return 0
-        with self._lock, self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             sids: dict[tuple[str, str, str, str], int] = {}
             rows = []
             for r in records:
@@ -280,7 +247,7 @@ class AnomalyStore:
         """Record a user's verdict on an anomaly, replacing any earlier one; KeyError for an unknown id."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
-        with self._lock, self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             db.execute(
                 "UPDATE anomalies SET feedback = ?, feedback_comment = ? WHERE id = ? AND tenant = ?",
                 (verdict, comment, anomaly_id, tenant),
@@ -295,7 +262,7 @@ class AnomalyStore:
         if self.retention_days <= 0:
             return 0
         cutoff = now_ms - int(self.retention_days * DAY_MS)
-        with self._lock, self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             tenants = [row[0] for row in db.execute("SELECT DISTINCT tenant FROM series")]
             dropped = 0
             for tenant in tenants:
@@ -315,7 +282,7 @@ class AnomalyStore:
             raise ValueError(f"limit: {f.limit} is not between 1 and {MAX_LIMIT}")
         after = decode_cursor(f.cursor) if f.cursor else None
         where, params = _conditions(f, after)
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             index = "anomalies_by_time"
             if f.datasource or f.metric or f.labels:
                 sids, matched = _matching_series(db, f)
@@ -336,14 +303,14 @@ class AnomalyStore:
 
     def get(self, tenant: str, anomaly_id: str) -> AnomalyRecord | None:
         """One anomaly of the tenant, explained like a listed one, or None."""
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             return _get(db, tenant, anomaly_id)
 
     def feedback_counts(
         self, tenant: str, datasource: str, metric: str, labels: dict[str, str]
     ) -> tuple[int, int]:
         """(true positives, false positives) users marked among one series' anomalies."""
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             counts = {
                 row[0]: row[1]
                 for row in db.execute(
@@ -358,7 +325,7 @@ class AnomalyStore:
 
     def precision_by_method(self, tenant: str) -> dict[str, MethodPrecision]:
         """Per method: anomalies found, verdicts given, and precision tp / (tp + fp)."""
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             found = db.execute(
                 "SELECT method, COUNT(*) FROM anomalies WHERE tenant = ? GROUP BY method", (tenant,)
             ).fetchall()
@@ -377,7 +344,7 @@ class AnomalyStore:
 
     def count_since(self, tenant: str, since_ms: int) -> int:
         """How many of the tenant's anomalies were detected at or after `since_ms`."""
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             return db.execute(
                 "SELECT COUNT(*) FROM anomalies WHERE tenant = ? AND detected_at_ms >= ?", (tenant, since_ms)
             ).fetchone()[0]

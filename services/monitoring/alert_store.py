@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.sqlite_db import SqliteDb
 from services.monitoring.alert_rules import Labels
 
 SCHEMA_VERSION = 1
@@ -114,56 +113,15 @@ class AlertStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self.db = SqliteDb(path, _SCHEMA, SCHEMA_VERSION, "alert store")
 
     def open(self) -> None:
         """Open the database file, creating or upgrading its schema."""
-        if self._conn is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has alert store schema {version}; this version reads up to {SCHEMA_VERSION}"
-                )
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        with self._lock:
-            self._conn = conn
+        self.db.open()
 
     def close(self) -> None:
         """Close the database; the store can be opened again."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    @contextmanager
-    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        # Callers hold self._lock. A write takes the database lock up front (IMMEDIATE).
-        if self._conn is None:
-            raise RuntimeError("the alert store is not open")
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield self._conn
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        self.db.close()
 
     def record(self, transitions: Sequence[Transition]) -> list[Transition]:
         """Append transitions to the history and apply them to the current states in one
@@ -171,7 +129,7 @@ class AlertStore:
         if not transitions:
             return []
         out = []
-        with self._lock, self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             for t in transitions:
                 a = t.alert
                 cursor = db.execute(
@@ -194,7 +152,7 @@ class AlertStore:
 
     def current(self) -> list[AlertRecord]:
         """Every alert's current state: pending, firing or resolved."""
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM current_alerts ORDER BY rule_id, labels").fetchall()
         return [_record(row) for row in rows]
 
@@ -223,6 +181,6 @@ class AlertStore:
             f"SELECT id, from_state, {_COLUMNS} FROM transitions WHERE {' AND '.join(where)} "
             "ORDER BY timestamp_ms DESC, id DESC LIMIT ?"
         )
-        with self._lock, self._transaction() as db:
+        with self.db.transaction() as db:
             rows = db.execute(sql, (*params, limit)).fetchall()
         return [Transition(_record(row), row["from_state"], row["id"]) for row in rows]

@@ -10,14 +10,12 @@ its DashboardConfig message (proto field names), so new config fields need no mi
 from __future__ import annotations
 
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from google.protobuf import json_format
 
+from libs.sqlite_db import SqliteDb
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 
 SCHEMA_VERSION = 1
@@ -71,59 +69,15 @@ class DashboardStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self.db = SqliteDb(path, ";".join(_SCHEMA), SCHEMA_VERSION, "dashboard store")
 
     def open(self) -> None:
-        """Open the file, creating it and its schema when new; refuse a newer schema."""
-        if self._conn is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                conn.execute("ROLLBACK")
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}; this service reads up to {SCHEMA_VERSION}"
-                )
-            # Statement by statement: executescript would commit the open transaction first.
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        with self._lock:
-            self._conn = conn
+        """Open the database file, creating or upgrading its schema."""
+        self.db.open()
 
     def close(self) -> None:
-        """Close the file; the store can be opened again."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    @contextmanager
-    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise RuntimeError("the dashboard store is not open")
-            # A write takes the lock up front: upgrading a read transaction fails at once in WAL mode.
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield self._conn
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        """Close the database; the store can be opened again."""
+        self.db.close()
 
     def create(self, tenant: str, dashboard: pb.Dashboard, now_ms: int) -> pb.Dashboard:
         """Store a new dashboard under a fresh id; returns it as stored."""
@@ -135,7 +89,7 @@ class DashboardStore:
             now_ms,
             False,
         )
-        with self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             db.execute(
                 "INSERT INTO dashboards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -153,7 +107,7 @@ class DashboardStore:
 
     def get(self, tenant: str, dashboard_id: str) -> pb.Dashboard | None:
         """The dashboard with this id, or None."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute(
                 "SELECT * FROM dashboards WHERE tenant = ? AND id = ?", (tenant, dashboard_id)
             ).fetchone()
@@ -161,7 +115,7 @@ class DashboardStore:
 
     def latest_of_type(self, tenant: str, dashboard_type: str) -> pb.Dashboard | None:
         """The most recently updated dashboard of a type, or None."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute(
                 "SELECT * FROM dashboards WHERE tenant = ? AND type = ? ORDER BY updated_at_ms DESC, id LIMIT 1",
                 (tenant, dashboard_type),
@@ -174,13 +128,13 @@ class DashboardStore:
         params: tuple[str, ...] = (tenant,)
         if dashboard_type:
             sql, params = sql + " AND type = ?", (tenant, dashboard_type)
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             rows = db.execute(sql + " ORDER BY created_at_ms, id", params).fetchall()
         return [_row_to_dashboard(row) for row in rows]
 
     def update(self, tenant: str, dashboard: pb.Dashboard, now_ms: int) -> pb.Dashboard | None:
         """Replace name, type, config and refresh interval of a stored dashboard; None if unknown."""
-        with self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             row = db.execute(
                 "SELECT * FROM dashboards WHERE tenant = ? AND id = ?", (tenant, dashboard.id)
             ).fetchone()
@@ -208,6 +162,6 @@ class DashboardStore:
 
     def delete(self, tenant: str, dashboard_id: str) -> bool:
         """Remove a dashboard; False when there was none with this id."""
-        with self._transaction(write=True) as db:
+        with self.db.transaction(write=True) as db:
             cursor = db.execute("DELETE FROM dashboards WHERE tenant = ? AND id = ?", (tenant, dashboard_id))
         return cursor.rowcount > 0

@@ -97,5 +97,18 @@ def test_a_file_from_a_newer_version_is_refused(tmp_path):
     path.parent.mkdir(parents=True)
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="schema 99"):
+    with pytest.raises(RuntimeError, match="schema version 99"):
         AlertStore(path).open()
+
+
+def test_schema_scripts_split_into_statements_keeping_trigger_bodies_whole():
+    from libs.sqlite_db import statements
+
+    script = """
+    CREATE TABLE t (a INTEGER);
+    CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+        UPDATE t SET a = a + 1; UPDATE t SET a = a - 1;
+    END;
+    """
+    found = statements(script)
+    assert len(found) == 2 and found[1].startswith("CREATE TRIGGER") and found[1].endswith("END;")
