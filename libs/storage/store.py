@@ -120,6 +120,11 @@ class MetricStore:
         self._task: asyncio.Task[None] | None = None
         self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
 
+    @property
+    def segments_root(self) -> Path:
+        """Where the segment files live (readers query them with DuckDB; only the store writes)."""
+        return self.segments.root
+
     # ---- start and stop -------------------------------------------------------------------
     def open(self) -> None:
         """Load the manifest and saved series, then replay the WAL after the flushed position."""

@@ -30,7 +30,7 @@ from services.query_router.spec import (
     QuerySpec,
     TimeseriesSpec,
 )
-from services.query_router.sql_views import run_tenant_sql
+from services.query_router.sql_views import TenantDatabases, run_tenant_sql
 from services.query_router.telemetry import QueryTelemetry, QueryTrace
 
 QUERY_CACHE = "query"
@@ -69,7 +69,8 @@ class QueryRouter:
         self.store = store
         self.cache = cache
         self.limits = limits
-        self.engine = QueryEngine(store.segments.root)
+        self.engine = QueryEngine(store.segments_root)
+        self.sql_databases = TenantDatabases(store.segments_root)
         self.telemetry = QueryTelemetry(metrics)
 
     # ---- unified query --------------------------------------------------------------------
@@ -379,7 +380,7 @@ class QueryRouter:
         try:
             columns, rows, seconds = await asyncio.to_thread(
                 run_tenant_sql,
-                self.store.segments.root,
+                self.sql_databases,
                 tenant,
                 snapshots,
                 spec.sql,

@@ -14,7 +14,7 @@ from libs.storage.store import DEFAULT_TENANT, MetricStore, build_event
 from libs.streams import StreamHub, StreamSpec, SubscriptionClosed
 from libs.streams.subscriber import CLOSE_TOO_SLOW
 from platformq.analytics.v1 import realtime_service_pb2 as pb
-from services.realtime.ingest import ValidatedBatch, validate
+from services.realtime.ingest import KnownGoodSeries, ValidatedBatch, validate
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class RealtimeCore:
         self.store = store
         self.bus = bus
         self.cache = cache
+        self.known_series = KnownGoodSeries()
         self.metrics = metrics
         self.hub = hub
 
@@ -40,7 +41,7 @@ class RealtimeCore:
         self, request: pb.IngestMetricsRequest, tenant: str = DEFAULT_TENANT
     ) -> pb.IngestMetricsResponse:
         """Validate, store durably, invalidate cached answers over the new data, publish."""
-        batch = validate(request)
+        batch = validate(request, known=self.known_series)
         if self.store is None:
             # Distributed: acknowledged once Pulsar has persisted the batch; the store's consumer
             # writes it (idempotently by batch id) and it answers queries from then on.

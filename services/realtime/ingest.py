@@ -74,17 +74,43 @@ def _point_problems(ts: np.ndarray, values: np.ndarray, now_ms: int) -> list[tup
     ]
 
 
-def validate(request: realtime_service_pb2.IngestMetricsRequest, now_ms: int | None = None) -> ValidatedBatch:
-    """Split a request into accepted points (grouped by series) and reasons for the rest."""
+class KnownGoodSeries:
+    """Series whose name and labels passed their checks, so a batch of series seen before skips
+    them (bounded: emptied when full). One per ingest core."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self._keys: dict[SeriesKey, None] = {}
+
+    def __contains__(self, key: SeriesKey) -> bool:
+        return key in self._keys
+
+    def add(self, key: SeriesKey) -> None:
+        """Remember a series that passed."""
+        if len(self._keys) >= self.max_entries:
+            self._keys.clear()
+        self._keys[key] = None
+
+
+def validate(
+    request: realtime_service_pb2.IngestMetricsRequest,
+    now_ms: int | None = None,
+    known: KnownGoodSeries | None = None,
+) -> ValidatedBatch:
+    """Split a request into accepted points (grouped by series) and reasons for the rest; `known`
+    remembers series that passed their name and label checks across calls."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     batch = ValidatedBatch(check_datasource(request.datasource))
-    _validate_series(request, batch, now_ms)
+    _validate_series(request, batch, now_ms, KnownGoodSeries() if known is None else known)
     _validate_points(request, batch, now_ms)
     return batch
 
 
 def _validate_series(
-    request: realtime_service_pb2.IngestMetricsRequest, batch: ValidatedBatch, now_ms: int
+    request: realtime_service_pb2.IngestMetricsRequest,
+    batch: ValidatedBatch,
+    now_ms: int,
+    known: KnownGoodSeries,
 ) -> None:
     candidates: list[tuple[int, SeriesKey, np.ndarray, np.ndarray]] = []
     # Series-level rejections, applied in series order together with the point-level ones.
@@ -94,12 +120,12 @@ def _validate_series(
         if n == 0:
             continue
         key = SeriesKey.of(series.name, series.labels)
-        if key not in _KNOWN_GOOD:
+        if key not in known:
             problem = _series_problem(series.name, dict(key.labels))
             if problem:
                 refused[i] = (n, f"series[{i}].{problem[0]}", problem[1])
                 continue
-            _remember_good(key)
+            known.add(key)
         if len(series.timestamps_ms) != len(series.values):
             refused[i] = (
                 n,
@@ -157,16 +183,6 @@ def _filter_points(
 
 
 # Series whose name and labels already passed the checks (bounded, so high churn cannot grow it).
-_KNOWN_GOOD: dict[SeriesKey, None] = {}
-_KNOWN_GOOD_MAX = 200_000
-
-
-def _remember_good(key: SeriesKey) -> None:
-    if len(_KNOWN_GOOD) >= _KNOWN_GOOD_MAX:
-        _KNOWN_GOOD.clear()
-    _KNOWN_GOOD[key] = None
-
-
 def _point_time(point: common_pb2.Point) -> tuple[int | None, str | None]:
     """Epoch ms of a row-form point, or the reason it has none."""
     if point.timestamp:

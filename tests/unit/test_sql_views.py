@@ -6,7 +6,7 @@ import pytest
 from libs.errors import InvalidArgument
 from libs.storage.series import SeriesKey
 from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
-from services.query_router.sql_views import run_tenant_sql
+from services.query_router.sql_views import TenantDatabases, run_tenant_sql
 
 
 def _series(host: str, values: list[float]) -> AcceptedSeries:
@@ -29,7 +29,9 @@ async def store(tmp_path):
 
 def _sql(store: MetricStore, tenant: str, sql: str, params=()):
     snapshots = {ds: store.snapshot(tenant, ds) for ds in store.datasources(tenant)}
-    columns, rows, _ = run_tenant_sql(store.segments.root, tenant, snapshots, sql, list(params), 1000)
+    columns, rows, _ = run_tenant_sql(
+        TenantDatabases(store.segments_root), tenant, snapshots, sql, list(params), 1000
+    )
     return columns, rows
 
 
@@ -48,7 +50,7 @@ async def test_hot_and_flushed_points_with_struct_labels(store):
 
 async def test_another_tenants_data_is_out_of_reach(store):
     assert _sql(store, "acme", "SELECT count(*) FROM metrics WHERE labels.host = 'secret'")[1] == [(0,)]
-    other = store.segments.root / "tenant=other"
+    other = store.segments_root / "tenant=other"
     await store.flush()
     with pytest.raises(InvalidArgument):
         _sql(store, "acme", f"SELECT * FROM read_parquet('{other}/**/*.parquet')")
