@@ -138,6 +138,29 @@ def _ingester(target: str, rate: int, seconds: float, start_ms: int, acks: Any, 
     channel.close()
 
 
+def _seed_metric(target: str) -> None:
+    """One point of every benchmark series, an hour old, so the streams' metric is known."""
+    import grpc
+
+    from platformq.analytics.v1 import common_pb2, realtime_service_pb2, realtime_service_pb2_grpc
+
+    then = int(time.time() * 1000) - 3_600_000
+    series = [
+        common_pb2.Series(
+            name=METRIC,
+            labels={"series": f"s{i % CHANNELS}", "instance": f"i{i}"},
+            timestamps_ms=[then],
+            values=[0.0],
+        )
+        for i in range(SERIES)
+    ]
+    with grpc.insecure_channel(target) as channel:
+        stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
+        stub.IngestMetrics(
+            realtime_service_pb2.IngestMetricsRequest(datasource=DATASOURCE, series=series), timeout=30
+        )
+
+
 class Client:
     """One WebSocket client following a channel; records when each batch's frame arrived."""
 
@@ -287,7 +310,8 @@ async def _run(clients: int, rate: int, seconds: float) -> dict[str, Any]:
             bridge = f"ws://127.0.0.1:{env['WS_BRIDGE_PORT']}"
             grpc_target = f"127.0.0.1:{env['GATEWAY_PORT']}"
             pids = _pids_of(process)
-            # Warm-up: the metric exists before anyone subscribes (an unknown metric is refused).
+            # The metric exists before anyone subscribes (an unknown metric is refused), then a warm-up.
+            _seed_metric(grpc_target)
             await _phase("warm-up", gateway, grpc_target, 1, rate // 10, 2, slow=False)
             memory = {
                 "envoy": await _memory_per_connection(gateway, [pids["services"], pids["envoy"]], clients),
