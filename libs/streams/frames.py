@@ -55,13 +55,17 @@ def number(value: float) -> float | str:
 def points_dict(points: Iterable[tuple[int, float]]) -> list[dict[str, Any]]:
     """DataPoints as MessageToDict prints them: int64 as strings, zero values left out."""
     out = []
+    append = out.append
     for ts, value in points:
+        if ts and value and -math.inf < value < math.inf:  # the common case, on the hot path
+            append({"timestamp_ms": str(ts), "value": value})
+            continue
         point: dict[str, Any] = {}
         if ts:
             point["timestamp_ms"] = str(ts)
         if value or math.copysign(1.0, value) < 0:
             point["value"] = number(value)
-        out.append(point)
+        append(point)
     return out
 
 

@@ -152,7 +152,10 @@ class StreamScorer:
 
     async def _score_event(self, event: events_pb2.MetricsBatchEvent, topic: str) -> None:
         # Per-series work runs in a worker thread, not on the event loop that also serves ingest
-        # and the live streams: a 1,000-series batch costs tens of milliseconds of Python.
+        # and the live streams: a 1,000-series batch costs tens of milliseconds of Python. It
+        # first lets the batch's other consumers (the live streams) run: their frames wait on it
+        # otherwise, since the thread holds the GIL for most of its work.
+        await asyncio.sleep(0)
         prepared = await asyncio.to_thread(_prepare, event, topic)
         work: list[tuple[SeriesKey, _Live, np.ndarray, np.ndarray]] = []
         for key, ts, values in prepared:
