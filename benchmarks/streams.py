@@ -10,8 +10,11 @@ the clients (one asyncio process) record when the frame carrying each batch arri
 frame received minus ingest acknowledged, on the same machine clock; a frame can beat the
 acknowledgement back to the ingester, so small negative values are real.
 
-Three phases per path: idle connections (memory per connection), the load with every client
-reading, and the load with one more client that never reads (it must not move the others' p99).
+Per path: idle connections (memory per connection), then the load twice with one more client that
+follows every series: reading, then never reading (it must not move the others' p99; the stack's
+bounds are set small so the server drops and closes it within the phase). The server's share of the
+latency comes from its own histogram, `analytics_stream_send_delay_seconds`. `ANOMALY_STREAM=0`
+in the environment runs the stack without the live anomaly scorer, to see what it costs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.procs import Latency, free_port, log_tail, mib, stop_process, tree_rss_kib
 from benchmarks.report import write_docs_section
@@ -45,6 +49,9 @@ METRIC = "stream_load"
 SERIES = 1000
 CHANNELS = 100
 """Clients follow one of this many label-filtered channels (`?series=s<k>`), 10 each at 1,000."""
+SLOW_QUEUE_FRAMES = 16
+SLOW_MAX_LAG_SECONDS = 5
+POINT_TIME = '"points":[{"timestamp_ms":"'
 BATCHES_PER_SECOND = 4
 """20,000 points/s arrive as 4 batches a second (a collector flushing every 250 ms)."""
 
@@ -61,6 +68,8 @@ class PhaseResult:
     latency: Latency | None
     lagged_frames: int
     slow_client_outcome: str
+    server_p50_ms: float | None
+    server_p99_ms: float | None
 
 
 def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -89,6 +98,9 @@ def _start_stack(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str], Path
         "DEMO": "0",
         "LOG_LEVEL": "WARNING",
         "SHUTDOWN_GRACE_SECONDS": "1",
+        # Small bounds, so that the client that never reads meets them within a phase.
+        "WS_CLIENT_QUEUE_FRAMES": str(SLOW_QUEUE_FRAMES),
+        "WS_CLIENT_MAX_LAG_SECONDS": str(SLOW_MAX_LAG_SECONDS),
     }
     log = data_dir / "stack.log"
     process = subprocess.Popen(
@@ -161,6 +173,49 @@ def _seed_metric(target: str) -> None:
         )
 
 
+def _export(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/api/v1/export/prometheus", timeout=30) as reply:
+        return reply.read().decode()
+
+
+def _lagged_closes(base: str) -> float:
+    """Subscribers the server closed for being too slow (analytics_stream_clients_closed_total)."""
+    for family in text_string_to_metric_families(_export(base)):
+        if family.name == "analytics_stream_clients_closed":
+            return sum(s.value for s in family.samples if s.labels.get("reason") == "lagged")
+    return 0.0
+
+
+def _send_delay_buckets(base: str) -> dict[float, float]:
+    """analytics_stream_send_delay_seconds{stream_type="metrics"} buckets from the export."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(_export(base)):
+        if family.name != "analytics_stream_send_delay_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("stream_type") == "metrics":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    return buckets
+
+
+def _quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
+    """histogram_quantile over the increase between two readings, in milliseconds."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower * 1000
+            return (lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)) * 1000
+        lower, below = bound, count
+    return None
+
+
 class Client:
     """One WebSocket client following a channel; records when each batch's frame arrived."""
 
@@ -188,21 +243,32 @@ class Client:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
             now = time.time()
-            frame = json.loads(msg.data)
+            text = msg.data
+            if '"type":"data"' in text:
+                # The first point's time names the batch; no need to parse the whole frame (the
+                # clients share the machine with the server: their cost is kept small).
+                at = text.find(POINT_TIME)
+                if at >= 0:
+                    stamp = int(text[at + len(POINT_TIME) : text.index('"', at + len(POINT_TIME))])
+                    self.received.setdefault((stamp - self.start_ms) // period_ms, now)
+                continue
+            frame = json.loads(text)
             kind = frame.get("type")
-            if kind == "data":
-                for series in frame.get("series", ()):
-                    for point in series.get("points", ()):
-                        batch = (int(point["timestamp_ms"]) - self.start_ms) // period_ms
-                        self.received.setdefault(batch, now)
-            elif kind == "lagged":
+            if kind == "lagged":
                 self.lagged += int(frame.get("dropped", 0))
             elif kind == "closing":
                 self.closed_reason = frame.get("reason", "")
 
 
 async def _phase(
-    path: str, ws_base: str, grpc_target: str, clients: int, rate: int, seconds: float, slow: bool
+    path: str,
+    ws_base: str,
+    http_base: str,
+    grpc_target: str,
+    clients: int,
+    rate: int,
+    seconds: float,
+    slow: bool,
 ) -> tuple[PhaseResult, Client | None]:
     start_ms = (int(time.time() * 1000) // 1000 + 2) * 1000
     connector = aiohttp.TCPConnector(limit=0)
@@ -216,21 +282,23 @@ async def _phase(
         ]
         for i in range(0, clients, 50):
             await asyncio.gather(*(c.connect(session) for c in crowd[i : i + 50]))
-        laggard = None
-        if slow:
-            laggard = Client(
-                f"{ws_base}/api/v1/ws/metrics/{METRIC}?datasource={DATASOURCE}", start_ms, read=False
-            )
-            await laggard.connect(session)
+        # One more client follows every series (frames 100 times larger than the others'): reading
+        # in one phase, never reading in the other, so the two differ only by its slowness.
+        laggard = Client(
+            f"{ws_base}/api/v1/ws/metrics/{METRIC}?datasource={DATASOURCE}", start_ms, read=not slow
+        )
+        await laggard.connect(session)
         readers = [asyncio.create_task(c.run()) for c in crowd]
-        slow_task = asyncio.create_task(laggard.run()) if laggard else None
+        slow_task = asyncio.create_task(laggard.run())
 
+        loop = asyncio.get_running_loop()
+        delays_before = await loop.run_in_executor(None, _send_delay_buckets, http_base)
+        closed_before = await loop.run_in_executor(None, _lagged_closes, http_base)
         ctx = multiprocessing.get_context("spawn")
         acks_q, ready = ctx.Queue(), ctx.Event()
         ingester = ctx.Process(target=_ingester, args=(grpc_target, rate, seconds, start_ms, acks_q, ready))
         ingester.start()
         acks: dict[int, float] = {}
-        loop = asyncio.get_running_loop()
         while True:
             item = await loop.run_in_executor(None, acks_q.get)
             if item is None:
@@ -238,14 +306,13 @@ async def _phase(
             acks[item[0]] = item[1]
         ingester.join()
         await asyncio.sleep(1.0)  # let the last frames arrive before counting
-        slow_outcome = ""
-        if laggard is not None:
-            assert laggard.ws is not None
-            slow_outcome = "closed by the server" if laggard.ws.closed else "still open"
-        for task in [*readers, *([slow_task] if slow_task else [])]:
+        delays_after = await loop.run_in_executor(None, _send_delay_buckets, http_base)
+        closed = await loop.run_in_executor(None, _lagged_closes, http_base) - closed_before
+        slow_outcome = ("closed by the server as too slow" if closed else "still open") if slow else "reading"
+        for task in [*readers, slow_task]:
             task.cancel()
-        await asyncio.gather(*readers, *([slow_task] if slow_task else []), return_exceptions=True)
-        for c in [*crowd, *([laggard] if laggard else [])]:
+        await asyncio.gather(*readers, slow_task, return_exceptions=True)
+        for c in [*crowd, laggard]:
             if c.ws is not None:
                 await c.ws.close()
     latencies = [got - acks[b] for c in crowd for b, got in c.received.items() if b in acks]
@@ -258,6 +325,8 @@ async def _phase(
         latency=Latency.of_seconds(latencies),
         lagged_frames=sum(c.lagged for c in crowd),
         slow_client_outcome=slow_outcome,
+        server_p50_ms=_quantile(0.5, delays_before, delays_after),
+        server_p99_ms=_quantile(0.99, delays_before, delays_after),
     )
     return result, laggard
 
@@ -312,7 +381,8 @@ async def _run(clients: int, rate: int, seconds: float) -> dict[str, Any]:
             pids = _pids_of(process)
             # The metric exists before anyone subscribes (an unknown metric is refused), then a warm-up.
             _seed_metric(grpc_target)
-            await _phase("warm-up", gateway, grpc_target, 1, rate // 10, 2, slow=False)
+            http_base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+            await _phase("warm-up", gateway, http_base, grpc_target, 1, rate // 10, 2, slow=False)
             memory = {
                 "envoy": await _memory_per_connection(gateway, [pids["services"], pids["envoy"]], clients),
                 "direct": await _memory_per_connection(bridge, [pids["services"]], clients),
@@ -320,7 +390,7 @@ async def _run(clients: int, rate: int, seconds: float) -> dict[str, Any]:
             phases = []
             for path, base in (("envoy", gateway), ("direct", bridge)):
                 for slow in (False, True):
-                    result, _ = await _phase(path, base, grpc_target, clients, rate, seconds, slow)
+                    result, _ = await _phase(path, base, http_base, grpc_target, clients, rate, seconds, slow)
                     phases.append(result)
                     print(json.dumps(asdict(result)), flush=True)
         finally:
@@ -349,18 +419,24 @@ def render(r: dict[str, Any]) -> str:
         f"`python -m benchmarks.streams` (part of `make bench`): {r['clients']} WebSocket clients follow "
         f"`metrics/{METRIC}` streams (one of {CHANNELS} label-filtered channels each) while {r['rate']:,} "
         f"points/s are ingested ({BATCHES_PER_SECOND} batches/s of {SERIES} series) for {r['seconds']:g} s, "
-        "through Envoy and, as the baseline in the same run, straight to the ws bridge. Latency: frame "
-        f"received minus ingest acknowledged. Machine: {r['machine']}.",
+        "through Envoy and, as the baseline in the same run, straight to the ws bridge. One more client "
+        "follows every series (frames 100 times larger): reading in one phase, never reading in the other. "
+        "Latency: frame received minus ingest acknowledged, measured by clients on the same 2 cores as the "
+        "server; the server's share is the time a frame waited in its subscriber's queue until written "
+        "(`analytics_stream_send_delay_seconds`, read from the export). The stack runs with "
+        f"`WS_CLIENT_QUEUE_FRAMES={SLOW_QUEUE_FRAMES}` and `WS_CLIENT_MAX_LAG_SECONDS={SLOW_MAX_LAG_SECONDS}` "
+        f"so the client that never reads meets its bound within a phase. Machine: {r['machine']}.",
         "",
-        "| path | slow client | points/s ingested | frames received | p50 ms | p99 ms | max ms | frames dropped "
-        "(lagged) for the readers | the slow client |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| path | the all-series client | points/s ingested | frames received | p50 ms | p99 ms | max ms | server's share "
+        "p50 / p99 ms | frames dropped (lagged) for the 1,000 | what became of the all-series client |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in r["phases"]:
         lat = p["latency"] or {}
         lines.append(
-            f"| {p['path']} | {'yes' if p['slow_client'] else 'no'} | {p['points_per_s']:,.0f} | {p['frames']:,} | "
+            f"| {p['path']} | {'never reads' if p['slow_client'] else 'reads'} | {p['points_per_s']:,.0f} | {p['frames']:,} | "
             f"{_ms(lat.get('p50_ms'))} | {_ms(lat.get('p99_ms'))} | {_ms(lat.get('max_ms'))} | "
+            f"{_ms(p['server_p50_ms'])} / {_ms(p['server_p99_ms'])} | "
             f"{p['lagged_frames']} | {p['slow_client_outcome'] or '-'} |"
         )
     m = r["memory"]

@@ -35,6 +35,7 @@ their hits and misses are counted apart from users' queries (and the cache alert
 SELF_DATASOURCE = "analytics_self"
 """The datasource the self-metrics are written to."""
 
+SEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUERY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -140,6 +141,14 @@ class SelfMetrics:
         )
         self.stream_frames_sent = Counter(
             "analytics_stream_frames_sent", "Frames sent to stream subscribers.", ["stream_type"], registry=r
+        )
+        self.stream_send_delay = Histogram(
+            "analytics_stream_send_delay_seconds",
+            "Time from a frame entering a subscriber's queue to its write to the client (the server's "
+            "share of live latency), by stream type.",
+            ["stream_type"],
+            buckets=SEND_BUCKETS,
+            registry=r,
         )
         self.stream_frames_dropped = Counter(
             "analytics_stream_frames_dropped",

@@ -102,6 +102,7 @@ class StreamHub:
             self.metrics.stream_frames_dropped,
             self.metrics.stream_frames_sent,
             self.metrics.stream_clients_closed,
+            self.metrics.stream_send_delay,
         )
         frames = [self._hello(spec)]
         complete = False

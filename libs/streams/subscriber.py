@@ -10,7 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from libs.streams.frames import Frame, closing_frame, lagged_frame
 from libs.streams.spec import StreamSpec
@@ -47,6 +47,7 @@ class Subscriber:
         dropped_counter: Counter,
         sent_counter: Counter,
         closed_counter: Counter,
+        send_delay: Histogram,
     ) -> None:
         self.spec = spec
         self.limits = limits
@@ -61,6 +62,8 @@ class Subscriber:
         self._waiter: asyncio.Future[None] | None = None
         self._dropped_counter = dropped_counter.labels(spec.stream_type)
         self._sent_counter = sent_counter.labels(spec.stream_type)
+        self._send_delay = send_delay.labels(spec.stream_type)
+        self._taken_queued_at: float | None = None
         self._closed_counter = closed_counter
         self.close_reason = ""
         self.last_sent = time.monotonic()
@@ -123,8 +126,12 @@ class Subscriber:
         self._wake()
 
     def count_sent(self) -> None:
-        """The writer sent a frame (analytics_stream_frames_sent)."""
+        """The writer sent the frame it took last (analytics_stream_frames_sent, and for a queued
+        frame the time it waited from queue to socket: analytics_stream_send_delay_seconds)."""
         self._sent_counter.inc()
+        if self._taken_queued_at is not None:
+            self._send_delay.observe(time.monotonic() - self._taken_queued_at)
+            self._taken_queued_at = None
 
     @property
     def idle(self) -> bool:
@@ -155,7 +162,8 @@ class Subscriber:
         if self._control:
             return self._control.popleft()
         if self._queue:
-            return self._queue.popleft()[1]
+            self._taken_queued_at, frame = self._queue.popleft()
+            return frame
         if self.dropped:
             # Caught up after losing frames and nothing newer came: tell it now.
             dropped, self.dropped = self.dropped, 0

@@ -23,6 +23,7 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -275,18 +276,38 @@ def _prepare(
     event: events_pb2.MetricsBatchEvent, topic: str
 ) -> list[tuple[SeriesKey, np.ndarray, np.ndarray]]:
     """Each non-empty series of a batch as (key, timestamps, values) in time order (in a worker
-    thread); a malformed series raises ValueError, so the bus dead-letters the batch."""
-    out = []
+    thread); a malformed series raises ValueError, so the bus dead-letters the batch. The checks
+    run once over the whole batch: per-series numpy calls would cost more than the scoring."""
+    series, counts = [], []
     for s in event.series:
-        ts = np.array(s.timestamps_ms, dtype=np.int64)
-        values = np.array(s.values, dtype=np.float64)
-        if len(ts) != len(values) or not np.isfinite(values).all():
-            raise ValueError(f"series {s.name!r} on {topic} has mismatched or non-finite values")
-        if not len(ts):
-            continue
-        order = np.argsort(ts, kind="stable")
+        n = len(s.values)
+        if len(s.timestamps_ms) != n:
+            raise ValueError(f"series {s.name!r} on {topic} has mismatched timestamps and values")
+        if n:
+            series.append(s)
+            counts.append(n)
+    if not series:
+        return []
+    lengths = np.array(counts, dtype=np.int64)
+    total = int(lengths.sum())
+    ts_all = np.fromiter(chain.from_iterable(s.timestamps_ms for s in series), np.int64, total)
+    values_all = np.fromiter(chain.from_iterable(s.values for s in series), np.float64, total)
+    if not np.isfinite(values_all).all():
+        bad = int(np.searchsorted(np.cumsum(lengths), np.flatnonzero(~np.isfinite(values_all))[0], "right"))
+        raise ValueError(f"series {series[bad].name!r} on {topic} has non-finite values")
+    ends = np.cumsum(lengths)
+    # A step back in time inside a series (not across the boundary to the next one) needs a sort.
+    backwards = np.flatnonzero(np.diff(ts_all) < 0) + 1
+    unsorted = set(np.searchsorted(ends, backwards, "right")[~np.isin(backwards, ends)].tolist())
+    out = []
+    start = 0
+    for i, (s, end) in enumerate(zip(series, ends.tolist(), strict=True)):
+        ts, values, start = ts_all[start:end], values_all[start:end], end
+        if i in unsorted:
+            order = np.argsort(ts, kind="stable")
+            ts, values = ts[order], values[order]
         key: SeriesKey = (event.tenant, event.datasource, s.name, tuple(sorted(s.labels.items())))
-        out.append((key, ts[order], values[order]))
+        out.append((key, ts, values))
     return out
 
 

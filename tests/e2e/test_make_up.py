@@ -74,6 +74,7 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
         }
         assert {s["metric"] for s in series} == {"cpu_usage", "memory_usage"}
         _injected_spikes_are_listed(port)
+        _monitoring_shows_the_demo(port, {s["group"]["service_name"] for s in series})
         stop_and_check_nothing_left(process, signal.SIGTERM)
         reader.join(timeout=10)
         banner = "".join(lines)
@@ -83,6 +84,27 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def _monitoring_shows_the_demo(port: int, services: set[str]) -> None:
+    """What a newcomer opens first: the platform scope lists every demo service with its figures,
+    and the built-in platform overview has a curve per service, with no set-up."""
+    platform = _get(port, "/api/v1/monitor/platform?time_range=15m")
+    listed = {e["name"]: e for e in platform["entities"] if e["kind"] == "service"}
+    assert set(listed) == services
+    assert all(
+        e["status"] != "unknown" and e["metrics"]["request_rate"] > 0 for e in listed.values()
+    )
+    overview = _get(port, "/api/v1/dashboards/platform-overview")
+    panels = {p["metric"]: p for p in overview["panels"]}
+    assert {"request_rate", "error_rate", "latency_p95", "cpu_usage", "memory_usage"} <= set(panels)
+    assert {s["group"]["service_name"] for s in panels["request_rate"]["series"]} == services
+    assert all(len(s["points"]) > 10 for s in panels["request_rate"]["series"])
 
 
 def _anomalies(port: int, **query: str) -> list[dict]:

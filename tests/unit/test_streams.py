@@ -310,3 +310,17 @@ async def test_a_channel_without_subscribers_is_dropped_after_the_replay_window(
     finally:
         await streams.close()
         await bus.close()
+
+
+async def test_sent_frames_record_how_long_they_waited_in_the_queue(hub):
+    streams, bus = hub
+    sub = await streams.subscribe(spec("metrics", "cpu"))
+    sub.count_sent()  # the hello is not a queued data frame: no delay to record
+    assert (await frame_of(sub)).kind == "hello"
+    await bus.publish("simulation.metrics.platform_metrics", batch(("cpu", {"h": "1"}, [1000], [1.0])))
+    assert (await frame_of(sub)).kind == "data"
+    sub.count_sent()
+    count = sample(streams, "analytics_stream_send_delay_seconds_count", stream_type="metrics")
+    delay = sample(streams, "analytics_stream_send_delay_seconds_sum", stream_type="metrics")
+    assert count >= 1 and 0 <= delay < 5
+    assert sample(streams, "analytics_stream_frames_sent_total", stream_type="metrics") == 2

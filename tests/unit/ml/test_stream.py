@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from libs.bus import Envelope, InProcessBus
 from platformq.analytics.v1 import events_pb2
@@ -183,3 +184,25 @@ async def test_idle_series_lose_their_state_at_a_checkpoint(tmp_path):
     assert scorer.series == 0 and scorer.state_bytes == 0 and scorer.stats["evicted"] == 1
     await scorer.stop()
     await bus.close()
+
+
+def test_a_batch_is_prepared_in_time_order_per_series_and_a_bad_one_is_refused():
+    from platformq.analytics.v1 import common_pb2, events_pb2
+    from services.ml.stream import _prepare
+
+    event = events_pb2.MetricsBatchEvent(tenant="t", datasource="d")
+    event.series.append(
+        common_pb2.Series(name="a", labels={"x": "1"}, timestamps_ms=[3, 1, 2], values=[30, 10, 20])
+    )
+    event.series.append(common_pb2.Series(name="empty"))
+    # 9 then 0 is a step back only across the boundary of two series: no sort is needed there.
+    event.series.append(common_pb2.Series(name="b", timestamps_ms=[8, 9], values=[1, 2]))
+    event.series.append(common_pb2.Series(name="c", timestamps_ms=[0, 5], values=[3, 4]))
+    prepared = [(key[2], ts.tolist(), values.tolist()) for key, ts, values in _prepare(event, "topic")]
+    assert prepared == [("a", [1, 2, 3], [10, 20, 30]), ("b", [8, 9], [1, 2]), ("c", [0, 5], [3, 4])]
+    event.series.append(common_pb2.Series(name="bad", timestamps_ms=[1], values=[float("inf")]))
+    with pytest.raises(ValueError, match="'bad' on topic has non-finite values"):
+        _prepare(event, "topic")
+    event.series.append(common_pb2.Series(name="short", timestamps_ms=[1, 2], values=[1]))
+    with pytest.raises(ValueError, match="'short' on topic has mismatched"):
+        _prepare(event, "topic")
