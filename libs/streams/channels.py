@@ -65,6 +65,7 @@ class Channel:
         seq = self.sequence.next()
         body["cursor"] = self.sequence.cursor(seq)
         frame = Frame(body, seq)
+        frame.seal()
         if self._replay_frames:
             self.window.append(frame)
             if len(self.window) > self._replay_frames:

@@ -92,14 +92,20 @@ def message_dict(message: Any) -> dict[str, Any]:
 
 
 class Frame:
-    """One frame. `body` is the JSON object; `text` and `message()` are computed once and shared
-    by every subscriber the frame goes to. `seq` is the hub sequence number of data frames (0 for
-    control frames); `close_code` is set on closing frames (the WebSocket close code)."""
+    """One frame. `text` and `message()` are computed once and shared by every subscriber the
+    frame goes to. `seq` is the hub sequence number of data frames (0 for control frames);
+    `close_code` is set on closing frames (the WebSocket close code).
 
-    __slots__ = ("_message", "_text", "body", "close_code", "created", "seq")
+    A published data frame is `seal`ed: only its JSON text is kept (the replay windows hold many
+    frames; as dicts they would be millions of objects for the cyclic collector to walk, and its
+    full collections stalled every stream for up to a second at 1,000 clients)."""
+
+    __slots__ = ("_body", "_message", "_text", "close_code", "created", "kind", "seq")
 
     def __init__(self, body: dict[str, Any], seq: int = 0, close_code: int = 0) -> None:
-        self.body = body
+        self._body: dict[str, Any] | None = body
+        self.kind: str = body["type"]
+        """hello, data, lagged, gap, heartbeat or closing."""
         self.seq = seq
         self.close_code = close_code
         self.created = time.monotonic()
@@ -107,16 +113,21 @@ class Frame:
         self._message: pb.SubscribeResponse | None = None
 
     @property
-    def kind(self) -> str:
-        """hello, data, lagged, gap, heartbeat or closing."""
-        return self.body["type"]
+    def body(self) -> dict[str, Any]:
+        """The frame as a JSON object (parsed back from the text once sealed)."""
+        return self._body if self._body is not None else json.loads(self.text)
 
     @property
     def text(self) -> str:
         """The frame as compact JSON."""
         if self._text is None:
-            self._text = json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
+            self._text = json.dumps(self._body, separators=(",", ":"), ensure_ascii=False)
         return self._text
+
+    def seal(self) -> None:
+        """Keep the text only."""
+        self._text = self.text
+        self._body = None
 
     def message(self) -> pb.SubscribeResponse:
         """The frame as a SubscribeResponse (for gRPC subscribers)."""
