@@ -108,3 +108,34 @@ def parse_interval_ms(text: str, field: str) -> tuple[int, int]:
 def format_time_ms(ms: int) -> str:
     """Format epoch ms as RFC 3339 UTC with millisecond precision."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+NICE_STEPS_MS = (
+    1_000,
+    5_000,
+    10_000,
+    15_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    10_800_000,
+    21_600_000,
+    43_200_000,
+    86_400_000,
+    604_800_000,
+)
+"""Round bucket widths, from a second to a week."""
+
+
+def round_step_ms(range_ms: int, target_points: int) -> int:
+    """The smallest round step giving at most `target_points` buckets over `range_ms`."""
+    for step in NICE_STEPS_MS:
+        if range_ms / step <= target_points:
+            return step
+    return NICE_STEPS_MS[-1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from libs.timeparse import parse_duration_ms
+from libs.timeparse import parse_duration_ms, round_step_ms
 from platformq.analytics.v1 import common_pb2, query_service_pb2
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from services.monitoring.health import combine_hosts
@@ -35,26 +35,6 @@ PANEL_AGGREGATIONS = ("avg", "sum", "min", "max", "count", "p50", "p90", "p95", 
 MAX_PANEL_POINTS = 2_000
 # Without a configured step a panel gets the smallest of these giving at most TARGET_POINTS buckets.
 TARGET_POINTS = 120
-NICE_STEPS_MS = (
-    1_000,
-    5_000,
-    10_000,
-    15_000,
-    30_000,
-    60_000,
-    120_000,
-    300_000,
-    600_000,
-    900_000,
-    1_800_000,
-    3_600_000,
-    7_200_000,
-    10_800_000,
-    21_600_000,
-    43_200_000,
-    86_400_000,
-    604_800_000,
-)
 
 PLATFORM_METRICS = ("request_rate", "error_rate", "latency_p95", "cpu_usage", "memory_usage")
 RESOURCE_METRICS = ("cpu_usage", "memory_usage", "disk_io")
@@ -106,10 +86,7 @@ def format_step(ms: int) -> str:
 
 def choose_step_ms(range_ms: int) -> int:
     """The smallest round step giving at most TARGET_POINTS buckets over `range_ms`."""
-    for step in NICE_STEPS_MS:
-        if range_ms / step <= TARGET_POINTS:
-            return step
-    return NICE_STEPS_MS[-1]
+    return round_step_ms(range_ms, TARGET_POINTS)
 
 
 @dataclass(frozen=True)

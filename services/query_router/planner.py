@@ -14,28 +14,9 @@ from dataclasses import dataclass
 
 from libs.errors import InvalidArgument
 from libs.storage.store import Snapshot
+from libs.timeparse import round_step_ms
 from services.query_router.engine import Bucketing, Fragment
 
-NICE_STEPS_MS = [
-    1_000,
-    5_000,
-    10_000,
-    15_000,
-    30_000,
-    60_000,
-    120_000,
-    300_000,
-    600_000,
-    900_000,
-    1_800_000,
-    3_600_000,
-    7_200_000,
-    10_800_000,
-    21_600_000,
-    43_200_000,
-    86_400_000,
-    604_800_000,
-]
 DEFAULT_LOOKBACK_MS = 3_600_000
 TARGET_POINTS = 300
 
@@ -51,10 +32,7 @@ class Window:
 
 def choose_step(range_ms: int) -> int:
     """The smallest round step giving at most TARGET_POINTS buckets."""
-    for step in NICE_STEPS_MS:
-        if range_ms / step <= TARGET_POINTS:
-            return step
-    return NICE_STEPS_MS[-1]
+    return round_step_ms(range_ms, TARGET_POINTS)
 
 
 def resolve_window(
