@@ -97,9 +97,7 @@ def _monitoring_shows_the_demo(port: int, services: set[str]) -> None:
     platform = _get(port, "/api/v1/monitor/platform?time_range=15m")
     listed = {e["name"]: e for e in platform["entities"] if e["kind"] == "service"}
     assert set(listed) == services
-    assert all(
-        e["status"] != "unknown" and e["metrics"]["request_rate"] > 0 for e in listed.values()
-    )
+    assert all(e["status"] != "unknown" and e["metrics"]["request_rate"] > 0 for e in listed.values())
     overview = _get(port, "/api/v1/dashboards/platform-overview")
     panels = {p["metric"]: p for p in overview["panels"]}
     assert {"request_rate", "error_rate", "latency_p95", "cpu_usage", "memory_usage"} <= set(panels)
