@@ -98,8 +98,20 @@ def _monitoring_shows_the_demo(port: int, services: set[str]) -> None:
     listed = {e["name"]: e for e in platform["entities"] if e["kind"] == "service"}
     assert set(listed) == services
     assert all(e["status"] != "unknown" and e["metrics"]["request_rate"] > 0 for e in listed.values())
-    overview = _get(port, "/api/v1/dashboards/platform-overview")
-    panels = {p["metric"]: p for p in overview["panels"]}
+
+    def overview() -> dict:
+        return {p["metric"]: p for p in _get(port, "/api/v1/dashboards/platform-overview")["panels"]}
+
+    # Panel data is cached DASHBOARD_CACHE_TTL_SECONDS (30 s): an answer computed while the demo's
+    # backfill was still arriving may be served until then.
+    wait_until(
+        lambda: (
+            "request_rate" in (panels := overview()) and len(panels["request_rate"].get("series", ())) == 10
+        ),
+        60,
+        "the platform overview to show every demo service",
+    )
+    panels = overview()
     assert {"request_rate", "error_rate", "latency_p95", "cpu_usage", "memory_usage"} <= set(panels)
     assert {s["group"]["service_name"] for s in panels["request_rate"]["series"]} == services
     assert all(len(s["points"]) > 10 for s in panels["request_rate"]["series"])
