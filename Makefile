@@ -8,7 +8,7 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up up-distributed pulsar-deps prometheus-deps test install gen lint format bench clean
+.PHONY: up up-distributed pulsar-deps prometheus-deps test install gen lint format bench clean mlflow-ui
 
 up: gen
 	exec $(BIN)/analytics up
@@ -27,6 +27,11 @@ pulsar-deps:
 # no root, about 20 MB; instant once there), for the Prometheus export's tests.
 prometheus-deps:
 	scripts/prometheus-deps >/dev/null
+
+# The MLflow UI on the ml service's local store (DATA_DIR/mlflow), on loopback only:
+# http://127.0.0.1:5000 (MLFLOW_PORT to change it). See docs/mlflow.md.
+mlflow-ui: $(STAMP)
+	exec scripts/mlflow-server
 
 test: gen lint pulsar-deps prometheus-deps
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -79,6 +84,8 @@ bench: gen
 	$(BIN)/python -m benchmarks.anomaly --docs
 	$(BIN)/python -m benchmarks.anomaly_speed --docs
 	$(BIN)/python -m benchmarks.streams --docs
+	$(BIN)/python -m benchmarks.maintenance --docs
+	$(BIN)/python -m benchmarks.forecast --docs
 
 clean:
 	rm -rf build gen $(VENV) data

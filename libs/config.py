@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     ml_cache_ttl_seconds: float = Field(default=300.0, ge=0)
     """ML_CACHE_TTL_SECONDS: how long ML predictions are cached."""
 
+    forecast_max_horizon: int = Field(default=2000, gt=0)
+    """FORECAST_MAX_HORIZON: the most steps ahead a forecast may ask for."""
+
+    forecast_workers: int = Field(default=2, gt=0)
+    """FORECAST_WORKERS: worker processes that fit forecasts (series of one request run in parallel)."""
+
     cache_max_entries: int = Field(default=10_000, gt=0)
     """CACHE_MAX_ENTRIES: entries the in-process cache keeps before evicting the oldest."""
 
@@ -251,6 +257,19 @@ class Settings(BaseSettings):
 
     trino_port: int = Field(default=8080, ge=1, le=65535)
     """TRINO_PORT: Trino coordinator port."""
+
+    online_bindings: str = ""
+    """ONLINE_BINDINGS: online models that learn from the metrics stream, a JSON list of
+    {"model", "features", "target", "kind", "task", "entity_label", "datasource"}; empty: none."""
+
+    online_max_samples: int = Field(default=10_000, gt=0)
+    """ONLINE_MAX_SAMPLES: the most samples one TrainOnline or PredictOnline request may carry."""
+
+    online_track_samples: int = Field(default=1000, gt=0)
+    """ONLINE_TRACK_SAMPLES: an online model is logged to MLflow after this many new samples."""
+
+    online_track_seconds: float = Field(default=300.0, gt=0)
+    """ONLINE_TRACK_SECONDS: or after this long with new samples, whichever comes first."""
 
     mlflow_tracking_uri: str = ""
     """MLFLOW_TRACKING_URI: MLflow tracking server; empty means a local store under DATA_DIR."""

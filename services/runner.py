@@ -93,7 +93,9 @@ async def serve(target: str, settings: Settings, with_demo: bool = False) -> Non
     if with_demo:
         from services.demo.feed import run_feed
 
-        demo = asyncio.create_task(run_feed(f"127.0.0.1:{server.port}", stop=demo_stop), name="demo-feed")
+        demo = asyncio.create_task(
+            run_feed(f"127.0.0.1:{server.port}", stop=demo_stop, machines=True), name="demo-feed"
+        )
 
     # What start-up allocated (modules, protobuf descriptors, models) lives as long as the process:
     # out of the cyclic collector's sight, full collections stay short on the live path. A larger
@@ -148,6 +150,6 @@ async def serve_demo(target: str) -> None:
     waiter = asyncio.create_task(until_stop_signal())
     waiter.add_done_callback(lambda _: stop.set())
     try:
-        await run_feed(target, stop=stop)
+        await run_feed(target, stop=stop, machines=True)
     finally:
         waiter.cancel()

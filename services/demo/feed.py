@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from platformq.analytics.v1 import common_pb2, realtime_service_pb2, realtime_service_pb2_grpc
+from services.demo.machines import DegradingMachines
 from services.demo.simulation import HOUR_MS, SeriesBatch, SimulatedPlatform
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class _Sender:
     def __init__(
         self,
         stub: realtime_service_pb2_grpc.RealtimeServiceStub,
-        platform: SimulatedPlatform,
+        platform: SimulatedPlatform | DegradingMachines,
         datasource: str,
         max_points: int,
         stop: asyncio.Event,
@@ -204,12 +205,14 @@ async def run_feed(
     stop: asyncio.Event | None = None,
     step_ms: int = 10_000,
     max_points_per_request: int = MAX_POINTS_PER_REQUEST,
+    machines: bool = False,
 ) -> None:
     """Feed the simulated platform to the realtime service at `target` (host:port) until `stop` is set.
 
     Backfills the last `backfill_hours`, logs a summary, then every `interval_s` sends the points
     that came due since the last send. Returns when `stop` is set, when ingest answers
     UNIMPLEMENTED, or when realtime never becomes reachable; transient errors are retried.
+    With `machines`, the degrading machines (services/demo/machines.py) are sent too.
     """
     if backfill_hours < 0:
         raise ValueError(f"backfill_hours must not be negative, got {backfill_hours}")
@@ -223,18 +226,18 @@ async def run_feed(
     async with aio.insecure_channel(target) as channel:
         if not await _channel_ready(channel, target, stop):
             return
-        sender = _Sender(
-            realtime_service_pb2_grpc.RealtimeServiceStub(channel),
-            platform,
-            datasource,
-            max_points_per_request,
-            stop,
-        )
+        stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
+        sender = _Sender(stub, platform, datasource, max_points_per_request, stop)
+        sources = [sender]
+        if machines:
+            machine_park = DegradingMachines(seed=seed, step_ms=step_ms)
+            sources.append(_Sender(stub, machine_park, datasource, max_points_per_request, stop))
         started = time.monotonic()
         # Windows are half-open: sending up to now + 1 includes a point stamped exactly now.
         cursor = _now_ms() + 1
-        if await sender.send_range(backfill_start, cursor) is not _Outcome.OK:
-            return
+        for source in sources:
+            if await source.send_range(backfill_start, cursor) is not _Outcome.OK:
+                return
         log.info(
             "demo feed: backfill done",
             extra={
@@ -251,6 +254,7 @@ async def run_feed(
         )
         while not await _wait(stop, interval_s):
             now = _now_ms() + 1
-            if await sender.send_range(cursor, now) is not _Outcome.OK:
-                return
+            for source in sources:
+                if await source.send_range(cursor, now) is not _Outcome.OK:
+                    return
             cursor = now

@@ -18,12 +18,21 @@ def binding(context: ServiceContext) -> ServiceBinding:
     from services.ml.anomalies import AnomalyDetection
     from services.ml.anomaly_store import AnomalyStore, store_path
     from services.ml.core import MLCore
+    from services.ml.forecasting.component import Forecasting
     from services.ml.history import HistoryClient
+    from services.ml.maintenance.component import Maintenance
+    from services.ml.maintenance.store import MaintenanceStore
+    from services.ml.maintenance.store import store_path as maintenance_path
+    from services.ml.online.bindings import StreamTrainer, parse_bindings
+    from services.ml.online.learning import OnlineConfig, OnlineLearning
     from services.ml.servicer import MLServicer
     from services.ml.stream import StreamConfig, StreamScorer
+    from services.ml.tracking import ModelTracking
 
     s = context.settings
     store = AnomalyStore(store_path(s.data_dir), s.anomaly_retention_days)
+    # MLflow itself is imported on the first model logged, never on the start-up path.
+    tracking = ModelTracking(s.mlflow_tracking_uri, s.data_dir)
     history = HistoryClient(lambda: context.address_of("query-router"), 4 * s.max_request_bytes)
     detection = AnomalyDetection(store, history, context.cache, s.ml_cache_ttl_seconds, context.metrics)
     context.metrics.model_quality.attach(detection.model_quality)
@@ -37,19 +46,54 @@ def binding(context: ServiceContext) -> ServiceBinding:
             max_redeliveries=s.bus_max_redeliveries,
             max_backlog_bytes=s.ml_stream_max_backlog_bytes,
         )
-        scorer = StreamScorer(context.bus, store, history, config, context.metrics)
-    servicer = MLServicer(MLCore(detection, scorer))
+        scorer = StreamScorer(context.bus, store, history, config, context.metrics, tracking)
+    online = OnlineLearning(
+        OnlineConfig(s.data_dir, s.online_track_samples, s.online_track_seconds, s.online_max_samples),
+        tracking,
+    )
+    bindings = parse_bindings(s.online_bindings)  # a bad ONLINE_BINDINGS stops start-up, naming the entry
+    trainer = (
+        StreamTrainer(
+            context.bus,
+            online,
+            bindings,
+            s.bus_max_redeliveries,
+            s.ml_stream_max_backlog_bytes,
+            context.metrics,
+        )
+        if bindings
+        else None
+    )
+    maintenance_store = MaintenanceStore(maintenance_path(s.data_dir))
+    maintenance = Maintenance(
+        maintenance_store, tracking, history, context.bus, context.cache, s.ml_cache_ttl_seconds
+    )
+    forecasting = Forecasting(
+        history, context.bus, context.cache, s.ml_cache_ttl_seconds, tracking, s.forecast_workers
+    )
+    servicer = MLServicer(
+        MLCore(detection, scorer, online=online, maintenance=maintenance, forecasting=forecasting),
+        forecast_max_horizon=s.forecast_max_horizon,
+    )
 
     async def start() -> None:
         store.open()
+        maintenance_store.open()
+        await tracking.start()
         if scorer is not None:
             await scorer.start()
+        if trainer is not None:
+            await trainer.start()
 
     async def stop() -> None:
         if scorer is not None:
             await scorer.stop()
+        await online.stop()
+        await forecasting.close()
         await history.close()
         store.close()
+        maintenance_store.close()
+        await tracking.close()
 
     return ServiceBinding(
         name="ml",

@@ -1,23 +1,37 @@
-"""The ML core: anomaly detection (requests, stored anomalies, the live scorer); forecasting,
-maintenance and online learning arrive with their issue. No gRPC here."""
+"""The ML core: anomaly detection (requests, stored anomalies, the live scorer), forecasting,
+predictive maintenance and online learning, each delegated to its component. No gRPC here."""
 
 from __future__ import annotations
 
-from libs.errors import NotBuilt
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml.anomalies import AnomalyDetection
+from services.ml.forecasting.component import Forecasting
+from services.ml.forecasting.spec import ForecastSpec
+from services.ml.maintenance import spec as maintenance_spec
+from services.ml.maintenance.component import Maintenance
+from services.ml.online.learning import OnlineLearning
+from services.ml.online.spec import PredictSpec, TrainSpec
 from services.ml.spec import DetectSpec, ListSpec
 from services.ml.stream import StreamScorer
 
-_ML = "it arrives with the forecasting, maintenance and online-learning issue (MLflow tracking)"
-
 
 class MLCore:
-    """Scores anomalies on request and on the live stream; forecasts and trains (not built yet)."""
+    """Scores anomalies on request and on the live stream, forecasts, predicts failures, learns online."""
 
-    def __init__(self, detection: AnomalyDetection, scorer: StreamScorer | None) -> None:
+    def __init__(
+        self,
+        detection: AnomalyDetection,
+        scorer: StreamScorer | None,
+        *,
+        online: OnlineLearning,
+        maintenance: Maintenance,
+        forecasting: Forecasting,
+    ) -> None:
         self.detection = detection
         self.scorer = scorer
+        self.online = online
+        self.maintenance = maintenance
+        self.forecasting = forecasting
 
     async def detect_anomalies(
         self, spec: DetectSpec, tenant: str, timeout: float | None = None
@@ -44,14 +58,30 @@ class MLCore:
             self.scorer.threshold_changed(key, response.series_threshold)
         return response
 
-    async def forecast(self, request: object) -> object:
-        """Forecast a series."""
-        raise NotBuilt(f"forecasting is not built yet: {_ML}")
+    async def forecast(
+        self, spec: ForecastSpec, tenant: str, timeout: float | None = None
+    ) -> pb.ForecastResponse:
+        """Forecast stored or inline series, with intervals, backtest error and threshold crossing."""
+        return await self.forecasting.forecast(spec, tenant, timeout)
 
-    async def predict_maintenance(self, request: object) -> object:
-        """Predict remaining useful life."""
-        raise NotBuilt(f"predictive maintenance is not built yet: {_ML}")
+    async def predict_maintenance(
+        self, spec: maintenance_spec.PredictSpec, tenant: str, timeout: float | None = None
+    ) -> pb.PredictMaintenanceResponse:
+        """Predict remaining useful life from an entity's stored (or inline) history."""
+        return await self.maintenance.predict(spec, tenant, timeout)
 
-    async def train_online(self, request: object) -> object:
-        """Update an online model."""
-        raise NotBuilt(f"online training is not built yet: {_ML}")
+    async def train_maintenance(
+        self, spec: maintenance_spec.TrainSpec, tenant: str, timeout: float | None = None
+    ) -> pb.TrainMaintenanceResponse:
+        """Train and register a remaining-useful-life model."""
+        return await self.maintenance.train(spec, tenant, timeout)
+
+    async def train_online(self, spec: TrainSpec, timeout: float | None = None) -> pb.TrainOnlineResponse:
+        """Learn a batch of samples with an online model (created on first use)."""
+        return await self.online.train(spec, timeout)
+
+    async def predict_online(
+        self, spec: PredictSpec, timeout: float | None = None
+    ) -> pb.PredictOnlineResponse:
+        """Predict with an online model, learning nothing."""
+        return await self.online.predict(spec, timeout)

@@ -9,13 +9,16 @@ from platformq.analytics.v1 import ml_service_pb2 as pb
 from platformq.analytics.v1 import ml_service_pb2_grpc
 from services.ml import spec
 from services.ml.core import MLCore
+from services.ml.forecasting.spec import forecast_from_proto
+from services.ml.online import spec as online_spec
 
 
 class MLServicer(ml_service_pb2_grpc.MLServiceServicer):
     """Thin transport layer over MLCore."""
 
-    def __init__(self, core: MLCore) -> None:
+    def __init__(self, core: MLCore, *, forecast_max_horizon: int) -> None:
         self.core = core
+        self.forecast_max_horizon = forecast_max_horizon
 
     async def DetectAnomalies(
         self, request: pb.DetectAnomaliesRequest, context: aio.ServicerContext
@@ -44,17 +47,34 @@ class MLServicer(ml_service_pb2_grpc.MLServiceServicer):
     async def Forecast(
         self, request: pb.ForecastRequest, context: aio.ServicerContext
     ) -> pb.ForecastResponse:
-        spec.check_forecast(request)
-        return await self.core.forecast(request)
+        return await self.core.forecast(
+            forecast_from_proto(request, self.forecast_max_horizon), DEFAULT_TENANT, context.time_remaining()
+        )
 
     async def PredictMaintenance(
         self, request: pb.PredictMaintenanceRequest, context: aio.ServicerContext
     ) -> pb.PredictMaintenanceResponse:
-        spec.check_maintenance(request)
-        return await self.core.predict_maintenance(request)
+        return await self.core.predict_maintenance(
+            spec.maintenance_from_proto(request), DEFAULT_TENANT, context.time_remaining()
+        )
+
+    async def TrainMaintenance(
+        self, request: pb.TrainMaintenanceRequest, context: aio.ServicerContext
+    ) -> pb.TrainMaintenanceResponse:
+        # Fitting runs in a worker thread and stops when the request's deadline passes.
+        return await self.core.train_maintenance(
+            spec.train_maintenance_from_proto(request), DEFAULT_TENANT, context.time_remaining()
+        )
 
     async def TrainOnline(
         self, request: pb.TrainOnlineRequest, context: aio.ServicerContext
     ) -> pb.TrainOnlineResponse:
-        spec.check_train(request)
-        return await self.core.train_online(request)
+        # A model busy with another update is waited for until this request's deadline at most.
+        return await self.core.train_online(online_spec.train_from_proto(request), context.time_remaining())
+
+    async def PredictOnline(
+        self, request: pb.PredictOnlineRequest, context: aio.ServicerContext
+    ) -> pb.PredictOnlineResponse:
+        return await self.core.predict_online(
+            online_spec.predict_from_proto(request), context.time_remaining()
+        )

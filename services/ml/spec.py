@@ -12,6 +12,7 @@ from libs.timeparse import parse_duration_ms, parse_time_ms
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml.detectors import METHODS
 from services.ml.detectors.base import DEFAULT_SENSITIVITY, FloatArray, IntArray
+from services.ml.maintenance import spec as maintenance_spec
 from services.query_router.spec import DEFAULT_DATASOURCE, LABEL_KEY, LabelMatch, filters_from_proto
 
 DEFAULT_SELECTION_LOOKBACK_MS = 3_600_000
@@ -81,7 +82,10 @@ def _sensitivity(value: float) -> float:
     return value
 
 
-def _window(time_range: str, start: str, end: str, where: str) -> tuple[int | None, int | None, int | None]:
+def parse_window(
+    time_range: str, start: str, end: str, where: str
+) -> tuple[int | None, int | None, int | None]:
+    """A lookback or absolute start/end of a request; fields named under the prefix `where`."""
     lookback = parse_duration_ms(time_range, f"{where}time_range") if time_range else None
     start_ms = parse_time_ms(start, f"{where}start") if start else None
     end_ms = parse_time_ms(end, f"{where}end") if end else None
@@ -92,7 +96,8 @@ def _window(time_range: str, start: str, end: str, where: str) -> tuple[int | No
     return lookback, start_ms, end_ms
 
 
-def _inline(i: int, series) -> InlineSeries:
+def parse_inline(i: int, series) -> InlineSeries:
+    """An inline `Series` (the i-th of the request) checked: finite values, increasing times."""
     where = f"series[{i}]"
     if not series.name:
         raise InvalidArgument("must not be empty", f"{where}.name")
@@ -160,7 +165,9 @@ def detect_from_proto(request: pb.DetectAnomaliesRequest) -> DetectSpec:
             if not LABEL_KEY.fullmatch(key):
                 raise InvalidArgument(f"{key!r} is not a label key", f"selection.labels.{key}")
         equal = tuple(LabelMatch(k, "=", (v,)) for k, v in sorted(selection.labels.items()))
-        lookback, start, end = _window(selection.time_range, selection.start, selection.end, "selection.")
+        lookback, start, end = parse_window(
+            selection.time_range, selection.start, selection.end, "selection."
+        )
         return DetectSpec(
             "selection",
             datasource=selection.datasource or DEFAULT_DATASOURCE,
@@ -173,7 +180,9 @@ def detect_from_proto(request: pb.DetectAnomaliesRequest) -> DetectSpec:
             end_ms=end,
             **common,
         )
-    return DetectSpec("inline", inline=tuple(_inline(i, s) for i, s in enumerate(request.series)), **common)
+    return DetectSpec(
+        "inline", inline=tuple(parse_inline(i, s) for i, s in enumerate(request.series)), **common
+    )
 
 
 def list_from_proto(request: pb.ListAnomaliesRequest) -> ListSpec:
@@ -194,7 +203,7 @@ def list_from_proto(request: pb.ListAnomaliesRequest) -> ListSpec:
         raise InvalidArgument(f"{request.min_score} is outside [0, 1]", "min_score")
     if request.limit < 0 or request.limit > LIST_MAX_LIMIT:
         raise InvalidArgument(f"must be between 1 and {LIST_MAX_LIMIT}", "limit")
-    lookback, start, end = _window(request.time_range, request.start, request.end, "")
+    lookback, start, end = parse_window(request.time_range, request.start, request.end, "")
     return ListSpec(
         datasource=request.datasource,
         metric=request.metric,
@@ -219,25 +228,14 @@ def check_feedback(request: pb.SubmitAnomalyFeedbackRequest) -> None:
         )
 
 
-def check_forecast(request: pb.ForecastRequest) -> None:
-    """A forecast needs a metric (or history) and a positive horizon."""
-    if not request.metric and not request.history.values:
-        raise InvalidArgument("give a metric (or history) to forecast", "metric")
-    if request.horizon < 0:
-        raise InvalidArgument("must be positive", "horizon")
+def maintenance_from_proto(request: pb.PredictMaintenanceRequest) -> maintenance_spec.PredictSpec:
+    """Validate a PredictMaintenance request (see services.ml.maintenance.spec)."""
+    return maintenance_spec.predict_from_proto(request)
 
 
-def check_maintenance(request: pb.PredictMaintenanceRequest) -> None:
-    """A maintenance prediction needs an entity and some sensor readings."""
-    if not request.entity_id:
-        raise InvalidArgument("must not be empty", "entity_id")
-    if not request.sensors and not request.history:
-        raise InvalidArgument("give sensor values (or history)", "sensors")
+def train_maintenance_from_proto(request: pb.TrainMaintenanceRequest) -> maintenance_spec.TrainSpec:
+    """Validate a TrainMaintenance request (see services.ml.maintenance.spec)."""
+    return maintenance_spec.train_from_proto(request)
 
 
-def check_train(request: pb.TrainOnlineRequest) -> None:
-    """Online training needs a model name and at least one sample."""
-    if not request.model_name:
-        raise InvalidArgument("must not be empty", "model_name")
-    if not request.samples:
-        raise InvalidArgument("give at least one sample", "samples")
+# Online-learning requests are validated by services.ml.online.spec (train_from_proto, predict_from_proto).

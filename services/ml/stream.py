@@ -9,8 +9,11 @@ through the query-router, so its scores and episodes are those it would have had
 An anomaly is the onset of an episode (`base.onsets`). All state is
 checkpointed in DATA_DIR every ML_CHECKPOINT_SECONDS and on stop, so a restart resumes without
 a blind warm-up; points at or before a series' last scored timestamp are skipped, so
-redeliveries are scored once. Scoring runs in a worker thread (the detector's kernel releases the
-GIL), and ingest never waits for it: the scorer is one more consumer of the bus.
+redeliveries are scored once. The checkpoint is also the detectors' state worth keeping: at most
+every `model_log_seconds` (and only when points were scored since) it is logged to MLflow and
+registered as a new version of `anomaly-stream`, in the background. Scoring runs in a worker
+thread (the detector's kernel releases the GIL), and ingest never waits for it: the scorer is one
+more consumer of the bus.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from libs.bus import Bus, Envelope
+from libs.errors import Unavailable
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import model_version, shared_fields
@@ -44,10 +48,12 @@ from services.ml.detectors.base import (
 )
 from services.ml.history import HistoryClient
 from services.ml.thresholds import series_threshold
+from services.ml.tracking import ModelTracking
 
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION = "ml-anomaly"
+REGISTERED_MODEL = "anomaly-stream"
 METHOD = "auto"
 WARM_POINTS = MEMORY_POINTS + EPISODE_GAP
 DEFAULT_SPACING_MS = 60_000
@@ -66,6 +72,8 @@ class StreamConfig:
     max_redeliveries: int = 3
     max_backlog_bytes: int = 256 * 1024 * 1024
     sensitivity: float = DEFAULT_SENSITIVITY
+    # Hourly: a registered version per checkpoint (every minute) would bury the useful ones.
+    model_log_seconds: float = 3600.0
 
 
 @dataclass
@@ -86,16 +94,20 @@ class StreamScorer:
         history: HistoryClient,
         config: StreamConfig,
         metrics: SelfMetrics | None = None,
+        tracking: ModelTracking | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
         self.history = history
         self.config = config
         self.metrics = metrics
+        self.tracking = tracking
+        self.model_version: str | None = None  # the last registered version of the checkpoint
         self.path = config.data_dir / "ml" / "stream_state.bin"
         self._states: OrderedDict[SeriesKey, _Live] = OrderedDict()
         self._bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self._logging: asyncio.Task[None] | None = None  # the checkpoint being registered in MLflow
         self.stats = {"points": 0, "anomalies": 0, "warmed": 0, "evicted": 0, "checkpoints": 0}
 
     @property
@@ -124,16 +136,49 @@ class StreamScorer:
 
     async def stop(self) -> None:
         """Stop checkpointing and write a last checkpoint."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._logging):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.to_thread(self._save)
 
     async def _checkpoints(self) -> None:
+        logged_at, logged_points = time.monotonic(), self.stats["points"]
         while True:
             await asyncio.sleep(self.config.checkpoint_seconds)
             self._evict_idle(time.monotonic())
             await asyncio.to_thread(self._save)
+            due = time.monotonic() - logged_at >= self.config.model_log_seconds
+            idle = self._logging is None or self._logging.done()
+            if self.tracking is not None and due and idle and self.stats["points"] > logged_points:
+                logged_at, logged_points = time.monotonic(), self.stats["points"]
+                # Read now: the next checkpoint replaces the file. MLflow may take seconds (its
+                # import, a slow server), so checkpoints go on meanwhile.
+                data = await asyncio.to_thread(self.path.read_bytes)
+                self._logging = asyncio.create_task(self._log_model(self.tracking, data), name="ml-state-log")
+
+    async def _log_model(self, tracking: ModelTracking, data: bytes) -> None:
+        """Register a checkpoint as a new version; a tracking failure is logged, never raised:
+        scoring and checkpointing go on without it."""
+        try:
+            self.model_version = await tracking.log_model(
+                REGISTERED_MODEL,
+                params={
+                    "method": METHOD,
+                    "sensitivity": self.config.sensitivity,
+                    "memory_points": MEMORY_POINTS,
+                    "max_state_bytes": self.config.max_state_bytes,
+                },
+                metrics={
+                    "series": float(self.series),
+                    "state_bytes": float(self.state_bytes),
+                    **{k: float(v) for k, v in self.stats.items()},
+                },
+                artifacts={self.path.name: data},
+                tags={"kind": "anomaly-detector-state"},
+            )
+        except Unavailable as exc:
+            log.warning("live scorer state not registered", extra={"error": exc.reason})
 
     # ---- scoring --------------------------------------------------------------------------
     async def handle(self, envelope: Envelope) -> None:

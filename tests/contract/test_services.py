@@ -6,8 +6,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from platformq.analytics.v1 import (
-    ml_service_pb2,
-    ml_service_pb2_grpc,
     query_service_pb2,
     query_service_pb2_grpc,
     realtime_service_pb2,
@@ -39,29 +37,6 @@ async def test_reflection_lists_the_four_services(channel):
     names = {s.name for s in reply.list_services_response.service}
     assert names >= API_SERVICES
     assert "grpc.health.v1.Health" in names
-
-
-def _unimplemented_calls(channel):
-    m = ml_service_pb2_grpc.MLServiceStub(channel)
-    return {
-        "Forecast": (m.Forecast(ml_service_pb2.ForecastRequest(metric="cpu", horizon=3)), "forecasting"),
-        "PredictMaintenance": (
-            m.PredictMaintenance(ml_service_pb2.PredictMaintenanceRequest(entity_id="e", sensors={"s": 1})),
-            "maintenance",
-        ),
-        "TrainOnline": (
-            m.TrainOnline(ml_service_pb2.TrainOnlineRequest(model_name="m", samples=[{"target": 1}])),
-            "online training",
-        ),
-    }
-
-
-async def test_unbuilt_rpcs_answer_unimplemented_naming_the_capability(channel):
-    for rpc, (call, capability) in _unimplemented_calls(channel).items():
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await call
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, rpc
-        assert capability in err.value.details() and "not built yet" in err.value.details(), rpc
 
 
 async def test_subscribe_checks_the_stream(channel):

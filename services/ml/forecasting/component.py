@@ -1,0 +1,347 @@
+"""The Forecasting component: reads stored history (through the query-router) or takes inline
+history, fits in worker processes, answers, caches, publishes and tracks. No gRPC servicing here."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from libs.bus.base import Bus
+from libs.cache import TtlCache
+from libs.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from platformq.analytics.v1 import common_pb2, events_pb2
+from platformq.analytics.v1 import ml_service_pb2 as pb
+from services.ml.forecasting import backtest
+from services.ml.forecasting.backtest import SeriesJob, SeriesOutcome, TooShort
+from services.ml.forecasting.crossing import crossing
+from services.ml.forecasting.methods import season_lengths
+from services.ml.forecasting.spec import ForecastSpec
+from services.ml.history import HistoryClient
+from services.ml.tracking import ModelTracking
+
+ML_CACHE = "ml"
+TOPIC = "predictions.forecast"
+MAX_GRID_POINTS = 200_000
+"""A step that spreads one series over more points than this is refused (it names the step)."""
+
+
+@dataclass(frozen=True)
+class Regular:
+    """One series on a regular grid: what a worker fits."""
+
+    metric: str
+    labels: dict[str, str]
+    field: str  # the request field the series came from, for errors
+    start_ms: int
+    step_ms: int
+    y: np.ndarray
+
+
+def infer_step(ts: np.ndarray) -> int:
+    """The series' own interval: the median spacing of its timestamps."""
+    gaps = np.diff(np.unique(ts))
+    return int(np.median(gaps)) if gaps.size else 0
+
+
+def regularise(ts: np.ndarray, values: np.ndarray, step_ms: int, field: str) -> tuple[int, np.ndarray]:
+    """Bucket points on the step grid (the mean of a bucket's points; several series of a group
+    average), and fill empty buckets by linear interpolation. Returns (first bucket time, values)."""
+    buckets = ts // step_ms
+    first = int(buckets.min())
+    size = int(buckets.max()) - first + 1
+    if size > MAX_GRID_POINTS:
+        raise InvalidArgument(
+            f"gives {size} points for one series, over {MAX_GRID_POINTS}; use a larger step", "step"
+        )
+    index = buckets - first
+    sums = np.bincount(index, weights=values, minlength=size)
+    counts = np.bincount(index, minlength=size)
+    filled = counts > 0
+    grid = np.arange(size)
+    y = np.interp(grid, grid[filled], sums[filled] / counts[filled])
+    return first * step_ms, y
+
+
+def _label_filter(match) -> common_pb2.LabelFilter:
+    if match.op == "in":
+        return common_pb2.LabelFilter(label=match.label, op="in", values=list(match.values))
+    return common_pb2.LabelFilter(label=match.label, op=match.op, value=match.values[0])
+
+
+def _cache_key(spec: ForecastSpec, tenant: str) -> tuple:
+    digest = hashlib.sha256()
+    for s in spec.inline:
+        digest.update(repr((s.metric, sorted(s.labels.items()))).encode())
+        digest.update(s.ts.tobytes())
+        digest.update(s.values.tobytes())
+    stored = (
+        spec.datasource,
+        spec.metrics,
+        spec.filters,
+        spec.group_by,
+        spec.lookback_ms,
+        spec.start_ms,
+        spec.end_ms,
+    )
+    return (
+        "forecast",
+        tenant,
+        spec.kind,
+        stored,
+        spec.method,
+        spec.horizon,
+        spec.step_ms,
+        spec.levels,
+        spec.threshold,
+        spec.direction,
+        digest.hexdigest(),
+    )
+
+
+class Forecasting:
+    """Forecasts stored or inline series; several series of one request fit in parallel processes."""
+
+    def __init__(
+        self,
+        history: HistoryClient,
+        bus: Bus,
+        cache: TtlCache,
+        cache_ttl_seconds: float,
+        tracking: ModelTracking | None,
+        workers: int,
+    ) -> None:
+        self.history = history
+        self.bus = bus
+        self.cache = cache
+        self.cache_ttl_seconds = cache_ttl_seconds
+        self.tracking = tracking
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        # Started on the first forecast, not at start-up: /health stays as fast as before. Spawned,
+        # not forked: forking a process that runs gRPC threads is unsafe.
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        return self._pool
+
+    async def close(self) -> None:
+        """Stop the worker processes (cancelling queued fits)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def forecast(
+        self, spec: ForecastSpec, tenant: str, timeout: float | None = None
+    ) -> pb.ForecastResponse:
+        """Forecast every series the spec names; cached for the ML cache TTL."""
+        key = _cache_key(spec, tenant)
+        cached = self.cache.get(ML_CACHE, key)
+        if cached is not None:
+            return cached
+        deadline = time.time() + timeout if timeout is not None else None
+        if spec.kind == "inline":
+            raw = [
+                (s.metric, s.labels, self._field(spec, i), s.ts, s.values) for i, s in enumerate(spec.inline)
+            ]
+        else:
+            raw = await self._stored(spec, tenant, timeout)
+        response = pb.ForecastResponse(horizon=spec.horizon, levels=spec.levels)
+        if not raw:
+            response.message = f"no stored series of {', '.join(spec.metrics)} in {spec.datasource} matched over the history range"
+            return response
+        series = self._regular(spec, raw)
+        response.step_ms = series[0].step_ms
+        outcomes = await self._fit(spec, series, deadline, timeout)
+        for s, outcome in zip(series, outcomes, strict=True):
+            response.series.append(self._answer(spec, s, outcome))
+        first = response.series[0]
+        response.points.extend(first.points)
+        response.method, response.model_version = first.method, first.model_version
+        # Tracked first: a forecast whose run could not be logged fails before anything is published.
+        await self._track(spec, response)
+        await self._publish(spec, tenant, response)
+        hit = pb.ForecastResponse()
+        hit.CopyFrom(response)
+        hit.cached = True
+        self.cache.put(ML_CACHE, key, hit, self.cache_ttl_seconds)
+        return response
+
+    @staticmethod
+    def _field(spec: ForecastSpec, i: int) -> str:
+        return {"history": "history", "series": f"series[{i}]", "selection": "selection.metrics"}.get(
+            spec.origin, "metric"
+        )
+
+    async def _stored(self, spec: ForecastSpec, tenant: str, timeout: float | None) -> list[tuple]:
+        now = int(time.time() * 1000)
+        end = spec.end_ms if spec.end_ms is not None else now + 1
+        start = spec.start_ms if spec.start_ms is not None else end - spec.lookback_ms
+        found = await self.history.raw(
+            spec.datasource, list(spec.metrics), [_label_filter(f) for f in spec.filters], start, end, timeout
+        )
+        found = [s for s in found if len(s.ts)]
+        field = self._field(spec, 0)
+        if not spec.group_by:
+            return [(s.metric, s.labels, field, s.ts, s.values) for s in found]
+        groups: dict[tuple, list] = {}
+        for s in found:
+            groups.setdefault((s.metric, tuple(s.labels.get(g, "") for g in spec.group_by)), []).append(s)
+        return [
+            (
+                metric,
+                dict(zip(spec.group_by, values, strict=True)),
+                field,
+                np.concatenate([m.ts for m in members]),
+                np.concatenate([m.values for m in members]),
+            )
+            for (metric, values), members in sorted(groups.items())
+        ]
+
+    @staticmethod
+    def _regular(spec: ForecastSpec, raw: list[tuple]) -> list[Regular]:
+        out = []
+        for metric, labels, field, ts, values in raw:
+            step = spec.step_ms or infer_step(ts)
+            if step <= 0:
+                raise InvalidArgument(
+                    "a single point has no interval to forecast on; give more history", field
+                )
+            start, y = regularise(ts, values, step, field)
+            out.append(Regular(metric, labels, field, start, step, y))
+        return out
+
+    async def _fit(
+        self, spec: ForecastSpec, series: list[Regular], deadline: float | None, timeout: float | None
+    ) -> list[SeriesOutcome]:
+        loop = asyncio.get_running_loop()
+        pool = self._executor()
+        jobs = [
+            SeriesJob(
+                s.y,
+                s.start_ms,
+                s.step_ms,
+                spec.method,
+                spec.horizon,
+                spec.levels,
+                season_lengths(s.step_ms),
+                deadline,
+            )
+            for s in series
+        ]
+        futures = [loop.run_in_executor(pool, backtest.run, job) for job in jobs]
+
+        async def one(s: Regular, future: asyncio.Future) -> SeriesOutcome:
+            try:
+                return await future
+            except TooShort as exc:
+                raise InvalidArgument(
+                    f"{exc.method} needs at least {exc.minimum} points of history at this step; the series has "
+                    f"{exc.got}",
+                    s.field,
+                ) from None
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(one(s, f) for s, f in zip(series, futures, strict=True))), timeout
+            )
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed while fitting forecasts") from None
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): the next request gets a fresh pool.
+            self._pool = None
+            raise Unavailable("a forecast worker process died; retry the request") from None
+        finally:
+            for f in futures:
+                f.cancel()
+
+    @staticmethod
+    def _answer(spec: ForecastSpec, s: Regular, o: SeriesOutcome) -> pb.SeriesForecast:
+        times = s.start_ms + s.step_ms * (len(s.y) + np.arange(spec.horizon))
+        widest = max(spec.levels)
+        p = o.prediction
+        out = pb.SeriesForecast(
+            metric=s.metric,
+            labels=s.labels,
+            method=o.method,
+            weights=o.weights,
+            backtest_windows=o.windows,
+            candidates=o.candidates,
+            model_version=o.model_version,
+            history_points=len(s.y),
+            step_ms=s.step_ms,
+            season_lengths=[m for m in season_lengths(s.step_ms) if m > 1 and len(s.y) >= 2 * m],
+        )
+        if o.smape is not None:
+            out.backtest_smape = o.smape
+        if o.mase is not None and np.isfinite(o.mase):
+            out.backtest_mase = o.mase
+        for i, t in enumerate(times):
+            point = out.points.add(
+                timestamp_ms=int(t),
+                value=float(p.mean[i]),
+                lower=float(p.lower[widest][i]),
+                upper=float(p.upper[widest][i]),
+            )
+            for level in spec.levels:
+                point.intervals.add(
+                    level=level, lower=float(p.lower[level][i]), upper=float(p.upper[level][i])
+                )
+        if spec.threshold is not None:
+            c = crossing(p, spec.threshold, spec.direction)
+            out.crossing.threshold, out.crossing.direction = spec.threshold, spec.direction
+            out.crossing.probability = c.probability
+            for name, step in (("forecast_ms", c.forecast), ("upper_ms", c.upper), ("lower_ms", c.lower)):
+                if step is not None:
+                    setattr(out.crossing, name, int(times[step]))
+        return out
+
+    async def _publish(self, spec: ForecastSpec, tenant: str, response: pb.ForecastResponse) -> None:
+        datasource = spec.datasource if spec.kind == "stored" else ""
+        for s in response.series:
+            labels = dict(s.labels)
+            event = events_pb2.PredictionEvent(
+                tenant=tenant,
+                source=labels.get("simulation_id") or labels.get("service_name") or s.metric,
+                kind="forecast",
+                metric=s.metric,
+                points=[common_pb2.DataPoint(timestamp_ms=p.timestamp_ms, value=p.value) for p in s.points],
+                model_version=s.model_version,
+                labels=labels,
+                datasource=datasource,
+                method=s.method,
+            )
+            await self.bus.publish(TOPIC, event, key=f"{s.metric}{sorted(labels.items())}")
+
+    async def _track(self, spec: ForecastSpec, response: pb.ForecastResponse) -> None:
+        """Log the request's backtest summary as an MLflow run (forecasts keep no fitted model)."""
+        if self.tracking is None:
+            return
+        scored = [s for s in response.series if s.HasField("backtest_smape")]
+        metrics = {"series": float(len(response.series))}
+        if scored:
+            metrics["backtest_smape"] = float(np.mean([s.backtest_smape for s in scored]))
+            mases = [s.backtest_mase for s in scored if s.HasField("backtest_mase")]
+            if mases:
+                metrics["backtest_mase"] = float(np.mean(mases))
+        chosen = sorted({s.method for s in response.series})
+        await self.tracking.log_run(
+            "forecast",
+            params={
+                "method": spec.method,
+                "horizon": spec.horizon,
+                "step_ms": response.step_ms,
+                "levels": ",".join(f"{x:g}" for x in spec.levels),
+                "chosen": ",".join(chosen),
+            },
+            metrics=metrics,
+            tags={"kind": spec.kind, "metrics": ",".join(sorted({s.metric for s in response.series}))},
+        )

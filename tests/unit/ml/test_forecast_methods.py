@@ -1,0 +1,88 @@
+"""Each forecasting method on a clean weekly-seasonal series with trend: accuracy floors a broken
+model fails, intervals that contain the forecast, and the auto choice by backtest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.ml.forecasting.backtest import SeriesJob, TooShort, mase, run, smape
+from services.ml.forecasting.methods import DAY_MS, HOUR_MS, min_points, season_lengths
+
+HORIZON = 14
+
+
+def _series(n: int, noise: float = 0.3, seed: int = 0) -> np.ndarray:
+    t = np.arange(n)
+    rng = np.random.default_rng(seed)
+    return 50 + 0.1 * t + 8 * np.sin(2 * np.pi * t / 7) + rng.normal(0, noise, n)
+
+
+def _job(method: str, y: np.ndarray, backtest: bool = True) -> SeriesJob:
+    # Daily steps: a weekly season of 7 keeps every model (auto_arima too) fast.
+    return SeriesJob(y, 0, DAY_MS, method, HORIZON, (80.0, 95.0), season_lengths(DAY_MS), backtest=backtest)
+
+
+@pytest.mark.parametrize(
+    ("method", "floor"),
+    [
+        ("seasonal_naive", 4.0),  # misses only the trend over two weeks
+        ("auto_ets", 2.5),
+        ("auto_arima", 2.5),
+        ("auto_theta", 2.5),
+        ("mstl", 2.5),
+        ("prophet", 3.0),
+        ("auto", 2.5),
+    ],
+)
+def test_method_beats_floor_on_seasonal_trend(method: str, floor: float) -> None:
+    y = _series(16 * 7 + HORIZON)
+    train, test = y[:-HORIZON], y[-HORIZON:]
+    out = run(_job(method, train))
+    flat = smape(test, np.full(HORIZON, train.mean()))  # what a model ignoring season and trend scores
+    assert smape(test, out.prediction.mean) < floor < flat
+    for level in (80.0, 95.0):
+        assert np.all(out.prediction.lower[level] <= out.prediction.mean + 1e-9)
+        assert np.all(out.prediction.upper[level] >= out.prediction.mean - 1e-9)
+    assert np.all(
+        out.prediction.upper[95.0] - out.prediction.lower[95.0]
+        >= out.prediction.upper[80.0] - out.prediction.lower[80.0] - 1e-9
+    )
+    assert out.windows == 2 and out.smape is not None and out.smape < floor
+
+
+def test_auto_reports_candidates_and_picks_the_best_or_a_combination() -> None:
+    out = run(_job("auto", _series(16 * 7)))
+    assert set(out.candidates) == {"auto_theta", "mstl", "seasonal_naive"}
+    assert out.smape <= min(out.candidates.values()) + 1e-9
+    if out.method == "combination":
+        assert len(out.weights) >= 2 and sum(out.weights.values()) == pytest.approx(1.0)
+    else:
+        assert out.method in out.candidates and out.weights == {}
+
+
+def test_too_short_history_names_the_minimum() -> None:
+    with pytest.raises(TooShort) as err:
+        run(_job("auto_ets", _series(10)))
+    assert err.value.minimum == min_points("auto_ets", 7) == 14
+    assert "at least 14 points" in str(err.value)
+
+
+def test_errors_known_values() -> None:
+    assert smape(np.array([100.0]), np.array([100.0])) == 0
+    assert smape(np.array([100.0, 0.0]), np.array([50.0, 0.0])) == pytest.approx(100 * (2 * 50 / 150) / 2)
+    train = np.array([1.0, 2.0, 3.0, 4.0])
+    assert mase(np.array([6.0]), np.array([5.0]), train, 1) == pytest.approx(1.0)
+
+
+def test_season_lengths_follow_the_step() -> None:
+    assert season_lengths(HOUR_MS) == (24, 168)
+    assert season_lengths(60_000) == (60,)
+    assert season_lengths(DAY_MS) == (7,)
+    assert season_lengths(7 * HOUR_MS) == (1,)
+
+
+def test_a_passed_deadline_stops_the_worker_before_fitting() -> None:
+    job = SeriesJob(_series(60), 0, DAY_MS, "auto_theta", HORIZON, (95.0,), (7,), deadline=0.0)
+    with pytest.raises(TimeoutError):
+        run(job)
