@@ -65,6 +65,7 @@ def render(settings: Settings, descriptor: Path = DEFAULT_DESCRIPTOR) -> str:
         descriptor=str(descriptor.resolve()),
         max_request_bytes=settings.max_request_bytes,
         request_timeout=f"{settings.request_timeout_seconds:g}s",
+        train_timeout=f"{settings.train_timeout_seconds:g}s",
         clusters="\n".join(clusters),
     )
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""
 
+    train_timeout_seconds: float = Field(default=1800.0, gt=0)
+    """TRAIN_TIMEOUT_SECONDS: the gateway's timeout for a model training call (TrainMaintenance)."""
+
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     """SHUTDOWN_GRACE_SECONDS: how long in-flight calls may finish after SIGTERM."""
 

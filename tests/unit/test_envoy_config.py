@@ -23,6 +23,10 @@ def test_render_routes_every_service_to_its_address(monkeypatch, descriptor):
     assert "{ address: 127.0.0.1, port_value: 6001 }" in text
     assert "{ address: 127.0.0.1, port_value: 6002 }" in text
     assert "max_request_bytes: 1048576" in text
+    # Training has its own, longer timeout, matched before the ml service's unary routes.
+    train = text.index("path: /platformq.analytics.v1.MLService/TrainMaintenance")
+    assert train < text.index("prefix: /platformq.analytics.v1.MLService/")
+    assert "timeout: 1800s" in text[train : train + 200]
     assert str(descriptor.resolve()) in text
     assert "$" not in text.replace("${", "")  # every placeholder filled
 
