@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,17 @@ def stack(tmp_path_factory) -> Stack:
         if process.poll() is None:
             stop_and_check_nothing_left(process)
         log.close()
+
+
+@contextmanager
+def own_stack(env: dict[str, str]) -> Iterator[Stack]:
+    """A stack of its own (`analytics up` with `env`), for a test whose data must not meet others'."""
+    process = subprocess.Popen([ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL)
+    port = int(env["GATEWAY_PORT"])
+    try:
+        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
+        assert process.poll() is None, "the stack did not start"
+        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
+    finally:
+        if process.poll() is None:
+            stop_and_check_nothing_left(process)

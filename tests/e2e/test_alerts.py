@@ -6,16 +6,14 @@ of the whole stack (`analytics up`)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from contextlib import contextmanager
 
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import ANALYTICS, Stack, healthy, stack_env, stop_and_check_nothing_left
+from tests.e2e.conftest import Stack, own_stack, stack_env
 from tests.e2e.test_gateway import http
-from tests.helpers import REPO_ROOT, wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,19 +52,6 @@ def test_a_bad_filter_is_400_naming_the_field(stack, query, message):
     status, _, reply = http(stack, "GET", f"/api/v1/alerts?{query}")
     assert status == 400
     assert reply["message"].startswith(message)
-
-
-@contextmanager
-def own_stack(env):
-    process = subprocess.Popen([ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL)
-    port = int(env["GATEWAY_PORT"])
-    try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
-        assert process.poll() is None, "the stack did not start"
-        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
-    finally:
-        if process.poll() is None:
-            stop_and_check_nothing_left(process)
 
 
 async def _fire_while_watching(s: Stack) -> dict:

@@ -130,9 +130,10 @@ def test_seed_examples_reach_their_rpc(stack, seeded, path, body):
 @pytest.mark.parametrize(("method", "path", "body"), OTHER_ENDPOINTS, ids=[p for _, p, _ in OTHER_ENDPOINTS])
 def test_every_rest_endpoint_is_routed(stack, seeded, method, path, body):
     status, _, reply = http(stack, method, path, body)
-    assert status in (200, 501), reply
-    if status == 501:
-        assert reply["code"] == 12 and "not built yet" in reply["message"]
+    # The RPC answered (Envoy's own 404 says "no route"): 200, or its own refusal naming a field
+    # (a forecast needs more history than the seeded minutes; no maintenance model is trained yet).
+    assert "no route" not in reply.get("message", ""), reply
+    assert status == 200 or (status in (400, 404) and ": " in reply["message"]), reply
 
 
 @pytest.mark.parametrize(
@@ -326,10 +327,11 @@ def test_bad_points_are_named_and_the_good_ones_kept(stack):
 
 
 def test_sql_explain_and_cache_through_the_gateway(stack, seeded):
+    # Within the seeded window only: other modules of the shared stack store cpu_usage too.
     body = {
-        "sql": "SELECT labels.service_name AS service, count(*) AS n FROM metrics WHERE metric = ? AND ts > 1000 "
+        "sql": "SELECT labels.service_name AS service, count(*) AS n FROM metrics WHERE metric = ? AND ts > ? "
         "GROUP BY 1 ORDER BY 1",
-        "params": ["cpu_usage"],
+        "params": ["cpu_usage", seeded - 300_000],
     }
     status, _, reply = http(stack, "POST", "/api/v1/query", json.dumps(body))
     assert status == 200, reply
