@@ -159,3 +159,20 @@ def cluster(pulsar_broker, tmp_path):
     finally:
         for service in services.values():
             service.stop()
+
+
+def start_ml(cluster: dict[str, Service], service_url: str, data_dir: Path, **env: str) -> Service:
+    """An ml service process on the broker, reading history from the cluster's query-router."""
+    return Service(
+        "ml",
+        {
+            **os.environ,
+            "PULSAR_URL": service_url,
+            "GRPC_PORT": str(free_port()),
+            "DATA_DIR": str(data_dir),
+            "QUERY_ROUTER_ADDRESS": f"127.0.0.1:{cluster['query-router'].port}",
+            "WS_BRIDGE_PORT": str(free_port()),
+            **env,
+        },
+        data_dir.with_suffix(".log"),
+    ).start()

@@ -5,7 +5,6 @@ found; history comes from the query-router over gRPC."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 
@@ -17,8 +16,7 @@ from libs.bus.pulsar import PulsarBus
 from platformq.analytics.v1 import events_pb2, ml_service_pb2, ml_service_pb2_grpc
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
-from tests.helpers import free_port
-from tests.integration.conftest import Service
+from tests.integration.conftest import start_ml
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +25,7 @@ async def test_the_ml_process_scores_the_pulsar_stream_and_publishes_anomalies(
     cluster, pulsar_broker, tmp_path
 ):
     datasource = f"a{uuid.uuid4().hex[:8]}"
-    ml = Service(
-        "ml",
-        {
-            **os.environ,
-            "PULSAR_URL": pulsar_broker.service_url,
-            "GRPC_PORT": str(free_port()),
-            "DATA_DIR": str(tmp_path / "ml"),
-            "QUERY_ROUTER_ADDRESS": f"127.0.0.1:{cluster['query-router'].port}",
-            "WS_BRIDGE_PORT": str(free_port()),
-        },
-        tmp_path / "ml.log",
-    ).start()
+    ml = start_ml(cluster, pulsar_broker.service_url, tmp_path / "ml")
     bus = PulsarBus(pulsar_broker.service_url)
     published: list[events_pb2.AnomalyEvent] = []
 

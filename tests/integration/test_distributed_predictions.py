@@ -5,7 +5,6 @@ consumer) and publishes the forecast on `predictions.forecast` on a real Pulsar 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 
@@ -24,8 +23,7 @@ from platformq.analytics.v1 import (
 )
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
-from tests.helpers import free_port
-from tests.integration.conftest import Service
+from tests.integration.conftest import start_ml
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +34,7 @@ async def test_the_ml_process_forecasts_stored_history_and_publishes_on_pulsar(
     cluster, pulsar_broker, tmp_path
 ):
     datasource = f"f{uuid.uuid4().hex[:8]}"
-    ml = Service(
-        "ml",
-        {
-            **os.environ,
-            "PULSAR_URL": pulsar_broker.service_url,
-            "GRPC_PORT": str(free_port()),
-            "DATA_DIR": str(tmp_path / "ml"),
-            "QUERY_ROUTER_ADDRESS": f"127.0.0.1:{cluster['query-router'].port}",
-            "WS_BRIDGE_PORT": str(free_port()),
-            "ANOMALY_STREAM": "0",
-        },
-        tmp_path / "ml.log",
-    ).start()
+    ml = start_ml(cluster, pulsar_broker.service_url, tmp_path / "ml", ANOMALY_STREAM="0")
     bus = PulsarBus(pulsar_broker.service_url)
     published: list[events_pb2.PredictionEvent] = []
 
