@@ -1,5 +1,6 @@
 """The in-process result cache: TTL per namespace, hit and miss counts, invalidation by the data
-a write touches. Keys are built by callers from the tenant and the normalised request."""
+a write touches, and no caching of an answer a concurrent write overtook (`mark` before computing,
+`put(..., mark=)` after). Keys are built by callers from the tenant and the normalised request."""
 
 from __future__ import annotations
 
