@@ -12,13 +12,11 @@ import asyncio
 import json
 import logging
 
-import grpc
 from aiohttp import WSMsgType, web
-from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.config import SERVICE_NAMES, Settings
 from libs.errors import AnalyticsError, InvalidArgument, NotFound
+from libs.peers import PeerChannels
 from libs.streams import STREAM_TYPES, Subscriber, SubscriptionClosed, parse_subscription, request_from_params
 from libs.streams.frames import Frame, closing_frame, heartbeat_frame
 from libs.streams.subscriber import (
@@ -32,13 +30,6 @@ from services.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
-# Proto service name each short service name reports its health under.
-HEALTH_NAMES = {
-    "query-router": "platformq.analytics.v1.QueryService",
-    "realtime": "platformq.analytics.v1.RealtimeService",
-    "ml": "platformq.analytics.v1.MLService",
-    "monitoring": "platformq.analytics.v1.MonitoringService",
-}
 # Clients send only tiny control frames; anything larger is refused by aiohttp (close 1009).
 MAX_CLIENT_FRAME_BYTES = 4096
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
@@ -54,7 +45,7 @@ class WsBridge:
         self.hub = context.stream_hub()
         self.metrics = context.metrics
         self._owns_context = owns_context
-        self._channels: dict[str, aio.Channel] = {}
+        self._channels = PeerChannels()
         self._open: set[Subscriber] = set()
 
     @property
@@ -62,28 +53,14 @@ class WsBridge:
         """Open stream connections."""
         return len(self._open)
 
-    def _channel(self, address: str) -> aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = aio.insecure_channel(address)
-        return self._channels[address]
-
-    async def _replica_status(self, service: str, address: str) -> str:
-        stub = health_pb2_grpc.HealthStub(self._channel(address))
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=2)
-        except grpc.RpcError as exc:
-            return f"UNREACHABLE ({exc.code().name})"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
     async def _status_of(self, service: str) -> str:
         # A replicated service (comma-separated addresses) serves when every replica does: Envoy
         # balances over all of them, so one that is not up yet would fail requests.
-        addresses = [a.strip() for a in self.settings.address_of(service).split(",") if a.strip()]
-        statuses = await asyncio.gather(*(self._replica_status(service, a) for a in addresses))
-        failing = [f"{a}: {st}" for a, st in zip(addresses, statuses, strict=True) if st != "SERVING"]
+        statuses = await self._channels.health(service, self.settings.address_of(service))
+        failing = [f"{a}: {st}" for a, st in statuses.items() if st != "SERVING"]
         if not failing:
             return "SERVING"
-        return statuses[0] if len(addresses) == 1 else f"NOT_SERVING ({'; '.join(failing)})"
+        return next(iter(statuses.values())) if len(statuses) == 1 else f"NOT_SERVING ({'; '.join(failing)})"
 
     async def health(self, request: web.Request) -> web.Response:
         """200 with every service's status when all serve, 503 otherwise."""
@@ -219,8 +196,7 @@ class WsBridge:
 
     async def close(self) -> None:
         """Close the health-check channels (and the context, when the bridge built its own)."""
-        for channel in self._channels.values():
-            await channel.close()
+        await self._channels.close()
         if self._owns_context:
             await self.context.close()
 

@@ -20,6 +20,7 @@ import grpc
 from grpc import aio
 
 from libs.config import SERVICE_NAMES
+from libs.peers import PeerChannels
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics, SelfSample
 from platformq.analytics.v1 import realtime_service_pb2, realtime_service_pb2_grpc
 
@@ -66,11 +67,7 @@ class SelfMetricsWriter:
         self.realtime_address = realtime_address
         self.labels = labels
         self.interval = interval
-        self._options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
-        self._channels: dict[str, aio.Channel] = {}
+        self._channels = PeerChannels(max_message_bytes)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -85,9 +82,7 @@ class SelfMetricsWriter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._channels.close()
 
     async def _loop(self) -> None:
         while True:
@@ -102,7 +97,7 @@ class SelfMetricsWriter:
         addresses = [a.strip() for a in self.realtime_address().split(",") if a.strip()]
         problem = "no realtime address is configured"
         for address in addresses:
-            stub = realtime_service_pb2_grpc.RealtimeServiceStub(self._channel(address))
+            stub = realtime_service_pb2_grpc.RealtimeServiceStub(self._channels.to(address))
             try:
                 reply = await stub.IngestMetrics(request, timeout=max(self.interval, MIN_TIMEOUT_SECONDS))
             except aio.AioRpcError as exc:
@@ -126,8 +121,3 @@ class SelfMetricsWriter:
             log.warning("self-metrics could not be written", extra={"reason": problem})
         self._failing = True
         return False
-
-    def _channel(self, address: str) -> aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = aio.insecure_channel(address, options=self._options)
-        return self._channels[address]

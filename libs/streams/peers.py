@@ -12,6 +12,7 @@ import grpc
 from grpc import aio
 
 from libs.errors import AnalyticsError, InvalidArgument, NotFound, Unavailable
+from libs.peers import PeerChannels
 from platformq.analytics.v1 import (
     monitoring_service_pb2,
     monitoring_service_pb2_grpc,
@@ -50,14 +51,12 @@ class StreamPeers:
         # Resolved on first use: in mode all the port is known only once the server has started.
         self._address_of = address_of
         self.timeout = timeout
-        self._channels: dict[str, aio.Channel] = {}
+        self._channels = PeerChannels()
         self._metrics: dict[str, tuple[float, frozenset[str]]] = {}
         self._fetching: dict[str, asyncio.Task[frozenset[str]]] = {}
 
     def _channel(self, service: str) -> aio.Channel:
-        if service not in self._channels:
-            self._channels[service] = aio.insecure_channel(self._address_of(service))
-        return self._channels[service]
+        return self._channels.to(self._address_of(service))
 
     async def metric_exists(self, datasource: str, metric: str) -> bool | None:
         """Whether the datasource holds the metric; None when the query-router cannot tell.
@@ -117,6 +116,4 @@ class StreamPeers:
         """Close every channel."""
         for task in list(self._fetching.values()):
             task.cancel()
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._channels.close()

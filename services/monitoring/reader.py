@@ -9,25 +9,15 @@ from collections.abc import Callable
 import grpc
 from google.protobuf import json_format
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from libs.peers import PeerChannels, replicas
 from platformq.analytics.v1 import (
     ml_service_pb2,
     ml_service_pb2_grpc,
-    monitoring_service_pb2,
     query_service_pb2,
     query_service_pb2_grpc,
-    realtime_service_pb2,
 )
-
-# The proto service name each peer reports its health under.
-HEALTH_NAMES = {
-    "query-router": query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
-    "realtime": realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name,
-    "ml": ml_service_pb2.DESCRIPTOR.services_by_name["MLService"].full_name,
-    "monitoring": monitoring_service_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
-}
 
 
 def _domain_error(exc: aio.AioRpcError, peer: str) -> Exception:
@@ -49,36 +39,16 @@ class PeerReader:
         # Addresses are resolved on first use: in mode all the peers are this process, on a port
         # known only once the server has started.
         self._address_of = address_of
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        self._channels: dict[str, aio.Channel] = {}
+        self._channels = PeerChannels(max_message_bytes)
 
     def _channel(self, service: str) -> aio.Channel:
         # A comma-separated address lists replicas; queries go to the first.
-        return self._channel_to(self._address_of(service).split(",")[0].strip())
-
-    def _channel_to(self, address: str) -> aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = aio.insecure_channel(address, options=self._options)
-        return self._channels[address]
+        return self._channels.to(replicas(self._address_of(service))[0])
 
     async def health(self, service: str, timeout: float = 2.0) -> dict[str, str]:
         """The gRPC health status of each replica of a peer, by address: "SERVING", "NOT_SERVING",
         ..., or "UNREACHABLE (<code>)" when it does not answer within `timeout` seconds."""
-        out: dict[str, str] = {}
-        for address in (a.strip() for a in self._address_of(service).split(",") if a.strip()):
-            stub = health_pb2_grpc.HealthStub(self._channel_to(address))
-            try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=timeout
-                )
-            except aio.AioRpcError as exc:
-                out[address] = f"UNREACHABLE ({exc.code().name})"
-                continue
-            out[address] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        return out
+        return await self._channels.health(service, self._address_of(service), timeout)
 
     async def query(
         self, request: query_service_pb2.QueryRequest, timeout: float | None = None
@@ -133,6 +103,4 @@ class PeerReader:
 
     async def close(self) -> None:
         """Close every channel."""
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._channels.close()
