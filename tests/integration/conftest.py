@@ -17,8 +17,11 @@ from urllib.parse import quote
 
 import grpc
 import pytest
+from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from platformq.analytics.v1 import realtime_service_pb2 as rpb
+from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
 from tests.helpers import REPO_ROOT, alive, free_port, wait_until
 
 SCRIPT = str(REPO_ROOT / "scripts" / "pulsar-standalone")
@@ -176,3 +179,22 @@ def start_ml(cluster: dict[str, Service], service_url: str, data_dir: Path, **en
         },
         data_dir.with_suffix(".log"),
     ).start()
+
+
+async def ingest_in_chunks(
+    cluster: dict[str, Service], datasource: str, name: str, labels: dict[str, str], ts, values, chunk: int
+) -> None:
+    """Ingest one series in chunks of `chunk` points, alternating between the two realtime
+    replicas; each chunk must be accepted whole."""
+    replicas = [cluster["realtime-1"].port, cluster["realtime-2"].port]
+    for k, lo in enumerate(range(0, len(ts), chunk)):
+        async with aio.insecure_channel(f"127.0.0.1:{replicas[k % 2]}") as channel:
+            batch = rpb.IngestMetricsRequest(datasource=datasource)
+            batch.series.add(
+                name=name,
+                labels=labels,
+                timestamps_ms=[int(t) for t in ts[lo : lo + chunk]],
+                values=[float(v) for v in values[lo : lo + chunk]],
+            )
+            reply = await rgrpc.RealtimeServiceStub(channel).IngestMetrics(batch, timeout=10)
+            assert reply.accepted == len(batch.series[0].values), reply

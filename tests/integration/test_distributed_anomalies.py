@@ -14,9 +14,7 @@ from grpc import aio
 
 from libs.bus.pulsar import PulsarBus
 from platformq.analytics.v1 import events_pb2, ml_service_pb2, ml_service_pb2_grpc
-from platformq.analytics.v1 import realtime_service_pb2 as rpb
-from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
-from tests.integration.conftest import start_ml
+from tests.integration.conftest import ingest_in_chunks, start_ml
 
 pytestmark = pytest.mark.integration
 
@@ -39,19 +37,7 @@ async def test_the_ml_process_scores_the_pulsar_stream_and_publishes_anomalies(
         ts = 1_795_000_000_000 + 10_000 * np.arange(n, dtype=np.int64)
         values = 40 + rng.normal(0, 1, n)
         values[spike] += 12
-        replicas = [cluster["realtime-1"].port, cluster["realtime-2"].port]
-        for k, lo in enumerate(range(0, n, 50)):
-            async with aio.insecure_channel(f"127.0.0.1:{replicas[k % 2]}") as channel:
-                batch = rpb.IngestMetricsRequest(datasource=datasource)
-                batch.series.add(
-                    name="lat",
-                    labels={"host": "h1"},
-                    timestamps_ms=ts[lo : lo + 50].tolist(),
-                    values=values[lo : lo + 50].tolist(),
-                )
-                assert (
-                    await rgrpc.RealtimeServiceStub(channel).IngestMetrics(batch, timeout=10)
-                ).accepted == 50
+        await ingest_in_chunks(cluster, datasource, "lat", {"host": "h1"}, ts, values, 50)
         deadline = time.monotonic() + 60
         while not any(e.timestamp_ms == ts[spike] for e in published) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)

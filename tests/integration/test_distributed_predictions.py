@@ -21,9 +21,7 @@ from platformq.analytics.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
-from platformq.analytics.v1 import realtime_service_pb2 as rpb
-from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
-from tests.integration.conftest import start_ml
+from tests.integration.conftest import ingest_in_chunks, start_ml
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +45,7 @@ async def test_the_ml_process_forecasts_stored_history_and_publishes_on_pulsar(
         end = int(time.time() * 1000) // HOUR_MS * HOUR_MS
         ts = end - HOUR_MS * np.arange(n, 0, -1, dtype=np.int64)
         values = 50 + 10 * np.sin(2 * np.pi * np.arange(n) / 24)
-        replicas = [cluster["realtime-1"].port, cluster["realtime-2"].port]
-        for k, lo in enumerate(range(0, n, 42)):
-            async with aio.insecure_channel(f"127.0.0.1:{replicas[k % 2]}") as channel:
-                batch = rpb.IngestMetricsRequest(datasource=datasource)
-                batch.series.add(
-                    name="load",
-                    labels={"host": "h1"},
-                    timestamps_ms=ts[lo : lo + 42].tolist(),
-                    values=values[lo : lo + 42].tolist(),
-                )
-                assert (
-                    await rgrpc.RealtimeServiceStub(channel).IngestMetrics(batch, timeout=10)
-                ).accepted == 42
+        await ingest_in_chunks(cluster, datasource, "load", {"host": "h1"}, ts, values, 42)
         # The query-router's consumer stores the batches shortly after Pulsar has them.
         stored = query_service_pb2.QueryRequest(
             datasource=datasource, metrics=["load"], aggregation="raw", time_range="8d", mode="realtime"
