@@ -188,28 +188,18 @@ def plan_panels(dashboard: pb.Dashboard, known: Known | None) -> list[PanelQuery
     configured = tuple(dict.fromkeys(config.metrics))
     all_metrics = sorted(known.metrics) if known else []
     plans: list[PanelQuery] = []
-    if kind == "platform-overview":
+    if kind in ("platform-overview", "service-comparison"):
+        # The same queries; the comparison ranks the services by their mean.
+        ranked = kind == "service-comparison"
         for metric in configured or PLATFORM_METRICS:
             plans.append(
                 PanelQuery(
                     metric,
                     ("service_name", "host"),
                     (_selector("service_name", services),),
-                    f"{metric} by service",
+                    f"{metric}: services ranked by mean" if ranked else f"{metric} by service",
                     expected=services,
-                    combine_hosts=True,
-                )
-            )
-    elif kind == "service-comparison":
-        for metric in configured or PLATFORM_METRICS:
-            plans.append(
-                PanelQuery(
-                    metric,
-                    ("service_name", "host"),
-                    (_selector("service_name", services),),
-                    f"{metric}: services ranked by mean",
-                    expected=services,
-                    rank=True,
+                    rank=ranked,
                     combine_hosts=True,
                 )
             )
