@@ -8,14 +8,13 @@ step and the newest point (`health.status_of`). The keys of every answer are in 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from libs.config import SERVICE_NAMES
-from libs.errors import AnalyticsError, NotBuilt, NotFound
+from libs.errors import AnalyticsError, NotFound
 from libs.selfmetrics import SELF_DATASOURCE
 from libs.timeparse import parse_duration_ms
 from platformq.analytics.v1 import common_pb2, events_pb2
@@ -60,9 +59,9 @@ T = TypeVar("T")
 
 class ActiveAlerts(Protocol):
     """Where open alerts come from (the AlertEngine): `active()` returns the alerts pending or
-    firing, or an awaitable of them."""
+    firing."""
 
-    def active(self) -> list[pb.Alert] | Awaitable[list[pb.Alert]]:
+    def active(self) -> list[pb.Alert]:
         """Alerts pending or firing."""
         ...
 
@@ -380,17 +379,8 @@ class Scopes:
         )
 
     async def _alerts_and_anomalies(self, ask: _Ask, labels: dict[str, str]) -> None:
-        """Open alerts of the scope and its recent anomalies; either missing is a warning."""
-        try:
-            found = self.alerts.active()
-            # The engine answers at once from memory; a placeholder answers with a coroutine.
-            alerts = list(await found if inspect.isawaitable(found) else found)
-        except NotBuilt as exc:
-            ask.response.warnings.append(f"no open alerts shown: {exc.message}")
-            alerts = []
-        except AnalyticsError as exc:
-            ask.response.warnings.append(soft_error(exc, "open alerts"))
-            alerts = []
+        """Open alerts of the scope and its recent anomalies; anomalies missing are a warning."""
+        alerts = self.alerts.active()  # from the engine's memory
         ask.alerts = [a for a in alerts if all(a.labels.get(k) == v for k, v in labels.items())]
         found = await self._soft(
             self.data.anomalies(self.datasource, ask.time_range, labels), ask, "anomalies"

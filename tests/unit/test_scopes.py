@@ -10,7 +10,7 @@ import time
 import pytest
 
 from libs.config import load_settings
-from libs.errors import InvalidArgument, NotBuilt, NotFound
+from libs.errors import InvalidArgument, NotFound
 from libs.timeparse import parse_duration_ms
 from platformq.analytics.v1 import common_pb2, ml_service_pb2, query_service_pb2
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
@@ -131,13 +131,6 @@ class StandInAlerts:
         return self.alerts
 
 
-class UnbuiltAlerts:
-    """Stand-in for the placeholder AlertEngine, whose calls answer NotBuilt."""
-
-    async def active(self) -> list[pb.Alert]:
-        raise NotBuilt("alerts are not built yet")
-
-
 def platform_data() -> list[Series]:
     """Three services of two hosts; api-gateway erring, billing silent for 5 minutes; two
     simulations whose gpu is saturated."""
@@ -248,14 +241,6 @@ async def test_open_alerts_count_for_their_entity_and_firing_ones_degrade_it(con
     # alerts about no service belong to the analytics service itself
     assert reply.analytics.open_alerts == 2 and reply.analytics.status == "degraded"
     assert len(reply.active_alerts) == 3
-
-
-async def test_unbuilt_alerts_are_a_warning_not_a_failure(context):
-    reply = await scopes(
-        context, StandInReader({"platform_metrics": platform_data()}), UnbuiltAlerts()
-    ).monitor(pb.MonitorRequest(scope="platform"))
-    assert "no open alerts shown: alerts are not built yet" in reply.warnings
-    assert len(reply.entities) == 3
 
 
 async def test_a_peer_that_is_down_makes_the_analytics_service_down(context):
