@@ -74,6 +74,7 @@ class Maintenance:
             params={**fitted.params, "sensors": ",".join(fitted.sensors), "unit": fitted.unit},
             metrics={
                 "cv_rmse": fitted.cv_rmse,
+                "cv_rmse_uncapped": fitted.cv_rmse_uncapped,
                 "interval_half_width": fitted.half_width,
                 "entities": float(fitted.entities),
                 "readings": float(fitted.readings),
