@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     forecast_workers: int = Field(default=2, gt=0)
     """FORECAST_WORKERS: worker processes that fit forecasts (series of one request run in parallel)."""
 
+    forecast_max_series: int = Field(default=100, gt=0)
+    """FORECAST_MAX_SERIES: the most series one forecast may fit (a selection matching more is refused)."""
+
     cache_max_entries: int = Field(default=10_000, gt=0)
     """CACHE_MAX_ENTRIES: entries the in-process cache keeps before evicting the oldest."""
 
@@ -267,6 +270,10 @@ class Settings(BaseSettings):
 
     online_max_samples: int = Field(default=10_000, gt=0)
     """ONLINE_MAX_SAMPLES: the most samples one TrainOnline or PredictOnline request may carry."""
+
+    online_max_models: int = Field(default=100, gt=0)
+    """ONLINE_MAX_MODELS: online models kept in memory; the least recently used beyond are dropped
+    (their checkpoint is on disk) and reloaded on their next use."""
 
     online_track_samples: int = Field(default=1000, gt=0)
     """ONLINE_TRACK_SAMPLES: an online model is logged to MLflow after this many new samples."""

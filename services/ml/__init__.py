@@ -15,10 +15,10 @@ FULL_NAME = ml_service_pb2.DESCRIPTOR.services_by_name["MLService"].full_name
 
 def binding(context: ServiceContext) -> ServiceBinding:
     """Build the ML core and servicer; its start opens the anomaly store and the live scorer."""
-    from services.ml.anomalies import AnomalyDetection
+    from services.ml.anomalies import AnomalyDetection, detector_configs
     from services.ml.anomaly_store import AnomalyStore, store_path
     from services.ml.core import MLCore
-    from services.ml.forecasting.component import Forecasting
+    from services.ml.forecasting.component import Forecasting, forecast_configs
     from services.ml.history import HistoryClient
     from services.ml.maintenance.component import Maintenance
     from services.ml.maintenance.store import MaintenanceStore
@@ -28,13 +28,18 @@ def binding(context: ServiceContext) -> ServiceBinding:
     from services.ml.servicer import MLServicer
     from services.ml.stream import StreamConfig, StreamScorer
     from services.ml.tracking import ModelTracking
+    from services.ml.versions import ConfigVersions
 
     s = context.settings
     store = AnomalyStore(store_path(s.data_dir), s.anomaly_retention_days)
     # MLflow itself is imported on the first model logged, never on the start-up path.
     tracking = ModelTracking(s.mlflow_tracking_uri, s.data_dir)
+    # The registry versions of the detector and forecasting configurations every answer carries.
+    versions = ConfigVersions(tracking, {**detector_configs(), **forecast_configs()})
     history = HistoryClient(lambda: context.address_of("query-router"), 4 * s.max_request_bytes)
-    detection = AnomalyDetection(store, history, context.cache, s.ml_cache_ttl_seconds, context.metrics)
+    detection = AnomalyDetection(
+        store, history, context.cache, s.ml_cache_ttl_seconds, context.metrics, versions=versions
+    )
     context.metrics.model_quality.attach(detection.model_quality)
     scorer = None
     if s.anomaly_stream:
@@ -46,9 +51,15 @@ def binding(context: ServiceContext) -> ServiceBinding:
             max_redeliveries=s.bus_max_redeliveries,
             max_backlog_bytes=s.ml_stream_max_backlog_bytes,
         )
-        scorer = StreamScorer(context.bus, store, history, config, context.metrics, tracking)
+        scorer = StreamScorer(context.bus, store, history, config, context.metrics, tracking, versions)
     online = OnlineLearning(
-        OnlineConfig(s.data_dir, s.online_track_samples, s.online_track_seconds, s.online_max_samples),
+        OnlineConfig(
+            s.data_dir,
+            s.online_track_samples,
+            s.online_track_seconds,
+            s.online_max_samples,
+            s.online_max_models,
+        ),
         tracking,
     )
     bindings = parse_bindings(s.online_bindings)  # a bad ONLINE_BINDINGS stops start-up, naming the entry
@@ -69,7 +80,14 @@ def binding(context: ServiceContext) -> ServiceBinding:
         maintenance_store, tracking, history, context.bus, context.cache, s.ml_cache_ttl_seconds
     )
     forecasting = Forecasting(
-        history, context.bus, context.cache, s.ml_cache_ttl_seconds, tracking, s.forecast_workers
+        history,
+        context.bus,
+        context.cache,
+        s.ml_cache_ttl_seconds,
+        tracking,
+        s.forecast_workers,
+        versions=versions,
+        max_series=s.forecast_max_series,
     )
     servicer = MLServicer(
         MLCore(detection, scorer, online=online, maintenance=maintenance, forecasting=forecasting),
@@ -80,6 +98,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
         store.open()
         maintenance_store.open()
         await tracking.start()
+        versions.start()  # in the background, and only when the MLflow store exists already
         if scorer is not None:
             await scorer.start()
         if trainer is not None:
@@ -90,6 +109,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
             await scorer.stop()
         await online.stop()
         await forecasting.close()
+        await versions.close()
         await history.close()
         store.close()
         maintenance_store.close()

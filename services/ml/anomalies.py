@@ -5,7 +5,9 @@ store. No gRPC here beyond the response messages it builds."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +35,12 @@ from services.ml.detectors.base import (
 from services.ml.history import HistoryClient, StoredSeries
 from services.ml.spec import DetectSpec, ListSpec
 from services.ml.thresholds import series_threshold
+from services.ml.versions import ConfigVersions, module_constants, release, unregistered
 from services.query_router.spec import LabelMatch
 
 ML_CACHE = "ml"
 DETECTOR_VERSION = "1"
+"""Bumped when a detector's code changes what it scores (its parameters are fingerprinted anyway)."""
 SNAPSHOT_LOOKBACK_MS = 24 * 3_600_000
 """A snapshot value is judged against this much of its series' stored history."""
 SNAPSHOT_LABELS = ("simulation_id", "service_name")
@@ -47,9 +51,47 @@ HISTORY_POINTS = MEMORY_POINTS + EPISODE_GAP
 detector's memory, then the episode gap scored from that exact state."""
 
 
-def model_version(method: str) -> str:
-    """The version string of a detector."""
-    return f"{method}/v{DETECTOR_VERSION}"
+# Each detector's module (its upper-case parameters are part of its configuration) and the
+# libraries whose releases decide its scores.
+DETECTOR_PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "auto": ("auto", ("numpy", "numba")),
+    "zscore": ("rolling", ("numpy", "pandas")),
+    "mad": ("rolling", ("numpy", "pandas")),
+    "seasonal": ("seasonal", ("numpy", "pandas", "statsmodels")),
+    "isolation_forest": ("iforest", ("numpy", "pyod", "scikit-learn")),
+    "holt_winters": ("holtwinters", ("numpy", "statsmodels")),
+    "prophet": ("prophet_detector", ("numpy", "pandas", "prophet")),
+    "online": ("online", ("numpy", "river")),
+}
+
+
+def detector_model(method: str) -> str:
+    """The registered MLflow model of a detector's configuration, e.g. "anomaly-auto"."""
+    return f"anomaly-{method}"
+
+
+def detector_config(method: str) -> dict[str, object]:
+    """What decides a detector's scores: its parameters, the shared scoring rules and the library
+    releases behind it. Imports the detector's module: call it off the event loop."""
+    module_name, libraries = DETECTOR_PARTS[method]
+    params: dict[str, object] = {
+        "method": method,
+        "detector_version": DETECTOR_VERSION,
+        "min_points": detectors.MIN_POINTS[method],
+        "first_fit": detectors.FIRST_FIT,
+        "refit_every": detectors.REFIT_EVERY,
+        "episode_gap": EPISODE_GAP,
+    }
+    module = importlib.import_module(f"services.ml.detectors.{module_name}")
+    params.update(module_constants(module, "param."))
+    for library in libraries:
+        params[f"library.{library}"] = release(library)
+    return params
+
+
+def detector_configs() -> dict[str, Callable[[], dict[str, object]]]:
+    """Every detector's configuration builder, by registered name (for `ConfigVersions`)."""
+    return {detector_model(m): (lambda m=m: detector_config(m)) for m in detectors.METHODS}
 
 
 def _now_ms() -> int:
@@ -77,36 +119,48 @@ class AnomalyDetection:
         cache: TtlCache,
         cache_ttl_seconds: float,
         metrics: SelfMetrics | None = None,
+        versions: ConfigVersions | None = None,
     ) -> None:
         self.store = store
         self.history = history
         self.cache = cache
         self.cache_ttl_seconds = cache_ttl_seconds
         self.metrics = metrics
+        self.versions = versions  # None: answers say "<model>/unregistered"
 
     # ---- DetectAnomalies ------------------------------------------------------------------
     async def detect(
         self, spec: DetectSpec, tenant: str, timeout: float | None = None
     ) -> pb.DetectAnomaliesResponse:
         """Score one request; the answer carries the method, model version and threshold."""
+        started = time.monotonic()
+        version = await self.model_version(spec.method, timeout)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         if spec.kind == "snapshot":
-            return await self._snapshot(spec, tenant, timeout)
+            return await self._snapshot(spec, tenant, timeout, version)
         if spec.kind == "selection":
-            return await self._selection(spec, tenant, timeout)
+            return await self._selection(spec, tenant, timeout, version)
         targets = [Target(s.metric, s.labels, s.ts, s.values, 0) for s in spec.inline]
-        response = await self._score_targets(spec, tenant, "", targets, store=False)
+        response = await self._score_targets(spec, tenant, "", targets, store=False, version=version)
         return response
 
-    def _base(self, spec: DetectSpec) -> pb.DetectAnomaliesResponse:
+    async def model_version(self, method: str, timeout: float | None = None) -> str:
+        """The registry version of a detector's configuration, "anomaly-<method>/<n>"."""
+        if self.versions is None:
+            return unregistered(detector_model(method))
+        return await self.versions.version(detector_model(method), timeout)
+
+    def _base(self, spec: DetectSpec, version: str) -> pb.DetectAnomaliesResponse:
         return pb.DetectAnomaliesResponse(
             method=spec.method,
-            model_version=model_version(spec.method),
+            model_version=version,
             threshold=threshold_for(spec.sensitivity),
             sensitivity=spec.sensitivity,
         )
 
     async def _snapshot(
-        self, spec: DetectSpec, tenant: str, timeout: float | None
+        self, spec: DetectSpec, tenant: str, timeout: float | None, version: str
     ) -> pb.DetectAnomaliesResponse:
         key = (tenant, "snapshot", spec.simulation_id, spec.snapshot, spec.method, spec.sensitivity)
         cached = self.cache.get(ML_CACHE, key)
@@ -115,7 +169,7 @@ class AnomalyDetection:
         now = _now_ms()
         names = [name for name, _ in spec.snapshot]
         histories = await self._snapshot_history(spec, now, timeout)
-        response = self._base(spec)
+        response = self._base(spec, version)
         started = time.perf_counter()
         response = await asyncio.to_thread(self._score_snapshot, spec, now, names, histories, response)
         self._scored(spec.method, started)
@@ -258,7 +312,7 @@ class AnomalyDetection:
         verdict.labels.update(labels)
 
     async def _selection(
-        self, spec: DetectSpec, tenant: str, timeout: float | None
+        self, spec: DetectSpec, tenant: str, timeout: float | None, version: str
     ) -> pb.DetectAnomaliesResponse:
         now = _now_ms()
         start, end = _resolve(spec, now)
@@ -280,7 +334,7 @@ class AnomalyDetection:
         filters = [_filter(f) for f in spec.filters]
         series = await self.history.raw(spec.datasource, list(spec.metrics), filters, start, end, timeout)
         if not series:
-            response = self._base(spec)
+            response = self._base(spec, version)
             response.message = (
                 f"no stored series of {', '.join(spec.metrics)} in {spec.datasource!r} match the selection "
                 "in that time range"
@@ -308,7 +362,9 @@ class AnomalyDetection:
                 )
             else:
                 targets.append(Target(s.metric, s.labels, s.ts, s.values, 0))
-        response = await self._score_targets(spec, tenant, spec.datasource, targets, store=True)
+        response = await self._score_targets(
+            spec, tenant, spec.datasource, targets, store=True, version=version
+        )
         # A write into the window drops the entry, so a hit is what scoring again would say.
         self.cache.put(
             ML_CACHE,
@@ -320,9 +376,9 @@ class AnomalyDetection:
         return response
 
     async def _score_targets(
-        self, spec: DetectSpec, tenant: str, datasource: str, targets: list[Target], store: bool
+        self, spec: DetectSpec, tenant: str, datasource: str, targets: list[Target], store: bool, version: str
     ) -> pb.DetectAnomaliesResponse:
-        response = self._base(spec)
+        response = self._base(spec, version)
         thresholds = {}
         if store:
             # One worker-thread hop for every series' feedback, not one per series.

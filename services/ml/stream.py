@@ -13,12 +13,14 @@ redeliveries are scored once. The checkpoint is also the detectors' state worth 
 every `model_log_seconds` (and only when points were scored since) it is logged to MLflow and
 registered as a new version of `anomaly-stream`, in the background. Scoring runs in a worker
 thread (the detector's kernel releases the GIL), and ingest never waits for it: the scorer is one
-more consumer of the bus.
+more consumer of the bus. The anomalies it finds carry the registry version of the `auto` detector's
+configuration ("anomaly-auto/<n>", `services/ml/versions.py`), as DetectAnomalies answers do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -32,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from libs.bus import Bus, Envelope
-from libs.errors import Unavailable
+from libs.errors import DeadlineExceeded, Unavailable
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from platformq.analytics.v1 import common_pb2, events_pb2
-from services.ml.anomalies import model_version, shared_fields
+from services.ml.anomalies import detector_model, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
 from services.ml.detectors.auto import MEMORY_POINTS, AutoState, score_chunk
 from services.ml.detectors.base import (
@@ -49,6 +51,7 @@ from services.ml.detectors.base import (
 from services.ml.history import HistoryClient
 from services.ml.thresholds import series_threshold
 from services.ml.tracking import ModelTracking
+from services.ml.versions import ConfigVersions, unregistered
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ REGISTERED_MODEL = "anomaly-stream"
 METHOD = "auto"
 WARM_POINTS = MEMORY_POINTS + EPISODE_GAP
 DEFAULT_SPACING_MS = 60_000
+VERSION_WAIT_SECONDS = 30.0
+"""The live scorer waits this long at most for the detector's registry version (once, at its first anomaly)."""
 
 SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]  # tenant, datasource, metric, labels
 
@@ -95,6 +100,7 @@ class StreamScorer:
         config: StreamConfig,
         metrics: SelfMetrics | None = None,
         tracking: ModelTracking | None = None,
+        versions: ConfigVersions | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -102,6 +108,7 @@ class StreamScorer:
         self.config = config
         self.metrics = metrics
         self.tracking = tracking
+        self.versions = versions  # the detector's registry version for the anomalies it finds
         self.model_version: str | None = None  # the last registered version of the checkpoint
         self.path = config.data_dir / "ml" / "stream_state.bin"
         self._states: OrderedDict[SeriesKey, _Live] = OrderedDict()
@@ -222,6 +229,10 @@ class StreamScorer:
         self.stats["points"] += points
         self._evict_over_bound()
         if records:
+            # The detector configuration's registry version, as DetectAnomalies with method auto
+            # answers; resolved once, when the first anomaly is found.
+            version = await self._detector_version()
+            records = [dataclasses.replace(r, model_version=version) for r in records]
             added = await asyncio.to_thread(self.store.add, records)
             self.stats["anomalies"] += added
             if self.metrics is not None:
@@ -232,6 +243,18 @@ class StreamScorer:
                 await self.bus.publish(
                     f"anomalies.{record.datasource}", anomaly_event(record), key=series_key
                 )
+
+    async def _detector_version(self) -> str:
+        name = detector_model(METHOD)
+        if self.versions is None:
+            return unregistered(name)
+        try:
+            return await self.versions.version(name, VERSION_WAIT_SECONDS)
+        except DeadlineExceeded:
+            # MLflow is slow to answer (a server retrying): the stream does not stall on it; the
+            # resolution goes on and later anomalies carry the version.
+            log.warning("live anomalies recorded before their detector version was registered")
+            return unregistered(name)
 
     async def _warm(self, key: SeriesKey, ts: np.ndarray) -> _Live:
         """A state for a series not in memory: its stored history replayed, and its threshold."""
@@ -411,7 +434,7 @@ def _records(
             upper=float(scores.upper[i]),
             deviation=float(d),
             threshold=threshold,
-            model_version=model_version(METHOD),
+            model_version="",  # set by the caller: the registry version
             contributions={},
             source="stream",
             detected_at_ms=detected_at,

@@ -12,6 +12,9 @@ Interface (fixed; other modules call exactly this):
         tags={...},             # optional
     )                           # logs a run, registers a new version; returns "<name>/<version>", e.g. "rul-fd001/3"
     run_id: str = await tracking.log_run(experiment, params={...}, metrics={...}, tags={...})
+    version: str = await tracking.register_config(name, params={...})
+                                # the version registered for exactly these params (by a fingerprint tag);
+                                # registers one (a run, a config.json artifact) when none is; "<name>/<version>"
     data: bytes | None = await tracking.load_artifact(name, version=None, artifact="model.pkl")  # latest when None
     await tracking.close()
 
@@ -29,6 +32,8 @@ fluent API keeps a process-global active run.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -43,6 +48,9 @@ ARTIFACT_DIR = "model"  # run-relative folder holding a registered version's fil
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer parameter values
 BATCH = 100  # params (and metrics) per log_batch call
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+FINGERPRINT_TAG = "fingerprint"
+"""The tag of a configuration's registered version: the hash of its parameters (register_config)."""
+CONFIG_ARTIFACT = "config.json"
 
 
 def local_tracking_uri(data_dir: Path) -> str:
@@ -109,6 +117,15 @@ class ModelTracking:
         _check_name(experiment)
         return await self._call(self._log_run, experiment, params, metrics, tags or {})
 
+    async def register_config(self, name: str, *, params: dict[str, object]) -> str:
+        """The registered version of `name` whose parameters are exactly `params`, found by a
+        fingerprint tag (their hash); when no version has it, a run with the parameters and a
+        `config.json` artifact is logged and registered as a new version. Returns
+        "<name>/<version>": a restart with the same parameters finds the same version."""
+        _check_name(name)
+        fingerprint = config_fingerprint(params)
+        return await self._call(self._register_config, name, params, fingerprint)
+
     async def load_artifact(
         self, name: str, version: str | None = None, artifact: str = "model.pkl"
     ) -> bytes | None:
@@ -151,7 +168,14 @@ class ModelTracking:
             experiment_id = found.experiment_id
         else:
             location = (local_artifact_root(self.data_dir) / name).as_uri() if self.local else None
-            experiment_id = client.create_experiment(name, artifact_location=location)
+            try:
+                experiment_id = client.create_experiment(name, artifact_location=location)
+            except _mlflow_error():
+                # Another process (a replica, the first request's twin) created it meanwhile.
+                found = client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                experiment_id = found.experiment_id
         self._experiments[name] = experiment_id
         return experiment_id
 
@@ -211,6 +235,21 @@ class ModelTracking:
         client.set_terminated(run_id, "FINISHED")
         return f"{name}/{version.version}"
 
+    def _register_config(self, name: str, params: dict[str, object], fingerprint: str) -> str:
+        client = self._mlflow()
+        if client.search_registered_models(f"name = '{name}'", max_results=1):
+            # The lowest version with the fingerprint: replicas that registered one concurrently
+            # agree on it after a restart.
+            found = client.search_model_versions(
+                f"name = '{name}' and tags.{FINGERPRINT_TAG} = '{fingerprint}'",
+                max_results=1,
+                order_by=["version_number ASC"],
+            )
+            if found:
+                return f"{name}/{found[0].version}"
+        config = json.dumps(params, sort_keys=True, indent=2, default=str).encode()
+        return self._log_model(name, params, {}, {CONFIG_ARTIFACT: config}, {FINGERPRINT_TAG: fingerprint})
+
     def _load_artifact(self, name: str, version: str | None, artifact: str) -> bytes | None:
         client = self._mlflow()
         if version is None:
@@ -235,6 +274,12 @@ class ModelTracking:
                     return None
                 raise
             return Path(path).read_bytes()
+
+
+def config_fingerprint(params: dict[str, object]) -> str:
+    """The hash of a configuration's parameters (key order does not matter)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _guarded(fn: Any, args: tuple[Any, ...]) -> Any:

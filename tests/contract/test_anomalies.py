@@ -91,7 +91,7 @@ async def test_the_seed_body_is_scored_against_the_simulations_history(ml, metho
     assert cpu.history_points >= 300 and dict(cpu.labels) == {"simulation_id": "sim-123"}
     assert [a.metric for a in reply.anomalies] == ["cpu"]
     assert reply.threshold == pytest.approx(threshold_for(0.95))
-    assert reply.model_version.startswith(method)
+    assert reply.model_version == f"anomaly-{method}/1"  # the detector configuration's registry version
     if method == "isolation_forest":
         assert cpu.contribution > max(memory.contribution, disk.contribution)
 

@@ -81,6 +81,12 @@ async def test_runs_and_registered_versions_go_through_the_server(mlflow_server,
     assert await tracking.load_artifact("rul-server-test") == b"version two"
     assert await tracking.load_artifact("rul-server-test", "2", "missing.bin") is None
     assert await tracking.load_artifact("rul-server-test", "3") is None
+    # A configuration's version is found again through the server by its fingerprint tag.
+    config = {"method": "auto", "library.statsforecast": "2.1.1"}
+    assert await tracking.register_config("forecast-server-test", params=config) == "forecast-server-test/1"
+    assert await tracking.register_config("forecast-server-test", params=config) == "forecast-server-test/1"
+    changed = await tracking.register_config("forecast-server-test", params={**config, "method": "mstl"})
+    assert changed == "forecast-server-test/2"
     await tracking.close()
 
     # What the server holds, asked through its REST API by a client of its own.

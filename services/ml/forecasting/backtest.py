@@ -8,12 +8,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.ml.forecasting.methods import AUTO_CANDIDATES, Prediction, min_points, model_version, predict
+from services.ml.forecasting.methods import (
+    Candidate,
+    Prediction,
+    auto_candidates,
+    min_points,
+    model_version,
+    predict,
+    usable_seasons,
+)
 
 MAX_WINDOWS = 2
 """Rolling origins per backtest: the last two horizons of the history."""
-MAX_COMBINED = 3
-"""A combination averages the best two or three methods (the M4 winners were combinations)."""
+MAX_COMBINED = 4
+"""A combination averages the best two to four candidates (the M4 winners were combinations)."""
 
 
 @dataclass(frozen=True)
@@ -79,54 +87,55 @@ def _check_deadline(deadline: float | None) -> None:
         raise TimeoutError("the request's deadline passed while fitting forecasts")
 
 
-def _fit(job: SeriesJob, method: str, y: np.ndarray, levels: tuple[float, ...]) -> Prediction:
+def _fit(
+    job: SeriesJob, method: str, seasons: tuple[int, ...], y: np.ndarray, levels: tuple[float, ...]
+) -> Prediction:
     _check_deadline(job.deadline)
-    return predict(method, y, job.horizon, levels, job.seasons, job.step_ms, job.start_ms)
+    return predict(method, y, job.horizon, levels, seasons, job.step_ms, job.start_ms)
 
 
 def run(job: SeriesJob) -> SeriesOutcome:
     """Forecast one series with its method, or for `auto` choose by backtest (worker entry point)."""
+    if job.method != "auto":
+        return _single(job)
     n, h, season = len(job.y), job.horizon, job.seasons[0]
-    methods = AUTO_CANDIDATES if job.method == "auto" else (job.method,)
-    need = {m: min_points(m, season) for m in methods}
-    if min(need.values()) > n:
-        raise TooShort(job.method, min(need.values()), n)
-    windows = 0
-    if job.backtest:
-        # As many origins (at most MAX_WINDOWS) as leave every training part long enough.
-        while windows < MAX_WINDOWS and n - (windows + 1) * h >= min(need.values()):
-            windows += 1
-    if job.method == "auto" and windows == 0:
-        raise TooShort("auto", min(need.values()) + h, n)
-    if windows == 0:
-        return SeriesOutcome(job.method, _fit(job, job.method, job.y, job.levels), model_version(job.method))
+    # Every candidate needs a backtest window: the shortest history auto accepts fits the cheapest
+    # candidate (seasonal naive at the main season) and one horizon to judge it on.
+    least = min_points("seasonal_naive", season) + h
+    if n < least:
+        raise TooShort("auto", least, n)
+    windows = 1
+    while windows < MAX_WINDOWS and n - (windows + 1) * h >= min_points("seasonal_naive", season):
+        windows += 1
     shortest = n - windows * h
-    usable = [m for m in methods if need[m] <= shortest]
-    actual, backtests = [], {m: [] for m in usable}
+    usable = [
+        c
+        for c in auto_candidates(usable_seasons(job.seasons, shortest))
+        if min_points(c.method, c.season, h) <= shortest
+    ] or [Candidate("seasonal_naive", season if shortest >= season else 1)]
+    actual, backtests = [], {c: [] for c in usable}
     for w in range(windows, 0, -1):
         train, test = job.y[: n - w * h], job.y[n - w * h : n - w * h + h]
         actual.append((train, test))
-        for m in usable:
-            backtests[m].append(_fit(job, m, train, ()).mean)
+        for c in usable:
+            backtests[c].append(_fit(job, c.method, (c.season,), train, ()).mean)
     scores = {
-        m: np.mean([smape(t, f) for (_, t), f in zip(actual, backtests[m], strict=True)]) for m in usable
+        c: np.mean([smape(t, f) for (_, t), f in zip(actual, backtests[c], strict=True)]) for c in usable
     }
-    ranked = sorted(usable, key=lambda m: scores[m])
-    options: list[tuple[float, tuple[str, ...]]] = [(scores[ranked[0]], (ranked[0],))]
+    ranked = sorted(usable, key=lambda c: scores[c])
+    options: list[tuple[float, tuple[Candidate, ...]]] = [(scores[ranked[0]], (ranked[0],))]
     for k in range(2, min(MAX_COMBINED, len(ranked)) + 1):
         members = tuple(ranked[:k])
-        combined = [np.mean([backtests[m][i] for m in members], axis=0) for i in range(windows)]
+        combined = [np.mean([backtests[c][i] for c in members], axis=0) for i in range(windows)]
         options.append(
             (float(np.mean([smape(t, f) for (_, t), f in zip(actual, combined, strict=True)])), members)
         )
-    _, members = min(options, key=lambda o: o[0])
-    member_forecasts = [[backtests[m][i] for m in members] for i in range(windows)]
-    chosen = [np.mean(fs, axis=0) for fs in member_forecasts]
-    best_smape = float(np.mean([smape(t, f) for (_, t), f in zip(actual, chosen, strict=True)]))
+    best_smape, members = min(options, key=lambda o: o[0])
+    chosen = [np.mean([backtests[c][i] for c in members], axis=0) for i in range(windows)]
     best_mase = float(np.mean([mase(t, f, tr, season) for (tr, t), f in zip(actual, chosen, strict=True)]))
-    finals = [_fit(job, m, job.y, job.levels) for m in members]
+    finals = [_fit(job, c.method, (c.season,), job.y, job.levels) for c in members]
     if len(members) == 1:
-        method, prediction, weights = members[0], finals[0], {}
+        method, prediction, weights = members[0].name, finals[0], {}
     else:
         # Bands of a combination: the mean of the members' bounds (as the M4 combination entries did).
         method = "combination"
@@ -135,15 +144,39 @@ def run(job: SeriesJob) -> SeriesOutcome:
             {lv: np.mean([p.lower[lv] for p in finals], axis=0) for lv in job.levels},
             {lv: np.mean([p.upper[lv] for p in finals], axis=0) for lv in job.levels},
         )
-        weights = {m: 1 / len(members) for m in members}
-    version = "+".join(model_version(m) for m in members)
+        weights = {c.name: 1 / len(members) for c in members}
     return SeriesOutcome(
         method,
         prediction,
-        version,
+        model_version("auto"),
         weights,
-        best_smape,
+        float(best_smape),
         best_mase,
         windows,
-        {m: float(scores[m]) for m in usable} if job.method == "auto" else {},
+        {c.name: float(scores[c]) for c in usable},
     )
+
+
+def _single(job: SeriesJob) -> SeriesOutcome:
+    """One named method: fitted on the whole history, with its backtest error when the history
+    holds a window beyond what the method needs."""
+    n, h, season = len(job.y), job.horizon, job.seasons[0]
+    need = min_points(job.method, season, h if job.levels else 0)
+    if n < need:
+        raise TooShort(job.method, need, n)
+    windows = 0
+    if job.backtest:
+        while windows < MAX_WINDOWS and n - (windows + 1) * h >= min_points(job.method, season):
+            windows += 1
+    outcome = SeriesOutcome(
+        job.method, _fit(job, job.method, job.seasons, job.y, job.levels), model_version(job.method)
+    )
+    if windows:
+        actual = [(job.y[: n - w * h], job.y[n - w * h : n - w * h + h]) for w in range(windows, 0, -1)]
+        forecasts = [_fit(job, job.method, job.seasons, train, ()).mean for train, _ in actual]
+        outcome.smape = float(np.mean([smape(t, f) for (_, t), f in zip(actual, forecasts, strict=True)]))
+        outcome.mase = float(
+            np.mean([mase(t, f, tr, season) for (tr, t), f in zip(actual, forecasts, strict=True)])
+        )
+        outcome.windows = windows
+    return outcome

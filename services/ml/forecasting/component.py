@@ -1,12 +1,18 @@
 """The Forecasting component: reads stored history (through the query-router) or takes inline
-history, fits in worker processes, answers, caches, publishes and tracks. No gRPC servicing here."""
+history, fits in worker processes, answers, caches, publishes and tracks. No gRPC servicing here.
+
+Each method's configuration (the forecasting modules' parameters, the library releases) is a
+registered MLflow model, "forecast-<method>"; answers carry its registry version (`ConfigVersions`).
+Each request's backtest summary is logged as an MLflow run in the background, after the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -18,18 +24,46 @@ from libs.cache import TtlCache
 from libs.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from platformq.analytics.v1 import common_pb2, events_pb2
 from platformq.analytics.v1 import ml_service_pb2 as pb
-from services.ml.forecasting import backtest
+from services.ml.forecasting import backtest, methods
 from services.ml.forecasting.backtest import SeriesJob, SeriesOutcome, TooShort
 from services.ml.forecasting.crossing import crossing
 from services.ml.forecasting.methods import season_lengths
-from services.ml.forecasting.spec import ForecastSpec
+from services.ml.forecasting.spec import METHODS, ForecastSpec, check_series_count
 from services.ml.history import HistoryClient
 from services.ml.tracking import ModelTracking
+from services.ml.versions import ConfigVersions, module_constants, release, unregistered
+
+log = logging.getLogger(__name__)
 
 ML_CACHE = "ml"
 TOPIC = "predictions.forecast"
 MAX_GRID_POINTS = 200_000
 """A step that spreads one series over more points than this is refused (it names the step)."""
+MAX_PENDING_RUNS = 100
+"""Backtest runs waiting for MLflow at most; beyond, a run is not logged (a warning says so)."""
+
+
+def forecast_model(method: str) -> str:
+    """The registered MLflow model of a forecasting method's configuration, e.g. "forecast-auto"."""
+    return f"forecast-{method}"
+
+
+def forecast_config(method: str) -> dict[str, object]:
+    """What decides a method's forecasts: the method, the forecasting and backtest modules'
+    parameters (auto's candidates, seasons, backtest windows, ..., read from the modules, so a
+    changed one is a new configuration) and the library releases."""
+    params: dict[str, object] = {"method": method}
+    params.update(module_constants(methods, "methods."))
+    params.update(module_constants(backtest, "backtest."))
+    libraries = ["numpy", "statsforecast"] + (["prophet"] if method in ("prophet", "auto") else [])
+    for library in libraries:
+        params[f"library.{library}"] = release(library)
+    return params
+
+
+def forecast_configs() -> dict[str, Callable[[], dict[str, object]]]:
+    """Every method's configuration builder, by registered name (for `ConfigVersions`)."""
+    return {forecast_model(m): (lambda m=m: forecast_config(m)) for m in METHODS}
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,8 @@ class Forecasting:
         cache_ttl_seconds: float,
         tracking: ModelTracking | None,
         workers: int,
+        versions: ConfigVersions | None = None,
+        max_series: int = 100,
     ) -> None:
         self.history = history
         self.bus = bus
@@ -123,7 +159,10 @@ class Forecasting:
         self.cache_ttl_seconds = cache_ttl_seconds
         self.tracking = tracking
         self.workers = workers
+        self.versions = versions  # None: answers say "forecast-<method>/unregistered"
+        self.max_series = max_series
         self._pool: ProcessPoolExecutor | None = None
+        self._runs: set[asyncio.Task[None]] = set()  # backtest runs being logged to MLflow
 
     def _executor(self) -> ProcessPoolExecutor:
         # Started on the first forecast, not at start-up: /health stays as fast as before. Spawned,
@@ -134,10 +173,18 @@ class Forecasting:
         return self._pool
 
     async def close(self) -> None:
-        """Stop the worker processes (cancelling queued fits)."""
+        """Stop the worker processes (cancelling queued fits) and let pending backtest runs be logged."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def model_version(self, method: str, timeout: float | None = None) -> str:
+        """The registry version of a method's configuration, "forecast-<method>/<n>"."""
+        if self.versions is None:
+            return unregistered(forecast_model(method))
+        return await self.versions.version(forecast_model(method), timeout)
 
     async def forecast(
         self, spec: ForecastSpec, tenant: str, timeout: float | None = None
@@ -148,6 +195,31 @@ class Forecasting:
         if cached is not None:
             return cached
         deadline = time.time() + timeout if timeout is not None else None
+        # The registry version resolves (only the first time: MLflow) while history is read and fitted.
+        version = asyncio.ensure_future(self.model_version(spec.method, timeout))
+        version.add_done_callback(_retrieved)
+        try:
+            response = await self._forecast(spec, tenant, timeout, deadline, version)
+        finally:
+            version.cancel()  # a no-op once it is done
+        if not response.series:
+            return response
+        await self._publish(spec, tenant, response)
+        self._track_later(spec, response)
+        hit = pb.ForecastResponse()
+        hit.CopyFrom(response)
+        hit.cached = True
+        self.cache.put(ML_CACHE, key, hit, self.cache_ttl_seconds)
+        return response
+
+    async def _forecast(
+        self,
+        spec: ForecastSpec,
+        tenant: str,
+        timeout: float | None,
+        deadline: float | None,
+        version: asyncio.Future[str],
+    ) -> pb.ForecastResponse:
         if spec.kind == "inline":
             raw = [
                 (s.metric, s.labels, self._field(spec, i), s.ts, s.values) for i, s in enumerate(spec.inline)
@@ -158,22 +230,24 @@ class Forecasting:
         if not raw:
             response.message = f"no stored series of {', '.join(spec.metrics)} in {spec.datasource} matched over the history range"
             return response
+        # Counted before anything is fitted: a selection over the limit fits nothing.
+        check_series_count(len(raw), self.max_series, self._count_field(spec))
         series = self._regular(spec, raw)
         response.step_ms = series[0].step_ms
         outcomes = await self._fit(spec, series, deadline, timeout)
+        model_version = await version
         for s, outcome in zip(series, outcomes, strict=True):
-            response.series.append(self._answer(spec, s, outcome))
+            response.series.append(self._answer(spec, s, outcome, model_version))
         first = response.series[0]
         response.points.extend(first.points)
-        response.method, response.model_version = first.method, first.model_version
-        # Tracked first: a forecast whose run could not be logged fails before anything is published.
-        await self._track(spec, response)
-        await self._publish(spec, tenant, response)
-        hit = pb.ForecastResponse()
-        hit.CopyFrom(response)
-        hit.cached = True
-        self.cache.put(ML_CACHE, key, hit, self.cache_ttl_seconds)
+        response.method, response.model_version = first.method, model_version
         return response
+
+    @staticmethod
+    def _count_field(spec: ForecastSpec) -> str:
+        if spec.group_by:
+            return "group_by"
+        return {"selection": "selection", "metric": "labels"}.get(spec.origin, spec.origin)
 
     @staticmethod
     def _field(spec: ForecastSpec, i: int) -> str:
@@ -264,7 +338,7 @@ class Forecasting:
                 f.cancel()
 
     @staticmethod
-    def _answer(spec: ForecastSpec, s: Regular, o: SeriesOutcome) -> pb.SeriesForecast:
+    def _answer(spec: ForecastSpec, s: Regular, o: SeriesOutcome, model_version: str) -> pb.SeriesForecast:
         times = s.start_ms + s.step_ms * (len(s.y) + np.arange(spec.horizon))
         widest = max(spec.levels)
         p = o.prediction
@@ -275,7 +349,7 @@ class Forecasting:
             weights=o.weights,
             backtest_windows=o.windows,
             candidates=o.candidates,
-            model_version=o.model_version,
+            model_version=model_version,
             history_points=len(s.y),
             step_ms=s.step_ms,
             season_lengths=[m for m in season_lengths(s.step_ms) if m > 1 and len(s.y) >= 2 * m],
@@ -321,10 +395,28 @@ class Forecasting:
             )
             await self.bus.publish(TOPIC, event, key=f"{s.metric}{sorted(labels.items())}")
 
-    async def _track(self, spec: ForecastSpec, response: pb.ForecastResponse) -> None:
-        """Log the request's backtest summary as an MLflow run (forecasts keep no fitted model)."""
+    def _track_later(self, spec: ForecastSpec, response: pb.ForecastResponse) -> None:
+        """Log the backtest summary in the background: the answer never waits for MLflow."""
         if self.tracking is None:
             return
+        if len(self._runs) >= MAX_PENDING_RUNS:
+            log.warning(
+                "forecast backtest run not logged: MLflow is behind", extra={"pending": len(self._runs)}
+            )
+            return
+        task = asyncio.create_task(self._track(spec, response), name="forecast-run")
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def _track(self, spec: ForecastSpec, response: pb.ForecastResponse) -> None:
+        """Log the request's backtest summary as an MLflow run (forecasts keep no fitted model); a
+        failure is logged, never raised: the answer is out already."""
+        try:
+            await self._log_run(spec, response)
+        except Unavailable as exc:
+            log.warning("forecast backtest run not logged", extra={"error": exc.reason})
+
+    async def _log_run(self, spec: ForecastSpec, response: pb.ForecastResponse) -> None:
         scored = [s for s in response.series if s.HasField("backtest_smape")]
         metrics = {"series": float(len(response.series))}
         if scored:
@@ -343,5 +435,16 @@ class Forecasting:
                 "chosen": ",".join(chosen),
             },
             metrics=metrics,
-            tags={"kind": spec.kind, "metrics": ",".join(sorted({s.metric for s in response.series}))},
+            tags={
+                "kind": spec.kind,
+                "metrics": ",".join(sorted({s.metric for s in response.series})),
+                "model_version": response.model_version,
+            },
         )
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    # A version lookup whose request failed first: its outcome is read here, so asyncio does not
+    # log it as never retrieved.
+    if not task.cancelled():
+        task.exception()

@@ -14,11 +14,30 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 STATSFORECAST_VERSION = "statsforecast-2.1.1"
 PROPHET_VERSION = "prophet-1.5.0"
-STATISTICAL = ("auto_ets", "auto_arima", "auto_theta", "mstl", "seasonal_naive")
-# auto_arima with a daily season on hourly data takes ~30 s a series and auto_ets ~1.4 s
-# (statsforecast 2.1.1, one core, M4 hourly) and were rarely chosen in backtests; prophet is the
-# baseline auto has to beat: none is an auto candidate.
-AUTO_CANDIDATES = ("auto_theta", "mstl", "seasonal_naive")
+STATISTICAL = (
+    "auto_ets",
+    "auto_arima",
+    "auto_theta",
+    "mstl",
+    "seasonal_naive",
+    "seasonal_es",
+    "seasonal_window_average",
+    "stl_drift",
+)
+AUTO_METHODS = ("seasonal_naive", "seasonal_es", "seasonal_window_average", "stl_drift")
+"""What `auto` backtests, at each season of the series. Each fit takes about a millisecond (stl_drift
+about four) on an M4 hourly series, so the backtest and the final fits together cost less than a
+tenth of one Prophet fit; on the M4 hourly series the choice among them beats auto_theta, mstl,
+auto_ets and Prophet (docs/benchmarks.md). auto_arima (~30 s a series with a daily season on
+hourly data), auto_ets (~1.4 s), mstl (~70 ms) and auto_theta (~50 ms) stay methods of their own."""
+WINDOW_SEASONS = 2
+"""seasonal_window_average forecasts each step as the mean of that step in the last two seasons."""
+CONFORMAL_WINDOWS = 2
+"""Models without intervals of their own get conformal ones from refits on past horizons: at least
+two (statsforecast's least) ..."""
+CONFORMAL_MAX_WINDOWS = 10
+"""... and at most ten: the quantile of k errors per step cannot cover more than k/(k+1) of new ones,
+two windows would cap a 95% band at 67%."""
 STL_JUMPS = {"seasonal_jump": 7, "trend_jump": 10, "low_pass_jump": 7}
 ARIMA_MAX_POINTS = 14 * 24
 """auto_arima fits on the last 14 daily seasons at most: its cost grows steeply with length."""
@@ -58,19 +77,73 @@ def usable_seasons(seasons: tuple[int, ...], points: int) -> tuple[int, ...]:
     return tuple(m for m in seasons if m > 1 and points >= 2 * m) or (1,)
 
 
-def min_points(method: str, season: int) -> int:
-    """The fewest history points `method` accepts for a series with the given main season."""
+@dataclass(frozen=True)
+class Candidate:
+    """One model `auto` backtests: a method at one seasonal period."""
+
+    method: str
+    season: int
+
+    @property
+    def name(self) -> str:
+        """How answers name it, e.g. "seasonal_es:168"."""
+        return f"{self.method}:{self.season}"
+
+
+def auto_candidates(seasons: tuple[int, ...]) -> tuple[Candidate, ...]:
+    """Every auto method at every season of the series (one step when it has none); stl_drift at the
+    main season only (LOESS over a weekly season of hourly points costs 30 ms a fit)."""
+    return tuple(
+        Candidate(m, s) for i, s in enumerate(seasons) for m in AUTO_METHODS if i == 0 or m != "stl_drift"
+    )
+
+
+def conformal(method: str) -> bool:
+    """Whether the method's intervals are conformal (from refits on past horizons), not its own."""
+    return method in ("seasonal_es", "seasonal_window_average")
+
+
+def min_points(method: str, season: int, horizon: int = 0) -> int:
+    """The fewest history points `method` accepts for a series with the given main season (and, for
+    methods with conformal intervals, the past horizons of `horizon` steps that calibrate them)."""
+    calibration = CONFORMAL_WINDOWS * horizon if conformal(method) else 0
     if method == "seasonal_naive":
         return max(season, 2)
+    if method == "seasonal_es":
+        return max(season, 2) + calibration
+    if method == "seasonal_window_average":
+        return WINDOW_SEASONS * max(season, 1) + calibration
     if method == "prophet":
         return 3
     return max(2 * season, 10) if season > 1 else 10
 
 
-def _statsforecast_model(method: str, seasons: tuple[int, ...]):
-    from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, SeasonalNaive
+def _statsforecast_model(method: str, seasons: tuple[int, ...], intervals: tuple[int, int] | None):
+    from statsforecast.models import (
+        MSTL,
+        AutoARIMA,
+        AutoETS,
+        AutoTheta,
+        RandomWalkWithDrift,
+        SeasonalExponentialSmoothingOptimized,
+        SeasonalNaive,
+        SeasonalWindowAverage,
+    )
+    from statsforecast.utils import ConformalIntervals
 
     main = seasons[0]
+    calibration = ConformalIntervals(h=intervals[0], n_windows=intervals[1]) if intervals else None
+    if method == "seasonal_es":
+        return SeasonalExponentialSmoothingOptimized(season_length=main, prediction_intervals=calibration)
+    if method == "seasonal_window_average":
+        return SeasonalWindowAverage(
+            season_length=main, window_size=WINDOW_SEASONS, prediction_intervals=calibration
+        )
+    if method == "stl_drift":
+        # One STL pass and a drifting trend: the cheap candidate that extrapolates a trend.
+        if main == 1:
+            return RandomWalkWithDrift()
+        return MSTL(season_length=[main], trend_forecaster=RandomWalkWithDrift(), stl_kwargs=STL_JUMPS)
     if method == "auto_ets":
         return AutoETS(season_length=main)
     if method == "auto_arima":
@@ -103,7 +176,11 @@ def predict(
         seasons = seasons[:1]
     if method == "auto_arima":
         y = y[-max(ARIMA_MAX_POINTS, 2 * seasons[0]) :]
-    model = _statsforecast_model(method, seasons)
+    intervals = None
+    if levels and conformal(method):
+        fit = min_points(method, seasons[0])
+        intervals = (horizon, max(CONFORMAL_WINDOWS, min(CONFORMAL_MAX_WINDOWS, (len(y) - fit) // horizon)))
+    model = _statsforecast_model(method, seasons, intervals)
     lv = [int(x) if float(x).is_integer() else x for x in levels]
     out = model.forecast(y=y, h=horizon, level=lv or None)
     mean = np.asarray(out["mean"], dtype=np.float64)

@@ -12,7 +12,18 @@ from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml.spec import InlineSeries, parse_inline, parse_window
 from services.query_router.spec import DEFAULT_DATASOURCE, LABEL_KEY, LabelMatch, filters_from_proto
 
-METHODS = ("auto", "prophet", "auto_ets", "auto_arima", "auto_theta", "mstl", "seasonal_naive")
+METHODS = (
+    "auto",
+    "prophet",
+    "auto_ets",
+    "auto_arima",
+    "auto_theta",
+    "mstl",
+    "seasonal_naive",
+    "seasonal_es",
+    "seasonal_window_average",
+    "stl_drift",
+)
 DEFAULT_LEVELS = (80.0, 95.0)
 DIRECTIONS = ("above", "below")
 DEFAULT_LOOKBACK_MS = 7 * 86_400_000
@@ -38,6 +49,18 @@ class ForecastSpec:
     end_ms: int | None = None
     inline: tuple[InlineSeries, ...] = ()
     origin: str = "metric"  # the request field the series come from (metric, selection, history, series)
+
+
+def check_series_count(count: int, limit: int, field: str) -> None:
+    """Refuse a request that would fit more series than FORECAST_MAX_SERIES. A stored selection's
+    count is known only once its series are read, so the component calls this before fitting."""
+    if count > limit:
+        raise InvalidArgument(
+            f"too many series: the request matches {count} series, over the limit of {limit} per forecast "
+            "(FORECAST_MAX_SERIES); narrow it with label filters"
+            + (" or fewer group_by labels" if field == "group_by" else ""),
+            field,
+        )
 
 
 def _labels(labels, where: str) -> tuple[LabelMatch, ...]:

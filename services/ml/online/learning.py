@@ -1,7 +1,12 @@
 """The online models of one ml service: created on first use, one at a time per model, learned in
 a worker thread, checkpointed in DATA_DIR/ml/online/<name>.pkl before the answer (so a restart
 resumes with every sample learned) and logged to MLflow every ONLINE_TRACK_SAMPLES samples or
-ONLINE_TRACK_SECONDS seconds, in the background (MLflow is too slow for every request)."""
+ONLINE_TRACK_SECONDS seconds, in the background (MLflow is too slow for every request).
+
+At most ONLINE_MAX_MODELS models stay in memory: the least recently used beyond are dropped and
+reloaded from their checkpoint on their next use. Every change to a model is checkpointed before
+its lock is released and a model is dropped only while its lock is free, so the checkpoint of a
+dropped model holds everything it learned (samples_seen goes on counting after the reload)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,7 @@ class OnlineConfig:
     track_samples: int = 1000
     track_seconds: float = 300.0
     max_samples: int = 10_000
+    max_models: int = 100
 
 
 class OnlineLearning:
@@ -43,7 +50,9 @@ class OnlineLearning:
         self.config = config
         self.tracking = tracking  # None: no MLflow logging
         self.folder = config.data_dir / "ml" / "online"
-        self._models: dict[str, OnlineModel] = {}
+        self._models: OrderedDict[str, OnlineModel] = OrderedDict()  # least recently used first
+        # One lock per model name ever used, kept when its model is dropped: a request may be
+        # waiting on it (a few hundred bytes each; every name also has its checkpoint on disk).
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task] = set()
         self._logging: set[str] = set()
@@ -131,7 +140,7 @@ class OnlineLearning:
             before = model.samples_seen
             predictions = await asyncio.to_thread(model.learn, xs, ys, _now_ms())
             data = await asyncio.to_thread(self._save, model)
-            self._models[model.name] = model
+            self._remember(model)
             self._maybe_track(model, data)
         finally:
             lock.release()
@@ -170,18 +179,36 @@ class OnlineLearning:
             for entity, ts, _, _ in fresh:
                 model.entity_ts[entity] = max(ts, model.entity_ts.get(entity, -1))
             data = await asyncio.to_thread(self._save, model)
-            self._models[name] = model
+            self._remember(model)
             self._maybe_track(model, data)
             return len(fresh)
 
     async def _get(self, name: str) -> OnlineModel | None:
+        """The model in memory, else its checkpoint loaded (call with the model's lock held)."""
         model = self._models.get(name)
         if model is None:
             model = await asyncio.to_thread(self._load, name)
             if model is not None:
-                self._models.setdefault(name, model)
-                model = self._models[name]
+                self._remember(model)
+        else:
+            self._models.move_to_end(name)
         return model
+
+    def _remember(self, model: OnlineModel) -> None:
+        """Keep `model` as the most recently used; drop the least recently used beyond the bound,
+        skipping any whose lock is held (in use: it may be learning and not yet checkpointed)."""
+        self._models[model.name] = model
+        self._models.move_to_end(model.name)
+        excess = len(self._models) - self.config.max_models
+        if excess <= 0:
+            return
+        for name in list(self._models):
+            if excess == 0:
+                break
+            if name != model.name and not self._lock(name).locked():
+                del self._models[name]
+                excess -= 1
+                log.debug("online model dropped from memory", extra={"model": name})
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.pkl"
@@ -246,10 +273,15 @@ class OnlineLearning:
         finally:
             self._logging.discard(model.name)
         async with self._lock(model.name):
-            model.model_version = version
-            model.logged_samples = seen
-            model.logged_at_ms = _now_ms()
-            await asyncio.to_thread(self._save, model)
+            # The model in memory now: `model` may have been dropped and reloaded since, and the
+            # reloaded one has learned more.
+            current = await self._get(model.name)
+            if current is None:
+                return
+            current.model_version = version
+            current.logged_samples = seen
+            current.logged_at_ms = _now_ms()
+            await asyncio.to_thread(self._save, current)
 
 
 def _prediction(p: Prediction) -> pb.OnlinePrediction:

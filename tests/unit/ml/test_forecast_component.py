@@ -12,9 +12,10 @@ from libs.cache import TtlCache
 from libs.errors import InvalidArgument
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import ml_service_pb2 as pb
-from services.ml.forecasting.component import Forecasting, regularise
+from services.ml.forecasting.component import Forecasting, forecast_configs, regularise
 from services.ml.forecasting.spec import forecast_from_proto
 from services.ml.history import StoredSeries
+from services.ml.versions import ConfigVersions
 from tests.helpers import REPO_ROOT
 
 HOUR = 3_600_000
@@ -47,20 +48,26 @@ class FakeHistory:
 
 
 class FakeTracking:
-    """Records runs like ModelTracking.log_run."""
+    """Records runs like ModelTracking.log_run and registers configurations like register_config."""
 
     def __init__(self) -> None:
-        self.runs: list[tuple[str, dict, dict]] = []
+        self.runs: list[tuple[str, dict, dict, dict]] = []
+        self.configs: dict[str, dict] = {}
 
     async def log_run(self, experiment, *, params, metrics, tags=None) -> str:
-        self.runs.append((experiment, params, metrics))
+        self.runs.append((experiment, params, metrics, tags or {}))
         return f"run-{len(self.runs)}"
+
+    async def register_config(self, name, *, params) -> str:
+        self.configs[name] = params
+        return f"{name}/7"
 
 
 @pytest.fixture
 async def component():
     bus, history, tracking = RecordingBus(), FakeHistory(), FakeTracking()
-    forecasting = Forecasting(history, bus, TtlCache(), 300.0, tracking, workers=2)
+    versions = ConfigVersions(tracking, forecast_configs())
+    forecasting = Forecasting(history, bus, TtlCache(), 300.0, tracking, workers=2, versions=versions)
     yield forecasting, bus, history, tracking
     await forecasting.close()
 
@@ -82,7 +89,11 @@ async def test_inline_forecast_is_cached_published_and_tracked(component) -> Non
     first = await forecasting.forecast(spec, "default", 60)
     assert not first.cached and first.step_ms == HOUR and len(first.points) == 24
     series = first.series[0]
-    assert series.method == "seasonal_naive" and series.model_version == "seasonal_naive/statsforecast-2.1.1"
+    # the registry version of the method's configuration, registered once with its parameters
+    assert series.method == "seasonal_naive" and series.model_version == "forecast-seasonal_naive/7"
+    assert first.model_version == series.model_version
+    config = tracking.configs["forecast-seasonal_naive"]
+    assert config["method"] == "seasonal_naive" and config["library.statsforecast"] == "2.1.1"
     assert series.points[0].timestamp_ms == 24 * 8 * HOUR and series.step_ms == HOUR
     assert [i.level for i in series.points[0].intervals] == [80, 95]
     assert series.HasField("backtest_smape") and series.backtest_smape < 5
@@ -95,7 +106,10 @@ async def test_inline_forecast_is_cached_published_and_tracked(component) -> Non
     event = bus.published[0][1]
     assert event.kind == "forecast" and event.metric == "latency" and len(event.points) == 24
     assert event.source == "auth" and event.method == "seasonal_naive"
+    assert event.model_version == "forecast-seasonal_naive/7"
+    await forecasting.close()  # the backtest run is logged in the background; close waits for it
     assert len(tracking.runs) == 1 and tracking.runs[0][0] == "forecast"
+    assert tracking.runs[0][3]["model_version"] == "forecast-seasonal_naive/7"
 
 
 async def test_stored_group_by_forecasts_each_group(component) -> None:
@@ -108,6 +122,26 @@ async def test_stored_group_by_forecasts_each_group(component) -> None:
     a, b = (np.array([p.value for p in s.points]) for s in response.series)
     assert np.allclose(b - a, 2, atol=0.5)  # host b runs 2 above host a
     assert history.calls == 1 and len(bus.published) == 2
+
+
+async def test_a_selection_over_the_series_limit_is_refused_before_fitting() -> None:
+    bus, tracking = RecordingBus(), FakeTracking()
+    forecasting = Forecasting(FakeHistory(), bus, TtlCache(), 300.0, tracking, workers=1, max_series=1)
+    request = pb.ForecastRequest(
+        selection=pb.SeriesSelection(metrics=["cpu"]), group_by=["host"], horizon=6, method="auto_theta"
+    )
+    with pytest.raises(InvalidArgument) as err:
+        await forecasting.forecast(forecast_from_proto(request, 100), "default", 60)
+    await forecasting.close()
+    assert err.value.field == "group_by"
+    assert "too many series" in err.value.reason and "2 series" in err.value.reason
+    assert "limit of 1" in err.value.reason and "FORECAST_MAX_SERIES" in err.value.reason
+    assert bus.published == [] and tracking.runs == []  # nothing fitted, published or logged
+    # without group_by the two stored series are two forecasts: refused on the selection
+    ungrouped = pb.ForecastRequest(selection=pb.SeriesSelection(metrics=["cpu"]), horizon=6)
+    with pytest.raises(InvalidArgument) as err:
+        await forecasting.forecast(forecast_from_proto(ungrouped, 100), "default", 60)
+    assert err.value.field == "selection"
 
 
 async def test_history_too_short_names_the_minimum_and_field(component) -> None:

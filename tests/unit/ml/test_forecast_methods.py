@@ -32,6 +32,9 @@ def _job(method: str, y: np.ndarray, backtest: bool = True) -> SeriesJob:
         ("auto_theta", 2.5),
         ("mstl", 2.5),
         ("prophet", 3.0),
+        ("seasonal_es", 4.0),  # a level per season step: the trend is missed as by seasonal naive
+        ("seasonal_window_average", 4.5),  # two weeks averaged: a week further behind the trend
+        ("stl_drift", 2.5),
         ("auto", 2.5),
     ],
 )
@@ -53,12 +56,33 @@ def test_method_beats_floor_on_seasonal_trend(method: str, floor: float) -> None
 
 def test_auto_reports_candidates_and_picks_the_best_or_a_combination() -> None:
     out = run(_job("auto", _series(16 * 7)))
-    assert set(out.candidates) == {"auto_theta", "mstl", "seasonal_naive"}
+    assert set(out.candidates) == {
+        "seasonal_naive:7",
+        "seasonal_es:7",
+        "seasonal_window_average:7",
+        "stl_drift:7",
+    }
     assert out.smape <= min(out.candidates.values()) + 1e-9
     if out.method == "combination":
         assert len(out.weights) >= 2 and sum(out.weights.values()) == pytest.approx(1.0)
     else:
         assert out.method in out.candidates and out.weights == {}
+
+
+def test_auto_backtests_every_season_the_history_holds() -> None:
+    # Hourly steps: the day and, with more than two weeks of history left for the backtest, the week.
+    t = np.arange(24 * 7 * 4)
+    y = (
+        100
+        + 10 * np.sin(2 * np.pi * t / 24)
+        + 5 * (t // 24 % 7 >= 5)
+        + np.random.default_rng(1).normal(0, 0.5, len(t))
+    )
+    job = SeriesJob(y, 0, HOUR_MS, "auto", 48, (80.0,), season_lengths(HOUR_MS))
+    out = run(job)
+    assert {name.rsplit(":", 1)[1] for name in out.candidates} == {"24", "168"}
+    # The weekend step is weekly: whatever auto picks must know it (daily seasonal naive does not).
+    assert out.smape < out.candidates["seasonal_naive:24"]
 
 
 def test_too_short_history_names_the_minimum() -> None:

@@ -126,3 +126,35 @@ async def test_a_request_over_the_sample_limit_is_refused_before_anything_is_lea
     with pytest.raises(NotFound):
         await learning.predict(PredictSpec("big", ({"a": 1.0},)))
     assert (await learning.train(_train("big", _samples(50)))).samples_seen == 50
+
+
+async def test_models_beyond_the_memory_bound_are_dropped_and_reloaded_without_losing_anything(
+    tmp_path, caplog
+):
+    # Three models, two in memory (ONLINE_MAX_MODELS=2), used round-robin: each use reloads the
+    # model dropped last time, and every model goes on counting and learning y = 2a + 5 (+ noise).
+    caplog.set_level("INFO", logger="services.ml.online.learning")
+    names = ("m0", "m1", "m2")
+    learning = OnlineLearning(OnlineConfig(tmp_path, max_models=2))
+    for round_ in range(4):
+        for i, name in enumerate(names):
+            reply = await learning.train(_train(name, _samples(50, seed=10 * round_ + i)))
+            assert reply.samples_seen == 50 * (round_ + 1) and reply.samples_learned == 50
+            assert reply.created == (round_ == 0)
+    restored = [r.model for r in caplog.records if r.getMessage() == "online model restored"]
+    # round-robin over 3 with room for 2: from the second round on, every use is a reload
+    assert sorted(restored) == sorted(names * 3)
+    for name in names:
+        answer = await learning.predict(PredictSpec(name, ({"a": 4.0},)))
+        # prequential MAE over all 200 (the first, untrained guesses are ~15 off): a model that forgot
+        # at each reload would stay far above this
+        assert answer.samples_seen == 200 and answer.metric < 2.5
+        assert abs(answer.predictions[0].value - 13.0) < 1.0  # 2 * 4 + 5
+    await learning.stop()
+
+    # a restart resumes every model, the dropped ones included
+    again = OnlineLearning(OnlineConfig(tmp_path, max_models=2))
+    for name in names:
+        reply = await again.train(_train(name, _samples(10, seed=99)))
+        assert not reply.created and reply.samples_seen == 210
+    await again.stop()
