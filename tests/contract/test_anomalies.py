@@ -62,8 +62,8 @@ async def _server(data_dir, **overrides):
 
 
 @pytest.fixture
-async def ml(tmp_path):
-    server = await _server(tmp_path)
+async def ml(data_dir):
+    server = await _server(data_dir)
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield ml_service_pb2_grpc.MLServiceStub(channel), channel
     await server.stop(0)
@@ -258,7 +258,8 @@ async def test_feedback_is_stored_tightens_the_series_and_gives_precision(ml):
         assert err.value.code() == code
 
 
-async def test_anomalies_feedback_and_live_state_survive_a_restart(tmp_path):
+async def test_anomalies_feedback_and_live_state_survive_a_restart(data_dir):
+    tmp_path = data_dir
     server = await _server(tmp_path)
     ts, values = _spiky(800, [500, 700], seed=8)
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

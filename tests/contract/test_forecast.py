@@ -40,8 +40,8 @@ def _history(service: str, level: float, days: int = 8):
 
 
 @pytest.fixture
-async def ml(tmp_path):
-    settings = load_settings(data_dir=tmp_path, ml_checkpoint_seconds=3600, forecast_max_horizon=500)
+async def ml(data_dir):
+    settings = load_settings(data_dir=data_dir, ml_checkpoint_seconds=3600, forecast_max_horizon=500)
     server = await start_services(list(SERVICE_NAMES), settings, 0)
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)

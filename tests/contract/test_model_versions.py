@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import shutil
 import time
 
 import grpc
@@ -60,25 +59,6 @@ async def _ingest(channel, datasource: str, series) -> None:
         request.series.add(name=name, labels=labels, timestamps_ms=ts.tolist(), values=values.tolist())
     reply = await stub.IngestMetrics(request)
     assert reply.rejected == 0, reply.errors
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """A local MLflow store with its tables created (seconds of migrations), copied into each test."""
-    from mlflow.tracking import MlflowClient
-
-    folder = tmp_path_factory.mktemp("mlflow-template")
-    (folder / "mlflow").mkdir()
-    uri = local_tracking_uri(folder)
-    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
-    return folder / "mlflow" / "mlflow.db"
-
-
-@pytest.fixture
-def data_dir(tmp_path, empty_store):
-    (tmp_path / "mlflow").mkdir()
-    shutil.copyfile(empty_store, tmp_path / "mlflow" / "mlflow.db")
-    return tmp_path
 
 
 async def _start(data_dir, **overrides):

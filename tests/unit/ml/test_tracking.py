@@ -6,7 +6,6 @@ tests/integration/test_mlflow_server.py."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,25 +20,6 @@ from services.ml.anomaly_store import AnomalyStore
 from services.ml.stream import REGISTERED_MODEL, StreamConfig, StreamScorer
 from services.ml.tracking import ModelTracking, local_tracking_uri
 from tests.unit.ml.test_stream import RecordedHistory
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """A local store with MLflow's tables created (seconds of migrations), copied into each test."""
-    from mlflow.tracking import MlflowClient
-
-    folder = tmp_path_factory.mktemp("mlflow-template")
-    uri = local_tracking_uri(folder)
-    (folder / "mlflow").mkdir()
-    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
-    return folder / "mlflow" / "mlflow.db"
-
-
-@pytest.fixture
-def data_dir(tmp_path, empty_store) -> Path:
-    (tmp_path / "mlflow").mkdir()
-    shutil.copyfile(empty_store, tmp_path / "mlflow" / "mlflow.db")
-    return tmp_path
 
 
 @pytest.fixture
