@@ -14,10 +14,10 @@ from services.ml.anomalies import detector_config, detector_configs
 from services.ml.forecasting.component import forecast_config
 from services.ml.tracking import CONFIG_ARTIFACT, FINGERPRINT_TAG, ModelTracking, config_fingerprint
 from services.ml.versions import ConfigVersions
-from tests.unit.ml.test_tracking import _client, data_dir, empty_store  # noqa: F401  (fixtures)
+from tests.unit.ml.test_tracking import _client
 
 
-async def test_a_configuration_is_registered_once_and_found_again_after_a_restart(data_dir):  # noqa: F811
+async def test_a_configuration_is_registered_once_and_found_again_after_a_restart(data_dir):
     params = {"method": "auto", "candidates": "auto_theta,mstl", "windows": 2}
     tracking = ModelTracking("", data_dir)
     await tracking.start()
