@@ -73,13 +73,19 @@ format: gen
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Speed and memory side by side with baselines (VictoriaMetrics, raw DuckDB) in the same run, and
+# Speed and memory side by side with baselines (VictoriaMetrics, raw DuckDB) in the same run (REST
+# ingest through Envoy beside VictoriaMetrics' JSON import right after the gRPC one), and
 # anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone), and
 # the live streams at scale (1,000 WebSocket clients through Envoy, beside the bridge alone);
+# high cardinality with churn (20k to 1M series through REST) and growth over 1, 7 and 30 days of
+# TSBS data, both beside VictoriaMetrics;
 # writes docs/benchmarks.md. Not part of `make test`.
 bench: gen
 	bash benchmarks/setup.sh
 	$(BIN)/python -m benchmarks.run --docs
+	$(BIN)/python -m benchmarks.ingest_rest --docs
+	$(BIN)/python -m benchmarks.churn --docs
+	$(BIN)/python -m benchmarks.growth --docs
 	$(BIN)/python -m benchmarks.distributed --docs
 	$(BIN)/python -m benchmarks.anomaly --docs
 	$(BIN)/python -m benchmarks.anomaly_speed --docs

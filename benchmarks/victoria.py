@@ -61,10 +61,11 @@ class LoadResult:
 class VictoriaMetrics:
     """A single-node VictoriaMetrics process the benchmark owns."""
 
-    def __init__(self, storage: Path, log_path: Path) -> None:
+    def __init__(self, storage: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.storage = storage
         self.log_path = log_path
         self.port = free_port()
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,6 +92,7 @@ class VictoriaMetrics:
             # The data set's timestamps may lie outside the default 1-month retention.
             "-retentionPeriod=100y",
             "-loggerLevel=WARN",
+            *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

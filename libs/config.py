@@ -5,6 +5,7 @@ A missing or bad value stops start-up with a message that names the variable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -14,10 +15,48 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.errors import ConfigError
 
-SERVICE_NAMES = ("query-router", "realtime", "ml", "monitoring")
+PROTO_PACKAGE = "platformq.analytics.v1"
 
-# Default gRPC port of each service when it runs alone (distributed mode).
-DEFAULT_SERVICE_PORTS = {"query-router": 50051, "realtime": 50052, "ml": 50053, "monitoring": 50054}
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """One of the services: its name (as `analytics serve <name>` takes it), its proto service in
+    PROTO_PACKAGE, and its gRPC port when it runs alone."""
+
+    name: str
+    proto_service: str
+    default_port: int
+
+    @property
+    def full_name(self) -> str:
+        """The proto service's full name (gRPC paths, health, reflection, the gateway's routes)."""
+        return f"{PROTO_PACKAGE}.{self.proto_service}"
+
+    @property
+    def ident(self) -> str:
+        """The name as an identifier: its package under services/, its *_ADDRESS setting, its
+        Envoy cluster."""
+        return self.name.replace("-", "_")
+
+
+SERVICES = (
+    ServiceInfo("query-router", "QueryService", 50051),
+    ServiceInfo("realtime", "RealtimeService", 50052),
+    ServiceInfo("ml", "MLService", 50053),
+    ServiceInfo("monitoring", "MonitoringService", 50054),
+)
+"""The one table of the services, read by the settings, the runner, the launcher, the gateway's
+Envoy config and the ws bridge. The first one's port is also `serve all`'s."""
+
+SERVICE_NAMES = tuple(s.name for s in SERVICES)
+
+
+def service_info(name: str) -> ServiceInfo:
+    """The table's row of the service called `name`."""
+    for info in SERVICES:
+        if info.name == name:
+            return info
+    raise ConfigError(f"unknown service {name!r}; the services are {', '.join(SERVICE_NAMES)}")
 
 
 class Settings(BaseSettings):
@@ -109,6 +148,13 @@ class Settings(BaseSettings):
     retention_overrides: str = ""
     """RETENTION_OVERRIDES: per-datasource retention in days, e.g. "tsbs=3650,platform_metrics=7"."""
 
+    rollup_retention_days: float = Field(default=0.0, ge=0)
+    """ROLLUP_RETENTION_DAYS: how long 1-minute and 1-hour rollups are kept; longer than the raw
+    retention downsamples (raw points go, rollups stay); 0 keeps them as long as the raw points."""
+
+    rollup_retention_overrides: str = ""
+    """ROLLUP_RETENTION_OVERRIDES: per-datasource rollup retention in days, e.g. "platform_metrics=365"."""
+
     query_cache_ttl_seconds: float = Field(default=60.0, ge=0)
     """QUERY_CACHE_TTL_SECONDS: how long a query result is cached (0 turns the cache off)."""
 
@@ -168,6 +214,20 @@ class Settings(BaseSettings):
 
     sql_max_rows: int = Field(default=100_000, gt=0)
     """SQL_MAX_ROWS: the most rows a SQL query returns."""
+
+    query_timeout_seconds: float = Field(default=30.0, gt=0)
+    """QUERY_TIMEOUT_SECONDS: the deadline of a SQL query whose request carries none (a REST call); past
+    it, or the request's own deadline, the query is stopped in DuckDB (504 / DEADLINE_EXCEEDED). Keep it
+    below REQUEST_TIMEOUT_SECONDS, so the answer names the limit before Envoy gives up."""
+
+    query_memory_limit: str = Field(
+        default="50%", pattern=r"(?i)^\s*\d+(\.\d+)?\s*(%|[kmgt]i?b)\s*$", examples=["2GB", "512MiB", "50%"]
+    )
+    """QUERY_MEMORY_LIMIT: DuckDB's memory for SQL queries, per tenant (e.g. 2GB, 512MiB, or 50% of the
+    machine's memory); a query needing more fails with 429 / RESOURCE_EXHAUSTED, nothing spills to disk."""
+
+    query_threads: int = Field(default=0, ge=0)
+    """QUERY_THREADS: DuckDB threads for one SQL query; 0 uses one per core."""
 
     anomaly_retention_days: float = Field(default=0.0, ge=0)
     """ANOMALY_RETENTION_DAYS: how long found anomalies are kept; 0 keeps them forever."""
@@ -292,29 +352,25 @@ class Settings(BaseSettings):
     @cached_property
     def retention_by_datasource(self) -> dict[str, float]:
         """RETENTION_OVERRIDES parsed into {datasource: days}."""
-        out: dict[str, float] = {}
-        for item in filter(None, (part.strip() for part in self.retention_overrides.split(","))):
-            name, sep, days = item.partition("=")
-            try:
-                out[name.strip()] = float(days)
-            except ValueError:
-                raise ConfigError(f"RETENTION_OVERRIDES: {item!r} is not datasource=days") from None
-            if not sep or out[name.strip()] <= 0:
-                raise ConfigError(f"RETENTION_OVERRIDES: {item!r} is not datasource=days (days > 0)")
-        return out
+        return _days_by_datasource(self.retention_overrides, "RETENTION_OVERRIDES")
+
+    @cached_property
+    def rollup_retention_by_datasource(self) -> dict[str, float]:
+        """ROLLUP_RETENTION_OVERRIDES parsed into {datasource: days}."""
+        return _days_by_datasource(self.rollup_retention_overrides, "ROLLUP_RETENTION_OVERRIDES")
 
     @cached_property
     def grpc_bind_port(self) -> int:
-        """The gRPC port for `serve all` (50051 unless GRPC_PORT says otherwise)."""
-        return 50051 if self.grpc_port is None else self.grpc_port
+        """The gRPC port for `serve all` (the first service's, 50051, unless GRPC_PORT says otherwise)."""
+        return SERVICES[0].default_port if self.grpc_port is None else self.grpc_port
 
     def port_for(self, service: str) -> int:
         """The gRPC port of one service run alone."""
-        return DEFAULT_SERVICE_PORTS[service] if self.grpc_port is None else self.grpc_port
+        return service_info(service).default_port if self.grpc_port is None else self.grpc_port
 
     def address_of(self, service: str) -> str:
         """Where the gateway finds a service: its *_ADDRESS, else this host's gRPC port."""
-        explicit = getattr(self, f"{service.replace('-', '_')}_address")
+        explicit = getattr(self, f"{service_info(service).ident}_address")
         return explicit or f"127.0.0.1:{self.grpc_bind_port}"
 
 
@@ -327,3 +383,17 @@ def load_settings(**overrides: object) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _days_by_datasource(text: str, setting: str) -> dict[str, float]:
+    """A "datasource=days,..." setting parsed into {datasource: days}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, days = item.partition("=")
+        try:
+            out[name.strip()] = float(days)
+        except ValueError:
+            raise ConfigError(f"{setting}: {item!r} is not datasource=days") from None
+        if not sep or out[name.strip()] <= 0:
+            raise ConfigError(f"{setting}: {item!r} is not datasource=days (days > 0)")
+    return out

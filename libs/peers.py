@@ -11,19 +11,9 @@ import asyncio
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from platformq.analytics.v1 import (
-    ml_service_pb2,
-    monitoring_service_pb2,
-    query_service_pb2,
-    realtime_service_pb2,
-)
+from libs.config import SERVICES
 
-HEALTH_NAMES = {
-    "query-router": query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
-    "realtime": realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name,
-    "ml": ml_service_pb2.DESCRIPTOR.services_by_name["MLService"].full_name,
-    "monitoring": monitoring_service_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
-}
+HEALTH_NAMES = {s.name: s.full_name for s in SERVICES}
 """The proto service name each service reports its health under."""
 
 

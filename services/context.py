@@ -25,6 +25,8 @@ def store_config(settings: Settings) -> StoreConfig:
         hot_flush_seconds=settings.hot_flush_seconds,
         retention_days=settings.retention_by_datasource,
         default_retention_days=settings.retention_days,
+        rollup_retention_days=settings.rollup_retention_by_datasource,
+        default_rollup_retention_days=settings.rollup_retention_days,
     )
 
 

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway.envoy_config import write as write_envoy_config
-from libs.config import Settings
+from libs.config import SERVICES, Settings, service_info
 from libs.errors import ConfigError
 from services.pulsar_standalone import PulsarStandalone
 
@@ -99,16 +99,23 @@ def run_local_stack(settings: Settings) -> int:
     return _supervise({"services": (serve, {}), "envoy": (_envoy_command(config), {})}, settings, "all")
 
 
+REPLICAS = {"realtime": 2}
+"""Processes per service in distributed mode (one unless said here): realtime's replicas are
+stateless, two show that ingest spreads over them."""
+
+
 def distributed_ports(settings: Settings) -> dict[str, list[int]]:
-    """gRPC ports of distributed mode: GRPC_PORT (default 50051) for the query-router, then the
-    next ones for ml and monitoring, and two realtime replicas."""
-    base = settings.grpc_bind_port
-    return {
-        "query-router": [base],
-        "realtime": [base + 1, base + 4],
-        "ml": [base + 2],
-        "monitoring": [base + 3],
-    }
+    """gRPC ports of distributed mode, from the table of services (libs.config.SERVICES): each
+    service's default port shifted by GRPC_PORT (default 50051, the first service's), and extra
+    replicas on the ports after the last service's (realtime's second: 50055)."""
+    shift = settings.grpc_bind_port - SERVICES[0].default_port
+    ports = {s.name: [s.default_port + shift] for s in SERVICES}
+    spare = max(s.default_port for s in SERVICES) + shift + 1
+    for name, count in REPLICAS.items():
+        for _ in range(count - 1):
+            ports[name].append(spare)
+            spare += 1
+    return ports
 
 
 def run_distributed_stack(settings: Settings) -> int:
@@ -122,7 +129,7 @@ def run_distributed_stack(settings: Settings) -> int:
         env = {
             "PULSAR_URL": pulsar.url,
             **{
-                f"{name.replace('-', '_').upper()}_ADDRESS": ",".join(f"127.0.0.1:{p}" for p in plist)
+                f"{service_info(name).ident.upper()}_ADDRESS": ",".join(f"127.0.0.1:{p}" for p in plist)
                 for name, plist in ports.items()
             },
         }

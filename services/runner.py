@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import signal
 from collections.abc import Callable
 
-from libs.config import SERVICE_NAMES, Settings
+from libs.config import SERVICE_NAMES, Settings, service_info
 from libs.grpc_server import RunningServer, ServiceBinding, start_server
 from libs.selfmetrics_writer import SelfMetricsWriter, process_labels
-from services import ml, monitoring, query_router, realtime
 from services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -19,13 +19,10 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between young collections (CPython's default is 700)."""
 
-BINDERS: dict[str, Callable[[ServiceContext], ServiceBinding]] = {
-    "query-router": query_router.binding,
-    "realtime": realtime.binding,
-    "ml": ml.binding,
-    "monitoring": monitoring.binding,
-}
-assert tuple(BINDERS) == SERVICE_NAMES
+
+def binder(name: str) -> Callable[[ServiceContext], ServiceBinding]:
+    """The `binding` function of a service of libs.config.SERVICES: its package services/<ident>/."""
+    return importlib.import_module(f"services.{service_info(name).ident}").binding
 
 
 async def until_stop_signal() -> None:
@@ -44,7 +41,7 @@ async def start_services(
     (0 picks one). Stopping the server flushes the store. A caller that passes `context` can
     share it (mode all gives its bus and stream hub to the ws bridge)."""
     context = context or ServiceContext(settings, hosted=tuple(names))
-    bindings = [BINDERS[name](context) for name in names]
+    bindings = [binder(name)(context) for name in names]
     await context.start()
     # A JSON body's numbers can grow up to 4x as protobuf doubles ("1," is 2 bytes, a double 8), so
     # gRPC messages may be 4x the gateway's REST body limit, which Envoy enforces itself.

@@ -1,4 +1,8 @@
-"""The hot tier: acknowledged points held in memory, as Arrow-ready columns, until flushed."""
+"""The hot tier: acknowledged points held in memory, as Arrow-ready columns, until flushed.
+
+A point rewritten later (same series and timestamp) is marked dead in its chunk, so the tier holds
+one live point per key and every reader of `table()` sees the last write only.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from libs.storage.keys import keys_in
+
 POINTS_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
 # Memory per point: series id, timestamp and value, 8 bytes each.
 BYTES_PER_POINT = 24
@@ -15,25 +21,41 @@ BYTES_PER_POINT = 24
 PartitionKey = tuple[str, str]  # (tenant, datasource)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Chunk:
-    """One acknowledged batch of one datasource: its WAL position and its columns."""
+    """One acknowledged batch of one datasource: its WAL position and its columns.
+
+    `live` is None while every point is current, else a mask of the points no later write replaced.
+    """
 
     lsn: int
     series_ids: np.ndarray
     ts: np.ndarray
     values: np.ndarray
     arrived: float = field(default_factory=time.monotonic)
+    live: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
 
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(series ids, timestamps, values) of the live points."""
+        if self.live is None:
+            return self.series_ids, self.ts, self.values
+        return self.series_ids[self.live], self.ts[self.live], self.values[self.live]
+
     def record_batch(self) -> pa.RecordBatch:
-        """The chunk as an Arrow record batch (zero-copy over the numpy arrays)."""
+        """The live points as an Arrow record batch (zero-copy over the numpy arrays when all live)."""
+        sids, ts, values = self.columns()
         return pa.RecordBatch.from_arrays(
-            [pa.array(self.series_ids, pa.uint64()), pa.array(self.ts), pa.array(self.values)],
-            schema=POINTS_SCHEMA,
+            [pa.array(sids, pa.uint64()), pa.array(ts), pa.array(values)], schema=POINTS_SCHEMA
         )
+
+    def kill(self, mask: np.ndarray) -> None:
+        """Mark the points of `mask` as replaced by a later write."""
+        if self.live is None:
+            self.live = np.ones(len(self.ts), dtype=bool)
+        self.live &= ~mask
 
 
 @dataclass
@@ -52,6 +74,29 @@ class HotPartition:
         lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
         self.min_ts = lo if self.min_ts is None else min(self.min_ts, lo)
         self.max_ts = hi if self.max_ts is None else max(self.max_ts, hi)
+        self._table = None
+
+    def supersede(self, chunk: Chunk) -> None:
+        """Keep one point per (series, ts) between `chunk` and the partition: of two writes of a key,
+        the one with the higher WAL position wins (replay applies records in that order too)."""
+        wanted = np.unique(chunk.series_ids)
+        for old in self.chunks:
+            candidates = np.isin(old.series_ids, wanted)
+            if old.live is not None:
+                candidates &= old.live
+            if not candidates.any():
+                continue
+            idx = np.flatnonzero(candidates)
+            if old.lsn < chunk.lsn:
+                hit = keys_in(old.series_ids[idx], old.ts[idx], chunk.series_ids, chunk.ts)
+                if hit.any():
+                    mask = np.zeros(len(old), dtype=bool)
+                    mask[idx[hit]] = True
+                    old.kill(mask)
+            else:
+                lost = keys_in(chunk.series_ids, chunk.ts, old.series_ids[idx], old.ts[idx])
+                if lost.any():
+                    chunk.kill(lost)
         self._table = None
 
     def remove(self, flushed: set[int]) -> None:

@@ -3,7 +3,12 @@ series then time, listed in one manifest that is replaced atomically.
 
 Layout under DATA_DIR/segments:
   tenant=<t>/datasource=<d>/points/day=<YYYY-MM-DD>/<min_ts>-<max_ts>-<uuid>.parquet
-      series_id UBIGINT, ts BIGINT (epoch ms), value DOUBLE, sorted by (series_id, ts)
+      series_id UBIGINT, ts BIGINT (epoch ms), value DOUBLE, sorted by (hour, series_id, ts): hour
+      blocks of series-then-time runs, so a row group spans at most an hour (files of earlier
+      releases, sorted by (series_id, ts), read the same)
+  tenant=<t>/datasource=<d>/rollups/<1m|1h>/day=<YYYY-MM-DD>/<the segment's file stem>.arrow
+      the segment's rollups (libs/storage/rollups.py), sorted by (series_id, ts); a downsampled
+      segment (raw retention passed, rollup retention not yet) keeps only these
   tenant=<t>/datasource=<d>/series/<uuid>.parquet
       series_id UBIGINT, metric VARCHAR, labels MAP(VARCHAR, VARCHAR)
   manifest.json
@@ -12,6 +17,7 @@ Layout under DATA_DIR/segments:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from libs.storage.hot import POINTS_SCHEMA
+from libs.storage.keys import keys_in, last_wins
+from libs.storage.rollups import RESOLUTIONS, rollup, write_rollup
 from libs.storage.series import SeriesKey
 
 log = logging.getLogger(__name__)
@@ -35,11 +43,13 @@ SERIES_SCHEMA = pa.schema(
 )
 DAY_MS = 86_400_000
 ROW_GROUP_ROWS = 65_536
+BLOCK_MS = 3_600_000  # points files are sorted by (hour, series, ts)
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One points file: where it is and the time span and rows it holds."""
+    """One points file: where it is, the time span and rows it holds, its rollups, and whether the
+    raw points are still there (False once downsampled: only the rollups remain)."""
 
     tenant: str
     datasource: str
@@ -47,10 +57,21 @@ class Segment:
     min_ts: int
     max_ts: int
     rows: int
+    rollups: tuple[str, ...] = ()
+    raw: bool = True
 
     @property
     def day(self) -> int:
         return self.min_ts // DAY_MS
+
+    def rollup_path(self, resolution: str) -> Path:
+        """The file of this segment's rollup at `resolution` ("1m" or "1h")."""
+        day_dir = self.path.parent
+        return day_dir.parent.parent / "rollups" / resolution / day_dir.name / f"{self.path.stem}.arrow"
+
+    def files(self) -> list[Path]:
+        """Every file this segment keeps alive."""
+        return ([self.path] if self.raw else []) + [self.rollup_path(r) for r in self.rollups]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -93,15 +114,25 @@ class SegmentStore:
             state = json.loads(self.manifest_path.read_text())
             self.flushed_through = state["flushed_through"]
             self.recent_batches = state.get("recent_batches", [])
+            # Manifests of earlier releases have no "rollups"/"raw": see migrate_rollups().
             self.segments = [
                 Segment(
-                    s["tenant"], s["datasource"], self.root / s["path"], s["min_ts"], s["max_ts"], s["rows"]
+                    s["tenant"],
+                    s["datasource"],
+                    self.root / s["path"],
+                    s["min_ts"],
+                    s["max_ts"],
+                    s["rows"],
+                    tuple(s.get("rollups", ())),
+                    s.get("raw", True),
                 )
                 for s in state["segments"]
             ]
             for s in state["series"]:
                 self.series_files.setdefault((s["tenant"], s["datasource"]), []).append(self.root / s["path"])
-        live = {s.path for s in self.segments} | {p for ps in self.series_files.values() for p in ps}
+        live = {p for s in self.segments for p in s.files()} | {
+            p for ps in self.series_files.values() for p in ps
+        }
         for path in self.root.glob("tenant=*/datasource=*/**/*"):
             if path.is_file() and path not in live:
                 log.warning("removing orphan segment file", extra={"path": str(path)})
@@ -119,6 +150,8 @@ class SegmentStore:
                     "min_ts": s.min_ts,
                     "max_ts": s.max_ts,
                     "rows": s.rows,
+                    "rollups": list(s.rollups),
+                    "raw": s.raw,
                 }
                 for s in self.segments
             ],
@@ -143,14 +176,10 @@ class SegmentStore:
         self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray
     ) -> list[Segment]:
         """Write points as one sorted file per day; returns the new segments (not yet in the manifest)."""
-        order = np.lexsort((ts, series_ids))  # stable: equal keys keep their arrival order
-        series_ids, ts, values = series_ids[order], ts[order], values[order]
         # Writes are idempotent per series and timestamp: of several points with the same key, the
         # last to arrive wins (flush order is arrival order; compaction merges older files first).
-        last = np.ones(len(ts), dtype=bool)
-        last[:-1] = (series_ids[1:] != series_ids[:-1]) | (ts[1:] != ts[:-1])
-        if not last.all():
-            series_ids, ts, values = series_ids[last], ts[last], values[last]
+        keep = last_wins(series_ids, ts)
+        series_ids, ts, values = series_ids[keep], ts[keep], values[keep]
         days = ts // DAY_MS
         written = []
         for day in np.unique(days):
@@ -164,13 +193,45 @@ class SegmentStore:
                 / f"day={stamp}"
                 / f"{lo}-{hi}-{uuid.uuid4().hex}.parquet"
             )
+            part_ids, part_values = series_ids[mask], values[mask]
+            segment = Segment(tenant, datasource, path, lo, hi, len(part_ts), tuple(RESOLUTIONS))
+            self._write_rollups(segment, part_ids, part_ts, part_values)  # rollups: by (series, ts)
+            # Points: hour blocks, each sorted by (series, ts). Row groups then span at most an hour
+            # (plus the series stats), so reading a few minutes of every series skips the rest.
+            order = np.lexsort((part_ts, part_ids, part_ts // BLOCK_MS))
             table = pa.Table.from_arrays(
-                [pa.array(series_ids[mask], pa.uint64()), pa.array(part_ts), pa.array(values[mask])],
+                [
+                    pa.array(part_ids[order], pa.uint64()),
+                    pa.array(part_ts[order]),
+                    pa.array(part_values[order]),
+                ],
                 schema=POINTS_SCHEMA,
             )
             _write_parquet(table, path)
-            written.append(Segment(tenant, datasource, path, lo, hi, len(part_ts)))
+            written.append(segment)
         return written
+
+    def _write_rollups(
+        self, segment: Segment, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray
+    ) -> None:
+        for name, width in RESOLUTIONS.items():
+            write_rollup(rollup(series_ids, ts, values, width), segment.rollup_path(name))
+
+    def migrate_rollups(self) -> int:
+        """Write the rollups of segments from releases that had none (once, on open); returns how many."""
+        missing = [s for s in self.segments if s.raw and set(s.rollups) != set(RESOLUTIONS)]
+        if not missing:
+            return 0
+        upgraded = []
+        for s in missing:
+            table = pq.read_table(s.path)  # one point per key already
+            ids, ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
+            order = np.lexsort((ts, ids))
+            upgraded.append(dataclasses.replace(s, rollups=tuple(RESOLUTIONS)))
+            self._write_rollups(upgraded[-1], ids[order], ts[order], values[order])
+        self.commit(upgraded, {}, removed=missing)
+        log.info("wrote rollups of segments from an earlier release", extra={"segments": len(missing)})
+        return len(missing)
 
     def write_series(self, tenant: str, datasource: str, rows: list[tuple[int, SeriesKey]]) -> Path:
         """Write newly seen series; returns the file (not yet in the manifest)."""
@@ -195,6 +256,7 @@ class SegmentStore:
         removed: list[Segment] = (),
     ) -> None:
         """Make new files live (and old ones dead) in one atomic manifest replacement."""
+        before = {p for s in removed for p in s.files()}
         gone = {s.path for s in removed}
         self.segments = [s for s in self.segments if s.path not in gone] + added
         for key, path in series_added.items():
@@ -204,9 +266,11 @@ class SegmentStore:
         if recent_batches is not None:
             self.recent_batches = recent_batches
         self._save_manifest()
-        # Readers may still hold a snapshot naming removed files: delete them a little later.
+        # Readers may still hold a snapshot naming removed files: delete them a little later. A
+        # segment replaced by itself (downsampled, rollups added) keeps the files it still lists.
         now = time.monotonic()
-        self._doomed.extend((now, s.path) for s in removed)
+        kept = {p for s in added for p in s.files()}
+        self._doomed.extend((now, p) for p in sorted(before - kept))
 
     def delete_doomed(self, grace_s: float) -> None:
         """Delete files removed from the manifest more than `grace_s` seconds ago."""
@@ -226,6 +290,37 @@ class SegmentStore:
             for s in self.segments
             if s.tenant == tenant and s.datasource == datasource and s.max_ts >= start and s.min_ts < end
         ]
+
+    def without_points(
+        self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray
+    ) -> tuple[list[Segment], list[Segment]]:
+        """Rewrite the live segments that hold any of the keys (series id, ts) without them.
+
+        Returns (added, removed), not yet committed: the store commits them together with the
+        hot-tier insert of the newer points, so no snapshot sees a key twice or not at all."""
+        lo, hi = int(ts.min()), int(ts.max())
+        wanted = np.unique(series_ids)
+        added: list[Segment] = []
+        removed: list[Segment] = []
+        for seg in self.overlapping(tenant, datasource, lo, hi + 1):
+            if not seg.raw:
+                continue  # downsampled: older than the raw retention, its rollups stay as they are
+            # A cheap probe first (two columns, row groups pruned by time) before any rewrite.
+            probe = pq.read_table(
+                seg.path, columns=["series_id", "ts"], filters=[("ts", ">=", lo), ("ts", "<=", hi)]
+            )
+            probe_ids = probe["series_id"].to_numpy()
+            probe_ts = probe["ts"].to_numpy()
+            near = np.isin(probe_ids, wanted)
+            if not near.any() or not keys_in(probe_ids[near], probe_ts[near], series_ids, ts).any():
+                continue
+            table = pq.read_table(seg.path)
+            ids, seg_ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
+            keep = ~keys_in(ids, seg_ts, series_ids, ts)
+            removed.append(seg)
+            if keep.any():
+                added += self.write_points(tenant, datasource, ids[keep], seg_ts[keep], values[keep])
+        return added, removed
 
     def read_series(self, tenant: str, datasource: str) -> list[tuple[int, SeriesKey]]:
         """Every series saved for a datasource."""

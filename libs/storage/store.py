@@ -5,11 +5,18 @@ call is acknowledged after the WAL append, and the points answer queries at once
 flusher writes hot chunks into Parquet segments, commits them in the manifest together with the
 WAL position they cover, then truncates the WAL. Replay on start re-reads exactly the records
 after that position, so an acknowledged point is found once, whatever the crash.
+
+One point per (series, timestamp), last write wins, from acknowledgement on: a batch whose points
+may repeat a stored key (a client's retry, a corrected value) is applied under the flush lock, and
+the older copy is marked dead in the hot tier or its segment is rewritten without it, committed in
+the same step as the hot insert. Batches that only append (every series' timestamps after its last
+stored one, the usual case) are recognised by a vectorised check and skip all of that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import time
@@ -22,6 +29,7 @@ import pyarrow as pa
 
 from libs.errors import ResourceExhausted
 from libs.storage.hot import Chunk, HotTier, PartitionKey
+from libs.storage.keys import last_wins
 from libs.storage.segments import Segment, SegmentStore
 from libs.storage.series import SeriesCatalog, SeriesKey, series_id
 from libs.storage.wal import WriteAheadLog
@@ -43,6 +51,9 @@ class StoreConfig:
     hot_flush_seconds: float = 30.0
     retention_days: dict[str, float] = field(default_factory=dict)
     default_retention_days: float = 30.0
+    # Rollups outlive raw points where these say longer (downsampling); 0 keeps them as long as raw.
+    rollup_retention_days: dict[str, float] = field(default_factory=dict)
+    default_rollup_retention_days: float = 0.0
     compact_min_files: int = 8
     wal_fsync: bool = True
 
@@ -59,13 +70,17 @@ class AcceptedSeries:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a query reads: the catalog, the hot points and the live segments at one instant."""
+    """What a query reads: the catalog, the hot points and the live segments at one instant.
+
+    `segments` hold raw points (and rollups); `downsampled` ones, past the raw retention, only
+    rollups, so only queries a rollup answers see them."""
 
     catalog: SeriesCatalog
     hot: pa.Table | None
     hot_min_ts: int | None
     hot_max_ts: int | None
     segments: tuple[Segment, ...]
+    downsampled: tuple[Segment, ...] = ()
 
 
 def build_event(tenant: str, datasource: str, series: list[AcceptedSeries]) -> events_pb2.MetricsBatchEvent:
@@ -117,6 +132,10 @@ class MetricStore:
         self._hot_batches: dict[str, int] = {}  # batch id -> LSN, in the order they were stored
         self._recent_batches: dict[str, None] = {}
         self._flushed = asyncio.Event()
+        # Newest timestamp stored per series since open, and per partition the newest segment
+        # timestamp at open (a bound for series not written since): the duplicate check's memory.
+        self._last_ts: dict[PartitionKey, dict[int, int]] = {}
+        self._open_floor: dict[PartitionKey, int] = {}
         self._task: asyncio.Task[None] | None = None
         self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
 
@@ -129,6 +148,10 @@ class MetricStore:
     def open(self) -> None:
         """Load the manifest and saved series, then replay the WAL after the flushed position."""
         self.segments.load()
+        self.segments.migrate_rollups()
+        for s in self.segments.segments:
+            key = (s.tenant, s.datasource)
+            self._open_floor[key] = max(self._open_floor.get(key, s.max_ts), s.max_ts)
         for tenant, datasource in self.segments.partitions():
             catalog = self._catalog((tenant, datasource))
             for sid, key in self.segments.read_series(tenant, datasource):
@@ -140,7 +163,13 @@ class MetricStore:
             event = events_pb2.MetricsBatchEvent.FromString(payload)
             series = series_from_event(event)
             if series:
-                self._apply(lsn, (event.tenant, event.datasource), series)
+                key = (event.tenant, event.datasource)
+                chunk, may_repeat = self._chunk(lsn, key, series)
+                if may_repeat:
+                    added, removed = self._unshadow(key, chunk)
+                    self._insert(key, chunk, added, removed, may_repeat=True)
+                else:
+                    self._insert(key, chunk, [], [], may_repeat=False)
             self._hot_batches[event.batch_id] = lsn
             replayed += 1
         self._contiguous = max(self.wal.last_lsn, self.segments.flushed_through)
@@ -205,7 +234,14 @@ class MetricStore:
     ) -> None:
         lsn = await self.wal.append(event.SerializeToString())
         try:
-            self._apply(lsn, key, series)
+            chunk, may_repeat = self._chunk(lsn, key, series)
+            if may_repeat:
+                # Under the flush lock, so no flush or compaction moves the older copies meanwhile.
+                async with self._flush_lock:
+                    added, removed = await asyncio.to_thread(self._unshadow, key, chunk)
+                    self._insert(key, chunk, added, removed, may_repeat=True)
+            else:
+                self._insert(key, chunk, [], [], may_repeat=False)
             self._hot_batches[event.batch_id] = lsn
         finally:
             self._mark_done(lsn)
@@ -226,7 +262,8 @@ class MetricStore:
             except TimeoutError:
                 continue
 
-    def _apply(self, lsn: int, key: PartitionKey, series: list[AcceptedSeries]) -> None:
+    def _chunk(self, lsn: int, key: PartitionKey, series: list[AcceptedSeries]) -> tuple[Chunk, bool]:
+        """The batch as a hot chunk, and whether it may repeat a stored (series, ts) key."""
         catalog = self._catalog(key)
         sids = np.empty(len(series), dtype=np.uint64)
         for i, s in enumerate(series):
@@ -237,12 +274,45 @@ class MetricStore:
             catalog.add(sid, s.key)
             sids[i] = sid
         lengths = np.fromiter((len(s.ts) for s in series), dtype=np.int64, count=len(series))
-        chunk = Chunk(
-            lsn,
-            np.repeat(sids, lengths),
-            np.concatenate([s.ts for s in series]),
-            np.concatenate([s.values for s in series]),
+        ts = np.concatenate([s.ts for s in series])
+        chunk = Chunk(lsn, np.repeat(sids, lengths), ts, np.concatenate([s.values for s in series]))
+        # Appends only when each series occurs once, its timestamps strictly increase, and its first
+        # one is after the newest stored for it (the pending batch counts as stored from here on).
+        starts = np.zeros(len(series), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        firsts = np.minimum.reduceat(ts, starts)
+        lasts = np.maximum.reduceat(ts, starts)
+        increasing = ts[1:] > ts[:-1]
+        increasing[starts[1:] - 1] = True  # series boundaries
+        last_ts = self._last_ts.setdefault(key, {})
+        floor = self._open_floor.get(key, -(2**63))
+        sid_list = sids.tolist()
+        before = np.fromiter(
+            (last_ts.get(sid, floor) for sid in sid_list), dtype=np.int64, count=len(sid_list)
         )
+        may_repeat = (
+            not increasing.all() or len(set(sid_list)) < len(sid_list) or bool((firsts <= before).any())
+        )
+        last_ts.update(zip(sid_list, np.maximum(before, lasts).tolist(), strict=True))
+        return chunk, may_repeat
+
+    def _unshadow(self, key: PartitionKey, chunk: Chunk) -> tuple[list[Segment], list[Segment]]:
+        """Segments rewritten without the keys `chunk` writes again: (added, removed), uncommitted."""
+        return self.segments.without_points(*key, chunk.series_ids, chunk.ts)
+
+    def _insert(
+        self, key: PartitionKey, chunk: Chunk, added: list[Segment], removed: list[Segment], may_repeat: bool
+    ) -> None:
+        # No await from the segment commit to the hot insert: a snapshot sees each key once.
+        if added or removed:
+            self.segments.commit(added, {}, removed=removed)
+        if may_repeat:
+            keep = last_wins(chunk.series_ids, chunk.ts)
+            if len(keep) < len(chunk):
+                chunk = Chunk(chunk.lsn, chunk.series_ids[keep], chunk.ts[keep], chunk.values[keep])
+            part = self.hot.partitions.get(key)
+            if part is not None:
+                part.supersede(chunk)
         self.hot.insert(key, chunk)
         self.stats["ingested_points"] += len(chunk)
 
@@ -271,12 +341,14 @@ class MetricStore:
         if catalog is None:
             return None
         part = self.hot.partitions.get(key)
+        mine = [s for s in self.segments.segments if s.tenant == tenant and s.datasource == datasource]
         return Snapshot(
             catalog,
             part.table() if part else None,
             part.min_ts if part else None,
             part.max_ts if part else None,
-            tuple(s for s in self.segments.segments if s.tenant == tenant and s.datasource == datasource),
+            tuple(s for s in mine if s.raw),
+            tuple(s for s in mine if not s.raw),
         )
 
     def datasources(self, tenant: str) -> list[str]:
@@ -343,9 +415,7 @@ class MetricStore:
             added += self.segments.write_points(
                 tenant,
                 datasource,
-                np.concatenate([c.series_ids for c in chunks]),
-                np.concatenate([c.ts for c in chunks]),
-                np.concatenate([c.values for c in chunks]),
+                *(np.concatenate(cols) for cols in zip(*(c.columns() for c in chunks), strict=True)),
             )
         series_files = {key: self.segments.write_series(*key, rows) for key, rows in unsaved.items()}
         return added, series_files
@@ -354,7 +424,8 @@ class MetricStore:
         """Merge a day's small segments into one sorted file once there are enough of them."""
         groups: dict[tuple[str, str, int], list[Segment]] = {}
         for s in self.segments.segments:
-            groups.setdefault((s.tenant, s.datasource, s.day), []).append(s)
+            if s.raw:
+                groups.setdefault((s.tenant, s.datasource, s.day), []).append(s)
         for (tenant, datasource, _), segs in groups.items():
             if len(segs) < self.config.compact_min_files:
                 continue
@@ -379,16 +450,26 @@ class MetricStore:
         )
 
     def apply_retention(self, now_ms: int | None = None) -> int:
-        """Drop segments wholly older than their datasource's retention; returns how many."""
+        """Drop segments wholly older than their datasource's retention, or only their raw points
+        where rollups are kept longer (downsampling); returns how many segments changed."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        expired = [
-            s
-            for s in self.segments.segments
-            if s.max_ts
-            < now_ms
-            - self.config.retention_days.get(s.datasource, self.config.default_retention_days) * 86_400_000
-        ]
-        if expired:
-            self.segments.commit([], {}, removed=expired)
-            log.info("retention removed segments", extra={"files": len(expired)})
-        return len(expired)
+        expired, downsampled = [], []
+        for s in self.segments.segments:
+            raw_days = self.config.retention_days.get(s.datasource, self.config.default_retention_days)
+            rollup_days = max(
+                raw_days,
+                self.config.rollup_retention_days.get(
+                    s.datasource, self.config.default_rollup_retention_days
+                ),
+            )
+            if s.max_ts < now_ms - rollup_days * 86_400_000 or (
+                not s.rollups and s.max_ts < now_ms - raw_days * 86_400_000
+            ):
+                expired.append(s)
+            elif s.raw and s.max_ts < now_ms - raw_days * 86_400_000:
+                downsampled.append(s)
+        if expired or downsampled:
+            kept = [dataclasses.replace(s, raw=False) for s in downsampled]
+            self.segments.commit(kept, {}, removed=expired + downsampled)
+            log.info("retention applied", extra={"removed": len(expired), "downsampled": len(downsampled)})
+        return len(expired) + len(downsampled)

@@ -21,6 +21,9 @@ def binding(context: ServiceContext) -> ServiceBinding:
         max_request_bytes=settings.max_request_bytes,
         cache_ttl_seconds=settings.query_cache_ttl_seconds,
         max_raw_points=settings.query_max_raw_points,
+        query_timeout_seconds=settings.query_timeout_seconds,
+        query_memory_limit=settings.query_memory_limit,
+        query_threads=settings.query_threads,
     )
     servicer = QueryServicer(QueryRouter(context.ensure_store(), context.cache, limits, context.metrics))
     return ServiceBinding(

@@ -8,19 +8,23 @@ import time
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from libs.cache import ALL_DATASOURCES, TtlCache
-from libs.errors import InvalidArgument, NotFound
+from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.selfmetrics import SELF_CACHE_NAMESPACE, SELF_DATASOURCE, SelfMetrics
+from libs.storage.segments import Segment
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import query_service_pb2 as pb
+from services.query_router.cancel import Deadline, run_interruptible
 from services.query_router.engine import Bucketing, Fragment, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
-from services.query_router.rows import encode_rows
+from services.query_router.rows import encode_point_runs, encode_rows
 from services.query_router.spec import (
     AGGREGATIONS,
     DEFAULT_DATASOURCE,
@@ -46,6 +50,9 @@ class Limits:
     max_request_bytes: int = 16 * 1024 * 1024
     cache_ttl_seconds: float = 60.0
     max_raw_points: int = 2_000_000
+    query_timeout_seconds: float = 30.0
+    query_memory_limit: str = "50%"
+    query_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,31 +76,46 @@ class QueryRouter:
         self.store = store
         self.cache = cache
         self.limits = limits
+        # Points per metric of each live segment, per (tenant, datasource): GetMetadata reads a file once.
+        self._segment_points: dict[tuple[str, str], dict[Segment, dict[str, int]]] = {}
         self.engine = QueryEngine(store.segments_root)
-        self.sql_databases = TenantDatabases(store.segments_root)
+        self.sql_databases = TenantDatabases(
+            store.segments_root, limits.query_memory_limit, limits.query_threads
+        )
         self.telemetry = QueryTelemetry(metrics)
 
     # ---- unified query --------------------------------------------------------------------
-    async def query(self, spec: QuerySpec, tenant: str = DEFAULT_TENANT) -> pb.QueryResponse:
-        """Run a unified query (metrics or SQL), from the cache when a fresh answer is there."""
+    async def query(
+        self, spec: QuerySpec, tenant: str = DEFAULT_TENANT, time_remaining: float | None = None
+    ) -> pb.QueryResponse:
+        """Run a unified query (metrics or SQL), from the cache when a fresh answer is there.
+
+        `time_remaining` is the request's deadline in seconds, None when it has none: SQL then runs
+        under QUERY_TIMEOUT_SECONDS, and is stopped in DuckDB when either passes.
+        """
         trace = QueryTrace()
+        deadline = Deadline.of_request(
+            time_remaining, self.limits.query_timeout_seconds, "QUERY_TIMEOUT_SECONDS"
+        )
         if not spec.sql and spec.datasource == SELF_DATASOURCE:
             # The service reading its own metrics (alert rules, self dashboards) is not counted in
             # them: watching the query figures must not move them.
-            return await self._query(spec, tenant, trace)
+            return await self._query(spec, tenant, trace, deadline)
         try:
-            response = await self._query(spec, tenant, trace)
+            response = await self._query(spec, tenant, trace, deadline)
         except Exception as exc:
             self.telemetry.failed(exc, trace)
             raise
         self.telemetry.answered(response.metadata)
         return response
 
-    async def _query(self, spec: QuerySpec, tenant: str, trace: QueryTrace) -> pb.QueryResponse:
+    async def _query(
+        self, spec: QuerySpec, tenant: str, trace: QueryTrace, deadline: Deadline
+    ) -> pb.QueryResponse:
         started = time.perf_counter()
         if spec.sql:
             trace.engines = {"duckdb"}
-            return await self._sql(spec, tenant, started)
+            return await self._sql(spec, tenant, started, deadline)
         # Taken before the snapshot: a write landing after it keeps this answer out of the cache.
         mark = self.cache.mark()
         snapshot = self._snapshot(tenant, spec.datasource)
@@ -107,10 +129,10 @@ class QueryRouter:
         # Raw: one group per stored series (grouped by every label key), one bucket per timestamp.
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
-        the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
-        trace.engines = {f.engine for f in the_plan.fragments}
         aggregation = "last" if spec.aggregation == RAW else spec.aggregation
-        results = await self._run(the_plan, groups.selection, aggregation, window.bucketing)
+        the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot, spec.aggregation)
+        trace.engines = {f.engine for f in the_plan.fragments}
+        results = await self._run(the_plan, groups.selection, aggregation, window.bucketing, deadline)
         if spec.aggregation == RAW:
             points = sum(r.table.num_rows for r in results)
             if points > self.limits.max_raw_points:
@@ -142,7 +164,9 @@ class QueryRouter:
                 )
             )
         snapshot = self._snapshot(tenant, spec.datasource)
-        the_plan = plan("auto" if spec.mode == "cache" else spec.mode, self._window(spec), snapshot)
+        the_plan = plan(
+            "auto" if spec.mode == "cache" else spec.mode, self._window(spec), snapshot, spec.aggregation
+        )
         return pb.ExplainResponse(plan=_plan_message(the_plan))
 
     # ---- timeseries (Druid-style) ---------------------------------------------------------
@@ -177,7 +201,7 @@ class QueryRouter:
                 names_by_kind.setdefault(kind, {}).setdefault(metric, []).append(name)
             for kind, names in names_by_kind.items():
                 groups = self._groups(snapshot, tuple(names), spec.filters, spec.dimensions, 0)
-                last_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot)
+                last_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot, kind)
                 trace.engines |= {f.engine for f in last_plan.fragments}
                 results = await self._run(last_plan, groups.selection, kind, bucketing)
                 all_results += results
@@ -214,15 +238,19 @@ class QueryRouter:
         )
 
     async def metadata(self, datasource: str, tenant: str = DEFAULT_TENANT) -> pb.GetMetadataResponse:
-        """Metrics, label keys with cardinality, time range and point count of a datasource."""
+        """Metrics, label keys with cardinality, time range and point count of a datasource.
+
+        Costs one pass over the catalog's columns, the hot points, and each segment file once (its
+        points per metric are kept while it is live: segments are immutable)."""
         snapshot = self._snapshot(tenant, datasource)
-        counts = await asyncio.to_thread(self._point_counts, snapshot)
+        counts = await asyncio.to_thread(self._point_counts, tenant, datasource, snapshot)
+        catalog = snapshot.catalog
         response = pb.GetMetadataResponse(datasource=datasource)
-        for metric, sids in sorted(snapshot.catalog.by_metric.items()):
-            points = sum(counts.get(sid, 0) for sid in sids)
-            response.metrics.add(name=metric, series_count=len(sids), point_count=points)
-        for key, values in sorted(snapshot.catalog.label_values.items()):
-            response.label_keys.add(key=key, cardinality=len(values))
+        for metric, series in sorted(catalog.series_per_metric().items()):
+            if series:
+                response.metrics.add(name=metric, series_count=series, point_count=counts.get(metric, 0))
+        for key in catalog.label_names():
+            response.label_keys.add(key=key, cardinality=catalog.cardinality(key))
         response.point_count = sum(counts.values())
         spans = [(s.min_ts, s.max_ts) for s in snapshot.segments]
         if snapshot.hot_min_ts is not None:
@@ -232,17 +260,27 @@ class QueryRouter:
             response.end = format_time_ms(max(hi for _, hi in spans))
         return response
 
-    def _point_counts(self, snapshot: Snapshot) -> dict[int, int]:
-        everything = Fragment("duckdb", -(2**62), 2**62, snapshot.segments, snapshot.hot)
-        sids = list(snapshot.catalog.by_id)
-        if not sids:
-            return {}
-        selection = pa.table(
-            {"series_id": pa.array(sids, pa.uint64()), "gid": pa.array(range(len(sids)), pa.int32())}
-        )
-        result = self.engine.run(everything, selection, "count", Bucketing(None, "all"))
-        cols = result.table.to_pydict()
-        return {sids[g]: int(v) for g, v in zip(cols["gid"], cols["value"], strict=True)}
+    def _point_counts(self, tenant: str, datasource: str, snapshot: Snapshot) -> dict[str, int]:
+        """Points per metric: hot points counted on each call, each live segment once."""
+        catalog = snapshot.catalog
+        known = self._segment_points.get((tenant, datasource), {})
+        live = {}
+        for segment in snapshot.segments:
+            counts = known.get(segment)
+            if counts is None:
+                ids = pq.read_table(segment.path, columns=["series_id"], memory_map=True)["series_id"]
+                counts = catalog.points_per_metric(ids)
+            live[segment] = counts
+        # Replaced whole, so segments compacted or expired away are forgotten.
+        self._segment_points[(tenant, datasource)] = live
+        parts = list(live.values())
+        if snapshot.hot is not None:
+            parts.append(catalog.points_per_metric(snapshot.hot["series_id"]))
+        totals: dict[str, int] = {}
+        for part in parts:
+            for metric, points in part.items():
+                totals[metric] = totals.get(metric, 0) + points
+        return totals
 
     # ---- helpers --------------------------------------------------------------------------
     def _snapshot(self, tenant: str, datasource: str) -> Snapshot:
@@ -303,23 +341,37 @@ class QueryRouter:
         return Groups(selection, keys)
 
     async def _run(
-        self, the_plan: Plan, selection: pa.Table, aggregation: str, bucketing: Bucketing
+        self,
+        the_plan: Plan,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        deadline: Deadline | None = None,
     ) -> list[FragmentResult]:
         # Fragments run in worker threads at once; DuckDB releases the GIL while it scans.
         return list(
             await asyncio.gather(
                 *(
-                    self._run_fragment(fragment, selection, aggregation, bucketing)
+                    self._run_fragment(fragment, selection, aggregation, bucketing, deadline)
                     for fragment in the_plan.fragments
                 )
             )
         )
 
     async def _run_fragment(
-        self, fragment: Fragment, selection: pa.Table, aggregation: str, bucketing: Bucketing
+        self,
+        fragment: Fragment,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        deadline: Deadline | None,
     ) -> FragmentResult:
         try:
-            return await asyncio.to_thread(self.engine.run, fragment, selection, aggregation, bucketing)
+            # Stopped inside DuckDB (or between rollup files) when the deadline passes or the caller
+            # goes away, so an abandoned query frees its core (cancel.py).
+            return await run_interruptible(
+                lambda token: self.engine.run(fragment, selection, aggregation, bucketing, token), deadline
+            )
         except (duckdb.IOException, duckdb.ConnectionException, OSError):
             # The engine could not reach its data (a segment file, or a remote engine later).
             self.telemetry.engine_unreachable(fragment.engine)
@@ -328,19 +380,27 @@ class QueryRouter:
     def _series(
         self, results: list[FragmentResult], groups: Groups, group_by, aggregation: str
     ) -> list[common_pb2.SeriesResult]:
-        points: dict[int, list[tuple[int, float]]] = {}
-        for result in results:
-            cols = result.table.to_pydict()
-            for gid, bucket, value in zip(cols["gid"], cols["bucket"], cols["value"], strict=True):
-                points.setdefault(gid, []).append((bucket, value))
+        tables = [r.table for r in results if r.table.num_rows]
+        if not tables:
+            return []
+        table = pa.concat_tables(tables)
+        gids, buckets, values = (table[c].to_numpy() for c in ("gid", "bucket", "value"))
+        # Points sorted by group then bucket, cut into one run per group (vectorised: an answer
+        # can hold tens of thousands of points).
+        order = np.lexsort((buckets, gids))
+        gids, buckets, values = gids[order], buckets[order], values[order]
+        cuts = np.flatnonzero(gids[1:] != gids[:-1]) + 1
+        starts = np.concatenate(([0], cuts)).tolist()
+        ends = np.concatenate((cuts, [len(gids)])).tolist()
+        encoded = encode_point_runs(buckets, values, list(zip(starts, ends, strict=True)))
+        points = {int(gids[a]): body for a, body in zip(starts, encoded, strict=True)}
         out = []
         for gid in sorted(points, key=lambda g: groups.keys[g]):
-            metric, values = groups.keys[gid]
+            metric, labels = groups.keys[gid]
             # A series lacks the label keys it does not carry: their group value is "".
-            group = {k: v for k, v in zip(group_by, values, strict=True) if v or aggregation != RAW}
+            group = {k: v for k, v in zip(group_by, labels, strict=True) if v or aggregation != RAW}
             series = common_pb2.SeriesResult(metric=metric, group=group, aggregation=aggregation)
-            for bucket, value in sorted(points[gid]):
-                series.points.add(timestamp_ms=bucket, value=value)
+            series.MergeFromString(points[gid])
             out.append(series)
         return out
 
@@ -357,13 +417,15 @@ class QueryRouter:
         meta.plan.CopyFrom(_plan_message(the_plan))
         meta.total_time_ms = (time.perf_counter() - started) * 1000
 
-    async def _sql(self, spec: QuerySpec, tenant: str, started: float) -> pb.QueryResponse:
+    async def _sql(
+        self, spec: QuerySpec, tenant: str, started: float, deadline: Deadline
+    ) -> pb.QueryResponse:
         key = (tenant, "sql", spec.sql, spec.params)
         cached = self.cache.get(QUERY_CACHE, key) if spec.mode in ("auto", "cache") else None
         if cached is not None:
             return _from_cache(cached, started)
         mark = self.cache.mark()
-        response = await self._run_sql(spec, tenant, started)
+        response = await self._run_sql(spec, tenant, started, deadline)
         # SQL may read any datasource of the tenant: any write of the tenant drops the entry.
         self.cache.put(
             QUERY_CACHE,
@@ -375,19 +437,25 @@ class QueryRouter:
         )
         return response
 
-    async def _run_sql(self, spec: QuerySpec, tenant: str, started: float) -> pb.QueryResponse:
+    async def _run_sql(
+        self, spec: QuerySpec, tenant: str, started: float, deadline: Deadline
+    ) -> pb.QueryResponse:
         snapshots = {ds: self.store.snapshot(tenant, ds) for ds in self.store.datasources(tenant)}
         try:
-            columns, rows, seconds = await asyncio.to_thread(
-                run_tenant_sql,
-                self.sql_databases,
-                tenant,
-                snapshots,
-                spec.sql,
-                spec.params,
-                self.limits.sql_max_rows,
+            # Interrupted in DuckDB when the deadline passes or the caller goes away (cancel.py).
+            columns, rows, seconds = await run_interruptible(
+                lambda token: run_tenant_sql(
+                    self.sql_databases,
+                    tenant,
+                    snapshots,
+                    spec.sql,
+                    spec.params,
+                    self.limits.sql_max_rows,
+                    token,
+                ),
+                deadline,
             )
-        except (duckdb.IOException, OSError):
+        except (Unavailable, OSError):
             self.telemetry.engine_unreachable("duckdb")
             raise
         response = pb.QueryResponse(columns=columns)

@@ -2,22 +2,31 @@
 
 Every fragment runs the same SQL shape, whatever its sources, so every path gives the same
 numbers: the points of the selected series in [start, end), joined to their group, bucketed by
-floor(ts / step) * step, aggregated. SQL text is built only from our own values (file paths we
+floor(ts / step) * step, aggregated. A fragment the planner gave a rollup resolution does not use
+DuckDB: it slices the segments' memory-mapped rollup files (and the hot tier's raw points, as
+one-point partials; the raw points of rollup buckets the window cuts at its ends come from the
+segments through DuckDB) and merges the partial aggregates per group and bucket with numpy
+(libs/storage/rollups.py); its engine keeps the tier's name ("duckdb" for segments, "hot"), and
+the plan's reason names the rollup. SQL text is built only from our own values (file paths we
 wrote, series ids from the catalog, aggregation names from a fixed table); request values are
 bound parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs.storage.rollups import Partials, RollupReader, cover
 from libs.storage.segments import Segment
+from services.query_router.cancel import CancelToken
 
 AGGREGATE_SQL = {
     "avg": "avg(value)",
@@ -31,6 +40,9 @@ AGGREGATE_SQL = {
     "p99": "quantile_cont(value, 0.99)",
     "last": "arg_max(value, ts)",
 }
+# Up to this many series, the raw edge read names them in SQL (see _raw_edges).
+EDGE_ID_LIST_MAX = 64
+RESULT_SCHEMA = pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value", pa.float64())])
 CALENDAR_UNITS = {"month", "quarter", "year"}
 
 
@@ -43,6 +55,7 @@ class Fragment:
     end: int
     segments: tuple[Segment, ...]
     hot: pa.Table | None
+    rollup: str | None = None  # "1m" or "1h": read the segments' rollups at this resolution
 
 
 @dataclass(frozen=True)
@@ -89,10 +102,36 @@ def _source_sql(fragment: Fragment, ids: str) -> str:
     return " UNION ALL ".join(parts)
 
 
+def _merge_partials(p: Partials, gids: np.ndarray, buckets: np.ndarray, aggregation: str) -> pa.Table:
+    """Final aggregate per (group, bucket) of partial aggregates."""
+    if not len(gids):
+        return RESULT_SCHEMA.empty_table()
+    # Sorted by group, bucket and last_ts: a run's final row holds the bucket's latest sample.
+    order = np.lexsort((p.last_ts, buckets, gids))
+    g, b = gids[order], buckets[order]
+    new = np.ones(len(g), dtype=bool)
+    new[1:] = (g[1:] != g[:-1]) | (b[1:] != b[:-1])
+    starts = np.flatnonzero(new)
+    if aggregation == "last":
+        value = p.last[order][np.append(starts[1:], len(g)) - 1]
+    elif aggregation == "min":
+        value = np.minimum.reduceat(p.min[order], starts)
+    elif aggregation == "max":
+        value = np.maximum.reduceat(p.max[order], starts)
+    else:
+        total = np.add.reduceat(p.sum[order], starts)
+        count = np.add.reduceat(p.count[order], starts).astype(np.float64)
+        value = {"sum": total, "count": count, "avg": total / np.maximum(count, 1)}[aggregation]
+    return pa.Table.from_arrays(
+        [pa.array(g[starts], pa.int32()), pa.array(b[starts], pa.int64()), pa.array(value, pa.float64())],
+        schema=RESULT_SCHEMA,
+    )
+
+
 def fragment_sql(fragment: Fragment, ids: str, aggregation: str, bucketing: Bucketing) -> str:
     """The SQL of one fragment (exposed for tests and Explain)."""
-    source = _source_sql(fragment, ids)
     bucket = bucketing.sql()
+    source = _source_sql(fragment, ids)
     if aggregation == "rate":
         # Per-second increase within each bucket, counter resets counted as a restart from 0;
         # bucket-local, so splitting a range at a bucket boundary gives the same numbers.
@@ -127,11 +166,20 @@ class QueryEngine:
         self.db.execute("SET parquet_metadata_cache = true")
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
+        self.rollups = RollupReader()
 
     def run(
-        self, fragment: Fragment, selection: pa.Table, aggregation: str, bucketing: Bucketing
+        self,
+        fragment: Fragment,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        token: CancelToken | None = None,
     ) -> FragmentResult:
-        """Run one fragment (in the calling thread; callers use a worker thread per fragment)."""
+        """Run one fragment (in the calling thread; callers use a worker thread per fragment).
+
+        With a `token`, cancelling it interrupts the DuckDB statement or stops the rollup read
+        between files (QueryInterrupted)."""
         started = time.perf_counter()
         empty = pa.table(
             {
@@ -142,6 +190,9 @@ class QueryEngine:
         )
         if selection.num_rows == 0 or (not fragment.segments and fragment.hot is None):
             return FragmentResult(empty, 0, time.perf_counter() - started, fragment.engine)
+        if fragment.rollup is not None:
+            table, scanned = self._run_rollup(fragment, selection, aggregation, bucketing, token)
+            return FragmentResult(table, scanned, time.perf_counter() - started, fragment.engine)
         ids = ", ".join(str(i) for i in selection["series_id"].to_pylist())
         cursor = self.db.cursor()
         try:
@@ -151,9 +202,9 @@ class QueryEngine:
             params: dict[str, object] = {"start": fragment.start, "end": fragment.end}
             if not bucketing.calendar:
                 params["step"] = bucketing.step_ms
-            table = cursor.sql(
-                fragment_sql(fragment, ids, aggregation, bucketing), params=params
-            ).to_arrow_table()
+            sql = fragment_sql(fragment, ids, aggregation, bucketing)
+            with token.watch(cursor) if token is not None else contextlib.nullcontext():
+                table = cursor.sql(sql, params=params).to_arrow_table()
         finally:
             cursor.close()
         scanned = int(pc.sum(table["n"]).as_py() or 0) if table.num_rows else 0
@@ -161,3 +212,78 @@ class QueryEngine:
             pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value", pa.float64())])
         )
         return FragmentResult(table, scanned, time.perf_counter() - started, fragment.engine)
+
+    def _run_rollup(
+        self,
+        fragment: Fragment,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        token: CancelToken | None,
+    ) -> tuple[pa.Table, int]:
+        """Vectorised: rollup rows of the selected series, hot points as partials, merged per bucket."""
+        sids = selection["series_id"].to_numpy()
+        order = np.argsort(sids)
+        sids, gid_of = sids[order], selection["gid"].to_numpy()[order]
+        stop = None if token is None else lambda: token.cancelled
+        parts, edges = [], []
+        for resolution, a, b in cover(fragment.start, fragment.end, fragment.rollup):
+            if resolution is None:
+                edges.append((a, b))
+                continue
+            paths = [s.rollup_path(resolution) for s in fragment.segments if s.max_ts >= a and s.min_ts < b]
+            parts.append(self.rollups.read(paths, sids, a, b, stop))
+        if edges and fragment.segments:
+            parts.append(self._raw_edges(fragment.segments, sids, edges, token))
+        if fragment.hot is not None:
+            hot = fragment.hot
+            ts = hot["ts"]
+            keep = pc.and_(
+                pc.and_(pc.greater_equal(ts, fragment.start), pc.less(ts, fragment.end)),
+                pc.is_in(hot["series_id"], pa.array(sids, pa.uint64())),
+            )
+            points = hot.filter(keep)
+            parts.append(
+                Partials.of_points(
+                    points["series_id"].to_numpy(), points["ts"].to_numpy(), points["value"].to_numpy()
+                )
+            )
+        p = Partials.concat(parts)
+        gids = gid_of[np.searchsorted(sids, p.series_ids)]
+        if bucketing.calendar == "all":
+            buckets = np.full(len(p.ts), fragment.start, dtype=np.int64)
+        else:
+            buckets = p.ts // bucketing.step_ms * bucketing.step_ms
+        return _merge_partials(p, gids, buckets, aggregation), len(p.ts)
+
+    def _raw_edges(
+        self,
+        segments: tuple[Segment, ...],
+        sids: np.ndarray,
+        edges: list[tuple[int, int]],
+        token: CancelToken | None,
+    ) -> Partials:
+        """Raw points of the cut rollup buckets at the window's ends, as one-point partials."""
+        files = [s for s in segments if s.raw and any(s.max_ts >= a and s.min_ts < b for a, b in edges)]
+        if not files:
+            return Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
+        when = " OR ".join(f"(ts >= {int(a)} AND ts < {int(b)})" for a, b in edges)
+        # A short id list lets DuckDB skip the row groups of other series (files are sorted by
+        # series); a long one costs more to evaluate than filtering the few edge rows here.
+        few = len(sids) <= EDGE_ID_LIST_MAX
+        ids = f" AND series_id IN ({', '.join(str(i) for i in sids.tolist())})" if few else ""
+        sql = (
+            f"SELECT series_id, ts, value FROM read_parquet([{', '.join(_quote(s.path) for s in files)}]) "
+            f"WHERE ({when}){ids}"
+        )
+        cursor = self.db.cursor()
+        try:
+            with token.watch(cursor) if token is not None else contextlib.nullcontext():
+                table = cursor.sql(sql).to_arrow_table()
+        finally:
+            cursor.close()
+        ids, ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
+        if not few:
+            keep = np.isin(ids, sids)
+            ids, ts, values = ids[keep], ts[keep], values[keep]
+        return Partials.of_points(ids, ts, values)

@@ -9,10 +9,12 @@ segments in the same span), run in parallel and concatenated. Batch reads everyt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from libs.errors import InvalidArgument
+from libs.storage.rollups import cover, resolution_for, split_window
 from libs.storage.store import Snapshot
 from libs.timeparse import round_step_ms
 from services.query_router.engine import Bucketing, Fragment
@@ -43,21 +45,24 @@ def resolve_window(
     now_ms: int,
     max_points: int,
 ) -> Window:
-    """Absolute window and step; relative windows are aligned to the step so that repeated
-    queries within one step share a cache entry and buckets are whole."""
+    """Absolute window and step (bucket semantics in docs/api.md).
+
+    An explicit start/end is kept as given: buckets are step-aligned and clipped to it. A relative
+    window ending now is widened outward to whole steps, [floor(now - lookback), end of the current
+    step), so it holds every point of the last `lookback`, and repeated queries within one step
+    share a cache entry."""
     if start_ms is not None:
         end = end_ms if end_ms is not None else now_ms + 1
         start = start_ms
         step = step_ms or choose_step(end - start)
     else:
         lookback = lookback_ms or DEFAULT_LOOKBACK_MS
+        step = step_ms or choose_step(lookback)
         if end_ms is not None:
-            end = end_ms
-            step = step_ms or choose_step(lookback)
+            end, start = end_ms, end_ms - lookback
         else:
-            step = step_ms or choose_step(lookback)
             end = (now_ms // step + 1) * step
-        start = end - lookback
+            start = ((now_ms - lookback) // step) * step
     if end <= start:
         raise InvalidArgument("end must be after start", "end")
     points = math.ceil((end - start) / step)
@@ -85,10 +90,34 @@ def _aligned_down(ts: int, bucketing: Bucketing) -> int | None:
     return (ts // bucketing.step_ms) * bucketing.step_ms
 
 
-def plan(mode: str, window: Window, snapshot: Snapshot) -> Plan:
-    """Split the window into fragments according to the mode and where the points are."""
+def plan(mode: str, window: Window, snapshot: Snapshot, aggregation: str | None = None) -> Plan:
+    """Split the window into fragments according to the mode and where the points are, and read
+    the segments' rollups instead of raw points where they answer the aggregation exactly."""
+    rollup = resolution_for(window.bucketing.step_ms, aggregation or "", window.bucketing.calendar)
+    the_plan = _split(mode, window, snapshot, rollup)
+    if rollup is None:
+        return the_plan
+    names = {"1h": "1-hour", "1m": "1-minute"}
+    pieces = cover(window.start, window.end, rollup)
+    finer = [names[r] for r in dict.fromkeys(r for r, _, _ in pieces) if r is not None and r != rollup]
+    ends = ([f"{' and '.join(finer)} rollups"] if finer else []) + (
+        ["raw points"] if any(r is None for r, _, _ in pieces) else []
+    )
+    detail = f" ({' and '.join(ends)} for the cut ends)" if ends else ""
+    return Plan(
+        the_plan.mode,
+        f"{the_plan.reason}; segments read from their {names[rollup]} rollups{detail}",
+        tuple(dataclasses.replace(f, rollup=rollup) for f in the_plan.fragments),
+    )
+
+
+def _split(mode: str, window: Window, snapshot: Snapshot, rollup: str | None) -> Plan:
     start, end = window.start, window.end
-    segments = tuple(s for s in snapshot.segments if s.max_ts >= start and s.min_ts < end)
+    # Downsampled segments (raw points past retention) hold rollups only, so they serve only
+    # windows no rollup bucket of which is cut (the cut ends need raw points).
+    whole = rollup is not None and not split_window(start, end, rollup)[1]
+    candidates = snapshot.segments + (snapshot.downsampled if whole else ())
+    segments = tuple(s for s in candidates if s.max_ts >= start and s.min_ts < end)
     hot_in_range = (
         snapshot.hot is not None
         and snapshot.hot_min_ts is not None

@@ -1,8 +1,10 @@
-"""Fast encoding of SQL rows as QueryResponse.rows (repeated google.protobuf.ListValue).
+"""Fast encoding of SQL rows as QueryResponse.rows (repeated google.protobuf.ListValue), and of
+series points as SeriesResult.points (repeated DataPoint).
 
 Building a protobuf Value per cell from Python costs 1.5 to 2.5 us; a 1,000-row, 11-column answer
-spent more time there than in DuckDB. The wire format of Value is simple, so cells are encoded here
-directly and parsed once by the C++/upb runtime.
+spent more time there than in DuckDB, and a 48,000-point metrics answer spent more time adding
+DataPoints than computing them. The wire formats are simple, so they are encoded here directly
+(with numpy where every element has the same size) and parsed once by the C++/upb runtime.
 """
 
 from __future__ import annotations
@@ -86,3 +88,49 @@ def encode_rows(rows: Iterable[tuple]) -> bytes:
         body = b"".join(_VALUES_TAG + _varint(len(v)) + v for v in map(_value, row))
         out.append(_ROWS_TAG + _varint(len(body)) + body)
     return b"".join(out)
+
+
+_POINTS_TAG = 0x22  # SeriesResult.points: field 4, length-delimited
+
+
+def _varint_size(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def encode_points(ts: np.ndarray, values: np.ndarray) -> bytes:
+    """The serialized `points` field of a SeriesResult (DataPoint timestamp_ms, value); merge it
+    with MergeFromString."""
+    if not len(ts):
+        return b""
+    lo, hi = int(ts.min()), int(ts.max())
+    size = _varint_size(hi)
+    if lo < 0 or _varint_size(lo) != size:
+        # Timestamps of different varint sizes (or negative ones): the general, slower encoding.
+        out = []
+        for t, v in zip(ts.tolist(), values.tolist(), strict=True):
+            body = b"\x08" + _varint(t & 0xFFFFFFFFFFFFFFFF) + b"\x11" + _DOUBLE.pack(v)
+            out.append(bytes([_POINTS_TAG, len(body)]) + body)
+        return b"".join(out)
+    # Every point is the same size: tag, length, 0x08, `size` varint bytes, 0x11, 8 double bytes.
+    out = np.empty((len(ts), size + 12), dtype=np.uint8)
+    out[:, 0] = _POINTS_TAG
+    out[:, 1] = size + 10
+    out[:, 2] = 0x08
+    shifted = ts.astype(np.uint64)
+    for i in range(size):
+        out[:, 3 + i] = (shifted & np.uint64(0x7F)).astype(np.uint8) | (0x80 if i < size - 1 else 0)
+        shifted = shifted >> np.uint64(7)
+    out[:, 3 + size] = 0x11
+    out[:, 4 + size :] = values.astype("<f8").view(np.uint8).reshape(len(ts), 8)
+    return out.tobytes()
+
+
+def encode_point_runs(ts: np.ndarray, values: np.ndarray, runs: list[tuple[int, int]]) -> list[bytes]:
+    """encode_points of each [start, end) run of the arrays, encoding everything in one pass when
+    every point has the same size (one numpy pass for a whole answer instead of one per series)."""
+    whole = encode_points(ts, values)
+    lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
+    if len(ts) and lo >= 0 and _varint_size(lo) == _varint_size(hi):
+        width = len(whole) // len(ts)
+        return [whole[a * width : b * width] for a, b in runs]
+    return [encode_points(ts[a:b], values[a:b]) for a, b in runs]

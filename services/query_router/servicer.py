@@ -23,7 +23,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             # The plan alone, in the Query answer's metadata: nothing runs.
             explained = await self.core.explain(spec)
             return pb.QueryResponse(metadata=pb.QueryMetadata(plan=explained.plan))
-        return await self.core.query(spec)
+        # The request's deadline (None without one) bounds the query; cancelling this handler (the client
+        # went away) stops it too.
+        return await self.core.query(spec, time_remaining=context.time_remaining())
 
     async def QueryTimeseries(
         self, request: pb.QueryTimeseriesRequest, context: aio.ServicerContext

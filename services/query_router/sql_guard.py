@@ -6,6 +6,12 @@ and it hides nothing that lives in the same database (other tenants' schemas, in
 duckdb_*() catalog functions). So every statement is parsed by DuckDB's own parser first and its syntax
 tree checked against an allow-list; only then does it run, with bound parameters, on a connection that
 harden() has locked down as the second line of defence.
+
+Server paths stay on the server: current_setting() reads only the settings in READABLE_SETTINGS
+(allowed_directories and secret_directory hold paths), the catalog and settings functions
+(duckdb_settings(), duckdb_extensions(), pragma_database_list, ...) are table functions or tables and
+refused as such, EXPLAIN is refused as a statement, and every error message passed on to the caller goes
+through redact_paths() first (a damaged or missing segment file is named in DuckDB's own message).
 """
 
 from __future__ import annotations
@@ -48,6 +54,32 @@ FORBIDDEN_FUNCTIONS = frozenset(
         "get_block_size",
     }
 )
+
+# The settings current_setting() may read: the ones a query author has a use for, none of which holds a
+# path. An allow-list, because DuckDB adds settings in every release and some hold paths
+# (allowed_directories, secret_directory, temp_directory, extension_directory, home_directory, ...).
+READABLE_SETTINGS = frozenset(
+    {
+        "threads",
+        "worker_threads",
+        "memory_limit",
+        "max_memory",
+        "timezone",
+        "calendar",
+        "default_order",
+        "default_null_order",
+        "default_collation",
+        "integer_division",
+        "preserve_insertion_order",
+        "max_expression_depth",
+    }
+)
+
+# What a hidden path becomes in a message, and any other absolute path of two or more components
+# (a file DuckDB names that lies outside the roots the caller passed).
+PATH_PLACEHOLDER = "<server path>"
+_PATH_TAIL = r"[^\s'\"();,]*"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/>])/(?:[^\s'\"();,/]+/)+" + _PATH_TAIL)
 
 # Query nodes that only read. Anything else (DELETE_QUERY_NODE and friends) is a data-modifying
 # statement nested in a WITH clause, which DuckDB reports as a SELECT statement but runs for real.
@@ -92,19 +124,34 @@ def harden(connection: duckdb.DuckDBPyConnection, allowed_directories: list[Path
     connection.execute("SET lock_configuration = true")
 
 
+def redact_paths(text: str, hidden: Sequence[Path] = ()) -> str:
+    """`text` with each of the `hidden` directories (as given, absolute and resolved), and any other
+    absolute path, replaced by PATH_PLACEHOLDER."""
+    spellings = {form for path in hidden for form in (str(path), str(path.absolute()), str(path.resolve()))}
+    # Longest first, so a root inside another root's spelling cannot leave a tail behind; the file
+    # names below a root go with it. A one-word relative spelling ("data") would also hit plain words:
+    # its absolute spelling covers it.
+    for spelling in sorted(spellings, key=len, reverse=True):
+        if os.sep in spelling.strip(os.sep):
+            text = re.sub(re.escape(spelling) + _PATH_TAIL, PATH_PLACEHOLDER, text)
+    return _ABSOLUTE_PATH.sub(PATH_PLACEHOLDER, text)
+
+
 def run_user_sql(
     connection: duckdb.DuckDBPyConnection,
     sql: str,
     params: Sequence[object],
     allowed_tables: frozenset[str],
     max_rows: int,
+    hidden_paths: Sequence[Path] = (),
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """check_user_sql, then execute with bound params on the (hardened) connection.
 
     Returns the column names and at most max_rows rows. DuckDB's errors about the query (parser, binder,
     catalog, conversion, invalid input) become InvalidArgument with the first line of DuckDB's message,
-    field "params" when they are about the parameters and "sql" otherwise. Errors that are not the
-    caller's doing (I/O, permission, out of memory, interrupts, internal errors) propagate unchanged.
+    paths redacted (redact_paths with `hidden_paths`), field "params" when they are about the parameters
+    and "sql" otherwise. Errors that are not the caller's doing (I/O, permission, out of memory,
+    interrupts, internal errors) propagate unchanged.
     """
     if max_rows < 0:
         raise ValueError(f"max_rows must not be negative, got {max_rows}")
@@ -122,7 +169,7 @@ def run_user_sql(
         columns = [column[0] for column in connection.description or ()]
         rows = connection.fetchmany(max_rows) if max_rows else []
     except (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError) as exc:
-        message = _first_line(exc)
+        message = redact_paths(_first_line(exc), hidden_paths)
         about_params = isinstance(exc, duckdb.InvalidInputException) and "parameter" in message.lower()
         raise InvalidArgument(message, "params" if about_params else "sql") from None
     finally:
@@ -289,6 +336,8 @@ class _TreeCheck:
                 )
             if name.lower() in FORBIDDEN_FUNCTIONS:
                 raise InvalidArgument(f"function {name.lower()} is not allowed", "sql")
+            if name.lower() == "current_setting":
+                self._setting(node)
         elif node.get("class") == "TYPE":
             qualifier = _qualifier(node.get("catalog"), node.get("schema"))
             if qualifier:
@@ -298,6 +347,29 @@ class _TreeCheck:
                     "use types without a schema or catalog",
                     "sql",
                 )
+
+    @staticmethod
+    def _setting(node: dict[str, Any]) -> None:
+        # Only a plain string literal names the setting: a parameter or an expression
+        # ('allowed_' || 'directories') would be folded to a name only when DuckDB binds it.
+        arguments = node.get("arguments") or node.get("children") or []
+        names = [_string_literal(arg.get("expression", arg)) for arg in arguments if isinstance(arg, dict)]
+        if len(names) == 1 and names[0] is not None and names[0].lower() in READABLE_SETTINGS:
+            return
+        readable = ", ".join(sorted(READABLE_SETTINGS))
+        shown = f"setting {names[0]!r} is" if len(names) == 1 and names[0] is not None else "that setting is"
+        raise InvalidArgument(
+            f"{shown} not readable; current_setting takes one quoted name of: {readable}", "sql"
+        )
+
+
+def _string_literal(expression: object) -> str | None:
+    if not isinstance(expression, dict) or expression.get("class") != "CONSTANT":
+        return None
+    literal = expression.get("literal") or expression.get("value") or {}
+    if isinstance(literal, dict) and literal.get("kind", "STRING") == "STRING" and "text" in literal:
+        return str(literal["text"])
+    return None
 
 
 def _qualifier(catalog: object, schema: object) -> str:

@@ -13,6 +13,13 @@ carries only the fields a query reads through the join (3.5x faster on a TSBS la
 
 Only the tenant's own segment files and hot points are wired into the views, and the connection
 may read only the tenant's segment directory, so nothing of another tenant is reachable.
+
+Limits: each tenant's database has DuckDB's memory_limit (QUERY_MEMORY_LIMIT) and threads
+(QUERY_THREADS), and no temp directory, so a query that needs more memory fails with
+ResourceExhausted instead of spilling to the server's disk or taking the process down. A query's
+cursor is watched by a CancelToken (cancel.py), so a deadline or a departed client interrupts it in
+DuckDB. Errors never quote a server path (sql_guard.redact_paths); an unreadable data file is
+Unavailable.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.errors import InvalidArgument
+from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.storage.store import Snapshot
-from services.query_router.sql_guard import harden, run_user_sql
+from services.query_router.cancel import CancelToken
+from services.query_router.sql_guard import harden, redact_paths, run_user_sql
 
 VIEWS = frozenset({"metrics", "points", "series"})
 
@@ -60,10 +68,15 @@ def _series_table(snapshots: dict[str, Snapshot], keys: list[str] | None) -> pa.
 class TenantDatabases:
     """Each tenant's in-memory DuckDB database over one segment root, hardened once when first
     used (it may read only the tenant's segments) and kept as long as its query-router: a fresh
-    connect costs about 30 ms."""
+    connect costs about 30 ms.
 
-    def __init__(self, segments_root: Path) -> None:
+    `memory_limit` is DuckDB's (e.g. "2GB", "50%"; per tenant database), `threads` its worker
+    threads (0: DuckDB's default, one per core)."""
+
+    def __init__(self, segments_root: Path, memory_limit: str = "50%", threads: int = 0) -> None:
         self.segments_root = segments_root
+        self.memory_limit = memory_limit
+        self.threads = threads
         self._lock = threading.Lock()
         self._databases: dict[str, duckdb.DuckDBPyConnection] = {}
 
@@ -79,6 +92,12 @@ class TenantDatabases:
                 # by series).
                 con.execute("SET dynamic_or_filter_threshold = 10000")
                 con.execute("SET parquet_metadata_cache = true")  # segments are immutable files
+                con.execute("SET memory_limit = ?", [self.memory_limit])
+                # No spilling: a query over the limit fails (ResourceExhausted) rather than filling the
+                # server's disk, and there is no temp path to disclose.
+                con.execute("SET temp_directory = ''")
+                if self.threads:
+                    con.execute("SET threads = ?", [self.threads])
                 harden(con, [tenant_dir])
                 self._databases[tenant] = con
             return self._databases[tenant]
@@ -96,50 +115,64 @@ def _run(
     params: Sequence[object],
     max_rows: int,
     struct_labels: bool,
+    token: CancelToken,
 ) -> tuple[list[str], list[tuple]]:
     # A cursor of the tenant's long-lived hardened database: its registrations and TEMP views are
     # its own and vanish when it closes (a fresh duckdb.connect() costs about 30 ms).
     con = databases.of(tenant).cursor()
     try:
-        keys = _label_keys(live) if struct_labels else None
-        every_series = _series_table(live, keys)
-        con.register("_series", every_series)
-        # One join per datasource on the series id alone: a single-integer key joins much faster
-        # than (datasource, series_id), and ids are unique within a datasource.
-        parts, raw = [], []
-        for i, (ds, snap) in enumerate(sorted(live.items())):
-            sources = []
-            if snap.segments:
-                files = ", ".join(_quote(str(s.path)) for s in snap.segments)
-                sources.append(f"SELECT series_id, ts, value FROM read_parquet([{files}])")
-            if snap.hot is not None:
-                con.register(f"_hot{i}", snap.hot)
-                sources.append(f"SELECT series_id, ts, value FROM _hot{i}")
-            if not sources:
-                continue
-            con.register(f"_series{i}", every_series.filter(pc.equal(every_series["datasource"], ds)))
-            raw.append(
-                f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
-            )
-            parts.append(
-                f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
-                f"FROM ({' UNION ALL '.join(sources)}) p JOIN _series{i} s USING (series_id)"
-            )
-        if not parts:
-            parts.append(
-                "SELECT datasource, metric, labels, NULL::BIGINT AS ts, NULL::TIMESTAMP AS time, "
-                "NULL::DOUBLE AS value FROM _series WHERE false"
-            )
-        if not raw:
-            raw.append(
-                "SELECT datasource, series_id, NULL::BIGINT AS ts, NULL::DOUBLE AS value FROM _series WHERE false"
-            )
-        con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
-        con.execute(f"CREATE TEMP VIEW points AS {' UNION ALL '.join(raw)}")
-        con.execute(f"CREATE TEMP VIEW metrics AS {' UNION ALL '.join(parts)}")
-        return run_user_sql(con, sql, params, VIEWS, max_rows)
+        with token.watch(con):
+            return _run_on(con, databases, live, sql, params, max_rows, struct_labels)
     finally:
         con.close()
+
+
+def _run_on(
+    con: duckdb.DuckDBPyConnection,
+    databases: TenantDatabases,
+    live: dict[str, Snapshot],
+    sql: str,
+    params: Sequence[object],
+    max_rows: int,
+    struct_labels: bool,
+) -> tuple[list[str], list[tuple]]:
+    keys = _label_keys(live) if struct_labels else None
+    every_series = _series_table(live, keys)
+    con.register("_series", every_series)
+    # One join per datasource on the series id alone: a single-integer key joins much faster
+    # than (datasource, series_id), and ids are unique within a datasource.
+    parts, raw = [], []
+    for i, (ds, snap) in enumerate(sorted(live.items())):
+        sources = []
+        if snap.segments:
+            files = ", ".join(_quote(str(s.path)) for s in snap.segments)
+            sources.append(f"SELECT series_id, ts, value FROM read_parquet([{files}])")
+        if snap.hot is not None:
+            con.register(f"_hot{i}", snap.hot)
+            sources.append(f"SELECT series_id, ts, value FROM _hot{i}")
+        if not sources:
+            continue
+        con.register(f"_series{i}", every_series.filter(pc.equal(every_series["datasource"], ds)))
+        raw.append(
+            f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
+        )
+        parts.append(
+            f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
+            f"FROM ({' UNION ALL '.join(sources)}) p JOIN _series{i} s USING (series_id)"
+        )
+    if not parts:
+        parts.append(
+            "SELECT datasource, metric, labels, NULL::BIGINT AS ts, NULL::TIMESTAMP AS time, "
+            "NULL::DOUBLE AS value FROM _series WHERE false"
+        )
+    if not raw:
+        raw.append(
+            "SELECT datasource, series_id, NULL::BIGINT AS ts, NULL::DOUBLE AS value FROM _series WHERE false"
+        )
+    con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
+    con.execute(f"CREATE TEMP VIEW points AS {' UNION ALL '.join(raw)}")
+    con.execute(f"CREATE TEMP VIEW metrics AS {' UNION ALL '.join(parts)}")
+    return run_user_sql(con, sql, params, VIEWS, max_rows, hidden_paths=[databases.segments_root])
 
 
 def run_tenant_sql(
@@ -149,16 +182,35 @@ def run_tenant_sql(
     sql: str,
     params: Sequence[object],
     max_rows: int,
+    token: CancelToken | None = None,
 ) -> tuple[list[str], list[tuple], float]:
-    """Check and run user SQL over the tenant's views; (columns, rows, seconds)."""
+    """Check and run user SQL over the tenant's views; (columns, rows, seconds).
+
+    `token` lets the caller interrupt the query (cancel.run_interruptible passes one). Over the memory
+    limit: ResourceExhausted; a data file that cannot be read: Unavailable; neither names a path.
+    """
     started = time.perf_counter()
+    token = CancelToken() if token is None else token
     live = {ds: snap for ds, snap in snapshots.items() if snap is not None}
     try:
-        columns, rows = _run(databases, tenant, live, sql, params, max_rows, struct_labels=True)
-    except InvalidArgument as exc:
-        # A label key no series has yet: a MAP answers NULL for it, as users expect, where the
-        # faster STRUCT cannot bind.
-        if "Could not find key" not in exc.reason:
-            raise
-        columns, rows = _run(databases, tenant, live, sql, params, max_rows, struct_labels=False)
+        try:
+            columns, rows = _run(databases, tenant, live, sql, params, max_rows, True, token)
+        except InvalidArgument as exc:
+            # A label key no series has yet: a MAP answers NULL for it, as users expect, where the
+            # faster STRUCT cannot bind.
+            if "Could not find key" not in exc.reason:
+                raise
+            columns, rows = _run(databases, tenant, live, sql, params, max_rows, False, token)
+    except duckdb.OutOfMemoryException:
+        raise ResourceExhausted(
+            f"the query needs more memory than QUERY_MEMORY_LIMIT ({databases.memory_limit}) allows; "
+            "aggregate in the query, select fewer rows or columns, or narrow the time range",
+            "sql",
+        ) from None
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        # A segment file damaged or gone, found while the views are built (invalid input there is never
+        # the user's) or while the statement reads; compaction keeps the files it replaces for a minute,
+        # longer than QUERY_TIMEOUT_SECONDS' default, so only an outside hand causes this.
+        reason = redact_paths(str(exc).strip().splitlines()[0], [databases.segments_root])
+        raise Unavailable(f"a data file could not be read: {reason}") from None
     return columns, rows, time.perf_counter() - started

@@ -3,18 +3,22 @@ subscriptions from the process's stream hub. No gRPC here."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import numpy as np
+
 from libs.bus import Bus
 from libs.cache import TtlCache
-from libs.errors import NotBuilt, ResourceExhausted, Unavailable
+from libs.errors import InvalidArgument, NotBuilt, ResourceExhausted, Unavailable
 from libs.selfmetrics import SelfMetrics
 from libs.storage.store import DEFAULT_TENANT, MetricStore, build_event
 from libs.streams import StreamHub, StreamSpec, SubscriptionClosed
 from libs.streams.subscriber import CLOSE_TOO_SLOW
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from services.realtime.ingest import KnownGoodSeries, ValidatedBatch, validate
+from services.realtime.json_body import JsonIngestDecoder
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +38,26 @@ class RealtimeCore:
         self.bus = bus
         self.cache = cache
         self.known_series = KnownGoodSeries()
+        self.json_decoder = JsonIngestDecoder()
         self.metrics = metrics
         self.hub = hub
 
     async def ingest(
         self, request: pb.IngestMetricsRequest, tenant: str = DEFAULT_TENANT
     ) -> pb.IngestMetricsResponse:
-        """Validate, store durably, invalidate cached answers over the new data, publish."""
-        batch = validate(request, known=self.known_series)
+        """Validate, store durably, invalidate cached answers over the new data, publish. A REST
+        body the gateway passed through (`json_body`) is parsed here, in a worker thread: a large
+        body takes milliseconds of CPU that the event loop should not wait for."""
+        if request.HasField("json_body"):
+            if request.datasource or request.points or request.series:
+                raise InvalidArgument(
+                    "give the batch either in json_body or in its fields, not both", "json_body"
+                )
+            batch = await asyncio.to_thread(
+                self.json_decoder.validate, request.json_body.data, self.known_series
+            )
+        else:
+            batch = validate(request, known=self.known_series)
         if self.store is None:
             # Distributed: acknowledged once Pulsar has persisted the batch; the store's consumer
             # writes it (idempotently by batch id) and it answers queries from then on.
@@ -52,8 +68,8 @@ class RealtimeCore:
         event = await self.store.ingest(tenant, batch.datasource, batch.series)
         if event is not None:
             if self.cache is not None:
-                lo = min(int(s.ts.min()) for s in batch.series)
-                hi = max(int(s.ts.max()) for s in batch.series)
+                every_ts = np.concatenate([s.ts for s in batch.series])
+                lo, hi = int(every_ts.min()), int(every_ts.max())
                 self.cache.invalidate(tenant, batch.datasource, lo, hi)
             await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
         return self._acknowledged(batch)

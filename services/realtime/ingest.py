@@ -3,10 +3,11 @@ for the rest, each naming the point and the field."""
 
 from __future__ import annotations
 
-import math
 import re
 import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -99,23 +100,51 @@ def validate(
 ) -> ValidatedBatch:
     """Split a request into accepted points (grouped by series) and reasons for the rest; `known`
     remembers series that passed their name and label checks across calls."""
+    return validate_parts(
+        request.datasource,
+        request.series,
+        RowColumns.of_points(request.points),
+        now_ms,
+        known,
+        message_of=_same_message,
+    )
+
+
+def _same_message(series: SeriesLike) -> common_pb2.Series:
+    return series  # type: ignore[return-value]  # the request's own common_pb2.Series
+
+
+def validate_parts(
+    datasource: str,
+    series: Sequence[SeriesLike],
+    rows: RowColumns,
+    now_ms: int | None = None,
+    known: KnownGoodSeries | None = None,
+    message_of: Callable[[SeriesLike], common_pb2.Series] | None = None,
+) -> ValidatedBatch:
+    """`validate` over a batch already split into its parts (the JSON body's decoder gives these):
+    the datasource, columnar series, and the rows as columns. `message_of` gives the WAL record of
+    a series accepted whole (the request's own message, or one built from the decoded lists, which
+    is cheaper than from the arrays later); without it the store builds one."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    batch = ValidatedBatch(check_datasource(request.datasource))
-    _validate_series(request, batch, now_ms, KnownGoodSeries() if known is None else known)
-    _validate_points(request, batch, now_ms)
+    batch = ValidatedBatch(check_datasource(datasource))
+    known = KnownGoodSeries() if known is None else known
+    _validate_series(series, batch, now_ms, known, message_of)
+    _validate_rows(rows, batch, now_ms, known)
     return batch
 
 
 def _validate_series(
-    request: realtime_service_pb2.IngestMetricsRequest,
+    series_list: Sequence[SeriesLike],
     batch: ValidatedBatch,
     now_ms: int,
     known: KnownGoodSeries,
+    message_of: Callable[[SeriesLike], common_pb2.Series] | None,
 ) -> None:
     candidates: list[tuple[int, SeriesKey, np.ndarray, np.ndarray]] = []
     # Series-level rejections, applied in series order together with the point-level ones.
     refused: dict[int, tuple[int, str, str]] = {}
-    for i, series in enumerate(request.series):
+    for i, series in enumerate(series_list):
         n = max(len(series.timestamps_ms), len(series.values))
         if n == 0:
             continue
@@ -150,10 +179,11 @@ def _validate_series(
             batch.reject(count, i, field_path, reason)
         elif clean:
             _, key, ts, values = pending[i]
-            batch.series.append(AcceptedSeries(key, ts, values, request.series[i]))
+            message = message_of(series_list[i]) if message_of else None
+            batch.series.append(AcceptedSeries(key, ts, values, message))
             batch.accepted += len(ts)
         else:
-            _filter_points(batch, *pending[i], request.series[i], now_ms)
+            _filter_points(batch, *pending[i], series_list[i], message_of, now_ms)
 
 
 def _filter_points(
@@ -162,7 +192,8 @@ def _filter_points(
     key: SeriesKey,
     ts: np.ndarray,
     values: np.ndarray,
-    message: common_pb2.Series,
+    series: SeriesLike,
+    message_of: Callable[[SeriesLike], common_pb2.Series] | None,
     now_ms: int,
 ) -> None:
     keep = np.ones(len(ts), dtype=bool)
@@ -175,54 +206,143 @@ def _filter_points(
         batch.rejected += int(bad.sum())
         keep &= ~mask
     if keep.all():
-        # Whole series accepted: the request's own message goes into the WAL as is.
-        batch.series.append(AcceptedSeries(key, ts, values, message))
+        # Whole series accepted: the request's own message (if any) goes into the WAL as is.
+        batch.series.append(AcceptedSeries(key, ts, values, message_of(series) if message_of else None))
     elif keep.any():
         batch.series.append(AcceptedSeries(key, ts[keep], values[keep]))
     batch.accepted += int(keep.sum())
 
 
-# Series whose name and labels already passed the checks (bounded, so high churn cannot grow it).
-def _point_time(point: common_pb2.Point) -> tuple[int | None, str | None]:
-    """Epoch ms of a row-form point, or the reason it has none."""
-    if point.timestamp:
-        try:
-            return parse_time_ms(point.timestamp, "timestamp"), None
-        except InvalidArgument as exc:
-            return None, exc.reason
-    if point.timestamp_ms:
-        return point.timestamp_ms, None
-    return None, "give timestamp (RFC 3339) or timestamp_ms (epoch milliseconds)"
+class SeriesLike(Protocol):
+    """A columnar series: `common_pb2.Series`, or the JSON body's decoded series."""
+
+    name: str
+    labels: Mapping[str, str]
+    timestamps_ms: Sequence[int]
+    values: Sequence[float]
 
 
-def _validate_points(
-    request: realtime_service_pb2.IngestMetricsRequest, batch: ValidatedBatch, now_ms: int
-) -> None:
-    grouped: dict[SeriesKey, tuple[list[int], list[float]]] = {}
-    for i, point in enumerate(request.points):
-        labels = dict(point.labels)
-        problem = _series_problem(point.name, labels)
-        if problem:
-            batch.reject(1, i, f"points[{i}].{problem[0]}", problem[1])
-            continue
-        ts, reason = _point_time(point)
-        if ts is None:
-            batch.reject(1, i, f"points[{i}].timestamp", reason)
-            continue
-        if not math.isfinite(point.value):
-            batch.reject(1, i, f"points[{i}].value", "NaN and infinite values are not accepted")
-            continue
-        if ts < 0:
-            batch.reject(1, i, f"points[{i}].timestamp", "is before 1970")
-            continue
-        if ts > now_ms + FUTURE_TOLERANCE_MS:
-            batch.reject(1, i, f"points[{i}].timestamp", "is more than a day in the future")
-            continue
-        bucket = grouped.setdefault(SeriesKey.of(point.name, labels), ([], []))
-        bucket[0].append(ts)
-        bucket[1].append(point.value)
-    for key, (ts_list, values) in grouped.items():
-        batch.series.append(
-            AcceptedSeries(key, np.array(ts_list, dtype=np.int64), np.array(values, dtype=np.float64))
+@dataclass
+class RowColumns:
+    """The row form as columns, one entry per point: what both the protobuf points and the JSON
+    body's decoder give. `series_keys` are (name, stand-in for the labels) per point, the same
+    stand-in meaning the same labels; `labels_of` turns a stand-in into labels, once per distinct one."""
+
+    series_keys: list[tuple[str, Hashable]] = field(default_factory=list)
+    labels_of: Callable[[Hashable], Mapping[str, str]] = dict
+    timestamps: list[str] = field(default_factory=list)
+    """RFC 3339 times ("" when absent)."""
+    timestamps_ms: Sequence[int] = field(default_factory=list)
+    """Epoch milliseconds (0 when absent)."""
+    values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of_points(cls, points: Sequence[common_pb2.Point]) -> RowColumns:
+        """The columns of protobuf points."""
+        return cls(
+            series_keys=[(p.name, tuple(p.labels.items())) for p in points],
+            labels_of=dict,
+            timestamps=[p.timestamp for p in points],
+            timestamps_ms=[p.timestamp_ms for p in points],
+            values=[p.value for p in points],
         )
-        batch.accepted += len(ts_list)
+
+
+def _point_times(rows: RowColumns) -> tuple[np.ndarray, dict[int, str]]:
+    """Epoch ms of every row (0 where it has none) and, by row, the reason for those without one.
+    RFC 3339 texts are parsed once per distinct text (a scrape's points share their time)."""
+    out = np.array(rows.timestamps_ms, dtype=np.int64)
+    problems: dict[int, str] = {}
+    texts = rows.timestamps
+    if any(texts):
+        parsed: dict[str, int | str] = {}
+        for i, text in enumerate(texts):
+            if not text:
+                continue
+            ms = parsed.get(text)
+            if ms is None:
+                try:
+                    ms = parse_time_ms(text, "timestamp")
+                except InvalidArgument as exc:
+                    ms = exc.reason
+                parsed[text] = ms
+            if isinstance(ms, str):
+                problems[i] = ms
+            else:
+                out[i] = ms
+    missing = np.flatnonzero(out == 0).tolist()
+    for i in missing:
+        if not texts[i]:
+            problems[i] = "give timestamp (RFC 3339) or timestamp_ms (epoch milliseconds)"
+    return out, problems
+
+
+def _validate_rows(rows: RowColumns, batch: ValidatedBatch, now_ms: int, known: KnownGoodSeries) -> None:
+    """Rows grouped by series, checked column-wise: a reason per rejected row (in row order, the first
+    failing check of each: series, time, value, range), the accepted rows by series in order of the
+    first accepted row of each."""
+    n = len(rows.series_keys)
+    if n == 0:
+        return
+    # Each distinct (name, labels) is resolved and checked once, not once per row.
+    seen_keys = rows.series_keys
+    keys: dict[SeriesKey, int] = {}
+    group_key: list[SeriesKey] = []
+    group_problem: list[tuple[str, str] | None] = []
+    seen: dict[tuple[str, Hashable], int] = {}
+    for seen_key in dict.fromkeys(seen_keys):
+        name, labels = seen_key[0], rows.labels_of(seen_key[1])
+        key = SeriesKey.of(name, labels)
+        gid = keys.get(key)
+        if gid is None:
+            gid = keys[key] = len(group_key)
+            group_key.append(key)
+            problem = None if key in known else _series_problem(name, dict(key.labels))
+            if problem is None:
+                known.add(key)
+            group_problem.append(problem)
+        seen[seen_key] = gid
+    gids = np.fromiter(map(seen.__getitem__, seen_keys), dtype=np.int64, count=n)
+    ts, time_problems = _point_times(rows)
+    values = np.array(rows.values, dtype=np.float64)
+    bad_series = np.array([p is not None for p in group_problem], dtype=bool)[gids]
+    no_time = np.zeros(n, dtype=bool)
+    no_time[list(time_problems)] = True
+    not_finite = ~np.isfinite(values)
+    checks = [
+        (ts < 0, "is before 1970"),
+        (ts > now_ms + FUTURE_TOLERANCE_MS, "is more than a day in the future"),
+    ]
+    bad = bad_series | no_time | not_finite | checks[0][0] | checks[1][0]
+    bad_rows = np.flatnonzero(bad)
+    if len(bad_rows):
+        # Reasons for the first rows only (the list is bounded); the count is exact.
+        room = max(0, MAX_ERRORS - len(batch.errors))
+        batch.rejected += len(bad_rows) - min(room, len(bad_rows))
+        for i in bad_rows[:room].tolist():
+            problem = group_problem[gids[i]]
+            if problem:
+                batch.reject(1, i, f"points[{i}].{problem[0]}", problem[1])
+            elif no_time[i]:
+                batch.reject(1, i, f"points[{i}].timestamp", time_problems[i])
+            elif not_finite[i]:
+                batch.reject(1, i, f"points[{i}].value", "NaN and infinite values are not accepted")
+            else:
+                reason = next(r for mask, r in checks if mask[i])
+                batch.reject(1, i, f"points[{i}].timestamp", reason)
+    keep = ~bad
+    kept = np.flatnonzero(keep)
+    if len(kept) == 0:
+        return
+    kept_gids = gids[kept]
+    # Series in order of their first accepted row; rows of a series in row order.
+    order = np.argsort(kept_gids, kind="stable")
+    sorted_gids = kept_gids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_gids[1:] != sorted_gids[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    firsts = kept[order[starts]]
+    kept_ts, kept_values = ts[kept][order], values[kept][order]
+    for j in np.argsort(firsts, kind="stable").tolist():
+        a, b = int(starts[j]), int(ends[j])
+        batch.series.append(AcceptedSeries(group_key[int(sorted_gids[a])], kept_ts[a:b], kept_values[a:b]))
+        batch.accepted += b - a

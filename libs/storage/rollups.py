@@ -1,0 +1,225 @@
+"""Per-series rollups: 1-minute and 1-hour partial aggregates written beside each segment.
+
+A rollup row is (series_id, ts = bucket start, count, sum, min, max, last, last_ts), sorted by
+series then time like its segment. Every column is mergeable, so buckets split over several
+segments (or over segments and the hot tier) combine exactly: counts and sums add, min/max of
+min/max, `last` is the value with the greatest `last_ts`. `avg` is sum / count. Percentiles and
+`rate` need the raw points, so queries asking for them read the raw segments (a documented
+fallback): the raw points are kept while the datasource's raw retention allows.
+
+Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them and slices columns
+without decoding or copying. Sorted by series then time, the memory-mapped series column is the
+per-file series -> row-range index (a binary search), so a query touches only the rows of the
+series and time it asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+# Resolution name -> width, coarsest first (the planner picks the coarsest one a query allows).
+RESOLUTIONS: dict[str, int] = {"1h": HOUR_MS, "1m": MINUTE_MS}
+# Aggregations a rollup answers exactly.
+ROLLUP_AGGREGATIONS = frozenset({"avg", "sum", "min", "max", "count", "last"})
+ROLLUP_SCHEMA = pa.schema(
+    [
+        ("series_id", pa.uint64()),
+        ("ts", pa.int64()),
+        ("count", pa.int64()),
+        ("sum", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+        ("last", pa.float64()),
+        ("last_ts", pa.int64()),
+    ]
+)
+
+
+def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int) -> pa.Table:
+    """The rollup of points sorted by (series, ts) with one point per key, at `width` ms."""
+    if not len(ts):
+        return ROLLUP_SCHEMA.empty_table()
+    bucket = ts // width * width
+    new = np.ones(len(ts), dtype=bool)
+    new[1:] = (series_ids[1:] != series_ids[:-1]) | (bucket[1:] != bucket[:-1])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(ts)) - 1
+    return pa.Table.from_arrays(
+        [
+            pa.array(series_ids[starts], pa.uint64()),
+            pa.array(bucket[starts]),
+            pa.array(ends - starts + 1),
+            pa.array(np.add.reduceat(values, starts)),
+            pa.array(np.minimum.reduceat(values, starts)),
+            pa.array(np.maximum.reduceat(values, starts)),
+            pa.array(values[ends]),
+            pa.array(ts[ends]),
+        ],
+        schema=ROLLUP_SCHEMA,
+    )
+
+
+def resolution_for(step_ms: int | None, aggregation: str, calendar: str | None) -> str | None:
+    """The coarsest rollup resolution that answers a query exactly, or None (read raw points).
+
+    Exact when the aggregation is mergeable and each step bucket is a whole number of rollup
+    buckets; rollup buckets the window cuts (at its two ends) are read from raw points."""
+    if aggregation not in ROLLUP_AGGREGATIONS or calendar not in (None, "all"):
+        return None
+    for name, width in RESOLUTIONS.items():
+        if calendar == "all" or (step_ms is not None and step_ms % width == 0):
+            return name
+    return None
+
+
+def split_window(start: int, end: int, resolution: str) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """[start, end) as the span of whole rollup buckets and the (at most two) cut ends around it."""
+    width = RESOLUTIONS[resolution]
+    inner_start = min(-(-start // width) * width, end)
+    inner_end = max(end // width * width, inner_start)
+    edges = [(a, b) for a, b in ((start, inner_start), (inner_end, end)) if b > a]
+    return (inner_start, inner_end), edges
+
+
+def cover(start: int, end: int, resolution: str) -> list[tuple[str | None, int, int]]:
+    """[start, end) as pieces (resolution, from, to): whole buckets of `resolution` in the middle,
+    whole buckets of each finer resolution towards the ends, and raw points (None) for what no
+    rollup bucket covers whole. A 23-hour window off the hour reads 1-hour rows, 1-minute rows for
+    the two cut hours and raw points only for the two cut minutes."""
+    names = list(RESOLUTIONS)
+    pending = [(start, end)]
+    pieces: list[tuple[str | None, int, int]] = []
+    for name in names[names.index(resolution) :]:
+        finer = []
+        for a, b in pending:
+            (lo, hi), edges = split_window(a, b, name)
+            if hi > lo:
+                pieces.append((name, lo, hi))
+            finer += edges
+        pending = finer
+    return pieces + [(None, a, b) for a, b in pending]
+
+
+def write_rollup(table: pa.Table, path: Path) -> None:
+    """Write a rollup file durably (temp file, fsync, rename, fsync of the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ROLLUP_SCHEMA) as writer:
+        writer.write_table(table.combine_chunks(), max_chunksize=max(table.num_rows, 1))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.rename(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ReadStopped(Exception):
+    """A rollup read ended early because its query was cancelled."""
+
+
+@dataclass(frozen=True)
+class Partials:
+    """Rollup rows (or raw points as one-point partials) as numpy columns."""
+
+    series_ids: np.ndarray
+    ts: np.ndarray
+    count: np.ndarray
+    sum: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    last: np.ndarray
+    last_ts: np.ndarray
+
+    @classmethod
+    def of_points(cls, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> Partials:
+        """Raw points as partials of one point each."""
+        return cls(series_ids, ts, np.ones(len(ts), dtype=np.int64), values, values, values, values, ts)
+
+    @classmethod
+    def concat(cls, parts: list[Partials]) -> Partials:
+        """All rows of `parts`."""
+        if not parts:
+            return _EMPTY
+        if len(parts) == 1:
+            return parts[0]
+        names = ("series_ids", "ts", "count", "sum", "min", "max", "last", "last_ts")
+        return cls(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
+
+
+_EMPTY = Partials(
+    *(np.empty(0, dtype=t) for t in (np.uint64, np.int64, np.int64) + (np.float64,) * 4 + (np.int64,))
+)
+
+
+class RollupReader:
+    """Reads rollup rows of chosen series and time from memory-mapped rollup files.
+
+    Opened files are kept (memory maps, not copies; each holds a file descriptor) for the next
+    query, up to `max_open`, least recently used first out."""
+
+    def __init__(self, max_open: int = 256) -> None:
+        self.max_open = max_open
+        self._open: OrderedDict[Path, tuple[np.ndarray, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _columns(self, path: Path) -> tuple[np.ndarray, ...]:
+        with self._lock:
+            columns = self._open.get(path)
+            if columns is not None:
+                self._open.move_to_end(path)
+                return columns
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        columns = tuple(
+            table.column(i).chunk(0).to_numpy()
+            if table.num_rows
+            else np.empty(0, dtype=f.type.to_pandas_dtype())
+            for i, f in enumerate(ROLLUP_SCHEMA)
+        )
+        with self._lock:
+            self._open[path] = columns
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        return columns
+
+    def read(
+        self,
+        paths: list[Path],
+        series_ids: np.ndarray,
+        start: int,
+        end: int,
+        stop: Callable[[], bool] | None = None,
+    ) -> Partials:
+        """Rows of the sorted `series_ids` with bucket start in [start, end), from every file.
+
+        `stop` is asked before each file; when it answers True the read ends with ReadStopped."""
+        parts = []
+        for path in paths:
+            if stop is not None and stop():
+                raise ReadStopped("the query was cancelled or passed its deadline")
+            sid, ts, *rest = self._columns(path)
+            lo = np.searchsorted(sid, series_ids, "left")
+            hi = np.searchsorted(sid, series_ids, "right")
+            has = hi > lo
+            if not has.any():
+                continue
+            lo, hi = lo[has], hi[has]
+            lengths = hi - lo
+            # Row numbers of every range, without a Python loop over series.
+            rows = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            rows = rows[(ts[rows] >= start) & (ts[rows] < end)]
+            if len(rows):
+                parts.append(Partials(sid[rows], ts[rows], *(c[rows] for c in rest)))
+        return Partials.concat(parts) if parts else _EMPTY

@@ -1,0 +1,171 @@
+"""The REST ingest body, parsed here rather than by the gateway.
+
+Envoy passes `POST /api/v1/metrics/ingest` bodies through untouched (`IngestMetricsRequest.json_body`,
+a `google.api.HttpBody`): transcoding large bodies in Envoy's grpc_json_transcoder cost more than
+all the rest of ingest, worst for the row form's one object per point. The body is the proto3 JSON
+of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted it:
+
+- the usual shapes (snake_case fields, numbers as JSON numbers, int64 times also as strings) are
+  decoded by msgspec straight into typed structs, labels of rows kept as raw JSON and decoded once
+  per distinct label set, then validated column-wise (`ingest.validate_parts`);
+- anything else the proto3 JSON mapping allows (lowerCamelCase names, numbers as strings, "NaN",
+  nulls) goes through protobuf's own JSON parser and the ordinary validation;
+- what neither accepts is a 400 naming the field: `series[0].timestamps_ms[2]: expected int, got str`.
+
+Both paths give the same validated batch for the same body (tests/unit/test_ingest_json.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+import numpy as np
+from google.protobuf import json_format
+
+from libs.errors import InvalidArgument
+from platformq.analytics.v1 import common_pb2, realtime_service_pb2
+from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
+
+_NO_LABELS = msgspec.Raw(b"{}")
+_INT = re.compile(r"-?[0-9]{1,19}")
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""A proto int64: msgspec's int alone would take uint64 values too."""
+
+
+class JsonSeries(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One columnar series of the body."""
+
+    name: str = ""
+    labels: dict[str, str] = {}
+    timestamps_ms: list[Int64] = []
+    values: list[float] = []
+
+
+class JsonPoint(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One row of the body; its labels stay raw JSON until the distinct label sets are decoded."""
+
+    name: str = ""
+    value: float = 0.0
+    timestamp: str = ""
+    timestamp_ms: Int64 | str = 0
+    labels: msgspec.Raw = _NO_LABELS
+
+
+class JsonBody(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The body: IngestMetricsRequest's fields, as proto3 JSON names them."""
+
+    datasource: str = ""
+    points: list[JsonPoint] = []
+    series: list[JsonSeries] = []
+
+
+class _Unusual(Exception):
+    """The body needs protobuf's JSON parser (a form the fast decoder does not take); the field and
+    reason say why, should protobuf's parser refuse it too."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class JsonIngestDecoder:
+    """Decodes and validates REST ingest bodies; one per ingest core (its decoders are reusable)."""
+
+    def __init__(self) -> None:
+        self._body = msgspec.json.Decoder(JsonBody)
+        self._labels = msgspec.json.Decoder(dict[str, str])
+
+    def validate(
+        self, data: bytes, known: KnownGoodSeries | None = None, now_ms: int | None = None
+    ) -> ValidatedBatch:
+        """The validated batch of a JSON body; a body that is not an IngestMetricsRequest in proto3
+        JSON raises InvalidArgument naming the field."""
+        try:
+            body = self._body.decode(data)
+            return validate_parts(
+                body.datasource, body.series, self._rows(body.points), now_ms, known, message_of=_message
+            )
+        except msgspec.DecodeError as exc:
+            if not isinstance(exc, msgspec.ValidationError):
+                raise InvalidArgument(f"is not valid JSON: {exc}", "body") from None
+            fast_error: Exception = exc
+        except _Unusual as exc:
+            fast_error = exc
+        return validate(self._parse_proto(data, fast_error), now_ms, known)
+
+    def _rows(self, points: list[JsonPoint]) -> RowColumns:
+        times_ms: list[int | str] | np.ndarray = [p.timestamp_ms for p in points]
+        if times_ms:
+            times_ms = np.array(times_ms)
+            if times_ms.dtype.kind == "U":
+                # proto3 JSON writes int64 as a string: take plain integers, leave the rest to protobuf.
+                for i, t in enumerate(times_ms.tolist()):
+                    if not _INT.fullmatch(t):
+                        raise _Unusual(
+                            f"points[{i}].timestamp_ms", f"{t!r} is not an integer (epoch milliseconds)"
+                        )
+                try:
+                    times_ms = times_ms.astype(np.int64)
+                except (ValueError, OverflowError):
+                    raise _Unusual("timestamp_ms", "is out of the int64 range") from None
+
+        return RowColumns(
+            # Raw JSON of identical label sets is identical bytes in practice (one encoder): decoded once.
+            series_keys=[(p.name, bytes(p.labels)) for p in points],
+            labels_of=self._decode_labels,
+            timestamps=[p.timestamp for p in points],
+            timestamps_ms=times_ms,
+            values=[p.value for p in points],
+        )
+
+    def _decode_labels(self, raw: bytes) -> dict[str, str]:
+        try:
+            return self._labels.decode(raw)
+        except msgspec.ValidationError as exc:
+            reason = str(exc).split(" - at ")[0].replace("`", "")
+            raise _Unusual("labels", f"{reason[:1].lower()}{reason[1:]} (label values are strings)") from None
+
+    @staticmethod
+    def _parse_proto(data: bytes, fast_error: Exception) -> realtime_service_pb2.IngestMetricsRequest:
+        request = realtime_service_pb2.IngestMetricsRequest()
+        if not data.lstrip().startswith(b"{"):
+            # protobuf's parser takes a JSON array as an empty message; the transcoder did not.
+            raise _invalid(fast_error, ValueError("must be a JSON object"))
+        try:
+            json_format.Parse(data, request)
+        except json_format.ParseError as exc:
+            raise _invalid(fast_error, exc) from None
+        if request.HasField("json_body"):
+            raise InvalidArgument("is set by the gateway, not by clients", "json_body")
+        return request
+
+
+def _message(series: JsonSeries) -> common_pb2.Series:
+    """The WAL record of a series accepted whole, from the decoded lists."""
+    return common_pb2.Series(
+        name=series.name, labels=series.labels, timestamps_ms=series.timestamps_ms, values=series.values
+    )
+
+
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _invalid(fast_error: Exception, proto_error: Exception) -> InvalidArgument:
+    """The 400 for a body neither parser accepts: msgspec's message names the path precisely
+    (`series[0].values[3]`); protobuf's is the fallback."""
+    if isinstance(fast_error, _Unusual):
+        return InvalidArgument(fast_error.reason, fast_error.field)
+    if isinstance(fast_error, msgspec.ValidationError):
+        found = _AT.match(str(fast_error))
+        if found:
+            path = (found["path"] or "").lstrip(".")
+            reason = found["reason"]
+            unknown = re.fullmatch(r"Object contains unknown field `(.+)`", reason)
+            if unknown:
+                field = f"{path}.{unknown[1]}" if path else unknown[1]
+                return InvalidArgument("is not a field of IngestMetricsRequest", field)
+            return InvalidArgument(reason[:1].lower() + reason[1:].replace("`", ""), path or "body")
+    return InvalidArgument(str(proto_error), "body")
