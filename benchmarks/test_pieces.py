@@ -1,4 +1,4 @@
-"""Correctness checks of the benchmark's pieces (no timing assertions): `pytest benchmarks/`.
+"""Correctness checks of the benchmark's pieces (no timing assertions); part of `make test` (testpaths).
 
 They need only Python: a tiny influx file is written here, so neither Go, VictoriaMetrics nor the
 service is started.
