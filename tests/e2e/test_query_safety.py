@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import healthy, stack_env, stop_and_check_nothing_left
-from tests.helpers import REPO_ROOT, descendants, wait_until
+from tests.e2e.conftest import own_stack, stack_env
+from tests.helpers import descendants
 
-ANALYTICS = str(Path(sys.executable).with_name("analytics"))
 # About 25 CPU-seconds of DuckDB work if nothing stops it.
 HEAVY = (
     "SELECT count(*) FROM (SELECT unnest(range(100000)) AS a) x, (SELECT unnest(range(30000)) AS b) y "
@@ -31,30 +28,18 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def gateway(tmp_path_factory) -> Iterator[tuple[str, int]]:
     """The stack with a 2 s gateway timeout, a longer query timeout and a small DuckDB memory: the base
     URL and the pid of the services' process."""
-    data_dir = tmp_path_factory.mktemp("safety")
     env = stack_env(
-        data_dir,
+        tmp_path_factory.mktemp("safety"),
         DEMO="0",
         REQUEST_TIMEOUT_SECONDS="2",
         QUERY_TIMEOUT_SECONDS="50",
         QUERY_MEMORY_LIMIT="64MB",
         SELF_METRICS_INTERVAL_SECONDS="0",
     )
-    log = (data_dir / "stack.log").open("w")
-    process = subprocess.Popen(
-        [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True
-    )
-    port = int(env["GATEWAY_PORT"])
-    try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
-        assert process.poll() is None, (data_dir / "stack.log").read_text()[-4000:]
-        services = [pid for pid in descendants(process.pid) if b"serve" in _cmdline(pid)]
+    with own_stack(env) as stack:
+        services = [pid for pid in descendants(stack.process.pid) if b"serve" in _cmdline(pid)]
         assert len(services) == 1, services
-        yield f"http://127.0.0.1:{port}", services[0]
-    finally:
-        if process.poll() is None:
-            stop_and_check_nothing_left(process)
-        log.close()
+        yield stack.base, services[0]
 
 
 def _cmdline(pid: int) -> bytes:

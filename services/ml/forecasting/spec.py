@@ -9,21 +9,11 @@ from libs.errors import InvalidArgument
 from libs.timeparse import parse_duration_ms
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import ml_service_pb2 as pb
+from services.ml.forecasting.methods import STATISTICAL
 from services.ml.spec import InlineSeries, parse_inline, parse_window
 from services.query_router.spec import DEFAULT_DATASOURCE, LABEL_KEY, LabelMatch, filters_from_proto
 
-METHODS = (
-    "auto",
-    "prophet",
-    "auto_ets",
-    "auto_arima",
-    "auto_theta",
-    "mstl",
-    "seasonal_naive",
-    "seasonal_es",
-    "seasonal_window_average",
-    "stl_drift",
-)
+METHODS = ("auto", "prophet", *STATISTICAL)
 DEFAULT_LEVELS = (80.0, 95.0)
 DIRECTIONS = ("above", "below")
 DEFAULT_LOOKBACK_MS = 7 * 86_400_000
