@@ -110,3 +110,14 @@ def test_a_passed_deadline_stops_the_worker_before_fitting() -> None:
     job = SeriesJob(_series(60), 0, DAY_MS, "auto_theta", HORIZON, (95.0,), (7,), deadline=0.0)
     with pytest.raises(TimeoutError):
         run(job)
+
+
+def test_auto_follows_a_steady_trend_through_its_drift_candidate() -> None:
+    # A disk filling up: three weeks of hourly points rising 0.5 an hour under a daily cycle. The
+    # seasonal candidates repeat the last seasons (4 % sMAPE here); stl_drift extends the trend.
+    t = np.arange(24 * 21 + 48)
+    y = 200 + 0.5 * t + 10 * np.sin(2 * np.pi * t / 24) + np.random.default_rng(0).normal(0, 1, len(t))
+    train, test = y[:-48], y[-48:]
+    out = run(SeriesJob(train, 0, HOUR_MS, "auto", 48, (80.0,), season_lengths(HOUR_MS)))
+    assert "stl_drift" in out.method or any(m.startswith("stl_drift") for m in out.weights)
+    assert smape(test, out.prediction.mean) < 1.0
