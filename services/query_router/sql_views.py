@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
+from libs.storage.series import SeriesCatalog
 from libs.storage.store import Snapshot
 from services.query_router.cancel import CancelToken
 from services.query_router.sql_guard import harden, redact_paths, run_user_sql
@@ -45,24 +46,23 @@ def _label_keys(snapshots: dict[str, Snapshot]) -> list[str]:
     return sorted({k for snap in snapshots.values() for k in snap.catalog.label_values})
 
 
-def _series_table(snapshots: dict[str, Snapshot], keys: list[str] | None) -> pa.Table:
-    """Every series of `snapshots`: `labels` a STRUCT of `keys` (one type for the tenant), or a
-    MAP when `keys` is None."""
-    rows = [(ds, sid, key) for ds, snap in snapshots.items() for sid, key in snap.catalog.by_id.items()]
-    if keys is None:
-        labels = pa.array([list(r[2].labels) for r in rows], pa.map_(pa.string(), pa.string()))
-    else:
-        # DuckDB cannot bind an empty STRUCT: a tenant without labels gets one NULL field.
-        fields = [(k, pa.string()) for k in keys] or [("_", pa.string())]
-        labels = pa.array([r[2].label_map for r in rows], pa.struct(fields))
-    return pa.table(
-        {
-            "datasource": pa.array([r[0] for r in rows], pa.string()),
-            "series_id": pa.array([r[1] for r in rows], pa.uint64()),
-            "metric": pa.array([r[2].metric for r in rows], pa.string()),
-            "labels": labels,
-        }
-    )
+def _series_table(
+    databases: TenantDatabases, tenant: str, snapshots: dict[str, Snapshot], keys: list[str] | None
+) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """Every series of `snapshots` (and each datasource's own): `labels` a STRUCT of `keys` (one type
+    for the tenant), or a MAP when `keys` is None. Built from each catalog's code columns, and reused
+    while a catalog has not grown (see TenantDatabases.series_of)."""
+    parts = {ds: databases.series_of(tenant, ds, snap.catalog, keys) for ds, snap in snapshots.items()}
+    if not parts:
+        # The empty table of the same schema (the views still need a `series` to select from).
+        return _with_datasource("", SeriesCatalog().arrow(keys)), parts
+    return pa.concat_tables(parts.values()), parts
+
+
+def _with_datasource(datasource: str, table: pa.Table) -> pa.Table:
+    # One string repeated by a vectorised take, not a Python list of n copies.
+    column = pa.array([datasource], pa.string()).take(pa.array(np.zeros(len(table), dtype=np.int32)))
+    return table.add_column(0, "datasource", column)
 
 
 class TenantDatabases:
@@ -79,6 +79,27 @@ class TenantDatabases:
         self.threads = threads
         self._lock = threading.Lock()
         self._databases: dict[str, duckdb.DuckDBPyConnection] = {}
+        # (tenant, datasource, STRUCT keys or None) -> (catalog, its size then, `series` rows).
+        self._series: dict[tuple[str, str, tuple[str, ...] | None], tuple[SeriesCatalog, int, pa.Table]] = {}
+
+    def series_of(
+        self, tenant: str, datasource: str, catalog: SeriesCatalog, keys: list[str] | None
+    ) -> pa.Table:
+        """One datasource's rows of the `series` view (datasource, series_id, metric, labels).
+
+        Catalogs only append rows, so a table built when the catalog had as many rows is still
+        exact: it is reused, and rebuilt (O(series), vectorised) once the catalog grows. One table
+        per datasource and label shape is kept."""
+        cache_key = (tenant, datasource, None if keys is None else tuple(keys))
+        size = len(catalog)
+        with self._lock:
+            cached = self._series.get(cache_key)
+        if cached is not None and cached[0] is catalog and cached[1] == size:
+            return cached[2]
+        table = _with_datasource(datasource, catalog.arrow(keys))
+        with self._lock:
+            self._series[cache_key] = (catalog, len(table), table)
+        return table
 
     def of(self, tenant: str) -> duckdb.DuckDBPyConnection:
         """The tenant's database."""
@@ -122,7 +143,7 @@ def _run(
     con = databases.of(tenant).cursor()
     try:
         with token.watch(con):
-            return _run_on(con, databases, live, sql, params, max_rows, struct_labels)
+            return _run_on(con, databases, tenant, live, sql, params, max_rows, struct_labels)
     finally:
         con.close()
 
@@ -130,6 +151,7 @@ def _run(
 def _run_on(
     con: duckdb.DuckDBPyConnection,
     databases: TenantDatabases,
+    tenant: str,
     live: dict[str, Snapshot],
     sql: str,
     params: Sequence[object],
@@ -137,7 +159,7 @@ def _run_on(
     struct_labels: bool,
 ) -> tuple[list[str], list[tuple]]:
     keys = _label_keys(live) if struct_labels else None
-    every_series = _series_table(live, keys)
+    every_series, series_of = _series_table(databases, tenant, live, keys)
     con.register("_series", every_series)
     # One join per datasource on the series id alone: a single-integer key joins much faster
     # than (datasource, series_id), and ids are unique within a datasource.
@@ -152,7 +174,7 @@ def _run_on(
             sources.append(f"SELECT series_id, ts, value FROM _hot{i}")
         if not sources:
             continue
-        con.register(f"_series{i}", every_series.filter(pc.equal(every_series["datasource"], ds)))
+        con.register(f"_series{i}", series_of[ds])
         raw.append(
             f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
         )

@@ -84,3 +84,28 @@ async def test_the_points_view_aggregates_by_series_before_any_join(store):
         ["ds"],
     )
     assert rows == [("a", 3.0), ("b", 10.0)]
+
+
+async def test_the_series_view_is_reused_while_unchanged_and_rebuilt_when_series_arrive(store):
+    databases = TenantDatabases(store.segments_root)
+
+    def series_rows():
+        snapshots = {ds: store.snapshot("acme", ds) for ds in store.datasources("acme")}
+        sql = "SELECT datasource, metric, labels::VARCHAR FROM series ORDER BY ALL"
+        return run_tenant_sql(databases, "acme", snapshots, sql, [], 1000)[1]
+
+    catalog = store.snapshot("acme", "ds").catalog
+    first = databases.series_of("acme", "ds", catalog, ["host"])
+    assert databases.series_of("acme", "ds", catalog, ["host"]) is first  # unchanged: not rebuilt
+    assert series_rows() == [("ds", "cpu", "{'host': a}"), ("ds", "cpu", "{'host': b}")]
+    await store.ingest("acme", "ds", [_series("c", [7])])
+    await store.ingest(
+        "acme", "ds2", [AcceptedSeries(SeriesKey.of("mem", {"pod": "p1"}), np.array([5]), np.array([4.0]))]
+    )
+    assert databases.series_of("acme", "ds", catalog, ["host"]) is not first
+    assert series_rows() == [
+        ("ds", "cpu", "{'host': a, 'pod': NULL}"),
+        ("ds", "cpu", "{'host': b, 'pod': NULL}"),
+        ("ds", "cpu", "{'host': c, 'pod': NULL}"),
+        ("ds2", "mem", "{'host': NULL, 'pod': p1}"),
+    ]
