@@ -238,9 +238,17 @@ class SeriesCatalog:
             found = index.sorted_ids[pos] == sids
             rows[found] = index.sorted_rows[pos[found]]
         missing = np.flatnonzero(~found)
-        if index.recent and len(missing):
+        recent_map = index.recent
+        if recent_map and len(missing) and len(missing) * 8 < len(recent_map):
+            # Few ids next to the tail (an ingest batch against a catalog under churn): one dict
+            # lookup each, instead of copying and sorting the whole tail on every call.
+            get = recent_map.get
+            rows[missing] = np.fromiter(
+                (get(s, -1) for s in sids[missing].tolist()), dtype=np.int64, count=len(missing)
+            )
+        elif recent_map and len(missing):
             # One C-level copy of the tail's dict (atomic under the GIL), then a vectorised search.
-            recent = np.array(list(index.recent.items()), dtype=np.uint64).reshape(-1, 2)
+            recent = np.array(list(recent_map.items()), dtype=np.uint64).reshape(-1, 2)
             order = np.argsort(recent[:, 0])
             recent_ids, recent_rows = recent[order, 0], recent[order, 1].astype(np.int64)
             pos = np.minimum(np.searchsorted(recent_ids, sids[missing]), len(recent_ids) - 1)
