@@ -1,5 +1,5 @@
 """The cold tier: immutable Parquet segments, partitioned by tenant, datasource and day, sorted by
-series then time, listed in one manifest that is replaced atomically.
+hour, series and time, with their rollups, listed in one manifest that is replaced atomically.
 
 Layout under DATA_DIR/segments:
   tenant=<t>/datasource=<d>/points/day=<YYYY-MM-DD>/<min_ts>-<max_ts>-<uuid>.parquet
