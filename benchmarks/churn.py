@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,16 @@ from typing import Any
 import aiohttp
 
 from benchmarks import victoria
-from benchmarks.procs import DATA_DIR, REPO_ROOT, RESULTS_DIR, Latency, free_port, log_tail, proc_status_kib
+from benchmarks.procs import (
+    DATA_DIR,
+    REPO_ROOT,
+    RESULTS_DIR,
+    Latency,
+    free_port,
+    launch_stack,
+    log_tail,
+    proc_status_kib,
+)
 from benchmarks.report import write_docs_section
 
 SECTION = "## High cardinality and churn"
@@ -172,25 +180,7 @@ class Stack:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "GATEWAY_PORT": str(self.port),
-            "ENVOY_ADMIN_PORT": str(free_port()),
-            "WS_BRIDGE_PORT": str(free_port()),
-            "GRPC_PORT": str(free_port()),
-            "DATA_DIR": str(self.data_dir),
-            "DEMO": "0",
-            "ANOMALY_STREAM": "0",
-            "LOG_LEVEL": "WARNING",
-        }
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("analytics")), "up"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("w"),
-            start_new_session=True,
-        )
+        self.proc, _ = launch_stack(self.data_dir, self.log, self.port, ANOMALY_STREAM="0")
         deadline = time.monotonic() + 120
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:

@@ -39,7 +39,14 @@ import aiohttp
 import numpy as np
 
 from benchmarks import victoria
-from benchmarks.procs import free_port, log_tail, mib, proc_status_kib, stop_process, tree_rss_kib
+from benchmarks.procs import (
+    launch_stack,
+    log_tail,
+    mib,
+    proc_status_kib,
+    stop_process,
+    tree_rss_kib,
+)
 from benchmarks.report import write_docs_section
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -307,27 +314,14 @@ def _start_stack(data_dir: Path, attempts: int = 2) -> tuple[subprocess.Popen, s
 
 def _start_stack_once(data_dir: Path) -> tuple[subprocess.Popen, str, Path]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "GATEWAY_PORT": str(free_port()),
-        "ENVOY_ADMIN_PORT": str(free_port()),
-        "WS_BRIDGE_PORT": str(free_port()),
-        "GRPC_PORT": str(free_port()),
-        "DATA_DIR": str(data_dir),
-        "DEMO": "0",
-        "LOG_LEVEL": "WARNING",
-        "SHUTDOWN_GRACE_SECONDS": "1",
-        # The live anomaly scorer follows every ingested point; this measures ingest alone.
-        "ANOMALY_STREAM": "0",
-        "SELF_METRICS_INTERVAL_SECONDS": "0",
-    }
     log = data_dir / "stack.log"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("analytics")), "up"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
+    process, env = launch_stack(
+        data_dir,
+        log,
+        SHUTDOWN_GRACE_SECONDS="1",
+        # The live anomaly scorer follows every ingested point; this measures ingest alone.
+        ANOMALY_STREAM="0",
+        SELF_METRICS_INTERVAL_SECONDS="0",
     )
     base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
     deadline = time.monotonic() + 90

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -159,3 +160,31 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+def launch_stack(
+    data_dir: Path, log: Path, gateway_port: int | None = None, **settings: str
+) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Start `analytics up` (Envoy and `serve all`) on fresh loopback ports with DATA_DIR `data_dir`,
+    no demo feed, warnings only, and `settings` on top, its stderr to `log`; returns the process and
+    its environment (GATEWAY_PORT, GRPC_PORT, ...). The gateway listens on `gateway_port` when given."""
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(gateway_port or free_port()),
+        "ENVOY_ADMIN_PORT": str(free_port()),
+        "WS_BRIDGE_PORT": str(free_port()),
+        "GRPC_PORT": str(free_port()),
+        "DATA_DIR": str(data_dir),
+        "DEMO": "0",
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("analytics")), "up"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        start_new_session=True,
+    )
+    return process, env

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.procs import Latency, free_port, log_tail, mib, stop_process, tree_rss_kib
+from benchmarks.procs import Latency, launch_stack, log_tail, mib, stop_process, tree_rss_kib
 from benchmarks.report import write_docs_section
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,27 +88,14 @@ def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 
 def _start_stack(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str], Path]:
-    env = {
-        **os.environ,
-        "GATEWAY_PORT": str(free_port()),
-        "ENVOY_ADMIN_PORT": str(free_port()),
-        "WS_BRIDGE_PORT": str(free_port()),
-        "GRPC_PORT": str(free_port()),
-        "DATA_DIR": str(data_dir),
-        "DEMO": "0",
-        "LOG_LEVEL": "WARNING",
-        "SHUTDOWN_GRACE_SECONDS": "1",
-        # Small bounds, so that the client that never reads meets them within a phase.
-        "WS_CLIENT_QUEUE_FRAMES": str(SLOW_QUEUE_FRAMES),
-        "WS_CLIENT_MAX_LAG_SECONDS": str(SLOW_MAX_LAG_SECONDS),
-    }
     log = data_dir / "stack.log"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("analytics")), "up"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
+    process, env = launch_stack(
+        data_dir,
+        log,
+        SHUTDOWN_GRACE_SECONDS="1",
+        # Small bounds, so that the client that never reads meets them within a phase.
+        WS_CLIENT_QUEUE_FRAMES=str(SLOW_QUEUE_FRAMES),
+        WS_CLIENT_MAX_LAG_SECONDS=str(SLOW_MAX_LAG_SECONDS),
     )
     _wait_healthy(int(env["GATEWAY_PORT"]), process, log)
     return process, env, log
