@@ -11,6 +11,11 @@ Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them a
 without decoding or copying. Sorted by series then time, the memory-mapped series column is the
 per-file series -> row-range index (a binary search), so a query touches only the rows of the
 series and time it asks for.
+
+Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: series_id, ts, value,
+sorted by series then time, uncompressed), its *points map*: the metrics API reads raw points
+from it (the cut ends of a rollup window) by memory map and binary search, without opening the
+Parquet file; DuckDB reads the Parquet file for SQL.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ ROLLUP_SCHEMA = pa.schema(
         ("last_ts", pa.int64()),
     ]
 )
+POINTS_MAP_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
 
 
 def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int) -> pa.Table:
@@ -110,11 +116,12 @@ def cover(start: int, end: int, resolution: str) -> list[tuple[str | None, int, 
     return pieces + [(None, a, b) for a, b in pending]
 
 
-def write_rollup(table: pa.Table, path: Path) -> None:
-    """Write a rollup file durably (temp file, fsync, rename, fsync of the directory)."""
+def write_mapped(table: pa.Table, path: Path) -> None:
+    """Write a rollup or points map file (one uncompressed record batch) durably: temp file, fsync,
+    rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ROLLUP_SCHEMA) as writer:
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks(), max_chunksize=max(table.num_rows, 1))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -126,22 +133,43 @@ def write_rollup(table: pa.Table, path: Path) -> None:
         os.close(fd)
 
 
+def points_map(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> pa.Table:
+    """The points map of points sorted by (series, ts)."""
+    return pa.Table.from_arrays(
+        [pa.array(series_ids, pa.uint64()), pa.array(ts, pa.int64()), pa.array(values, pa.float64())],
+        schema=POINTS_MAP_SCHEMA,
+    )
+
+
 class ReadStopped(Exception):
     """A rollup read ended early because its query was cancelled."""
 
 
+PARTIAL_FIELDS = ("count", "sum", "min", "max", "last", "last_ts")
+# The partial columns each mergeable aggregation needs.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "avg": ("count", "sum"),
+    "sum": ("sum",),
+    "count": ("count",),
+    "min": ("min",),
+    "max": ("max",),
+    "last": ("last", "last_ts"),
+}
+
+
 @dataclass(frozen=True)
 class Partials:
-    """Rollup rows (or raw points as one-point partials) as numpy columns."""
+    """Rollup rows (or raw points as one-point partials) as numpy columns; a partial column a
+    query does not need is None (not read)."""
 
     series_ids: np.ndarray
     ts: np.ndarray
-    count: np.ndarray
-    sum: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
-    last: np.ndarray
-    last_ts: np.ndarray
+    count: np.ndarray | None = None
+    sum: np.ndarray | None = None
+    min: np.ndarray | None = None
+    max: np.ndarray | None = None
+    last: np.ndarray | None = None
+    last_ts: np.ndarray | None = None
 
     @classmethod
     def of_points(cls, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> Partials:
@@ -150,32 +178,34 @@ class Partials:
 
     @classmethod
     def concat(cls, parts: list[Partials]) -> Partials:
-        """All rows of `parts`."""
+        """All rows of `parts` (the partial columns every part has)."""
         if not parts:
-            return _EMPTY
+            return EMPTY_PARTIALS
         if len(parts) == 1:
             return parts[0]
-        names = ("series_ids", "ts", "count", "sum", "min", "max", "last", "last_ts")
-        return cls(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
+        columns = {}
+        for name in ("series_ids", "ts", *PARTIAL_FIELDS):
+            values = [getattr(p, name) for p in parts]
+            columns[name] = None if any(v is None for v in values) else np.concatenate(values)
+        return cls(**columns)
 
 
-_EMPTY = Partials(
-    *(np.empty(0, dtype=t) for t in (np.uint64, np.int64, np.int64) + (np.float64,) * 4 + (np.int64,))
-)
+EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
-class RollupReader:
-    """Reads rollup rows of chosen series and time from memory-mapped rollup files.
+class MappedReader:
+    """Reads the rows of chosen series and time from memory-mapped files sorted by (series, ts):
+    rollups and points maps.
 
     Opened files are kept (memory maps, not copies; each holds a file descriptor) for the next
     query, up to `max_open`, least recently used first out."""
 
-    def __init__(self, max_open: int = 256) -> None:
+    def __init__(self, max_open: int = 512) -> None:
         self.max_open = max_open
         self._open: OrderedDict[Path, tuple[np.ndarray, ...]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _columns(self, path: Path) -> tuple[np.ndarray, ...]:
+    def _columns(self, path: Path, schema: pa.Schema) -> tuple[np.ndarray, ...]:
         with self._lock:
             columns = self._open.get(path)
             if columns is not None:
@@ -186,7 +216,7 @@ class RollupReader:
             table.column(i).chunk(0).to_numpy()
             if table.num_rows
             else np.empty(0, dtype=f.type.to_pandas_dtype())
-            for i, f in enumerate(ROLLUP_SCHEMA)
+            for i, f in enumerate(schema)
         )
         with self._lock:
             self._open[path] = columns
@@ -194,32 +224,92 @@ class RollupReader:
                 self._open.popitem(last=False)
         return columns
 
-    def read(
+    def _read(
         self,
+        schema: pa.Schema,
         paths: list[Path],
         series_ids: np.ndarray,
-        start: int,
-        end: int,
-        stop: Callable[[], bool] | None = None,
-    ) -> Partials:
-        """Rows of the sorted `series_ids` with bucket start in [start, end), from every file.
-
-        `stop` is asked before each file; when it answers True the read ends with ReadStopped."""
+        spans: list[tuple[int, int]],
+        stop: Callable[[], bool] | None,
+        wanted: list[int],
+    ) -> list[tuple[np.ndarray, ...]]:
+        """The `wanted` columns of the rows of `series_ids` with ts in any span, per file."""
         parts = []
         for path in paths:
             if stop is not None and stop():
                 raise ReadStopped("the query was cancelled or passed its deadline")
-            sid, ts, *rest = self._columns(path)
+            columns = self._columns(path, schema)
+            sid, ts = columns[0], columns[1]
             lo = np.searchsorted(sid, series_ids, "left")
             hi = np.searchsorted(sid, series_ids, "right")
             has = hi > lo
             if not has.any():
                 continue
             lo, hi = lo[has], hi[has]
-            lengths = hi - lo
+            # Within each series' run rows are sorted by time: narrow every run to each span.
+            pieces = []
+            for start, end in spans:
+                a = _searchsorted_runs(ts, lo, hi, start)
+                b = _searchsorted_runs(ts, lo, hi, end)
+                pieces.append((a, b))
+            a = np.concatenate([p[0] for p in pieces])
+            b = np.concatenate([p[1] for p in pieces])
+            lengths = b - a
+            if not lengths.sum():
+                continue
             # Row numbers of every range, without a Python loop over series.
-            rows = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-            rows = rows[(ts[rows] >= start) & (ts[rows] < end)]
-            if len(rows):
-                parts.append(Partials(sid[rows], ts[rows], *(c[rows] for c in rest)))
-        return Partials.concat(parts) if parts else _EMPTY
+            rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            parts.append(tuple(columns[i][rows] for i in wanted))
+        return parts
+
+    def rollups(
+        self,
+        paths: list[Path],
+        series_ids: np.ndarray,
+        start: int,
+        end: int,
+        fields: tuple[str, ...] = PARTIAL_FIELDS,
+        stop: Callable[[], bool] | None = None,
+    ) -> Partials:
+        """Rollup rows of the sorted `series_ids` with bucket start in [start, end), from every
+        file; of the partial columns, only `fields`.
+
+        `stop` is asked before each file; when it answers True the read ends with ReadStopped."""
+        names = ("series_ids", "ts", *fields)
+        wanted = [0, 1, *(ROLLUP_SCHEMA.get_field_index(f) for f in fields)]
+        parts = self._read(ROLLUP_SCHEMA, paths, series_ids, [(start, end)], stop, wanted)
+        return Partials.concat([Partials(**dict(zip(names, p, strict=True))) for p in parts])
+
+    def points(
+        self,
+        paths: list[Path],
+        series_ids: np.ndarray,
+        spans: list[tuple[int, int]],
+        stop: Callable[[], bool] | None = None,
+    ) -> Partials:
+        """Raw points of the sorted `series_ids` in any of the [start, end) `spans`, from every
+        points map, as one-point partials."""
+        parts = self._read(POINTS_MAP_SCHEMA, paths, series_ids, spans, stop, [0, 1, 2])
+        if not parts:
+            return EMPTY_PARTIALS
+        ids, ts, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return Partials.of_points(ids, ts, values)
+
+
+def _searchsorted_runs(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int) -> np.ndarray:
+    """For each sorted run ts[lo[i]:hi[i]], the index of the first element >= value (vectorised
+    binary search over every run at once; a loop of numpy's own for a few runs, which is faster)."""
+    if len(lo) <= 64:
+        return np.array(
+            [a + int(ts[a:b].searchsorted(value)) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)],
+            dtype=np.int64,
+        )
+    left, right = lo.copy(), hi.copy()
+    while True:
+        active = left < right
+        if not active.any():
+            return left
+        mid = (left + right) // 2
+        below = active & (ts[np.minimum(mid, len(ts) - 1)] < value)
+        left = np.where(below, mid + 1, left)
+        right = np.where(active & ~below, mid, right)

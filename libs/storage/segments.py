@@ -9,6 +9,9 @@ Layout under DATA_DIR/segments:
   tenant=<t>/datasource=<d>/rollups/<1m|1h>/day=<YYYY-MM-DD>/<the segment's file stem>.arrow
       the segment's rollups (libs/storage/rollups.py), sorted by (series_id, ts); a downsampled
       segment (raw retention passed, rollup retention not yet) keeps only these
+  tenant=<t>/datasource=<d>/maps/day=<YYYY-MM-DD>/<the segment's file stem>.arrow
+      the segment's points map: its raw points sorted by (series_id, ts), uncompressed Arrow that
+      the metrics API memory-maps (libs/storage/rollups.py); dropped with the raw points
   tenant=<t>/datasource=<d>/series/<uuid>.parquet
       series_id UBIGINT, metric VARCHAR, labels MAP(VARCHAR, VARCHAR)
   manifest.json
@@ -33,7 +36,7 @@ import pyarrow.parquet as pq
 
 from libs.storage.hot import POINTS_SCHEMA
 from libs.storage.keys import keys_in, last_wins
-from libs.storage.rollups import RESOLUTIONS, rollup, write_rollup
+from libs.storage.rollups import RESOLUTIONS, points_map, rollup, write_mapped
 from libs.storage.series import SeriesKey
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,9 @@ BLOCK_MS = 3_600_000  # points files are sorted by (hour, series, ts)
 
 @dataclass(frozen=True)
 class Segment:
-    """One points file: where it is, the time span and rows it holds, its rollups, and whether the
-    raw points are still there (False once downsampled: only the rollups remain)."""
+    """One points file: where it is, the time span and rows it holds, its rollups, whether the
+    raw points are still there (False once downsampled: only the rollups remain) and whether they
+    have a points map (every segment once opened by this release)."""
 
     tenant: str
     datasource: str
@@ -59,6 +63,7 @@ class Segment:
     rows: int
     rollups: tuple[str, ...] = ()
     raw: bool = True
+    mapped: bool = False
 
     @property
     def day(self) -> int:
@@ -69,9 +74,16 @@ class Segment:
         day_dir = self.path.parent
         return day_dir.parent.parent / "rollups" / resolution / day_dir.name / f"{self.path.stem}.arrow"
 
+    @property
+    def map_path(self) -> Path:
+        """The file of this segment's points map."""
+        day_dir = self.path.parent
+        return day_dir.parent.parent / "maps" / day_dir.name / f"{self.path.stem}.arrow"
+
     def files(self) -> list[Path]:
         """Every file this segment keeps alive."""
-        return ([self.path] if self.raw else []) + [self.rollup_path(r) for r in self.rollups]
+        raw = [self.path] + ([self.map_path] if self.mapped else []) if self.raw else []
+        return raw + [self.rollup_path(r) for r in self.rollups]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -114,7 +126,7 @@ class SegmentStore:
             state = json.loads(self.manifest_path.read_text())
             self.flushed_through = state["flushed_through"]
             self.recent_batches = state.get("recent_batches", [])
-            # Manifests of earlier releases have no "rollups"/"raw": see migrate_rollups().
+            # Manifests of earlier releases have no "rollups"/"raw"/"mapped": see migrate().
             self.segments = [
                 Segment(
                     s["tenant"],
@@ -125,6 +137,7 @@ class SegmentStore:
                     s["rows"],
                     tuple(s.get("rollups", ())),
                     s.get("raw", True),
+                    s.get("mapped", False),
                 )
                 for s in state["segments"]
             ]
@@ -152,6 +165,7 @@ class SegmentStore:
                     "rows": s.rows,
                     "rollups": list(s.rollups),
                     "raw": s.raw,
+                    "mapped": s.mapped,
                 }
                 for s in self.segments
             ],
@@ -194,8 +208,9 @@ class SegmentStore:
                 / f"{lo}-{hi}-{uuid.uuid4().hex}.parquet"
             )
             part_ids, part_values = series_ids[mask], values[mask]
-            segment = Segment(tenant, datasource, path, lo, hi, len(part_ts), tuple(RESOLUTIONS))
-            self._write_rollups(segment, part_ids, part_ts, part_values)  # rollups: by (series, ts)
+            segment = Segment(tenant, datasource, path, lo, hi, len(part_ts), tuple(RESOLUTIONS), mapped=True)
+            # Rollups and the points map: sorted by (series, ts).
+            self._write_maps(segment, part_ids, part_ts, part_values)
             # Points: hour blocks, each sorted by (series, ts). Row groups then span at most an hour
             # (plus the series stats), so reading a few minutes of every series skips the rest.
             order = np.lexsort((part_ts, part_ids, part_ts // BLOCK_MS))
@@ -211,15 +226,25 @@ class SegmentStore:
             written.append(segment)
         return written
 
-    def _write_rollups(
+    def _write_maps(
         self, segment: Segment, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray
     ) -> None:
+        """Write the segment's rollups and points map from its points sorted by (series, ts)."""
         for name, width in RESOLUTIONS.items():
-            write_rollup(rollup(series_ids, ts, values, width), segment.rollup_path(name))
+            write_mapped(rollup(series_ids, ts, values, width), segment.rollup_path(name))
+        write_mapped(points_map(series_ids, ts, values), segment.map_path)
 
-    def migrate_rollups(self) -> int:
-        """Write the rollups of segments from releases that had none (once, on open); returns how many."""
-        missing = [s for s in self.segments if s.raw and set(s.rollups) != set(RESOLUTIONS)]
+    def migrate(self) -> int:
+        """Write the rollups and points maps of segments from releases that had none (once, on
+        open); returns how many segments were upgraded."""
+        # A listed file can be missing too: an earlier release opening this directory deletes
+        # the points maps it does not know.
+        missing = [
+            s
+            for s in self.segments
+            if s.raw
+            and (not s.mapped or set(s.rollups) != set(RESOLUTIONS) or not all(p.exists() for p in s.files()))
+        ]
         if not missing:
             return 0
         upgraded = []
@@ -227,10 +252,13 @@ class SegmentStore:
             table = pq.read_table(s.path)  # one point per key already
             ids, ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
             order = np.lexsort((ts, ids))
-            upgraded.append(dataclasses.replace(s, rollups=tuple(RESOLUTIONS)))
-            self._write_rollups(upgraded[-1], ids[order], ts[order], values[order])
+            upgraded.append(dataclasses.replace(s, rollups=tuple(RESOLUTIONS), mapped=True))
+            self._write_maps(upgraded[-1], ids[order], ts[order], values[order])
         self.commit(upgraded, {}, removed=missing)
-        log.info("wrote rollups of segments from an earlier release", extra={"segments": len(missing)})
+        log.info(
+            "wrote rollups and points maps of segments from an earlier release",
+            extra={"segments": len(missing)},
+        )
         return len(missing)
 
     def write_series(self, tenant: str, datasource: str, rows: list[tuple[int, SeriesKey]]) -> Path:

@@ -147,7 +147,7 @@ class MetricStore:
     def open(self) -> None:
         """Load the manifest and saved series, then replay the WAL after the flushed position."""
         self.segments.load()
-        self.segments.migrate_rollups()
+        self.segments.migrate()
         for s in self.segments.segments:
             key = (s.tenant, s.datasource)
             self._open_floor[key] = max(self._open_floor.get(key, s.max_ts), s.max_ts)

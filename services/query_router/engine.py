@@ -5,7 +5,7 @@ numbers: the points of the selected series in [start, end), joined to their grou
 floor(ts / step) * step, aggregated. A fragment the planner gave a rollup resolution does not use
 DuckDB: it slices the segments' memory-mapped rollup files (and the hot tier's raw points, as
 one-point partials; the raw points of rollup buckets the window cuts at its ends come from the
-segments through DuckDB) and merges the partial aggregates per group and bucket with numpy
+segments' memory-mapped points maps) and merges the partial aggregates per group and bucket with numpy
 (libs/storage/rollups.py); its engine keeps the tier's name ("duckdb" for segments, "hot"), and
 the plan's reason names the rollup. SQL text is built only from our own values (file paths we
 wrote, series ids from the catalog, aggregation names from a fixed table); request values are
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.storage.rollups import Partials, RollupReader, cover
+from libs.storage.rollups import NEEDS, MappedReader, Partials, cover
 from libs.storage.segments import Segment
 from services.query_router.cancel import CancelToken
 
@@ -40,8 +40,10 @@ AGGREGATE_SQL = {
     "p99": "quantile_cont(value, 0.99)",
     "last": "arg_max(value, ts)",
 }
-# Up to this many series, the raw edge read names them in SQL (see _raw_edges).
-EDGE_ID_LIST_MAX = 64
+# Partials are merged over dense (group, bucket) keys unless there would be more than this many
+# keys per row (and more than DENSE_KEYS_MIN); then present keys are renumbered first.
+DENSE_KEYS_PER_ROW = 4
+DENSE_KEYS_MIN = 1 << 16
 RESULT_SCHEMA = pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value", pa.float64())])
 CALENDAR_UNITS = {"month", "quarter", "year"}
 
@@ -102,28 +104,56 @@ def _source_sql(fragment: Fragment, ids: str) -> str:
     return " UNION ALL ".join(parts)
 
 
-def _merge_partials(p: Partials, gids: np.ndarray, buckets: np.ndarray, aggregation: str) -> pa.Table:
-    """Final aggregate per (group, bucket) of partial aggregates."""
+def _merge_partials(
+    p: Partials, gids: np.ndarray, bucketing: Bucketing, start: int, aggregation: str
+) -> pa.Table:
+    """Final aggregate per (group, bucket) of partial aggregates, sorted by group and bucket."""
     if not len(gids):
         return RESULT_SCHEMA.empty_table()
-    # Sorted by group, bucket and last_ts: a run's final row holds the bucket's latest sample.
-    order = np.lexsort((p.last_ts, buckets, gids))
-    g, b = gids[order], buckets[order]
-    new = np.ones(len(g), dtype=bool)
-    new[1:] = (g[1:] != g[:-1]) | (b[1:] != b[:-1])
-    starts = np.flatnonzero(new)
-    if aggregation == "last":
-        value = p.last[order][np.append(starts[1:], len(g)) - 1]
-    elif aggregation == "min":
-        value = np.minimum.reduceat(p.min[order], starts)
-    elif aggregation == "max":
-        value = np.maximum.reduceat(p.max[order], starts)
+    if bucketing.calendar == "all":
+        index, first, step, width = np.zeros(len(gids), dtype=np.int64), start, 0, 1
     else:
-        total = np.add.reduceat(p.sum[order], starts)
-        count = np.add.reduceat(p.count[order], starts).astype(np.float64)
-        value = {"sum": total, "count": count, "avg": total / np.maximum(count, 1)}[aggregation]
+        step = bucketing.step_ms
+        buckets = p.ts // step
+        first = int(buckets.min())
+        index = buckets - first
+        first, width = first * step, int(index.max()) + 1
+    # One dense key per (group, bucket); sparse keys (many groups and buckets, few rows) are
+    # renumbered so the per-key arrays stay as long as the rows.
+    key = gids.astype(np.int64) * width + index
+    size = (int(gids.max()) + 1) * width
+    if size > max(DENSE_KEYS_PER_ROW * len(key), DENSE_KEYS_MIN):
+        present, key = np.unique(key, return_inverse=True)
+        size = len(present)
+    else:
+        present = None
+    rows = np.bincount(key, minlength=size)
+    if aggregation == "last":
+        # The bucket's latest sample; of equal times, the row read last.
+        latest = np.full(size, np.iinfo(np.int64).min)
+        np.maximum.at(latest, key, p.last_ts)
+        pick = np.full(size, -1)
+        np.maximum.at(pick, key, np.where(p.last_ts == latest[key], np.arange(len(key)), -1))
+        value = p.last[pick[rows > 0]]
+    elif aggregation in ("min", "max"):
+        column, ufunc, fill = (
+            (p.min, np.minimum, np.inf) if aggregation == "min" else (p.max, np.maximum, -np.inf)
+        )
+        out = np.full(size, fill)
+        ufunc.at(out, key, column)
+        value = out[rows > 0]
+    else:
+        total = np.bincount(key, weights=p.sum, minlength=size) if aggregation != "count" else None
+        count = np.bincount(key, weights=p.count, minlength=size) if aggregation != "sum" else None
+        has = rows > 0
+        value = {"sum": total, "count": count, "avg": None}[aggregation]
+        value = total[has] / np.maximum(count[has], 1) if value is None else value[has]
+    keys = np.flatnonzero(rows > 0)
+    if present is not None:
+        keys = present[keys]
+    g, i = np.divmod(keys, width)
     return pa.Table.from_arrays(
-        [pa.array(g[starts], pa.int32()), pa.array(b[starts], pa.int64()), pa.array(value, pa.float64())],
+        [pa.array(g, pa.int32()), pa.array(first + i * step, pa.int64()), pa.array(value, pa.float64())],
         schema=RESULT_SCHEMA,
     )
 
@@ -166,7 +196,7 @@ class QueryEngine:
         self.db.execute("SET parquet_metadata_cache = true")
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
-        self.rollups = RollupReader()
+        self.maps = MappedReader()
 
     def run(
         self,
@@ -232,9 +262,15 @@ class QueryEngine:
                 edges.append((a, b))
                 continue
             paths = [s.rollup_path(resolution) for s in fragment.segments if s.max_ts >= a and s.min_ts < b]
-            parts.append(self.rollups.read(paths, sids, a, b, stop))
-        if edges and fragment.segments:
-            parts.append(self._raw_edges(fragment.segments, sids, edges, token))
+            parts.append(self.maps.rollups(paths, sids, a, b, NEEDS[aggregation], stop))
+        if edges:
+            # The cut ends' raw points, from the segments' points maps.
+            paths = [
+                s.map_path
+                for s in fragment.segments
+                if s.raw and any(s.max_ts >= a and s.min_ts < b for a, b in edges)
+            ]
+            parts.append(self.maps.points(paths, sids, edges, stop))
         if fragment.hot is not None:
             hot = fragment.hot
             ts = hot["ts"]
@@ -250,40 +286,4 @@ class QueryEngine:
             )
         p = Partials.concat(parts)
         gids = gid_of[np.searchsorted(sids, p.series_ids)]
-        if bucketing.calendar == "all":
-            buckets = np.full(len(p.ts), fragment.start, dtype=np.int64)
-        else:
-            buckets = p.ts // bucketing.step_ms * bucketing.step_ms
-        return _merge_partials(p, gids, buckets, aggregation), len(p.ts)
-
-    def _raw_edges(
-        self,
-        segments: tuple[Segment, ...],
-        sids: np.ndarray,
-        edges: list[tuple[int, int]],
-        token: CancelToken | None,
-    ) -> Partials:
-        """Raw points of the cut rollup buckets at the window's ends, as one-point partials."""
-        files = [s for s in segments if s.raw and any(s.max_ts >= a and s.min_ts < b for a, b in edges)]
-        if not files:
-            return Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
-        when = " OR ".join(f"(ts >= {int(a)} AND ts < {int(b)})" for a, b in edges)
-        # A short id list lets DuckDB skip the row groups of other series (files are sorted by
-        # series); a long one costs more to evaluate than filtering the few edge rows here.
-        few = len(sids) <= EDGE_ID_LIST_MAX
-        ids = f" AND series_id IN ({', '.join(str(i) for i in sids.tolist())})" if few else ""
-        sql = (
-            f"SELECT series_id, ts, value FROM read_parquet([{', '.join(_quote(s.path) for s in files)}]) "
-            f"WHERE ({when}){ids}"
-        )
-        cursor = self.db.cursor()
-        try:
-            with token.watch(cursor) if token is not None else contextlib.nullcontext():
-                table = cursor.sql(sql).to_arrow_table()
-        finally:
-            cursor.close()
-        ids, ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
-        if not few:
-            keep = np.isin(ids, sids)
-            ids, ts, values = ids[keep], ts[keep], values[keep]
-        return Partials.of_points(ids, ts, values)
+        return _merge_partials(p, gids, bucketing, fragment.start, aggregation), len(p.ts)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from libs.cache import TtlCache
@@ -16,6 +17,7 @@ from libs.storage.series import SeriesKey, series_id
 from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
+from services.query_router import engine as engine_module
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.engine import QueryEngine
 from services.query_router.planner import plan, resolve_window
@@ -164,6 +166,10 @@ def _rollup_files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "segments").glob("tenant=*/datasource=*/rollups/*/day=*/*.arrow"))
 
 
+def _map_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "segments").glob("tenant=*/datasource=*/maps/day=*/*.arrow"))
+
+
 async def test_compaction_writes_the_merged_segments_rollups_and_drops_the_old_ones(tmp_path):
     store = await _loaded(tmp_path)
     await store.flush()
@@ -186,6 +192,7 @@ async def test_compaction_writes_the_merged_segments_rollups_and_drops_the_old_o
     assert merged.rollups and all(merged.rollup_path(r).exists() for r in merged.rollups)
     store.segments.delete_doomed(grace_s=0)
     assert _rollup_files(tmp_path) == sorted(merged.rollup_path(r) for r in ("1m", "1h"))
+    assert _map_files(tmp_path) == [merged.map_path]
     after = await QueryRouter(store, TtlCache(), Limits()).query(query_from_proto(request))
 
     def flat(response: pb.QueryResponse) -> list[float]:
@@ -232,6 +239,7 @@ async def test_retention_keeps_rollups_longer_than_raw_points_per_datasource(tmp
     assert len(store.snapshot("default", "other").segments) == 1
     store.segments.delete_doomed(grace_s=0)
     assert not short.downsampled[0].path.exists(), "the raw file of a downsampled segment is deleted"
+    assert not short.downsampled[0].map_path.exists(), "and so is its points map"
     assert await answer("max") == full["max"] and await answer("count") == full["count"]
     assert await answer("p50") == [], "percentiles need raw points, which are gone"
     sql = pb.QueryRequest(sql="SELECT count(*) FROM metrics WHERE datasource = 'short'", mode="batch")
@@ -252,18 +260,19 @@ async def test_a_data_dir_of_the_release_before_rollups_is_migrated_on_open(tmp_
     store = await _loaded(tmp_path)
     await store.close()
     # What the previous release left: no rollup files, manifest entries without rollups/raw.
-    for path in _rollup_files(tmp_path):
+    for path in _rollup_files(tmp_path) + _map_files(tmp_path):
         path.unlink()
     manifest_path = tmp_path / "segments" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     for entry in manifest["segments"]:
-        del entry["rollups"], entry["raw"]
+        del entry["rollups"], entry["raw"], entry["mapped"]
     manifest_path.write_text(json.dumps(manifest))
 
     store = _opened(tmp_path)
     segments = store.snapshot("default", "ds").segments
-    assert len(segments) == 4 and all(s.rollups == ("1h", "1m") for s in segments)
-    assert all(s.rollup_path(r).exists() for s in segments for r in s.rollups)
+    assert len(segments) == 4 and all(s.rollups == ("1h", "1m") and s.mapped for s in segments)
+    assert all(p.exists() for s in segments for p in s.files())
+    assert len(_map_files(tmp_path)) == 4
     window = resolve_window(None, T0, T0 + 7 * HOUR, HOUR, T0 + DAY, 1000)
     fragment = plan("batch", window, store.snapshot("default", "ds"), "sum").fragments[0]
     engine = QueryEngine(store.segments_root)
@@ -277,4 +286,51 @@ async def test_a_data_dir_of_the_release_before_rollups_is_migrated_on_open(tmp_
     raw = engine.run(dataclasses.replace(fragment, rollup=None), sel, "sum", window.bucketing)
     assert fragment.rollup == "1h"
     _assert_same(_rows(rolled.table), _rows(raw.table))
+    await store.close()
+
+
+async def test_a_points_map_holds_the_segments_points_sorted_by_series_and_time(tmp_path):
+    store = await _loaded(tmp_path)
+    await store.flush()
+    for segment in store.snapshot("default", "ds").segments:
+        mapped = pa.ipc.open_file(pa.memory_map(str(segment.map_path), "r")).read_all()
+        parquet = pq.read_table(segment.path).sort_by([("series_id", "ascending"), ("ts", "ascending")])
+        assert mapped.num_rows == segment.rows and mapped.equals(parquet.select(mapped.column_names))
+    await store.close()
+
+
+async def test_a_segment_whose_points_map_is_missing_gets_it_back_on_open(tmp_path):
+    # An earlier release opening the directory deletes the files it does not know.
+    store = await _loaded(tmp_path)
+    await store.flush()
+    await store.close()
+    for path in _map_files(tmp_path):
+        path.unlink()
+    store = _opened(tmp_path)
+    segments = store.snapshot("default", "ds").segments
+    assert len(_map_files(tmp_path)) == len(segments) == 4
+    await store.close()
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+async def test_many_series_and_sparse_buckets_answer_as_the_raw_path(tmp_path, aggregation, monkeypatch):
+    # 120 series, each its own group: the points maps are searched for every series at once
+    # (vectorised) and, with the dense-key limits at 0, partials merge over renumbered keys.
+    rng = np.random.default_rng(11)
+    store = _opened(tmp_path)
+    await store.ingest("default", "ds", _batch(rng, T0, T0 + 3 * HOUR, hosts=120))
+    await store.flush()
+    selection = _selection(store)
+    selection = selection.set_column(1, "gid", pa.array(np.arange(selection.num_rows, dtype=np.int32)))
+    engine = QueryEngine(store.segments_root)
+    window = resolve_window(None, T0 + 7_123, T0 + 2 * HOUR + 13_456, MINUTE, T0 + DAY, 100_000)
+    (fragment,) = plan("batch", window, store.snapshot("default", "ds"), aggregation).fragments
+    raw = _rows(
+        engine.run(dataclasses.replace(fragment, rollup=None), selection, aggregation, window.bucketing).table
+    )
+    assert len({g for g, _, _ in raw}) == 120
+    _assert_same(_rows(engine.run(fragment, selection, aggregation, window.bucketing).table), raw)
+    monkeypatch.setattr(engine_module, "DENSE_KEYS_MIN", 0)
+    monkeypatch.setattr(engine_module, "DENSE_KEYS_PER_ROW", 0)
+    _assert_same(_rows(engine.run(fragment, selection, aggregation, window.bucketing).table), raw)
     await store.close()
