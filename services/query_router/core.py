@@ -19,12 +19,11 @@ from libs.storage.segments import Segment
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
 from libs.timeparse import format_time_ms
-from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible
 from services.query_router.engine import Bucketing, Fragment, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
-from services.query_router.rows import encode_point_runs, encode_rows
+from services.query_router.rows import encode_point_runs, encode_rows, encode_series
 from services.query_router.spec import (
     AGGREGATIONS,
     DEFAULT_DATASOURCE,
@@ -141,7 +140,8 @@ class QueryRouter:
                     "use a shorter range, fewer series or an aggregation",
                     "aggregation",
                 )
-        response = pb.QueryResponse(series=self._series(results, groups, group_by, spec.aggregation))
+        response = pb.QueryResponse()
+        response.MergeFromString(self._series(results, groups, group_by, spec.aggregation))
         self._metadata(response.metadata, the_plan, results, started)
         self.cache.put(
             namespace,
@@ -363,6 +363,11 @@ class QueryRouter:
         deadline: Deadline | None,
     ) -> FragmentResult:
         try:
+            if self.engine.runs_inline(fragment, selection.num_rows):
+                # Sub-millisecond: no thread hand-off, nothing to cancel once started.
+                if deadline is not None and deadline.remaining() <= 0:
+                    raise deadline.exceeded()
+                return self.engine.run(fragment, selection, aggregation, bucketing)
             # Stopped inside DuckDB (or between rollup files) when the deadline passes or the caller
             # goes away, so an abandoned query frees its core (cancel.py).
             return await run_interruptible(
@@ -373,12 +378,11 @@ class QueryRouter:
             self.telemetry.engine_unreachable(fragment.engine)
             raise
 
-    def _series(
-        self, results: list[FragmentResult], groups: Groups, group_by, aggregation: str
-    ) -> list[common_pb2.SeriesResult]:
+    def _series(self, results: list[FragmentResult], groups: Groups, group_by, aggregation: str) -> bytes:
+        """The answer's `series`, serialized (merged into the response with MergeFromString)."""
         tables = [r.table for r in results if r.table.num_rows]
         if not tables:
-            return []
+            return b""
         table = pa.concat_tables(tables)
         gids, buckets, values = (table[c].to_numpy() for c in ("gid", "bucket", "value"))
         # Points sorted by group then bucket, cut into one run per group (vectorised: an answer
@@ -394,11 +398,9 @@ class QueryRouter:
         for gid in sorted(points, key=lambda g: groups.keys[g]):
             metric, labels = groups.keys[gid]
             # A series lacks the label keys it does not carry: their group value is "".
-            group = {k: v for k, v in zip(group_by, labels, strict=True) if v or aggregation != RAW}
-            series = common_pb2.SeriesResult(metric=metric, group=group, aggregation=aggregation)
-            series.MergeFromString(points[gid])
-            out.append(series)
-        return out
+            group = sorted((k, v) for k, v in zip(group_by, labels, strict=True) if v or aggregation != RAW)
+            out.append(encode_series(metric, group, aggregation, points[gid]))
+        return b"".join(out)
 
     def _metadata(
         self, meta: pb.QueryMetadata, the_plan: Plan, results: list[FragmentResult], started: float

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.storage.rollups import NEEDS, MappedReader, Partials, cover
+from libs.storage.rollups import NEEDS, RESOLUTIONS, MappedReader, Partials, cover
 from libs.storage.segments import Segment
 from services.query_router.cancel import CancelToken
 
@@ -44,6 +44,9 @@ AGGREGATE_SQL = {
 # keys per row (and more than DENSE_KEYS_MIN); then present keys are renumbered first.
 DENSE_KEYS_PER_ROW = 4
 DENSE_KEYS_MIN = 1 << 16
+# A rollup fragment reading at most this many rows (an estimate) runs on the caller's thread:
+# handing sub-millisecond work to a worker thread and back costs more than the work.
+INLINE_MAX_ROWS = 20_000
 RESULT_SCHEMA = pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value", pa.float64())])
 CALENDAR_UNITS = {"month", "quarter", "year"}
 
@@ -197,6 +200,18 @@ class QueryEngine:
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
         self.maps = MappedReader()
+
+    def runs_inline(self, fragment: Fragment, n_series: int) -> bool:
+        """True when a fragment is small enough to run on the caller's thread: a rollup read
+        (no DuckDB, no hot tier to filter) of at most INLINE_MAX_ROWS rows, counting the cut ends'
+        raw points at one a second."""
+        if fragment.rollup is None or fragment.hot is not None:
+            return False
+        widths = {None: 1000, **RESOLUTIONS}
+        rows = sum(
+            (b - a) // widths[r] + 1 for r, a, b in cover(fragment.start, fragment.end, fragment.rollup)
+        )
+        return n_series * rows * max(len(fragment.segments), 1) <= INLINE_MAX_ROWS
 
     def run(
         self,

@@ -134,3 +134,22 @@ def encode_point_runs(ts: np.ndarray, values: np.ndarray, runs: list[tuple[int, 
         width = len(whole) // len(ts)
         return [whole[a * width : b * width] for a, b in runs]
     return [encode_points(ts[a:b], values[a:b]) for a, b in runs]
+
+
+_SERIES_TAG = b"\x0a"  # QueryResponse.series: field 1, length-delimited
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    return tag + _varint(len(data)) + data
+
+
+def encode_series(metric: str, group: list[tuple[str, str]], aggregation: str, points: bytes) -> bytes:
+    """One serialized `series` entry of a QueryResponse (SeriesResult metric, group, aggregation and
+    the `points` bytes of encode_points); merge the concatenated entries with MergeFromString."""
+    body = [_field(b"\x0a", metric.encode())] if metric else []
+    for key, value in group:
+        body.append(_field(b"\x12", _field(b"\x0a", key.encode()) + _field(b"\x12", value.encode())))
+    if aggregation:
+        body.append(_field(b"\x1a", aggregation.encode()))
+    body.append(points)
+    return _field(_SERIES_TAG, b"".join(body))

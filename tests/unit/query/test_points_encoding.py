@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from platformq.analytics.v1 import common_pb2
-from services.query_router.rows import encode_point_runs, encode_points
+from platformq.analytics.v1 import common_pb2, query_service_pb2
+from services.query_router.rows import encode_point_runs, encode_points, encode_series
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,33 @@ def test_runs_encode_like_each_run_alone(ts):
     assert encode_point_runs(ts_array, values, runs) == [
         encode_points(ts_array[a:b], values[a:b]) for a, b in runs
     ]
+
+
+@pytest.mark.parametrize(
+    ("metric", "group", "aggregation"),
+    [
+        ("cpu", [("host", "a"), ("region", "eu")], "avg"),
+        ("cpu", [("host", "")], "max"),  # a label the series does not carry
+        ("ü" * 100, [("k" * 200, "v" * 300)], "p99"),  # multi-byte lengths and UTF-8
+        ("m", [], "raw"),
+    ],
+)
+def test_encoded_series_parse_as_the_message_the_library_builds(metric, group, aggregation):
+    ts = np.array([1_767_225_600_000, 1_767_225_660_000], dtype=np.int64)
+    values = np.array([1.5, -2.25])
+    want = query_service_pb2.QueryResponse(
+        series=[
+            common_pb2.SeriesResult(
+                metric=metric,
+                group=dict(group),
+                aggregation=aggregation,
+                points=[
+                    common_pb2.DataPoint(timestamp_ms=t, value=v) for t, v in zip(ts, values, strict=True)
+                ],
+            )
+        ]
+        * 2
+    )
+    got = query_service_pb2.QueryResponse()
+    got.MergeFromString(encode_series(metric, group, aggregation, encode_points(ts, values)) * 2)
+    assert got == want
