@@ -1,19 +1,21 @@
 """Per-series rollups: 1-minute and 1-hour partial aggregates written beside each segment.
 
 A rollup row is (series_id, ts = bucket start, count, sum, min, max, last, last_ts), sorted by
-series then time like its segment. Every column is mergeable, so buckets split over several
-segments (or over segments and the hot tier) combine exactly: counts and sums add, min/max of
-min/max, `last` is the value with the greatest `last_ts`. `avg` is sum / count. Percentiles and
-`rate` need the raw points, so queries asking for them read the raw segments (a documented
-fallback): the raw points are kept while the datasource's raw retention allows.
+series then time like its segment, the series column run-end encoded (one id per series). Every
+column is mergeable, so buckets split over several segments (or over segments and the hot tier)
+combine exactly: counts and sums add, min/max of min/max, `last` is the value with the greatest
+`last_ts`. `avg` is sum / count. Percentiles and `rate` need the raw points, so queries asking for
+them read the raw segments (a documented fallback): the raw points are kept while the datasource's
+raw retention allows.
 
 Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them and slices columns
-without decoding or copying. Sorted by series then time, the memory-mapped series column is the
-per-file series -> row-range index (a binary search), so a query touches only the rows of the
-series and time it asks for.
+without decoding or copying. Sorted by series then time, each file has one run of rows per series:
+the reader keeps a series -> row-range index per opened file and binary-searches time within a run,
+so a query touches only the rows of the series and time it asks for.
 
-Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: series_id, ts, value,
-sorted by series then time, uncompressed), its *points map*: the metrics API reads raw points
+Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: ts and value, with the
+series column run-end encoded, i.e. one series id and end row per series: 16 bytes a point), its
+*points map*: the metrics API reads raw points
 from it (the cut ends of a rollup window) by memory map and binary search, without opening the
 Parquet file; DuckDB reads the Parquet file for SQL.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -38,7 +41,7 @@ RESOLUTIONS: dict[str, int] = {"1h": HOUR_MS, "1m": MINUTE_MS}
 ROLLUP_AGGREGATIONS = frozenset({"avg", "sum", "min", "max", "count", "last"})
 ROLLUP_SCHEMA = pa.schema(
     [
-        ("series_id", pa.uint64()),
+        ("series_id", pa.run_end_encoded(pa.int32(), pa.uint64())),  # one id and end row per series
         ("ts", pa.int64()),
         ("count", pa.int64()),
         ("sum", pa.float64()),
@@ -48,7 +51,14 @@ ROLLUP_SCHEMA = pa.schema(
         ("last_ts", pa.int64()),
     ]
 )
-POINTS_MAP_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
+# The series column run-end encoded: one (series, end row) per series instead of 8 bytes a point.
+POINTS_MAP_SCHEMA = pa.schema(
+    [
+        ("series_id", pa.run_end_encoded(pa.int32(), pa.uint64())),
+        ("ts", pa.int64()),
+        ("value", pa.float64()),
+    ]
+)
 
 
 def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int) -> pa.Table:
@@ -62,7 +72,7 @@ def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: in
     ends = np.append(starts[1:], len(ts)) - 1
     return pa.Table.from_arrays(
         [
-            pa.array(series_ids[starts], pa.uint64()),
+            pc.run_end_encode(pa.array(series_ids[starts], pa.uint64()), run_end_type=pa.int32()),
             pa.array(bucket[starts]),
             pa.array(ends - starts + 1),
             pa.array(np.add.reduceat(values, starts)),
@@ -135,9 +145,9 @@ def write_mapped(table: pa.Table, path: Path) -> None:
 
 def points_map(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> pa.Table:
     """The points map of points sorted by (series, ts)."""
+    ids = pc.run_end_encode(pa.array(series_ids, pa.uint64()), run_end_type=pa.int32())
     return pa.Table.from_arrays(
-        [pa.array(series_ids, pa.uint64()), pa.array(ts, pa.int64()), pa.array(values, pa.float64())],
-        schema=POINTS_MAP_SCHEMA,
+        [ids, pa.array(ts, pa.int64()), pa.array(values, pa.float64())], schema=POINTS_MAP_SCHEMA
     )
 
 
@@ -193,36 +203,58 @@ class Partials:
 EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
+@dataclass(frozen=True)
+class MappedFile:
+    """An opened rollup or points map: its series (sorted, distinct), each one's row range
+    [starts, ends), and its columns after series_id (numpy views of the memory map)."""
+
+    series: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    columns: tuple[np.ndarray, ...]
+
+    @classmethod
+    def open(cls, path: Path, schema: pa.Schema) -> MappedFile:
+        """Memory-map `path` (written with `schema`)."""
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        if not table.num_rows:
+            empty = tuple(np.empty(0, dtype=f.type.to_pandas_dtype()) for f in list(schema)[1:])
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64), empty)
+        ids = table.column(0).chunk(0)
+        columns = tuple(table.column(i).chunk(0).to_numpy() for i in range(1, table.num_columns))
+        if pa.types.is_run_end_encoded(ids.type):
+            # The series column is its own index: one value and one run end per series.
+            ends = ids.run_ends.to_numpy().astype(np.int64)
+            return cls(ids.values.to_numpy(), np.concatenate(([0], ends[:-1])), ends, columns)
+        sid = ids.to_numpy()
+        starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+        return cls(sid[starts], starts, np.append(starts[1:], len(sid)), columns)
+
+
 class MappedReader:
     """Reads the rows of chosen series and time from memory-mapped files sorted by (series, ts):
     rollups and points maps.
 
-    Opened files are kept (memory maps, not copies; each holds a file descriptor) for the next
-    query, up to `max_open`, least recently used first out."""
+    Opened files are kept (memory maps, not copies, and each file's series index; each holds a
+    file descriptor) for the next query, up to `max_open`, least recently used first out."""
 
     def __init__(self, max_open: int = 512) -> None:
         self.max_open = max_open
-        self._open: OrderedDict[Path, tuple[np.ndarray, ...]] = OrderedDict()
+        self._open: OrderedDict[Path, MappedFile] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _columns(self, path: Path, schema: pa.Schema) -> tuple[np.ndarray, ...]:
+    def _file(self, path: Path, schema: pa.Schema) -> MappedFile:
         with self._lock:
-            columns = self._open.get(path)
-            if columns is not None:
+            mapped = self._open.get(path)
+            if mapped is not None:
                 self._open.move_to_end(path)
-                return columns
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        columns = tuple(
-            table.column(i).chunk(0).to_numpy()
-            if table.num_rows
-            else np.empty(0, dtype=f.type.to_pandas_dtype())
-            for i, f in enumerate(schema)
-        )
+                return mapped
+        mapped = MappedFile.open(path, schema)
         with self._lock:
-            self._open[path] = columns
+            self._open[path] = mapped
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)
-        return columns
+        return mapped
 
     def _read(
         self,
@@ -233,33 +265,31 @@ class MappedReader:
         stop: Callable[[], bool] | None,
         wanted: list[int],
     ) -> list[tuple[np.ndarray, ...]]:
-        """The `wanted` columns of the rows of `series_ids` with ts in any span, per file."""
+        """The series ids and the `wanted` columns (indexes into the columns after series_id) of
+        the rows of `series_ids` with ts (the first of those columns) in any span, per file."""
         parts = []
         for path in paths:
             if stop is not None and stop():
                 raise ReadStopped("the query was cancelled or passed its deadline")
-            columns = self._columns(path, schema)
-            sid, ts = columns[0], columns[1]
-            lo = np.searchsorted(sid, series_ids, "left")
-            hi = np.searchsorted(sid, series_ids, "right")
-            has = hi > lo
-            if not has.any():
+            mapped = self._file(path, schema)
+            at = np.searchsorted(mapped.series, series_ids)
+            found = at < len(mapped.series)
+            found[found] = mapped.series[at[found]] == series_ids[found]
+            at = at[found]
+            if not len(at):
                 continue
-            lo, hi = lo[has], hi[has]
+            lo, hi, ts = mapped.starts[at], mapped.ends[at], mapped.columns[0]
             # Within each series' run rows are sorted by time: narrow every run to each span.
-            pieces = []
-            for start, end in spans:
-                a = _searchsorted_runs(ts, lo, hi, start)
-                b = _searchsorted_runs(ts, lo, hi, end)
-                pieces.append((a, b))
-            a = np.concatenate([p[0] for p in pieces])
-            b = np.concatenate([p[1] for p in pieces])
+            a = np.concatenate([_searchsorted_runs(ts, lo, hi, start) for start, _ in spans])
+            b = np.concatenate([_searchsorted_runs(ts, lo, hi, end) for _, end in spans])
             lengths = b - a
-            if not lengths.sum():
+            total = int(lengths.sum())
+            if not total:
                 continue
             # Row numbers of every range, without a Python loop over series.
-            rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-            parts.append(tuple(columns[i][rows] for i in wanted))
+            rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+            ids = np.repeat(np.tile(mapped.series[at], len(spans)), lengths)
+            parts.append((ids, *(mapped.columns[i][rows] for i in wanted)))
         return parts
 
     def rollups(
@@ -276,7 +306,7 @@ class MappedReader:
 
         `stop` is asked before each file; when it answers True the read ends with ReadStopped."""
         names = ("series_ids", "ts", *fields)
-        wanted = [0, 1, *(ROLLUP_SCHEMA.get_field_index(f) for f in fields)]
+        wanted = [0, *(ROLLUP_SCHEMA.get_field_index(f) - 1 for f in fields)]
         parts = self._read(ROLLUP_SCHEMA, paths, series_ids, [(start, end)], stop, wanted)
         return Partials.concat([Partials(**dict(zip(names, p, strict=True))) for p in parts])
 
@@ -289,7 +319,7 @@ class MappedReader:
     ) -> Partials:
         """Raw points of the sorted `series_ids` in any of the [start, end) `spans`, from every
         points map, as one-point partials."""
-        parts = self._read(POINTS_MAP_SCHEMA, paths, series_ids, spans, stop, [0, 1, 2])
+        parts = self._read(POINTS_MAP_SCHEMA, paths, series_ids, spans, stop, [0, 1])
         if not parts:
             return EMPTY_PARTIALS
         ids, ts, values = (np.concatenate([p[i] for p in parts]) for i in range(3))

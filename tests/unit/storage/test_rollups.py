@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -294,6 +295,11 @@ async def test_a_points_map_holds_the_segments_points_sorted_by_series_and_time(
     await store.flush()
     for segment in store.snapshot("default", "ds").segments:
         mapped = pa.ipc.open_file(pa.memory_map(str(segment.map_path), "r")).read_all()
+        # The series column is run-end encoded: one id per series, not per point.
+        assert mapped["series_id"].chunk(0).values.to_pylist() == sorted(
+            set(pq.read_table(segment.path)["series_id"].to_pylist())
+        )
+        mapped = mapped.set_column(0, "series_id", pc.run_end_decode(mapped["series_id"].chunk(0)))
         parquet = pq.read_table(segment.path).sort_by([("series_id", "ascending"), ("ts", "ascending")])
         assert mapped.num_rows == segment.rows and mapped.equals(parquet.select(mapped.column_names))
     await store.close()
