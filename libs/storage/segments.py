@@ -1,15 +1,16 @@
-"""The cold tier: immutable Parquet segments, partitioned by tenant, datasource and day, sorted by
-hour, series and time, with their rollups, listed in one manifest that is replaced atomically.
+"""The cold tier: immutable Parquet segments, partitioned by tenant, datasource and day (a week,
+Monday to Sunday, once compaction has merged a past week's days), sorted by hour, series and time,
+with their rollups and points maps, listed in one manifest that is replaced atomically.
 
 Layout under DATA_DIR/segments:
-  tenant=<t>/datasource=<d>/points/day=<YYYY-MM-DD>/<min_ts>-<max_ts>-<uuid>.parquet
+  tenant=<t>/datasource=<d>/points/<day|week>=<YYYY-MM-DD>/<min_ts>-<max_ts>-<uuid>.parquet
       series_id UBIGINT, ts BIGINT (epoch ms), value DOUBLE, sorted by (hour, series_id, ts): hour
       blocks of series-then-time runs, so a row group spans at most an hour (files of earlier
       releases, sorted by (series_id, ts), read the same)
-  tenant=<t>/datasource=<d>/rollups/<1m|1h>/day=<YYYY-MM-DD>/<the segment's file stem>.arrow
+  tenant=<t>/datasource=<d>/rollups/<1m|1h>/<day|week>=<YYYY-MM-DD>/<the segment's file stem>.arrow
       the segment's rollups (libs/storage/rollups.py), sorted by (series_id, ts); a downsampled
       segment (raw retention passed, rollup retention not yet) keeps only these
-  tenant=<t>/datasource=<d>/maps/day=<YYYY-MM-DD>/<the segment's file stem>.arrow
+  tenant=<t>/datasource=<d>/maps/<day|week>=<YYYY-MM-DD>/<the segment's file stem>.arrow
       the segment's points map: its raw points sorted by (series_id, ts), uncompressed Arrow that
       the metrics API memory-maps (libs/storage/rollups.py); dropped with the raw points
   tenant=<t>/datasource=<d>/series/<uuid>.parquet
@@ -45,6 +46,9 @@ SERIES_SCHEMA = pa.schema(
     [("series_id", pa.uint64()), ("metric", pa.string()), ("labels", pa.map_(pa.string(), pa.string()))]
 )
 DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+# Day 0 of the epoch (1970-01-01) was a Thursday: weeks start on Monday, as ISO weeks do.
+WEEK_OFFSET_MS = 3 * DAY_MS
 ROW_GROUP_ROWS = 65_536
 BLOCK_MS = 3_600_000  # points files are sorted by (hour, series, ts)
 
@@ -68,6 +72,11 @@ class Segment:
     @property
     def day(self) -> int:
         return self.min_ts // DAY_MS
+
+    @property
+    def weekly(self) -> bool:
+        """True for a week partition (days merged by compaction), False for a day partition."""
+        return self.path.parent.name.startswith("week=")
 
     def rollup_path(self, resolution: str) -> Path:
         """The file of this segment's rollup at `resolution` ("1m" or "1h")."""
@@ -187,24 +196,33 @@ class SegmentStore:
         return self.root / f"tenant={tenant}" / f"datasource={datasource}"
 
     def write_points(
-        self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray
+        self,
+        tenant: str,
+        datasource: str,
+        series_ids: np.ndarray,
+        ts: np.ndarray,
+        values: np.ndarray,
+        weekly: bool = False,
     ) -> list[Segment]:
-        """Write points as one sorted file per day; returns the new segments (not yet in the manifest)."""
+        """Write points as one sorted file per day (or per Monday-to-Sunday week); returns the new
+        segments (not yet in the manifest)."""
         # Writes are idempotent per series and timestamp: of several points with the same key, the
         # last to arrive wins (flush order is arrival order; compaction merges older files first).
         keep = last_wins(series_ids, ts)
         series_ids, ts, values = series_ids[keep], ts[keep], values[keep]
-        days = ts // DAY_MS
+        width, offset, kind = (WEEK_MS, WEEK_OFFSET_MS, "week") if weekly else (DAY_MS, 0, "day")
+        parts = (ts + offset) // width
         written = []
-        for day in np.unique(days):
-            mask = days == day
+        for part in np.unique(parts):
+            mask = parts == part
             part_ts = ts[mask]
             lo, hi = int(part_ts.min()), int(part_ts.max())
-            stamp = datetime.fromtimestamp(int(day) * 86_400, tz=UTC).strftime("%Y-%m-%d")
+            first_ms = int(part) * width - offset
+            stamp = datetime.fromtimestamp(first_ms // 1000, tz=UTC).strftime("%Y-%m-%d")
             path = (
                 self._base(tenant, datasource)
                 / "points"
-                / f"day={stamp}"
+                / f"{kind}={stamp}"
                 / f"{lo}-{hi}-{uuid.uuid4().hex}.parquet"
             )
             part_ids, part_values = series_ids[mask], values[mask]

@@ -30,7 +30,7 @@ import pyarrow as pa
 from libs.errors import ResourceExhausted
 from libs.storage.hot import Chunk, HotTier, PartitionKey
 from libs.storage.keys import last_wins
-from libs.storage.segments import Segment, SegmentStore
+from libs.storage.segments import DAY_MS, WEEK_MS, WEEK_OFFSET_MS, Segment, SegmentStore
 from libs.storage.series import SeriesCatalog, SeriesKey, series_id
 from libs.storage.wal import WriteAheadLog
 from platformq.analytics.v1 import common_pb2, events_pb2
@@ -39,6 +39,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 RECENT_BATCHES = 10_000
+# Compaction merges the day partitions of a week (Monday to Sunday) into one file once the week
+# has been over for this long (late points are rare by then; one that comes is written to a day
+# partition again), so a long range reads a few large files instead of one per day...
+WEEK_MERGE_AFTER_DAYS = 2
+# ...in datasources keeping raw points at least this long: retention drops whole files, so in a
+# week partition a point can outlive the retention by up to 6 days, which short retentions would feel.
+WEEK_MERGE_MIN_RETENTION_DAYS = 28
+# A week holding more points than this stays in day files: a merge holds its points in memory.
+WEEK_MERGE_MAX_POINTS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -429,22 +438,48 @@ class MetricStore:
         }
         return added, series_files
 
-    async def compact(self) -> None:
-        """Merge a day's small segments into one sorted file once there are enough of them."""
-        groups: dict[tuple[str, str, int], list[Segment]] = {}
+    async def compact(self, now_ms: int | None = None) -> None:
+        """Merge a day's small segments into one sorted file once there are enough of them, and
+        the days of a past week into one week partition (see WEEK_MERGE_*)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        days: dict[tuple[str, str, int], list[Segment]] = {}
+        weeks: dict[tuple[str, str, int], list[Segment]] = {}
         for s in self.segments.segments:
-            if s.raw:
-                groups.setdefault((s.tenant, s.datasource, s.day), []).append(s)
-        for (tenant, datasource, _), segs in groups.items():
-            if len(segs) < self.config.compact_min_files:
+            if not s.raw or s.weekly:
                 continue
-            async with self._flush_lock:
-                merged = await asyncio.to_thread(self._merge, tenant, datasource, segs)
-                self.segments.commit(merged, {}, removed=segs)
-                self.stats["compactions"] += 1
-            log.info("compacted segments", extra={"files_in": len(segs), "files_out": len(merged)})
+            days.setdefault((s.tenant, s.datasource, s.day), []).append(s)
+            week = (s.min_ts + WEEK_OFFSET_MS) // WEEK_MS
+            retention = self.config.retention_days.get(s.datasource, self.config.default_retention_days)
+            week_over = (week + 1) * WEEK_MS - WEEK_OFFSET_MS
+            if (
+                week_over <= now_ms - WEEK_MERGE_AFTER_DAYS * DAY_MS
+                and retention >= WEEK_MERGE_MIN_RETENTION_DAYS
+            ):
+                weeks.setdefault((s.tenant, s.datasource, week), []).append(s)
+        for (tenant, datasource, _), segs in days.items():
+            if len(segs) >= self.config.compact_min_files:
+                await self._compact(tenant, datasource, segs, weekly=False)
+        for (tenant, datasource, _), segs in weeks.items():
+            live = [s for s in segs if s in self.segments.segments]  # a day merge may have replaced some
+            if (
+                len(segs) >= 2
+                and len(live) == len(segs)
+                and sum(s.rows for s in segs) <= WEEK_MERGE_MAX_POINTS
+            ):
+                await self._compact(tenant, datasource, segs, weekly=True)
 
-    def _merge(self, tenant: str, datasource: str, segs: list[Segment]) -> list[Segment]:
+    async def _compact(self, tenant: str, datasource: str, segs: list[Segment], weekly: bool) -> None:
+        async with self._flush_lock:
+            merged = await asyncio.to_thread(self._merge, tenant, datasource, segs, weekly)
+            self.segments.commit(merged, {}, removed=segs)
+            self.stats["compactions"] += 1
+        log.info(
+            "compacted segments", extra={"files_in": len(segs), "files_out": len(merged), "weekly": weekly}
+        )
+
+    def _merge(
+        self, tenant: str, datasource: str, segs: list[Segment], weekly: bool = False
+    ) -> list[Segment]:
         import pyarrow.parquet as pq
 
         # Manifest order is commit order (oldest first), so a newer point with the same series and
@@ -456,6 +491,7 @@ class MetricStore:
             table["series_id"].to_numpy(),
             table["ts"].to_numpy(),
             table["value"].to_numpy(),
+            weekly=weekly,
         )
 
     def apply_retention(self, now_ms: int | None = None) -> int:
