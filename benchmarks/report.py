@@ -188,6 +188,14 @@ def _queries(r: dict[str, Any]) -> list[str]:
             f"| {v50} | {v99} | {c50} | {c99} | {agree_text} |"
         )
     lines.append("")
+    floor = r.get("rpc_floor")
+    if floor:
+        lines += [
+            f"The floor under ours' client latency: an RPC that does no work (GetCapabilities, same client "
+            f"and channel kind) takes p50 {_int(floor['p50_us'])} µs, p99 {_int(floor['p99_us'])} µs "
+            f"({floor['calls']} calls): Python gRPC's own round trip.",
+            "",
+        ]
     unavailable = [q["ours"].get("detail") for q in r["queries"] if not q["ours"].get("available")]
     if unavailable and unavailable[0]:
         lines += [f"Ours: {NA} for {len(unavailable)} of {len(r['queries'])} types: {unavailable[0]}", ""]

@@ -52,6 +52,7 @@ from benchmarks.tsbs_queries import (
     ours_request,
     promql,
 )
+from platformq.analytics.v1 import query_service_pb2
 
 DATASOURCE = "tsbs"
 _T0 = time.perf_counter()
@@ -198,6 +199,10 @@ async def phase_ours(
 
         with RssSampler(service.pid) as sampler:
             await _ours_queries(args, ds, service, runs)
+            results["rpc_floor"] = await _rpc_floor(service.target, args.cache_repeats)
+        say(
+            f"ours: a bare gRPC round trip (GetCapabilities) takes p50 {results['rpc_floor']['p50_us']:.0f} µs"
+        )
         hwm = service.hwm_kib()
         results["query_memory"]["ours"] = {
             "peak_rss_mib": mib(hwm),
@@ -274,6 +279,21 @@ async def _ours_queries(
                     f"ours: {name}: {run.cache['hits']}/{run.cache['calls']} calls were cache hits, client p50 "
                     f"{run.cache.get('client_p50_us') or 0:.0f} µs"
                 )
+
+
+async def _rpc_floor(target: str, repeats: int) -> dict[str, Any]:
+    """Latency of an RPC that does no work (QueryService/GetCapabilities) on a channel like the
+    queries': the floor under every query's client latency."""
+    async with OurQuerier(target) as q:
+        assert q.stub is not None
+        seconds = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            await q.stub.GetCapabilities(query_service_pb2.GetCapabilitiesRequest())
+            seconds.append(time.perf_counter() - t0)
+    lat = Latency.of_seconds(seconds)
+    assert lat is not None
+    return {"calls": len(seconds), "p50_us": lat.p50_ms * 1000, "p99_us": lat.p99_ms * 1000}
 
 
 async def _cache_hits(q: OurQuerier, request: Any, repeats: int) -> dict[str, Any]:
