@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyarrow.parquet as pq
 
 from benchmarks import tsbs_data, victoria
 from benchmarks.ours import OurQuerier, OurService, build_ingest_plan, ingest
 from benchmarks.procs import DATA_DIR, REPO_ROOT, RESULTS_DIR, Latency, proc_status_kib
 from benchmarks.report import write_docs_section
 from benchmarks.tsbs_queries import QUERY_TYPES, VM_UNSUPPORTED, make_instances, ours_request, promql
+from libs.storage.store import WEEK_MERGE_MAX_POINTS
 
 SECTION = "## Growth with the stored data (TSBS, 1 to 30 days)"
 DATASOURCE = "tsbs"
@@ -60,13 +62,18 @@ def dir_bytes(path: Path, suffix: str = "") -> int:
 
 
 def _days_to_merge(points_dir: Path) -> int:
-    """Day files that share a past week with another day file (compaction has yet to merge them)."""
-    weeks: dict[int, int] = {}
+    """Day files that compaction has yet to merge: those sharing a past week with another day
+    file, in weeks small enough to be merged (WEEK_MERGE_MAX_POINTS)."""
+    weeks: dict[int, list[Path]] = {}
     for path in points_dir.glob("day=*/*.parquet"):
         day = datetime.strptime(path.parent.name[4:], "%Y-%m-%d").replace(tzinfo=UTC)
         week = (int(day.timestamp()) // 86_400 + 3) // 7  # Monday-based, as the store's partitions
-        weeks[week] = weeks.get(week, 0) + 1
-    return sum(n for n in weeks.values() if n > 1)
+        weeks.setdefault(week, []).append(path)
+    return sum(
+        len(paths)
+        for paths in weeks.values()
+        if len(paths) > 1 and sum(pq.ParquetFile(p).metadata.num_rows for p in paths) <= WEEK_MERGE_MAX_POINTS
+    )
 
 
 async def _settled(points_dir: Path, timeout_s: float = 1800.0) -> float:
