@@ -463,7 +463,7 @@ class MetricStore:
         for (tenant, datasource, _), segs in weeks.items():
             live = [s for s in segs if s in self.segments.segments]  # a day merge may have replaced some
             if (
-                len(segs) >= 2
+                len({s.day for s in segs}) >= 2  # one day's files follow the day rule above
                 and len(live) == len(segs)
                 and sum(s.rows for s in segs) <= WEEK_MERGE_MAX_POINTS
             ):
