@@ -21,6 +21,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,20 @@ def _parser() -> duckdb.DuckDBPyConnection:
     return duckdb.connect(":memory:")
 
 
-def check_user_sql(sql: str, allowed_tables: frozenset[str]) -> None:
-    """Raise InvalidArgument(reason, "sql") unless `sql` is one read-only SELECT over allowed_tables."""
-    _checked_statement(sql, allowed_tables)
+@dataclass(frozen=True)
+class CheckedSql:
+    """User SQL that passed check_user_sql: the text, its parsed statement, and the allowed tables
+    it reads (lower-case), so a caller can provide only those."""
+
+    sql: str
+    statement: duckdb.Statement
+    tables: frozenset[str]
+
+
+def check_user_sql(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
+    """Raise InvalidArgument(reason, "sql") unless `sql` is one read-only SELECT over allowed_tables;
+    else the checked statement and the tables it reads."""
+    return _checked_statement(sql, allowed_tables)
 
 
 def harden(connection: duckdb.DuckDBPyConnection, allowed_directories: list[Path]) -> None:
@@ -139,13 +151,14 @@ def redact_paths(text: str, hidden: Sequence[Path] = ()) -> str:
 
 def run_user_sql(
     connection: duckdb.DuckDBPyConnection,
-    sql: str,
+    sql: str | CheckedSql,
     params: Sequence[object],
     allowed_tables: frozenset[str],
     max_rows: int,
     hidden_paths: Sequence[Path] = (),
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """check_user_sql, then execute with bound params on the (hardened) connection.
+    """check_user_sql (unless `sql` is already checked), then execute with bound params on the
+    (hardened) connection.
 
     Returns the column names and at most max_rows rows. DuckDB's errors about the query (parser, binder,
     catalog, conversion, invalid input) become InvalidArgument with the first line of DuckDB's message,
@@ -155,7 +168,8 @@ def run_user_sql(
     """
     if max_rows < 0:
         raise ValueError(f"max_rows must not be negative, got {max_rows}")
-    statement = _checked_statement(sql, allowed_tables)
+    checked = sql if isinstance(sql, CheckedSql) else _checked_statement(sql, allowed_tables)
+    sql, statement = checked.sql, checked.statement
     expected = len(statement.named_parameters)
     if len(params) != expected:
         raise InvalidArgument(
@@ -179,7 +193,8 @@ def run_user_sql(
     return columns, rows
 
 
-def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> duckdb.Statement:
+@lru_cache(maxsize=256)  # dashboards and benchmarks repeat the same text with other parameters
+def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
     if not sql.strip():
         raise InvalidArgument("must not be empty", "sql")
     with _PARSER_LOCK:
@@ -217,14 +232,15 @@ def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> duckdb.State
             raise InvalidArgument(str(tree.get("error_message", "the query could not be parsed")), "sql")
         if len(tree["statements"]) != 1:
             raise InvalidArgument("multiple statements are not allowed", "sql")
-        _TreeCheck(allowed_tables).query_node(tree["statements"][0]["node"], frozenset())
+        check = _TreeCheck(allowed_tables)
+        check.query_node(tree["statements"][0]["node"], frozenset())
     except RecursionError:
         # Python's json and the walk below recurse once per level; a few hundred chained operators
         # (1+1+1+...) are enough to exhaust the interpreter's limit.
         raise InvalidArgument(
             "the query is nested too deeply to check; split long expressions, e.g. with a CTE", "sql"
         ) from None
-    return statement
+    return CheckedSql(sql, statement, frozenset(check.used))
 
 
 class _TreeCheck:
@@ -237,6 +253,7 @@ class _TreeCheck:
 
     def __init__(self, allowed_tables: frozenset[str]) -> None:
         self.allowed = frozenset(name.lower() for name in allowed_tables)
+        self.used: set[str] = set()  # the allowed tables the query reads
         names = ", ".join(sorted(self.allowed))
         self.choices = f"use one of: {names}" if names else "no tables are available"
 
@@ -321,8 +338,11 @@ class _TreeCheck:
                 f"{self.choices}",
                 "sql",
             )
-        if table.lower() not in ctes and table.lower() not in self.allowed:
+        if table.lower() in ctes:
+            return
+        if table.lower() not in self.allowed:
             raise InvalidArgument(f"table {table!r} is not available; {self.choices}", "sql")
+        self.used.add(table.lower())
 
     def _expression(self, node: dict[str, Any]) -> None:
         name = node.get("function_name")

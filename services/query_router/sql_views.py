@@ -1,4 +1,4 @@
-"""User SQL over one tenant's data: a fresh, hardened DuckDB per query exposing two views.
+"""User SQL over one tenant's data: a cursor of the tenant's hardened DuckDB exposing three views.
 
   series(datasource VARCHAR, series_id UBIGINT, metric VARCHAR, labels STRUCT(<key> VARCHAR, ...))
   metrics(datasource VARCHAR, metric VARCHAR, labels STRUCT(<key> VARCHAR, ...), ts BIGINT (epoch ms),
@@ -14,6 +14,11 @@ carries only the fields a query reads through the join (3.5x faster on a TSBS la
 Only the tenant's own segment files and hot points are wired into the views, and the connection
 may read only the tenant's segment directory, so nothing of another tenant is reachable.
 
+A query is checked (sql_guard) before anything is built, and only the views it reads are created,
+as TEMP views on its cursor. The cursor is kept afterwards (IDLE_VIEWS_MAX per tenant, for at most
+IDLE_VIEWS_SECONDS): the next query over the same data (same segment files, hot tables and series)
+reuses its views instead of registering and binding them again, which costs milliseconds a view.
+
 Limits: each tenant's database has DuckDB's memory_limit (QUERY_MEMORY_LIMIT) and threads
 (QUERY_THREADS), and no temp directory, so a query that needs more memory fails with
 ResourceExhausted instead of spilling to the server's disk or taking the process down. A query's
@@ -27,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -37,9 +43,12 @@ from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.storage.series import SeriesCatalog
 from libs.storage.store import Snapshot
 from services.query_router.cancel import CancelToken
-from services.query_router.sql_guard import harden, redact_paths, run_user_sql
+from services.query_router.sql_guard import check_user_sql, harden, redact_paths, run_user_sql
 
 VIEWS = frozenset({"metrics", "points", "series"})
+# Cursors kept with their views per tenant, and for how long at most when unused.
+IDLE_VIEWS_MAX = 2
+IDLE_VIEWS_SECONDS = 60.0
 
 
 def _label_keys(snapshots: dict[str, Snapshot]) -> list[str]:
@@ -79,6 +88,8 @@ class TenantDatabases:
         self.threads = threads
         self._lock = threading.Lock()
         self._databases: dict[str, duckdb.DuckDBPyConnection] = {}
+        # Per tenant: cursors with their views, idle since (monotonic seconds), for the next query.
+        self._idle: dict[str, list[tuple[float, _Views]]] = {}
         # (tenant, datasource, STRUCT keys or None) -> (catalog, its size then, `series` rows).
         self._series: dict[tuple[str, str, tuple[str, ...] | None], tuple[SeriesCatalog, int, pa.Table]] = {}
 
@@ -100,6 +111,38 @@ class TenantDatabases:
         with self._lock:
             self._series[cache_key] = (catalog, len(table), table)
         return table
+
+    def views(self, tenant: str, live: dict[str, Snapshot], struct_labels: bool) -> _Views:
+        """A cursor for one query over `live`: an idle one whose views show the same data, else a
+        new one. Idle cursors over other data, or idle for IDLE_VIEWS_SECONDS, are closed (they
+        hold their snapshots' hot tables)."""
+        now = time.monotonic()
+        stale = []
+        with self._lock:
+            found = None
+            for key, idle in self._idle.items():
+                keep = []
+                for since, views in idle:
+                    if found is None and key == tenant and views.matches(live, struct_labels):
+                        found = views
+                    elif key == tenant or now - since > IDLE_VIEWS_SECONDS:
+                        stale.append(views)
+                    else:
+                        keep.append((since, views))
+                idle[:] = keep
+        for views in stale:
+            views.con.close()
+        return found or _Views(self.of(tenant).cursor(), live, struct_labels)
+
+    def release(self, tenant: str, views: _Views, reusable: bool) -> None:
+        """Give back a cursor from `views`: kept for the next query when `reusable`, else closed."""
+        if reusable:
+            with self._lock:
+                idle = self._idle.setdefault(tenant, [])
+                if len(idle) < IDLE_VIEWS_MAX:
+                    idle.append((time.monotonic(), views))
+                    return
+        views.con.close()
 
     def of(self, tenant: str) -> duckdb.DuckDBPyConnection:
         """The tenant's database."""
@@ -138,29 +181,68 @@ def _run(
     struct_labels: bool,
     token: CancelToken,
 ) -> tuple[list[str], list[tuple]]:
-    # A cursor of the tenant's long-lived hardened database: its registrations and TEMP views are
-    # its own and vanish when it closes (a fresh duckdb.connect() costs about 30 ms).
-    con = databases.of(tenant).cursor()
+    # Checked first: a refused query builds nothing, and only the views it reads are built (each
+    # costs milliseconds to bind over the segment files).
+    checked = check_user_sql(sql, VIEWS)
+    views = databases.views(tenant, live, struct_labels)
+    ok = False
     try:
-        with token.watch(con):
-            return _run_on(con, databases, tenant, live, sql, params, max_rows, struct_labels)
+        with token.watch(views.con):
+            views.provide(databases, tenant, checked.tables)
+            answer = run_user_sql(
+                views.con, checked, params, VIEWS, max_rows, hidden_paths=[databases.segments_root]
+            )
+        ok = True
+        return answer
     finally:
-        con.close()
+        # A cursor whose query failed or was interrupted is not reused.
+        databases.release(tenant, views, reusable=ok)
 
 
-def _run_on(
+@dataclass
+class _Views:
+    """A cursor of a tenant's database with TEMP views over one state of its data (`key`: the
+    snapshots' segments, hot tables and catalog sizes). Kept for the next query while that state
+    lasts: a query over data that has not changed skips registering and binding the views."""
+
+    con: duckdb.DuckDBPyConnection
+    live: dict[str, Snapshot]
+    struct_labels: bool
+    built: set[str] = field(default_factory=set)
+
+    def matches(self, live: dict[str, Snapshot], struct_labels: bool) -> bool:
+        """True when the views show exactly `live` (same files, same hot tables, same series)."""
+        return struct_labels == self.struct_labels and _state(live) == _state(self.live)
+
+    def provide(self, databases: TenantDatabases, tenant: str, wanted: frozenset[str]) -> None:
+        """Create the views of `wanted` this cursor does not have yet."""
+        missing = set(wanted) - self.built
+        if not missing:
+            return
+        keys = _label_keys(self.live) if self.struct_labels else None
+        every_series, series_of = _series_table(databases, tenant, self.live, keys)
+        _create_views(self.con, self.live, every_series, series_of, frozenset(missing))
+        self.built |= missing
+
+
+def _state(live: dict[str, Snapshot]) -> tuple:
+    # Hot tables by identity (the hot tier replaces its table when points arrive or leave).
+    return tuple((ds, snap.segments, id(snap.hot), len(snap.catalog)) for ds, snap in sorted(live.items()))
+
+
+def _create_views(
     con: duckdb.DuckDBPyConnection,
-    databases: TenantDatabases,
-    tenant: str,
     live: dict[str, Snapshot],
-    sql: str,
-    params: Sequence[object],
-    max_rows: int,
-    struct_labels: bool,
-) -> tuple[list[str], list[tuple]]:
-    keys = _label_keys(live) if struct_labels else None
-    every_series, series_of = _series_table(databases, tenant, live, keys)
-    con.register("_series", every_series)
+    every_series: pa.Table,
+    series_of: dict[str, pa.Table],
+    wanted: frozenset[str],
+) -> None:
+    """The TEMP views `wanted` (of VIEWS) over the live snapshots, on the query's cursor."""
+    if "series" in wanted:
+        con.register("_series", every_series)
+        con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
+    if not wanted & {"points", "metrics"}:
+        return
     # One join per datasource on the series id alone: a single-integer key joins much faster
     # than (datasource, series_id), and ids are unique within a datasource.
     parts, raw = [], []
@@ -183,18 +265,19 @@ def _run_on(
             f"FROM ({' UNION ALL '.join(sources)}) p JOIN _series{i} s USING (series_id)"
         )
     if not parts:
-        parts.append(
+        # No datasource has points yet: empty views of the same columns.
+        con.register("_empty_series", every_series)
+        parts = [
             "SELECT datasource, metric, labels, NULL::BIGINT AS ts, NULL::TIMESTAMP AS time, "
-            "NULL::DOUBLE AS value FROM _series WHERE false"
-        )
-    if not raw:
-        raw.append(
-            "SELECT datasource, series_id, NULL::BIGINT AS ts, NULL::DOUBLE AS value FROM _series WHERE false"
-        )
-    con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
-    con.execute(f"CREATE TEMP VIEW points AS {' UNION ALL '.join(raw)}")
-    con.execute(f"CREATE TEMP VIEW metrics AS {' UNION ALL '.join(parts)}")
-    return run_user_sql(con, sql, params, VIEWS, max_rows, hidden_paths=[databases.segments_root])
+            "NULL::DOUBLE AS value FROM _empty_series WHERE false"
+        ]
+        raw = [
+            "SELECT datasource, series_id, NULL::BIGINT AS ts, NULL::DOUBLE AS value FROM _empty_series WHERE false"
+        ]
+    if "points" in wanted:
+        con.execute(f"CREATE TEMP VIEW points AS {' UNION ALL '.join(raw)}")
+    if "metrics" in wanted:
+        con.execute(f"CREATE TEMP VIEW metrics AS {' UNION ALL '.join(parts)}")
 
 
 def run_tenant_sql(

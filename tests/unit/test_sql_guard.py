@@ -155,8 +155,20 @@ def test_harmless_scalar_functions_and_settings_are_allowed(connection):
     assert _run(connection, sql)[1] == [("A", True, ["sad", "happy"])]
 
 
-def test_check_user_sql_returns_none_for_an_allowed_query():
-    assert check_user_sql("SELECT * FROM metrics;", ALLOWED) is None
+@pytest.mark.parametrize(
+    ("sql", "tables"),
+    [
+        ("SELECT * FROM metrics;", {"metrics"}),
+        ("SELECT 1", set()),
+        # In a subquery, a join and a CTE body; a CTE of the same name shadows the table.
+        ("SELECT * FROM (SELECT * FROM Metrics) m JOIN series USING (metric)", {"metrics", "series"}),
+        ("WITH metrics AS (SELECT 1 AS x) SELECT * FROM metrics", set()),
+        ("WITH x AS (SELECT * FROM metrics) SELECT * FROM x, (SELECT 1) y", {"metrics"}),
+    ],
+)
+def test_check_user_sql_names_the_allowed_tables_a_query_reads(sql, tables):
+    checked = check_user_sql(sql, ALLOWED)
+    assert checked.sql == sql and checked.tables == tables
 
 
 # --- refused -------------------------------------------------------------------------------------------
