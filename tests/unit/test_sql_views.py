@@ -109,3 +109,29 @@ async def test_the_series_view_is_reused_while_unchanged_and_rebuilt_when_series
         ("ds", "cpu", "{'host': c, 'pod': NULL}"),
         ("ds2", "mem", "{'host': NULL, 'pod': p1}"),
     ]
+
+
+async def test_a_kept_cursor_answers_only_while_its_data_is_unchanged(store):
+    databases = TenantDatabases(store.segments_root)
+
+    def count(sql: str = "SELECT count(*), sum(value) FROM metrics") -> tuple:
+        snapshots = {ds: store.snapshot("acme", ds) for ds in store.datasources("acme")}
+        return run_tenant_sql(databases, "acme", snapshots, sql, [], 10)[1][0]
+
+    assert count() == (4, 16.0)
+    live = {ds: store.snapshot("acme", ds) for ds in store.datasources("acme")}
+    kept = databases.views("acme", live, True)
+    assert databases.views("acme", live, True) is not kept, "a cursor serves one query at a time"
+    databases.release("acme", kept, reusable=True)
+    assert databases.views("acme", live, True) is kept, "the same data reuses the kept cursor"
+    databases.release("acme", kept, reusable=True)
+
+    # New hot points, a flush, a new series: each changes what the views must show.
+    await store.ingest("acme", "ds", [_series("b", [10, 5])])  # (b, 0) again (last write wins), (b, 1000) new
+    assert count() == (5, 21.0)
+    await store.flush()
+    assert count() == (5, 21.0)
+    await store.ingest("acme", "ds", [_series("c", [1])])
+    assert count() == (6, 22.0)
+    assert count("SELECT count(*) FROM series") == (3,)
+    assert count("SELECT count(*) FROM points") == (6,)
