@@ -125,6 +125,17 @@ async def run_ours(ds: tsbs_data.Dataset, work: Path, instances: dict[str, list]
         out["parquet_bytes"] = dir_bytes(data_dir, ".parquet")
         out["bytes_per_point"] = out["parquet_bytes"] / points
         out["dir_bytes_per_point"] = out["disk_bytes"] / points
+        source = data_dir / "segments" / "tenant=default" / f"datasource={DATASOURCE}"
+        out["bytes_per_point_by_kind"] = {
+            kind: dir_bytes(path) / points
+            for kind, path in (
+                ("points (Parquet)", source / "points"),
+                ("points maps", source / "maps"),
+                ("1-minute rollups", source / "rollups" / "1m"),
+                ("1-hour rollups", source / "rollups" / "1h"),
+                ("WAL", data_dir / "wal"),
+            )
+        }
         say(
             f"ours: {out['ingest_points_per_s']:,.0f} points/s, {out['bytes_per_point']:.2f} bytes/point on disk"
         )
@@ -275,6 +286,10 @@ def render(r: dict[str, Any]) -> str:
             f"{', '.join(f'{n} {k}' for k, n in (o.get('points_files') or {}).items()) or '-'} "
             f"({_n(o.get('settle_seconds'))}) |"
         )
+    last = r["rows"][-1]["ours"] if r["rows"] else {}
+    if last.get("bytes_per_point_by_kind"):
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in last["bytes_per_point_by_kind"].items())
+        lines += ["", f"Ours' bytes on disk per point at {r['rows'][-1]['days']:g} days, by kind: {kinds}."]
     lines += [
         "",
         "Query p50 in ms, ours / VictoriaMetrics (`-`: PromQL cannot express the type); the one-hour "
