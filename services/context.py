@@ -11,7 +11,7 @@ from libs.bus import Bus, Envelope, make_bus
 from libs.cache import TtlCache
 from libs.config import Settings
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
-from libs.storage.store import MetricStore, StoreConfig
+from libs.storage import MetricStore, StoreConfig
 from libs.streams import StreamHub
 from platformq.analytics.v1 import events_pb2
 

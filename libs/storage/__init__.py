@@ -1,1 +1,47 @@
-"""Embedded storage: write-ahead log, hot tier, columnar segments."""
+"""Embedded storage: write-ahead log, hot tier, columnar segments.
+
+The services use this package's public surface only (tests/unit/test_storage_surface.py):
+
+- writing: `MetricStore.ingest` (a validated batch of `AcceptedSeries`, durable when it returns)
+  and `MetricStore.ingest_event` (a batch delivered by the bus), configured by `StoreConfig`;
+- reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points and the live
+  `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.segments_root` (the one
+  directory DuckDB may read);
+- series lookup: `SeriesCatalog` (select, group, label values), `SeriesKey`, `series_id`;
+- segment readers: `MappedReader` (rollups and points maps by memory map), the rollup planning
+  helpers `cover`, `resolution_for`, `split_window`, `RESOLUTIONS`, `NEEDS`, and `Partials`.
+
+Everything else (WAL, hot tier, segment writing, keys) is the store's own.
+"""
+
+from libs.storage.rollups import (
+    NEEDS,
+    RESOLUTIONS,
+    MappedReader,
+    Partials,
+    cover,
+    resolution_for,
+    split_window,
+)
+from libs.storage.segments import Segment
+from libs.storage.series import SeriesCatalog, SeriesKey, series_id
+from libs.storage.store import DEFAULT_TENANT, AcceptedSeries, MetricStore, Snapshot, StoreConfig
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "NEEDS",
+    "RESOLUTIONS",
+    "AcceptedSeries",
+    "MappedReader",
+    "MetricStore",
+    "Partials",
+    "Segment",
+    "SeriesCatalog",
+    "SeriesKey",
+    "Snapshot",
+    "StoreConfig",
+    "cover",
+    "resolution_for",
+    "series_id",
+    "split_window",
+]

@@ -15,7 +15,7 @@ import numpy as np
 from libs.cache import TtlCache
 from libs.errors import InvalidArgument, NotFound
 from libs.selfmetrics import SelfMetrics
-from libs.storage.store import DEFAULT_TENANT
+from libs.storage import DEFAULT_TENANT
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml import detectors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grpc import aio
 
-from libs.storage.store import DEFAULT_TENANT
+from libs.storage import DEFAULT_TENANT
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from platformq.analytics.v1 import ml_service_pb2_grpc
 from services.ml import spec

@@ -25,7 +25,7 @@ from dataclasses import replace
 from libs.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from libs.selfmetrics import SELF_DATASOURCE
 from libs.selfmetrics_writer import process_labels
-from libs.storage.store import DEFAULT_TENANT
+from libs.storage import DEFAULT_TENANT
 from libs.timeparse import format_time_ms, parse_duration_ms, parse_time_ms
 from platformq.analytics.v1 import common_pb2, events_pb2, query_service_pb2
 from platformq.analytics.v1 import monitoring_service_pb2 as pb

@@ -14,7 +14,7 @@ import logging
 import time
 
 from libs.errors import AnalyticsError, FailedPrecondition, InvalidArgument, NotFound
-from libs.storage.store import DEFAULT_TENANT
+from libs.storage import DEFAULT_TENANT
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from services.context import ServiceContext

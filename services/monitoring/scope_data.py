@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from libs.errors import AnalyticsError
-from libs.storage.store import DEFAULT_TENANT
+from libs.storage import DEFAULT_TENANT
 from platformq.analytics.v1 import common_pb2, events_pb2, ml_service_pb2, query_service_pb2
 from services.monitoring.health import Points
 from services.monitoring.panels import CATALOG_SQL, LAYOUT_LABELS, Known, format_step, known_from_rows

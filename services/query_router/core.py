@@ -15,9 +15,7 @@ import pyarrow.parquet as pq
 from libs.cache import ALL_DATASOURCES, TtlCache
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.selfmetrics import SELF_CACHE_NAMESPACE, SELF_DATASOURCE, SelfMetrics
-from libs.storage.segments import Segment
-from libs.storage.series import SeriesCatalog
-from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot
+from libs.storage import DEFAULT_TENANT, MetricStore, Segment, SeriesCatalog, Snapshot
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible

@@ -24,8 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.storage.rollups import NEEDS, RESOLUTIONS, MappedReader, Partials, cover
-from libs.storage.segments import Segment
+from libs.storage import NEEDS, RESOLUTIONS, MappedReader, Partials, Segment, cover
 from services.query_router.cancel import CancelToken
 
 AGGREGATE_SQL = {

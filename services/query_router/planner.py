@@ -14,8 +14,7 @@ import math
 from dataclasses import dataclass
 
 from libs.errors import InvalidArgument
-from libs.storage.rollups import cover, resolution_for, split_window
-from libs.storage.store import Snapshot
+from libs.storage import Snapshot, cover, resolution_for, split_window
 from libs.timeparse import round_step_ms
 from services.query_router.engine import Bucketing, Fragment
 

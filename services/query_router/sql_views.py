@@ -40,8 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
-from libs.storage.series import SeriesCatalog
-from libs.storage.store import Snapshot
+from libs.storage import SeriesCatalog, Snapshot
 from services.query_router.cancel import CancelToken
 from services.query_router.sql_guard import check_user_sql, harden, redact_paths, run_user_sql
 
