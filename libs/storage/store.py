@@ -65,6 +65,9 @@ class StoreConfig:
     rollup_retention_days: dict[str, float] = field(default_factory=dict)
     default_rollup_retention_days: float = 0.0
     compact_min_files: int = 8
+    # A week's day files merge only once none has been written for this long (a backfill of the
+    # week, or a flush of its last points, may still be adding files).
+    week_merge_quiet_seconds: float = 600.0
     wal_fsync: bool = True
 
 
@@ -466,8 +469,14 @@ class MetricStore:
                 len({s.day for s in segs}) >= 2  # one day's files follow the day rule above
                 and len(live) == len(segs)
                 and sum(s.rows for s in segs) <= WEEK_MERGE_MAX_POINTS
+                and self._quiet(segs)
             ):
                 await self._compact(tenant, datasource, segs, weekly=True)
+
+    def _quiet(self, segs: list[Segment]) -> bool:
+        """True when no file of `segs` was written in the last week_merge_quiet_seconds."""
+        newest = max(s.path.stat().st_mtime for s in segs)
+        return newest <= time.time() - self.config.week_merge_quiet_seconds
 
     async def _compact(self, tenant: str, datasource: str, segs: list[Segment], weekly: bool) -> None:
         async with self._flush_lock:

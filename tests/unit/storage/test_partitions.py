@@ -3,6 +3,7 @@ points map) in datasources that keep raw points long enough, and every answer st
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ def _opened(data_dir: Path) -> MetricStore:
             hot_flush_seconds=3600.0,
             wal_fsync=False,
             compact_min_files=100,
+            week_merge_quiet_seconds=0.0,
             retention_days={"short": 7.0},
             default_retention_days=90.0,
         )
@@ -52,6 +54,21 @@ async def _answers(store: MetricStore, datasource: str) -> list[tuple[str, int, 
         response = await QueryRouter(store, TtlCache(), Limits()).query(query_from_proto(request))
         out += [(s.group["host"], p.timestamp_ms, p.value) for s in response.series for p in s.points]
     return out
+
+
+async def test_a_week_is_merged_only_once_its_files_have_been_quiet(tmp_path):
+    store = MetricStore(StoreConfig(data_dir=tmp_path, wal_fsync=False, hot_flush_seconds=3600.0))
+    store.open()
+    for day in range(3):
+        ts = MONDAY + day * DAY + np.arange(0, HOUR, 10_000, dtype=np.int64)
+        await store.ingest("default", "ds", [AcceptedSeries(SeriesKey.of("cpu", {}), ts, np.ones(len(ts)))])
+        await store.flush()
+    await store.compact(now_ms=MONDAY + 30 * DAY)
+    assert not any(s.weekly for s in store.snapshot("default", "ds").segments), "written just now"
+    store.config = dataclasses.replace(store.config, week_merge_quiet_seconds=0.0)
+    await store.compact(now_ms=MONDAY + 30 * DAY)
+    assert [s.weekly for s in store.snapshot("default", "ds").segments] == [True]
+    await store.close()
 
 
 async def test_a_past_weeks_days_are_merged_into_one_week_partition(tmp_path):
