@@ -214,15 +214,33 @@ def parse_influx(path: Path) -> tuple[list[str], list[dict[str, str]], np.ndarra
     tag_index = tags.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     tagsets = [_parse_tagset(t) for t in tags.dictionary.to_pylist()]
 
-    field_lists = pc.split_pattern(table.column("fields").combine_chunks(), ",")
-    line_of_field = pc.list_parent_indices(field_lists).to_numpy(zero_copy_only=False)
-    kv = pc.split_pattern(pc.list_flatten(field_lists), "=", max_splits=1)
-    keys = pc.dictionary_encode(pc.list_element(kv, 0))
-    raw_values = pc.list_element(kv, 1)
-    # Integers carry an "i" suffix in line protocol; floats have none.
-    values = pc.cast(pc.utf8_rtrim(raw_values, characters="i"), pa.float64()).to_numpy(zero_copy_only=False)
-    key_index = keys.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    field_names = keys.dictionary.to_pylist()
+    # One CSV block at a time: a month of data holds more field text than one Arrow string array can
+    # (2 GiB), and the split lists of all of it at once would not fit in memory either.
+    field_names: list[str] = []
+    lines_done = 0
+    line_parts, key_parts, value_parts = [], [], []
+    for chunk in table.column("fields").chunks:
+        field_lists = pc.split_pattern(chunk, ",")
+        line_parts.append(pc.list_parent_indices(field_lists).to_numpy(zero_copy_only=False) + lines_done)
+        lines_done += len(chunk)
+        kv = pc.split_pattern(pc.list_flatten(field_lists), "=", max_splits=1)
+        keys = pc.dictionary_encode(pc.list_element(kv, 0))
+        # Integers carry an "i" suffix in line protocol; floats have none.
+        raw_values = pc.utf8_rtrim(pc.list_element(kv, 1), characters="i")
+        value_parts.append(pc.cast(raw_values, pa.float64()).to_numpy(zero_copy_only=False))
+        # Field names in one numbering across blocks.
+        known = {name: i for i, name in enumerate(field_names)}
+        for name in keys.dictionary.to_pylist():
+            if name not in known:
+                known[name] = len(field_names)
+                field_names.append(name)
+        remap = np.array([known[name] for name in keys.dictionary.to_pylist()], dtype=np.int64)
+        key_parts.append(remap[keys.indices.to_numpy(zero_copy_only=False)])
+        del field_lists, kv, keys, raw_values
+    line_of_field = np.concatenate(line_parts)
+    values = np.concatenate(value_parts)
+    key_index = np.concatenate(key_parts)
+    del line_parts, value_parts, key_parts
 
     ts_ms = (table.column("ts").to_numpy() // 1_000_000)[line_of_field]
     series_key = tag_index[line_of_field] * len(field_names) + key_index
