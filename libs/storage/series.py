@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,8 +38,9 @@ _NO_VALUE = -1
 
 def series_id(metric: str, labels: Mapping[str, str] | LabelSet) -> int:
     """Stable unsigned 64-bit id of a series (blake2b of the metric and its sorted labels)."""
-    items = sorted(labels.items()) if isinstance(labels, Mapping) else labels
-    text = metric + "".join(f"\x00{k}\x01{v}" for k, v in items)
+    # A LabelSet (tuple) is already sorted; checking for it first skips a slow ABC isinstance.
+    items = labels if isinstance(labels, tuple) else sorted(labels.items())
+    text = metric + "".join([f"\x00{k}\x01{v}" for k, v in items])
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
@@ -157,19 +158,31 @@ class SeriesCatalog:
         return self._n
 
     # ---- writing ------------------------------------------------------------------------------
-    def add(self, sid: int, key: SeriesKey, saved: bool = False) -> None:
-        """Register a series; new ones are remembered until the next segment flush saves them."""
-        if self._row(sid) is None:
-            self._append(sid, key, saved)
+    def add(self, sid: int, key: SeriesKey, saved: bool = False) -> int:
+        """Register a series (new ones are remembered until the next segment flush saves them);
+        returns its row, which never changes."""
+        row = self._row(sid)
+        return self._append(sid, key, saved) if row is None else row
 
-    def add_many(self, sids: np.ndarray, keys: list[SeriesKey], saved: bool = False) -> None:
-        """`add` for a batch: the known ids are found with one vectorised lookup."""
-        for i in np.flatnonzero(self.rows_of(sids) < 0).tolist():
-            sid = int(sids[i])
-            if self._row(sid) is None:  # a batch may name a new series twice
-                self._append(sid, keys[i], saved)
+    def add_many(self, sids: np.ndarray, keys: Sequence[SeriesKey], saved: bool = False) -> np.ndarray:
+        """`add` for a batch, returning the rows: the known ids are found with one vectorised lookup
+        and the new ones appended together, column by column."""
+        rows = self.rows_of(sids)
+        missing = np.flatnonzero(rows < 0)
+        if not len(missing):
+            return rows
+        # A batch may name a new series twice: each new id gets one row.
+        new: dict[int, int] = {}
+        for i, sid in zip(missing.tolist(), sids[missing].tolist(), strict=True):
+            new.setdefault(sid, i)
+        first = self._append_many(list(new), [keys[i] for i in new.values()], saved)
+        row_of = {sid: first + j for j, sid in enumerate(new)}
+        rows[missing] = np.fromiter(
+            (row_of[sid] for sid in sids[missing].tolist()), dtype=np.int64, count=len(missing)
+        )
+        return rows
 
-    def _append(self, sid: int, key: SeriesKey, saved: bool) -> None:
+    def _append(self, sid: int, key: SeriesKey, saved: bool) -> int:
         row = self._n
         if row >= len(self._ids.data):
             # Every column keeps the same capacity, so any row below it can be read in any column.
@@ -188,6 +201,43 @@ class SeriesCatalog:
             self.unsaved.append(sid)
         if self._n - index.upto >= max(_MIN_TAIL, index.upto // 4):
             self._reindex()
+        return row
+
+    def _append_many(self, sids: list[int], keys: Sequence[SeriesKey], saved: bool) -> int:
+        """Append new series as rows; returns the first row."""
+        first, count = self._n, len(sids)
+        end = first + count
+        if end > len(self._ids.data):
+            # Every column keeps the same capacity, so any row below it can be read in any column.
+            capacity = max(end, 2 * len(self._ids.data))
+            for column in (self._ids, self._metric_col, *self._label_cols):
+                column.reserve(capacity)
+        self._ids.data[first:end] = sids
+        metric_code = self._metrics.code
+        self._metric_col.data[first:end] = [metric_code(key.metric) for key in keys]
+        # Series with the same label names (usually all of a batch) are written a column at a time.
+        shapes: dict[tuple[str, ...], list[int]] = {}
+        for i, key in enumerate(keys):
+            shapes.setdefault(tuple(name for name, _ in key.labels), []).append(i)
+        for names, members in shapes.items():
+            rows = np.array(members, dtype=np.int64) + first
+            for j, name in enumerate(names):
+                k = self._key_code(name)
+                strings = self._values[k]
+                known = strings.codes.get
+                codes = [known(keys[i].labels[j][1]) for i in members]
+                if None in codes:
+                    codes = [strings.code(keys[i].labels[j][1]) for i in members]
+                self._label_cols[k].data[rows] = codes
+        index = self._index
+        index.recent.update(zip(sids, range(first, end), strict=True))
+        # Rows are written before they are counted: a reader in another thread sees whole rows only.
+        self._n = end
+        if not saved:
+            self.unsaved.extend(sids)
+        if self._n - index.upto >= max(_MIN_TAIL, index.upto // 4):
+            self._reindex()
+        return first
 
     def _key_code(self, name: str) -> int:
         k = self._keys.codes.get(name)

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from libs.errors import ResourceExhausted
+from libs.storage.event_wire import encode_event, series_header
 from libs.storage.hot import Chunk, HotTier, PartitionKey
 from libs.storage.keys import last_wins
 from libs.storage.segments import DAY_MS, WEEK_MS, WEEK_OFFSET_MS, Segment, SegmentStore
@@ -96,23 +97,52 @@ class Snapshot:
     downsampled: tuple[Segment, ...] = ()
 
 
+class SeriesMemo:
+    """Recently written series: key -> (series id, `series_header`), so a series that keeps sending
+    is hashed and its record header written once, not once per batch. Bounded (emptied when
+    full; an entry costs about 150 bytes beside the key): under churn it costs a dict insert a
+    series, and memory stays capped."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[SeriesKey, tuple[int, bytes]] = {}
+
+    def of(self, key: SeriesKey) -> tuple[int, bytes]:
+        """The series id and record header of `key`."""
+        found = self._entries.get(key)
+        if found is None:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            found = self._entries[key] = (
+                series_id(key.metric, key.labels),
+                series_header(key.metric, key.labels),
+            )
+        return found
+
+
+def encode_batch(
+    tenant: str, datasource: str, series: list[AcceptedSeries], headers: list[bytes] | None = None
+) -> bytes:
+    """One accepted batch as a serialised bus event (and WAL record), with a fresh batch id. The
+    packed columns are written straight from the arrays (libs/storage/event_wire.py); `headers`
+    are the series' `series_header`s when the caller has them."""
+    if headers is None:
+        headers = [series_header(s.key.metric, s.key.labels) for s in series]
+    return encode_event(
+        tenant,
+        datasource,
+        uuid.uuid4().hex,
+        int(time.time() * 1000),
+        [
+            s.message.SerializeToString() if s.message is not None else (header, s.ts, s.values)
+            for s, header in zip(series, headers, strict=True)
+        ],
+    )
+
+
 def build_event(tenant: str, datasource: str, series: list[AcceptedSeries]) -> events_pb2.MetricsBatchEvent:
     """One accepted batch as a bus event (and WAL record), with a fresh batch id."""
-    event = events_pb2.MetricsBatchEvent(
-        tenant=tenant,
-        datasource=datasource,
-        source=datasource,
-        batch_id=uuid.uuid4().hex,
-        accepted_at_ms=int(time.time() * 1000),
-    )
-    for s in series:
-        if s.message is not None:
-            event.series.append(s.message)
-        else:
-            out = event.series.add(name=s.key.metric, labels=dict(s.key.labels))
-            out.timestamps_ms.extend(s.ts.tolist())
-            out.values.extend(s.values.tolist())
-    return event
+    return events_pb2.MetricsBatchEvent.FromString(encode_batch(tenant, datasource, series))
 
 
 def series_from_event(event: events_pb2.MetricsBatchEvent) -> list[AcceptedSeries]:
@@ -146,9 +176,10 @@ class MetricStore:
         self._flushed = asyncio.Event()
         # Newest timestamp stored per series since open, and per partition the newest segment
         # timestamp at open (a bound for series not written since): the duplicate check's memory.
-        self._last_ts: dict[PartitionKey, dict[int, int]] = {}
+        self._last_ts: dict[PartitionKey, np.ndarray] = {}
         self._open_floor: dict[PartitionKey, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._memo = SeriesMemo()
         self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
 
     @property
@@ -215,8 +246,13 @@ class MetricStore:
         series = [s for s in series if len(s.ts)]
         if not series:
             return None
-        event = build_event(tenant, datasource, series)
-        await self._store(event, series)
+        known = [self._memo.of(s.key) for s in series]
+        payload = encode_batch(tenant, datasource, series, [header for _, header in known])
+        sids = np.fromiter((sid for sid, _ in known), dtype=np.uint64, count=len(known))
+        # The event for the bus is parsed back from the WAL record (protobuf's C parser copies the
+        # packed columns): cheaper than building it field by field.
+        event = events_pb2.MetricsBatchEvent.FromString(payload)
+        await self._store(payload, event.batch_id, (tenant, datasource), series, sids)
         return event
 
     async def ingest_event(self, event: events_pb2.MetricsBatchEvent) -> bool:
@@ -226,27 +262,43 @@ class MetricStore:
             return False
         series = series_from_event(event)
         if series:
-            await self._store(event, series)
+            await self._store(
+                event.SerializeToString(), event.batch_id, (event.tenant, event.datasource), series
+            )
         return True
 
     def knows_batch(self, batch_id: str) -> bool:
         """True when the batch is in the hot tier or among the recently flushed ones."""
         return batch_id in self._recent_batches or batch_id in self._hot_batches
 
-    async def _store(self, event: events_pb2.MetricsBatchEvent, series: list[AcceptedSeries]) -> None:
+    async def _store(
+        self,
+        payload: bytes,
+        batch_id: str,
+        key: PartitionKey,
+        series: list[AcceptedSeries],
+        sids: np.ndarray | None = None,
+    ) -> None:
+        """Append the serialised batch `payload` to the WAL, then put `series` (whose ids are `sids`
+        when the caller has them) in the hot tier."""
         await self._room_for(sum(len(s.ts) for s in series))
         # Shielded: once the record may be in the WAL, it must reach the hot tier and its LSN must
         # be marked done even if the caller gives up, or flushes would stall behind it.
         await asyncio.shield(
-            asyncio.ensure_future(self._append_and_apply(event, (event.tenant, event.datasource), series))
+            asyncio.ensure_future(self._append_and_apply(payload, batch_id, key, series, sids))
         )
 
     async def _append_and_apply(
-        self, event: events_pb2.MetricsBatchEvent, key: PartitionKey, series: list[AcceptedSeries]
+        self,
+        payload: bytes,
+        batch_id: str,
+        key: PartitionKey,
+        series: list[AcceptedSeries],
+        sids: np.ndarray | None,
     ) -> None:
-        lsn = await self.wal.append(event.SerializeToString())
+        lsn = await self.wal.append(payload)
         try:
-            chunk, may_repeat = self._chunk(lsn, key, series)
+            chunk, may_repeat = self._chunk(lsn, key, series, sids)
             if may_repeat:
                 # Under the flush lock, so no flush or compaction moves the older copies meanwhile.
                 async with self._flush_lock:
@@ -254,7 +306,7 @@ class MetricStore:
                     self._insert(key, chunk, added, removed, may_repeat=True)
             else:
                 self._insert(key, chunk, [], [], may_repeat=False)
-            self._hot_batches[event.batch_id] = lsn
+            self._hot_batches[batch_id] = lsn
         finally:
             self._mark_done(lsn)
 
@@ -274,19 +326,16 @@ class MetricStore:
             except TimeoutError:
                 continue
 
-    def _chunk(self, lsn: int, key: PartitionKey, series: list[AcceptedSeries]) -> tuple[Chunk, bool]:
+    def _chunk(
+        self, lsn: int, key: PartitionKey, series: list[AcceptedSeries], sids: np.ndarray | None = None
+    ) -> tuple[Chunk, bool]:
         """The batch as a hot chunk, and whether it may repeat a stored (series, ts) key."""
         catalog = self._catalog(key)
-        # Ids are hashed again for every batch (1-2 us a series) rather than cached per key: a cache
-        # kept every series key alive (about 400 B a series) for the life of the process.
-        sids = np.fromiter(
-            (series_id(s.key.metric, s.key.labels) for s in series), dtype=np.uint64, count=len(series)
-        )
-        # One `add` a series (a dict probe and a binary search, ~2-3 us) rather than `add_many`, whose
-        # vectorised lookup copies and sorts the catalog's whole unindexed tail on every call: with
-        # series churning at 1M that was ~40 ms a 1,000-series batch against ~11 ms for this loop.
-        for sid, s in zip(sids.tolist(), series, strict=True):
-            catalog.add(sid, s.key)
+        if sids is None:
+            # Ids from the bounded memo (a cache of every key ever seen cost about 400 B a series).
+            memo = self._memo
+            sids = np.fromiter((memo.of(s.key)[0] for s in series), dtype=np.uint64, count=len(series))
+        rows = catalog.add_many(sids, [s.key for s in series])
         lengths = np.fromiter((len(s.ts) for s in series), dtype=np.int64, count=len(series))
         ts = np.concatenate([s.ts for s in series])
         chunk = Chunk(lsn, np.repeat(sids, lengths), ts, np.concatenate([s.values for s in series]))
@@ -298,17 +347,29 @@ class MetricStore:
         lasts = np.maximum.reduceat(ts, starts)
         increasing = ts[1:] > ts[:-1]
         increasing[starts[1:] - 1] = True  # series boundaries
-        last_ts = self._last_ts.setdefault(key, {})
-        floor = self._open_floor.get(key, -(2**63))
-        sid_list = sids.tolist()
-        before = np.fromiter(
-            (last_ts.get(sid, floor) for sid in sid_list), dtype=np.int64, count=len(sid_list)
-        )
+        newest = self._newest_by_row(key, len(catalog))
+        before = newest[rows]
         may_repeat = (
-            not increasing.all() or len(set(sid_list)) < len(sid_list) or bool((firsts <= before).any())
+            not increasing.all() or len(np.unique(rows)) < len(rows) or bool((firsts <= before).any())
         )
-        last_ts.update(zip(sid_list, np.maximum(before, lasts).tolist(), strict=True))
+        np.maximum.at(newest, rows, lasts)
         return chunk, may_repeat
+
+    def _newest_by_row(self, key: PartitionKey, rows: int) -> np.ndarray:
+        """The newest timestamp stored per series of a partition since open, by catalog row (rows
+        never change), at least `rows` long: 8 bytes a series instead of a dict entry. Series not
+        written since open read the partition's newest segment timestamp at open, a safe bound."""
+        newest = self._last_ts.get(key)
+        if newest is None or len(newest) < rows:
+            grown = np.full(
+                max(rows, 2 * len(newest) if newest is not None else 1024),
+                self._open_floor.get(key, -(2**63)),
+                dtype=np.int64,
+            )
+            if newest is not None:
+                grown[: len(newest)] = newest
+            self._last_ts[key] = newest = grown
+        return newest
 
     def _unshadow(self, key: PartitionKey, chunk: Chunk) -> tuple[list[Segment], list[Segment]]:
         """Segments rewritten without the keys `chunk` writes again: (added, removed), uncommitted."""

@@ -170,3 +170,27 @@ def test_the_arrow_export_equals_the_keys():
     as_map = catalog.arrow(None).to_pylist()
     assert [r["labels"] for r in as_map] == [list(truth[sid].labels) for sid in ids]
     assert SeriesCatalog().arrow([]).to_pylist() == []
+
+
+def test_add_many_gives_the_rows_add_gives_one_by_one():
+    # Mixed label shapes, new label keys mid-batch, a new series named twice, known series again;
+    # enough batches to pass several index rebuilds.
+    one_by_one, batched = SeriesCatalog(), SeriesCatalog()
+    for b in range(12):
+        keys = [
+            SeriesKey.of(
+                "cpu" if i % 5 else "mem",
+                {"sim": f"s{(b * 400 + i) // 3}", **({f"extra{b % 4}": str(i)} if i % 4 == 0 else {})},
+            )
+            for i in range(400)
+        ]
+        keys += [*keys[:50], keys[7]]  # repeats within the batch
+        sids = np.array([series_id(k.metric, k.labels) for k in keys], dtype=np.uint64)
+        expected = [one_by_one.add(int(s), k) for s, k in zip(sids, keys, strict=True)]
+        assert batched.add_many(sids, keys).tolist() == expected
+        assert batched.add_many(sids[:100], keys[:100]).tolist() == expected[:100]  # all known now
+    assert len(batched) == len(one_by_one) > 3_000
+    assert batched.keys_of(batched.ids()) == one_by_one.keys_of(one_by_one.ids())
+    assert batched.unsaved == one_by_one.unsaved
+    for matcher in [("extra1", "=", ("0",)), ("sim", "regex", ("s1.*",)), ("extra3", "!=", ("",))]:
+        assert batched.select(["cpu", "mem"], [matcher]) == one_by_one.select(["cpu", "mem"], [matcher])
