@@ -3,9 +3,10 @@ for the rest, each naming the point and the field."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,18 +51,31 @@ def check_datasource(name: str) -> str:
     return name
 
 
-def _series_problem(name: str, labels: dict[str, str]) -> tuple[str, str] | None:
-    """(field, reason) when a series' name or labels are unacceptable."""
+def _too_long(text: str) -> bool:
+    # A str of n characters encodes to at most 4n UTF-8 bytes: most need no encoding to tell.
+    return len(text) * 4 > MAX_STRING_BYTES and len(text.encode()) > MAX_STRING_BYTES
+
+
+def _series_problem(
+    name: str, labels: Sequence[tuple[str, str]], good_keys: set[str] | None = None
+) -> tuple[str, str] | None:
+    """(field, reason) when a series' name or labels (sorted pairs) are unacceptable; `good_keys`
+    holds label keys already found well-formed, and gains the new ones."""
     if not name:
         return "name", "must not be empty"
-    if len(name.encode()) > MAX_STRING_BYTES:
+    if _too_long(name):
         return "name", f"is longer than {MAX_STRING_BYTES} bytes"
     if len(labels) > MAX_LABELS:
         return "labels", f"has {len(labels)} labels; at most {MAX_LABELS} are allowed"
-    for key, value in labels.items():
-        if not LABEL_KEY.fullmatch(key):
-            return f"labels.{key}", "label keys must match [a-zA-Z_][a-zA-Z0-9_]*"
-        if len(key.encode()) > MAX_STRING_BYTES or len(value.encode()) > MAX_STRING_BYTES:
+    for key, value in labels:
+        if good_keys is None or key not in good_keys:
+            if not LABEL_KEY.fullmatch(key):
+                return f"labels.{key}", "label keys must match [a-zA-Z_][a-zA-Z0-9_]*"
+            if _too_long(key):
+                return f"labels.{key}", f"is longer than {MAX_STRING_BYTES} bytes"
+            if good_keys is not None:
+                good_keys.add(key)
+        if _too_long(value):
             return f"labels.{key}", f"is longer than {MAX_STRING_BYTES} bytes"
     return None
 
@@ -77,11 +91,14 @@ def _point_problems(ts: np.ndarray, values: np.ndarray, now_ms: int) -> list[tup
 
 class KnownGoodSeries:
     """Series whose name and labels passed their checks, so a batch of series seen before skips
-    them (bounded: emptied when full). One per ingest core."""
+    them (bounded: emptied when full, as each key costs about 400 bytes; a workload with more live
+    series than the bound only re-checks them). One per ingest core."""
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
         self._keys: dict[SeriesKey, None] = {}
+        # Well-formed label keys: series come and go under churn, their label keys mostly stay.
+        self.label_keys: set[str] = set()
 
     def __contains__(self, key: SeriesKey) -> bool:
         return key in self._keys
@@ -90,7 +107,18 @@ class KnownGoodSeries:
         """Remember a series that passed."""
         if len(self._keys) >= self.max_entries:
             self._keys.clear()
+            self.label_keys.clear()
         self._keys[key] = None
+
+    def problem(self, key: SeriesKey) -> tuple[str, str] | None:
+        """(field, reason) when a series not known yet is unacceptable; None (and remembered) when
+        it passes."""
+        if key in self._keys:
+            return None
+        found = _series_problem(key.metric, key.labels, self.label_keys)
+        if found is None:
+            self.add(key)
+        return found
 
 
 def validate(
@@ -141,38 +169,44 @@ def _validate_series(
     known: KnownGoodSeries,
     message_of: Callable[[SeriesLike], common_pb2.Series] | None,
 ) -> None:
-    candidates: list[tuple[int, SeriesKey, np.ndarray, np.ndarray]] = []
     # Series-level rejections, applied in series order together with the point-level ones.
     refused: dict[int, tuple[int, str, str]] = {}
+    index: list[int] = []
+    keys: list[SeriesKey] = []
+    ts_lists: list[Sequence[int]] = []
+    value_lists: list[Sequence[float]] = []
     for i, series in enumerate(series_list):
-        n = max(len(series.timestamps_ms), len(series.values))
-        if n == 0:
+        ts, values = series.timestamps_ms, series.values
+        n_ts, n_values = len(ts), len(values)
+        if not n_ts and not n_values:
             continue
         key = SeriesKey.of(series.name, series.labels)
-        if key not in known:
-            problem = _series_problem(series.name, dict(key.labels))
-            if problem:
-                refused[i] = (n, f"series[{i}].{problem[0]}", problem[1])
-                continue
-            known.add(key)
-        if len(series.timestamps_ms) != len(series.values):
+        problem = known.problem(key)
+        if problem:
+            refused[i] = (max(n_ts, n_values), f"series[{i}].{problem[0]}", problem[1])
+        elif n_ts != n_values:
             refused[i] = (
-                n,
+                max(n_ts, n_values),
                 f"series[{i}].values",
-                f"has {len(series.values)} values for {len(series.timestamps_ms)} timestamps_ms",
+                f"has {n_values} values for {n_ts} timestamps_ms",
             )
-            continue
-        ts = np.array(series.timestamps_ms, dtype=np.int64)
-        values = np.array(series.values, dtype=np.float64)
-        candidates.append((i, key, ts, values))
-    # One vectorised check over every point of the batch; per-series work only where one is bad.
-    clean = not candidates or not any(
-        mask.any()
-        for mask, _, _ in _point_problems(
-            np.concatenate([c[2] for c in candidates]), np.concatenate([c[3] for c in candidates]), now_ms
-        )
-    )
-    pending = {c[0]: c for c in candidates}
+        else:
+            index.append(i)
+            keys.append(key)
+            ts_lists.append(ts)
+            value_lists.append(values)
+    # Every point of the batch in two arrays (one conversion each, not two per series), checked
+    # with one vectorised pass; per-series work only where a point is bad.
+    lengths = np.fromiter(map(len, ts_lists), dtype=np.int64, count=len(ts_lists))
+    total = int(lengths.sum())
+    every_ts = np.fromiter(itertools.chain.from_iterable(ts_lists), dtype=np.int64, count=total)
+    every_value = np.fromiter(itertools.chain.from_iterable(value_lists), dtype=np.float64, count=total)
+    clean = not any(mask.any() for mask, _, _ in _point_problems(every_ts, every_value, now_ms))
+    bounds = np.cumsum(lengths).tolist()
+    pending = {
+        i: (i, key, every_ts[a:b], every_value[a:b])
+        for i, key, a, b in zip(index, keys, [0, *bounds][:-1], bounds, strict=True)
+    }
     for i in sorted(refused.keys() | pending.keys()):
         if i in refused:
             count, field_path, reason = refused[i]
@@ -225,22 +259,35 @@ class SeriesLike(Protocol):
 @dataclass
 class RowColumns:
     """The row form as columns, one entry per point: what both the protobuf points and the JSON
-    body's decoder give. `series_keys` are (name, stand-in for the labels) per point, the same
-    stand-in meaning the same labels; `labels_of` turns a stand-in into labels, once per distinct one."""
+    body's decoder give. Rows are grouped by (name, stand-in for the labels), the same stand-in
+    meaning the same labels: `groups` lists the distinct ones in order of first appearance and
+    `group_of_row` numbers each row's; `labels_of` turns a stand-in into labels, once per group."""
 
-    series_keys: list[tuple[str, Hashable]] = field(default_factory=list)
+    groups: list[tuple[str, Hashable]] = field(default_factory=list)
+    group_of_row: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     labels_of: Callable[[Hashable], Mapping[str, str]] = dict
     timestamps: list[str] = field(default_factory=list)
     """RFC 3339 times ("" when absent)."""
     timestamps_ms: Sequence[int] = field(default_factory=list)
     """Epoch milliseconds (0 when absent)."""
-    values: list[float] = field(default_factory=list)
+    values: Sequence[float] = field(default_factory=list)
+
+    @staticmethod
+    def grouped(keys: Iterable[tuple[str, Hashable]]) -> tuple[list[tuple[str, Hashable]], np.ndarray]:
+        """(distinct keys in order of first appearance, group number of each key): one dict probe
+        a row."""
+        seen: dict[tuple[str, Hashable], int] = {}
+        number = seen.setdefault
+        group_of_row = np.array([number(k, len(seen)) for k in keys], dtype=np.int64)
+        return list(seen), group_of_row
 
     @classmethod
     def of_points(cls, points: Sequence[common_pb2.Point]) -> RowColumns:
         """The columns of protobuf points."""
+        groups, group_of_row = cls.grouped([(p.name, tuple(p.labels.items())) for p in points])
         return cls(
-            series_keys=[(p.name, tuple(p.labels.items())) for p in points],
+            groups=groups,
+            group_of_row=group_of_row,
             labels_of=dict,
             timestamps=[p.timestamp for p in points],
             timestamps_ms=[p.timestamp_ms for p in points],
@@ -281,28 +328,24 @@ def _validate_rows(rows: RowColumns, batch: ValidatedBatch, now_ms: int, known: 
     """Rows grouped by series, checked column-wise: a reason per rejected row (in row order, the first
     failing check of each: series, time, value, range), the accepted rows by series in order of the
     first accepted row of each."""
-    n = len(rows.series_keys)
+    n = len(rows.group_of_row)
     if n == 0:
         return
-    # Each distinct (name, labels) is resolved and checked once, not once per row.
-    seen_keys = rows.series_keys
+    # Each distinct (name, labels) is resolved and checked once, not once per row; two stand-ins
+    # may still name one series (labels in another order), hence the second level.
     keys: dict[SeriesKey, int] = {}
     group_key: list[SeriesKey] = []
     group_problem: list[tuple[str, str] | None] = []
-    seen: dict[tuple[str, Hashable], int] = {}
-    for seen_key in dict.fromkeys(seen_keys):
-        name, labels = seen_key[0], rows.labels_of(seen_key[1])
-        key = SeriesKey.of(name, labels)
+    gid_of_group = np.empty(len(rows.groups), dtype=np.int64)
+    for g, (name, stand_in) in enumerate(rows.groups):
+        key = SeriesKey.of(name, rows.labels_of(stand_in))
         gid = keys.get(key)
         if gid is None:
             gid = keys[key] = len(group_key)
             group_key.append(key)
-            problem = None if key in known else _series_problem(name, dict(key.labels))
-            if problem is None:
-                known.add(key)
-            group_problem.append(problem)
-        seen[seen_key] = gid
-    gids = np.fromiter(map(seen.__getitem__, seen_keys), dtype=np.int64, count=n)
+            group_problem.append(known.problem(key))
+        gid_of_group[g] = gid
+    gids = gid_of_group[rows.group_of_row]
     ts, time_problems = _point_times(rows)
     values = np.array(rows.values, dtype=np.float64)
     bad_series = np.array([p is not None for p in group_problem], dtype=bool)[gids]

@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from libs.errors import InvalidArgument
-from platformq.analytics.v1 import common_pb2, realtime_service_pb2
+from platformq.analytics.v1 import realtime_service_pb2
 from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
 
 _NO_LABELS = msgspec.Raw(b"{}")
@@ -85,9 +85,7 @@ class JsonIngestDecoder:
         JSON raises InvalidArgument naming the field."""
         try:
             body = self._body.decode(data)
-            return validate_parts(
-                body.datasource, body.series, self._rows(body.points), now_ms, known, message_of=_message
-            )
+            return validate_parts(body.datasource, body.series, self._rows(body.points), now_ms, known)
         except msgspec.DecodeError as exc:
             if not isinstance(exc, msgspec.ValidationError):
                 raise InvalidArgument(f"is not valid JSON: {exc}", "body") from None
@@ -112,9 +110,11 @@ class JsonIngestDecoder:
                 except (ValueError, OverflowError):
                     raise _Unusual("timestamp_ms", "is out of the int64 range") from None
 
+        # Raw JSON of identical label sets is identical bytes in practice (one encoder): decoded once.
+        groups, group_of_row = RowColumns.grouped([(p.name, bytes(p.labels)) for p in points])
         return RowColumns(
-            # Raw JSON of identical label sets is identical bytes in practice (one encoder): decoded once.
-            series_keys=[(p.name, bytes(p.labels)) for p in points],
+            groups=groups,
+            group_of_row=group_of_row,
             labels_of=self._decode_labels,
             timestamps=[p.timestamp for p in points],
             timestamps_ms=times_ms,
@@ -141,13 +141,6 @@ class JsonIngestDecoder:
         if request.HasField("json_body"):
             raise InvalidArgument("is set by the gateway, not by clients", "json_body")
         return request
-
-
-def _message(series: JsonSeries) -> common_pb2.Series:
-    """The WAL record of a series accepted whole, from the decoded lists."""
-    return common_pb2.Series(
-        name=series.name, labels=series.labels, timestamps_ms=series.timestamps_ms, values=series.values
-    )
 
 
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

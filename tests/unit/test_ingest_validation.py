@@ -11,7 +11,7 @@ import pytest
 from libs.errors import InvalidArgument
 from libs.storage.series import SeriesKey
 from platformq.analytics.v1 import common_pb2, realtime_service_pb2
-from services.realtime.ingest import validate
+from services.realtime.ingest import KnownGoodSeries, validate
 
 NOW = 1_795_852_800_000  # 2026-11-28T08:00:00Z
 DAY_MS = 86_400_000
@@ -304,3 +304,26 @@ def test_a_time_a_fraction_of_a_millisecond_before_1970_is_rejected():
     batch = validate(_request([_point(timestamp="1969-12-31T23:59:59.9999Z")]), now_ms=NOW)
     assert (batch.accepted, batch.rejected) == (0, 1)
     assert _violations(batch) == [(0, "points[0].timestamp")]
+
+
+def test_known_label_keys_still_have_their_values_and_the_other_keys_checked():
+    known = KnownGoodSeries()
+    assert validate(_request([_point(labels={"zone": "a"})]), now_ms=NOW, known=known).accepted == 1
+    later = validate(
+        _request(
+            [
+                _point(labels={"zone": "b" * 1025}),  # a key seen before, a value too long
+                _point(labels={"zone": "c", "9bad": "x"}),  # a key seen before beside a bad one
+                _point(labels={"zone": "\U0001d11e" * 256}),  # 1,024 bytes in 256 characters: fits
+                _point(labels={"zone": "\U0001d11e" * 257}),  # 1,028 bytes
+            ]
+        ),
+        now_ms=NOW,
+        known=known,
+    )
+    assert later.accepted == 1
+    assert [(e.field, e.reason) for e in later.errors] == [
+        ("points[0].labels.zone", "is longer than 1024 bytes"),
+        ("points[1].labels.9bad", "label keys must match [a-zA-Z_][a-zA-Z0-9_]*"),
+        ("points[3].labels.zone", "is longer than 1024 bytes"),
+    ]
