@@ -56,6 +56,13 @@ FIELDS = ("usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowai
 FIELDS += ("usage_irq", "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice")
 INTERVAL_MS = 10_000
 HOSTS_PER_BODY = 5
+BEFORE = (
+    "Before the ingest path wrote WAL records straight from the arrays (issue 11, item 6), the same "
+    "command on the same machine (2026-11-30 04:12 UTC, load average 0.55) gave: VictoriaMetrics 1,470,220 "
+    "points/s (929,907 per server CPU s); ours columnar 533,106 (0.36x; 458,525 per CPU s, 0.49x), rows "
+    "250,174 (0.17x), native gRPC 616,957 (0.42x; 606,707 per CPU s, 0.65x)."
+)
+"""This benchmark's figures before the change it measures (see the report's last paragraph)."""
 
 
 @dataclass
@@ -527,6 +534,8 @@ def render(r: dict[str, Any]) -> str:
         f"to the end of `/internal/force_flush` ({r['vm_version'] or 'not run'}). RSS: the stack's "
         "processes (Envoy and `serve all`) after the load; VictoriaMetrics' process. Server CPU: user + "
         "system time of those processes during the load (Envoy included for ours).",
+        "",
+        BEFORE,
     ]
     return "\n".join(lines) + "\n"
 
