@@ -10,6 +10,7 @@ from pathlib import Path
 from libs.config import SERVICE_NAMES, load_settings
 from libs.errors import ConfigError
 from libs.jsonlog import configure_logging
+from libs.memory import return_freed_memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"analytics: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.service_name, settings.log_level)
+    if args.command in ("serve", "bridge"):
+        # Long-lived servers that build and drop large arrays: keep their memory from ratcheting up.
+        return_freed_memory()
     try:
         if args.command == "serve":
             from services.runner import serve
