@@ -191,71 +191,67 @@ def _parse_tagset(tagset: str) -> tuple[str, dict[str, str]]:
     return measurement, dict(pair.split("=", 1) for pair in pairs)
 
 
+_MAX_FIELDS = 64
+"""Field keys a measurement may have (series keys are tag set * _MAX_FIELDS + field)."""
+
+
 def parse_influx(path: Path) -> tuple[list[str], list[dict[str, str]], np.ndarray, np.ndarray, np.ndarray]:
     """Parse line protocol into (names, labels, offsets, ts_ms, values), all work vectorised.
 
     A line is "<measurement>,<tags> <field>=<v>[i],... <ts ns>". Arrow reads the three
-    space-separated parts; field lists are split and flattened in Arrow; series are the pairs
-    (distinct tag set, field key), named <measurement>_<field> as VictoriaMetrics names them.
+    space-separated parts a block at a time (a month of data does not fit in memory as text);
+    field lists are split and flattened in Arrow; series are the pairs (distinct tag set, field
+    key), named <measurement>_<field> as VictoriaMetrics names them, numbered in order of first
+    appearance.
     """
-    table = pacsv.read_csv(
+    reader = pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(column_names=["tags", "fields", "ts"], block_size=64 << 20),
         parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False, escape_char=False),
         convert_options=pacsv.ConvertOptions(
-            column_types={
-                "tags": pa.dictionary(pa.int32(), pa.string()),
-                "fields": pa.string(),
-                "ts": pa.int64(),
-            }
+            column_types={"tags": pa.string(), "fields": pa.string(), "ts": pa.int64()}
         ),
     )
-    tags = table.column("tags").combine_chunks()
-    tag_index = tags.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    tagsets = [_parse_tagset(t) for t in tags.dictionary.to_pylist()]
-
-    # One CSV block at a time: a month of data holds more field text than one Arrow string array can
-    # (2 GiB), and the split lists of all of it at once would not fit in memory either.
-    field_names: list[str] = []
-    lines_done = 0
-    line_parts, key_parts, value_parts = [], [], []
-    for chunk in table.column("fields").chunks:
-        field_lists = pc.split_pattern(chunk, ",")
-        line_parts.append(pc.list_parent_indices(field_lists).to_numpy(zero_copy_only=False) + lines_done)
-        lines_done += len(chunk)
+    tagset_ids: dict[str, int] = {}
+    field_ids: dict[str, int] = {}
+    # Per series key, its pieces of (ts, values) in file order (lines come in time order).
+    pieces: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for batch in reader:
+        tags = pc.dictionary_encode(batch.column("tags"))
+        tag_ids = np.array([tagset_ids.setdefault(t, len(tagset_ids)) for t in tags.dictionary.to_pylist()])
+        tag_of_line = tag_ids[tags.indices.to_numpy(zero_copy_only=False)]
+        field_lists = pc.split_pattern(batch.column("fields"), ",")
+        line_of_field = pc.list_parent_indices(field_lists).to_numpy(zero_copy_only=False)
         kv = pc.split_pattern(pc.list_flatten(field_lists), "=", max_splits=1)
         keys = pc.dictionary_encode(pc.list_element(kv, 0))
+        key_ids = np.array([field_ids.setdefault(k, len(field_ids)) for k in keys.dictionary.to_pylist()])
+        field_of = key_ids[keys.indices.to_numpy(zero_copy_only=False)]
         # Integers carry an "i" suffix in line protocol; floats have none.
-        raw_values = pc.utf8_rtrim(pc.list_element(kv, 1), characters="i")
-        value_parts.append(pc.cast(raw_values, pa.float64()).to_numpy(zero_copy_only=False))
-        # Field names in one numbering across blocks.
-        known = {name: i for i, name in enumerate(field_names)}
-        for name in keys.dictionary.to_pylist():
-            if name not in known:
-                known[name] = len(field_names)
-                field_names.append(name)
-        remap = np.array([known[name] for name in keys.dictionary.to_pylist()], dtype=np.int64)
-        key_parts.append(remap[keys.indices.to_numpy(zero_copy_only=False)])
-        del field_lists, kv, keys, raw_values
-    line_of_field = np.concatenate(line_parts)
-    values = np.concatenate(value_parts)
-    key_index = np.concatenate(key_parts)
-    del line_parts, value_parts, key_parts
-
-    ts_ms = (table.column("ts").to_numpy() // 1_000_000)[line_of_field]
-    series_key = tag_index[line_of_field] * len(field_names) + key_index
-    # Lines come in time order, so a stable sort by series keeps each series sorted by time.
-    order = np.argsort(series_key, kind="stable")
-    series_key, ts_ms, values = series_key[order], ts_ms[order], values[order]
-    starts = np.flatnonzero(np.r_[True, series_key[1:] != series_key[:-1]])
-    offsets = np.r_[starts, series_key.size].astype(np.int64)
-
-    names, labels = [], []
-    for key in series_key[starts]:
-        measurement, tagmap = tagsets[int(key) // len(field_names)]
-        names.append(f"{measurement}_{field_names[int(key) % len(field_names)]}")
+        raw = pc.utf8_rtrim(pc.list_element(kv, 1), characters="i")
+        values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
+        ts_ms = (batch.column("ts").to_numpy() // 1_000_000)[line_of_field]
+        series_key = tag_of_line[line_of_field].astype(np.int64) * _MAX_FIELDS + field_of
+        order = np.argsort(series_key, kind="stable")
+        series_key, ts_ms, values = series_key[order], ts_ms[order], values[order]
+        starts = np.flatnonzero(np.r_[True, series_key[1:] != series_key[:-1]])
+        ends = np.r_[starts[1:], len(series_key)]
+        for key, lo, hi in zip(series_key[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+            pieces.setdefault(key, []).append((ts_ms[lo:hi], values[lo:hi]))  # views of this block's arrays
+    if len(field_ids) > _MAX_FIELDS:
+        raise ValueError(f"{path}: more than {_MAX_FIELDS} fields")
+    tagsets = [_parse_tagset(t) for t in tagset_ids]
+    field_names = list(field_ids)
+    names, labels, counts, ts_parts, value_parts = [], [], [], [], []
+    for key in sorted(pieces):
+        measurement, tagmap = tagsets[key // _MAX_FIELDS]
+        names.append(f"{measurement}_{field_names[key % _MAX_FIELDS]}")
         labels.append(tagmap)
-    return names, labels, offsets, np.ascontiguousarray(ts_ms), np.ascontiguousarray(values)
+        series = pieces.pop(key)
+        counts.append(sum(len(t) for t, _ in series))
+        ts_parts += [t for t, _ in series]
+        value_parts += [v for _, v in series]
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    return names, labels, offsets, np.concatenate(ts_parts), np.concatenate(value_parts)
 
 
 def load(params: DataParams, log: bool = True) -> Dataset:
