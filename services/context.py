@@ -13,6 +13,7 @@ from libs.config import Settings
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from libs.storage import MetricStore, StoreConfig
 from libs.streams import StreamHub
+from libs.writes import AfterWrite
 from platformq.analytics.v1 import events_pb2
 
 
@@ -43,6 +44,8 @@ class ServiceContext:
     """The services this process hosts (on one gRPC port)."""
     local_port: int | None = None
     """The port this process's gRPC server bound, once started."""
+    after_write: AfterWrite = field(init=False)
+    """What follows every durable write of metrics, in both run modes (libs/writes.py)."""
     metrics: SelfMetrics = field(init=False)
     """The process's own metrics (exported for Prometheus, written to datasource analytics_self)."""
     streams: StreamHub | None = None
@@ -54,6 +57,7 @@ class ServiceContext:
         # The service's own metrics writes (every few seconds) must not drop every cached SQL answer.
         self.cache = TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
         self.metrics = SelfMetrics(cache=self.cache, bus=self.bus)
+        self.after_write = AfterWrite(self.cache, self.bus)
 
     @property
     def distributed(self) -> bool:
@@ -96,7 +100,8 @@ class ServiceContext:
         if stored:
             spans = [(min(s.timestamps_ms), max(s.timestamps_ms)) for s in event.series if s.timestamps_ms]
             if spans:
-                self.cache.invalidate(
+                # Published already (by the realtime replica that accepted it): not again.
+                await self.after_write(
                     event.tenant, event.datasource, min(a for a, _ in spans), max(b for _, b in spans)
                 )
 

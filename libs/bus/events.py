@@ -1,4 +1,4 @@
-"""A batch of series as `MetricsBatchEvent` bytes, written from numpy columns.
+"""The bus's event codec: a batch of series as `MetricsBatchEvent` bytes, written from numpy columns.
 
 Ingest writes every acknowledged batch to the WAL as a serialised `MetricsBatchEvent`. Building
 that message field by field copies each timestamp and value into a Python object and then into
@@ -6,17 +6,20 @@ protobuf's repeated fields: at a million points that cost more than parsing the 
 packed fields are written directly in protobuf's wire format (values are little-endian doubles, so
 one `tobytes()`; timestamps are varints, encoded for the whole batch with a few vectorised passes),
 and the few scalar fields around them are written by protobuf itself. The bytes parse to the same
-message as `build_event` gives (tests/unit/storage/test_event_wire.py), so the WAL format is
-unchanged and replay reads old and new records alike.
+message as protobuf builds itself (tests/unit/test_bus_events.py), so the WAL format (the store
+logs these same bytes) is unchanged and replay reads old and new records alike.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-from platformq.analytics.v1 import events_pb2
+from platformq.analytics.v1 import common_pb2, events_pb2
 
 # Wire tags: (field number << 3) | wire type (2: length-delimited).
 _EVENT_SERIES = b"\x22"  # MetricsBatchEvent.series = 4
@@ -141,3 +144,48 @@ def encode_event(
         )
         i, ts_start, value_start = i + 1, ts_end, value_end
     return b"".join(parts)
+
+
+class BatchSeries(Protocol):
+    """What encode_batch needs of a series: its key (metric and sorted labels), its points and,
+    when the request's own `Series` message can be passed on as it is, that message."""
+
+    @property
+    def key(self) -> _Key: ...
+    @property
+    def ts(self) -> np.ndarray: ...
+    @property
+    def values(self) -> np.ndarray: ...
+    @property
+    def message(self) -> common_pb2.Series | None: ...
+
+
+class _Key(Protocol):
+    @property
+    def metric(self) -> str: ...
+    @property
+    def labels(self) -> tuple[tuple[str, str], ...]: ...
+
+
+def encode_batch(
+    tenant: str, datasource: str, series: Sequence[BatchSeries], headers: Sequence[bytes] | None = None
+) -> bytes:
+    """One accepted batch as a serialised bus event (the store's WAL record too), with a fresh batch
+    id; `headers` are the series' `series_header`s when the caller has them."""
+    if headers is None:
+        headers = [series_header(s.key.metric, s.key.labels) for s in series]
+    return encode_event(
+        tenant,
+        datasource,
+        uuid.uuid4().hex,
+        int(time.time() * 1000),
+        [
+            s.message.SerializeToString() if s.message is not None else (header, s.ts, s.values)
+            for s, header in zip(series, headers, strict=True)
+        ],
+    )
+
+
+def build_event(tenant: str, datasource: str, series: Sequence[BatchSeries]) -> events_pb2.MetricsBatchEvent:
+    """One accepted batch as a bus event, with a fresh batch id."""
+    return events_pb2.MetricsBatchEvent.FromString(encode_batch(tenant, datasource, series))

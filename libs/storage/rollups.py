@@ -292,6 +292,11 @@ class MappedReader:
             parts.append((ids, *(mapped.columns[i][rows] for i in wanted)))
         return parts
 
+    def series_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(series ids, points of each) of a points map: its series index, nothing read beyond it."""
+        mapped = self._file(path, POINTS_MAP_SCHEMA)
+        return mapped.series, mapped.ends - mapped.starts
+
     def rollups(
         self,
         paths: list[Path],

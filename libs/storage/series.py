@@ -405,19 +405,26 @@ class SeriesCatalog:
         """(metric code of each row, metric names by code)."""
         return self._metric_col.data[np.asarray(rows, dtype=np.int64)], list(self._metrics.names)
 
-    def points_per_metric(self, series_ids: pa.Array | pa.ChunkedArray) -> dict[str, int]:
-        """How many of `series_ids` (one entry per point, each a series of this catalog) belong to
-        each metric. Costs one hash count over the points plus one lookup per distinct series."""
+    def points_per_metric(
+        self, series_ids: pa.Array | pa.ChunkedArray | np.ndarray, counts: np.ndarray | None = None
+    ) -> dict[str, int]:
+        """How many points of each metric `series_ids` (series of this catalog) hold: one entry per
+        point, or distinct ids with their point `counts`. Costs one hash count over the points
+        (none with `counts`) plus one lookup per distinct series."""
         if len(series_ids) == 0:
             return {}
+        if counts is None:
+            counted = pc.value_counts(series_ids).flatten()
+            ids, counts = counted[0].to_numpy(zero_copy_only=False), counted[1].to_numpy()
+        else:
+            ids = np.asarray(series_ids)
         if len(self._metrics.names) == 1:
             # One metric owns every series: no need to look at the ids.
-            return {self._metrics.names[0]: len(series_ids)}
-        counted = pc.value_counts(series_ids).flatten()
-        rows = self.rows_of(counted[0].to_numpy(zero_copy_only=False))
+            return {self._metrics.names[0]: int(counts.sum())}
+        rows = self.rows_of(ids)
         known = rows >= 0  # every id is known; a stray one is left out rather than misfiled
         codes = self._metric_col.data[rows[known]]
-        totals = np.bincount(codes, weights=counted[1].to_numpy()[known], minlength=len(self._metrics.names))
+        totals = np.bincount(codes, weights=counts[known], minlength=len(self._metrics.names))
         return {name: int(t) for name, t in zip(self._metrics.names, totals.tolist(), strict=False) if t}
 
     def label_keys(self, sids: Iterable[int]) -> set[str]:

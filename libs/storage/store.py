@@ -20,15 +20,14 @@ import dataclasses
 import heapq
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from libs.bus.events import encode_batch, series_header
 from libs.errors import ResourceExhausted
-from libs.storage.event_wire import encode_event, series_header
 from libs.storage.hot import Chunk, HotTier, PartitionKey
 from libs.storage.keys import last_wins
 from libs.storage.segments import DAY_MS, WEEK_MS, WEEK_OFFSET_MS, Segment, SegmentStore
@@ -118,31 +117,6 @@ class SeriesMemo:
                 series_header(key.metric, key.labels),
             )
         return found
-
-
-def encode_batch(
-    tenant: str, datasource: str, series: list[AcceptedSeries], headers: list[bytes] | None = None
-) -> bytes:
-    """One accepted batch as a serialised bus event (and WAL record), with a fresh batch id. The
-    packed columns are written straight from the arrays (libs/storage/event_wire.py); `headers`
-    are the series' `series_header`s when the caller has them."""
-    if headers is None:
-        headers = [series_header(s.key.metric, s.key.labels) for s in series]
-    return encode_event(
-        tenant,
-        datasource,
-        uuid.uuid4().hex,
-        int(time.time() * 1000),
-        [
-            s.message.SerializeToString() if s.message is not None else (header, s.ts, s.values)
-            for s, header in zip(series, headers, strict=True)
-        ],
-    )
-
-
-def build_event(tenant: str, datasource: str, series: list[AcceptedSeries]) -> events_pb2.MetricsBatchEvent:
-    """One accepted batch as a bus event (and WAL record), with a fresh batch id."""
-    return events_pb2.MetricsBatchEvent.FromString(encode_batch(tenant, datasource, series))
 
 
 def series_from_event(event: events_pb2.MetricsBatchEvent) -> list[AcceptedSeries]:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from libs.cache import ALL_DATASOURCES, TtlCache
 from libs.errors import InvalidArgument, NotFound, Unavailable
@@ -238,8 +237,8 @@ class QueryRouter:
     async def metadata(self, datasource: str, tenant: str = DEFAULT_TENANT) -> pb.GetMetadataResponse:
         """Metrics, label keys with cardinality, time range and point count of a datasource.
 
-        Costs one pass over the catalog's columns, the hot points, and each segment file once (its
-        points per metric are kept while it is live: segments are immutable)."""
+        Costs one pass over the catalog's columns, the hot points, and each segment's points map
+        index once (its points per series; per metric kept while it is live: segments are immutable)."""
         snapshot = self._snapshot(tenant, datasource)
         counts = await asyncio.to_thread(self._point_counts, tenant, datasource, snapshot)
         catalog = snapshot.catalog
@@ -266,8 +265,7 @@ class QueryRouter:
         for segment in snapshot.segments:
             counts = known.get(segment)
             if counts is None:
-                ids = pq.read_table(segment.path, columns=["series_id"], memory_map=True)["series_id"]
-                counts = catalog.points_per_metric(ids)
+                counts = catalog.points_per_metric(*self.engine.maps.series_points(segment.map_path))
             live[segment] = counts
         # Replaced whole, so segments compacted or expired away are forgotten.
         self._segment_points[(tenant, datasource)] = live

@@ -15,7 +15,7 @@ def binding(context: ServiceContext) -> ServiceBinding:
     """Build the realtime core and servicer, ready to be added to a server."""
     # Distributed: the replica validates and publishes to Pulsar; the store's consumer writes.
     store = None if context.distributed else context.ensure_store()
-    core = RealtimeCore(store, context.bus, context.cache, context.metrics, hub=context.stream_hub())
+    core = RealtimeCore(store, context.bus, context.after_write, context.metrics, hub=context.stream_hub())
     servicer = RealtimeServicer(core)
     return ServiceBinding(
         name="realtime",

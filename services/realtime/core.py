@@ -7,15 +7,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import numpy as np
-
 from libs.bus import Bus
-from libs.cache import TtlCache
+from libs.bus.events import build_event
 from libs.errors import InvalidArgument, NotBuilt, ResourceExhausted, Unavailable
 from libs.selfmetrics import SelfMetrics
-from libs.storage.store import DEFAULT_TENANT, MetricStore, build_event
+from libs.storage import DEFAULT_TENANT, MetricStore
 from libs.streams import StreamHub, StreamSpec, SubscriptionClosed
 from libs.streams.subscriber import CLOSE_TOO_SLOW
+from libs.writes import AfterWrite
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from services.realtime.ingest import KnownGoodSeries, ValidatedBatch, validate
 from services.realtime.json_body import JsonIngestDecoder
@@ -30,13 +29,13 @@ class RealtimeCore:
         self,
         store: MetricStore | None,
         bus: Bus,
-        cache: TtlCache | None = None,
+        after_write: AfterWrite | None = None,
         metrics: SelfMetrics | None = None,
         hub: StreamHub | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
-        self.cache = cache
+        self.after_write = after_write if after_write is not None else AfterWrite(None, bus)
         self.known_series = KnownGoodSeries()
         self.json_decoder = JsonIngestDecoder()
         self.metrics = metrics
@@ -67,11 +66,9 @@ class RealtimeCore:
             return self._acknowledged(batch)
         event = await self.store.ingest(tenant, batch.datasource, batch.series)
         if event is not None:
-            if self.cache is not None:
-                every_ts = np.concatenate([s.ts for s in batch.series])
-                lo, hi = int(every_ts.min()), int(every_ts.max())
-                self.cache.invalidate(tenant, batch.datasource, lo, hi)
-            await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
+            lo = min(int(s.ts.min()) for s in batch.series)
+            hi = max(int(s.ts.max()) for s in batch.series)
+            await self.after_write(tenant, batch.datasource, lo, hi, publish=event)
         return self._acknowledged(batch)
 
     def _acknowledged(self, batch: ValidatedBatch) -> pb.IngestMetricsResponse:

@@ -13,8 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from libs.errors import InvalidArgument
-from libs.storage.series import SeriesKey
-from libs.storage.store import AcceptedSeries
+from libs.storage import AcceptedSeries, SeriesKey
 from libs.timeparse import parse_time_ms
 from platformq.analytics.v1 import common_pb2, realtime_service_pb2
 

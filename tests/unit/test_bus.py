@@ -7,6 +7,7 @@ import pytest
 from libs.bus import InProcessBus
 from libs.cache import TtlCache
 from libs.storage.store import MetricStore, StoreConfig
+from libs.writes import AfterWrite
 from platformq.analytics.v1 import common_pb2, events_pb2, realtime_service_pb2
 from services.realtime.core import RealtimeCore
 
@@ -70,7 +71,7 @@ async def core(tmp_path):
     store = MetricStore(StoreConfig(tmp_path))
     store.open()
     bus = InProcessBus()
-    yield RealtimeCore(store, bus, TtlCache())
+    yield RealtimeCore(store, bus, AfterWrite(TtlCache(), bus))
     await store.close()
     await bus.close()
 

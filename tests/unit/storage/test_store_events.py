@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from libs.bus.events import build_event
 from libs.storage.series import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig, build_event
+from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 
 
 def _event(batch: int):
