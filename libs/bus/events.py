@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from libs.wire import varint, varints
 from platformq.analytics.v1 import common_pb2, events_pb2
 
 # Wire tags: (field number << 3) | wire type (2: length-delimited).
@@ -31,56 +32,6 @@ _SERIES_TIMESTAMPS = b"\x1a"  # Series.timestamps_ms = 3 (packed varints)
 _SERIES_VALUES = b"\x22"  # Series.values = 4 (packed doubles)
 SeriesColumns = tuple[bytes, np.ndarray, np.ndarray]
 """One series to encode: (its `series_header`, int64 timestamps, float64 values)."""
-_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # 7 bits per varint byte, at most 10 bytes
-
-
-_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
-"""The varints of 0 to 127 (every tag and most lengths of a series record)."""
-
-
-def varint(n: int) -> bytes:
-    """One unsigned varint (protobuf's base-128 integer)."""
-    if n < 0x80:
-        return _ONE_BYTE[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _varint_length(n: int) -> int:
-    return max(1, -(-n.bit_length() // 7))
-
-
-def varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The varint encoding of int64 `values` (negatives as their 64-bit two's complement, as
-    protobuf writes int64): (every byte, in order; how many bytes each value took)."""
-    v = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
-    if not len(v):
-        return np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64)
-    # The length only grows with the value: when the smallest and largest take as many bytes, all
-    # do (the usual case: timestamps of one era), and the bytes form a dense (n, width) matrix.
-    width = _varint_length(int(v.max()))
-    if _varint_length(int(v.min())) == width:
-        out = np.empty((len(v), width), dtype=np.uint8)
-        for k in range(width):
-            out[:, k] = (v >> _SHIFTS[k]).astype(np.uint8) | 0x80
-        out[:, -1] &= 0x7F
-        return out.reshape(-1), np.full(len(v), width, dtype=np.int64)
-    # A value takes one byte per started 7 bits: count the thresholds it reaches.
-    lengths = np.ones(len(v), dtype=np.int64)
-    for shift in _SHIFTS[1:width]:
-        lengths += v >= (np.uint64(1) << shift)
-    flat = np.empty(int(lengths.sum()), dtype=np.uint8)
-    starts = np.cumsum(lengths) - lengths
-    for k in range(width):
-        sel = np.flatnonzero(lengths > k)
-        byte = (v[sel] >> _SHIFTS[k]).astype(np.uint8) & 0x7F
-        byte[lengths[sel] > k + 1] |= 0x80
-        flat[starts[sel] + k] = byte
-    return flat, lengths
 
 
 def series_header(name: str, labels: Sequence[tuple[str, str]]) -> bytes:

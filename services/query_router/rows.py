@@ -15,21 +15,14 @@ from collections.abc import Iterable
 import numpy as np
 from google.protobuf import struct_pb2
 
+from libs.wire import varint, varint_size
+
 _DOUBLE = struct.Struct("<d")
 _NULL = b"\x08\x00"  # null_value (field 1, varint) = NULL_VALUE
 _TRUE, _FALSE = b"\x20\x01", b"\x20\x00"  # bool_value (field 4, varint)
 _ROWS_TAG = b"\x1a"  # QueryResponse.rows: field 3, length-delimited
 _VALUES_TAG = b"\x0a"  # ListValue.values: field 1, length-delimited
 _NUMBERS = {int, float}
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _value(cell: object) -> bytes:
@@ -43,7 +36,7 @@ def _value(cell: object) -> bytes:
         return b"\x11" + _DOUBLE.pack(float(cell))  # number_value: field 2, fixed64
     if isinstance(cell, str):
         data = cell.encode()
-        return b"\x1a" + _varint(len(data)) + data  # string_value: field 3
+        return b"\x1a" + varint(len(data)) + data  # string_value: field 3
     if isinstance(cell, dict):
         return struct_pb2.Value(struct_value={str(k): _plain(v) for k, v in cell.items()}).SerializeToString()
     if isinstance(cell, (list, tuple)):
@@ -69,7 +62,7 @@ def _encode_numeric(rows: list[tuple]) -> bytes:
     so the whole field is laid out with numpy at once."""
     matrix = np.asarray(rows, dtype=np.float64)
     n_rows, n_cols = matrix.shape
-    prefix = _ROWS_TAG + _varint(11 * n_cols)
+    prefix = _ROWS_TAG + varint(11 * n_cols)
     out = np.empty((n_rows, len(prefix) + 11 * n_cols), dtype=np.uint8)
     out[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
     cells = out[:, len(prefix) :].reshape(n_rows, n_cols, 11)
@@ -85,16 +78,12 @@ def encode_rows(rows: Iterable[tuple]) -> bytes:
         return _encode_numeric(rows)
     out = []
     for row in rows:
-        body = b"".join(_VALUES_TAG + _varint(len(v)) + v for v in map(_value, row))
-        out.append(_ROWS_TAG + _varint(len(body)) + body)
+        body = b"".join(_VALUES_TAG + varint(len(v)) + v for v in map(_value, row))
+        out.append(_ROWS_TAG + varint(len(body)) + body)
     return b"".join(out)
 
 
 _POINTS_TAG = 0x22  # SeriesResult.points: field 4, length-delimited
-
-
-def _varint_size(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
 
 
 def encode_points(ts: np.ndarray, values: np.ndarray) -> bytes:
@@ -103,12 +92,12 @@ def encode_points(ts: np.ndarray, values: np.ndarray) -> bytes:
     if not len(ts):
         return b""
     lo, hi = int(ts.min()), int(ts.max())
-    size = _varint_size(hi)
-    if lo < 0 or _varint_size(lo) != size:
+    size = varint_size(hi)
+    if lo < 0 or varint_size(lo) != size:
         # Timestamps of different varint sizes (or negative ones): the general, slower encoding.
         out = []
         for t, v in zip(ts.tolist(), values.tolist(), strict=True):
-            body = b"\x08" + _varint(t & 0xFFFFFFFFFFFFFFFF) + b"\x11" + _DOUBLE.pack(v)
+            body = b"\x08" + varint(t & 0xFFFFFFFFFFFFFFFF) + b"\x11" + _DOUBLE.pack(v)
             out.append(bytes([_POINTS_TAG, len(body)]) + body)
         return b"".join(out)
     # Every point is the same size: tag, length, 0x08, `size` varint bytes, 0x11, 8 double bytes.
@@ -130,7 +119,7 @@ def encode_point_runs(ts: np.ndarray, values: np.ndarray, runs: list[tuple[int, 
     every point has the same size (one numpy pass for a whole answer instead of one per series)."""
     whole = encode_points(ts, values)
     lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
-    if len(ts) and lo >= 0 and _varint_size(lo) == _varint_size(hi):
+    if len(ts) and lo >= 0 and varint_size(lo) == varint_size(hi):
         width = len(whole) // len(ts)
         return [whole[a * width : b * width] for a, b in runs]
     return [encode_points(ts[a:b], values[a:b]) for a, b in runs]
@@ -140,7 +129,7 @@ _SERIES_TAG = b"\x0a"  # QueryResponse.series: field 1, length-delimited
 
 
 def _field(tag: bytes, data: bytes) -> bytes:
-    return tag + _varint(len(data)) + data
+    return tag + varint(len(data)) + data
 
 
 def encode_series(metric: str, group: list[tuple[str, str]], aggregation: str, points: bytes) -> bytes:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from libs.bus.events import encode_event, series_header, varints
+from libs.bus.events import encode_event, series_header
+from libs.wire import varints
 from platformq.analytics.v1 import common_pb2, events_pb2
 
 
