@@ -9,14 +9,17 @@ The services use this package's public surface only (tests/unit/test_storage_sur
   directory DuckDB may read);
 - series lookup: `SeriesCatalog` (select, group, label values), `SeriesKey`, `series_id`;
 - segment readers: `MappedReader` (rollups and points maps by memory map), the rollup planning
-  helpers `cover`, `resolution_for`, `split_window`, `RESOLUTIONS`, `NEEDS`, and `Partials`.
+  helpers `cover`, `resolution_for`, `split_window`, `RESOLUTIONS`, `POINTS`,
+  `ROLLUP_AGGREGATIONS`, `NEEDS`, and `Partials`.
 
 Everything else (WAL, hot tier, segment writing, keys) is the store's own.
 """
 
 from libs.storage.rollups import (
     NEEDS,
+    POINTS,
     RESOLUTIONS,
+    ROLLUP_AGGREGATIONS,
     MappedReader,
     Partials,
     cover,
@@ -30,7 +33,9 @@ from libs.storage.store import DEFAULT_TENANT, AcceptedSeries, MetricStore, Snap
 __all__ = [
     "DEFAULT_TENANT",
     "NEEDS",
+    "POINTS",
     "RESOLUTIONS",
+    "ROLLUP_AGGREGATIONS",
     "AcceptedSeries",
     "MappedReader",
     "MetricStore",

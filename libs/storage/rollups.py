@@ -98,6 +98,10 @@ def resolution_for(step_ms: int | None, aggregation: str, calendar: str | None) 
     return None
 
 
+POINTS = "points"
+"""The pseudo-resolution of a read of raw points from the points maps only (no rollup)."""
+
+
 def split_window(start: int, end: int, resolution: str) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     """[start, end) as the span of whole rollup buckets and the (at most two) cut ends around it."""
     width = RESOLUTIONS[resolution]
@@ -111,7 +115,9 @@ def cover(start: int, end: int, resolution: str) -> list[tuple[str | None, int, 
     """[start, end) as pieces (resolution, from, to): whole buckets of `resolution` in the middle,
     whole buckets of each finer resolution towards the ends, and raw points (None) for what no
     rollup bucket covers whole. A 23-hour window off the hour reads 1-hour rows, 1-minute rows for
-    the two cut hours and raw points only for the two cut minutes."""
+    the two cut hours and raw points only for the two cut minutes. POINTS: raw points throughout."""
+    if resolution == POINTS:
+        return [(None, start, end)]
     names = list(RESOLUTIONS)
     pending = [(start, end)]
     pieces: list[tuple[str | None, int, int]] = []

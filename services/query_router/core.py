@@ -126,7 +126,13 @@ class QueryRouter:
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
         aggregation = "last" if spec.aggregation == RAW else spec.aggregation
-        the_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot, spec.aggregation)
+        the_plan = plan(
+            "auto" if spec.mode == "cache" else spec.mode,
+            window,
+            snapshot,
+            spec.aggregation,
+            groups.selection.num_rows,
+        )
         trace.engines = {f.engine for f in the_plan.fragments}
         results = await self._run(the_plan, groups.selection, aggregation, window.bucketing, deadline)
         if spec.aggregation == RAW:
@@ -161,8 +167,15 @@ class QueryRouter:
                 )
             )
         snapshot = self._snapshot(tenant, spec.datasource)
+        # The selection too: how many series a query reads decides between points maps and DuckDB.
+        group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
+        groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
         the_plan = plan(
-            "auto" if spec.mode == "cache" else spec.mode, self._window(spec), snapshot, spec.aggregation
+            "auto" if spec.mode == "cache" else spec.mode,
+            self._window(spec),
+            snapshot,
+            spec.aggregation,
+            groups.selection.num_rows,
         )
         return pb.ExplainResponse(plan=_plan_message(the_plan))
 
@@ -198,7 +211,13 @@ class QueryRouter:
                 names_by_kind.setdefault(kind, {}).setdefault(metric, []).append(name)
             for kind, names in names_by_kind.items():
                 groups = self._groups(snapshot, tuple(names), spec.filters, spec.dimensions, 0)
-                last_plan = plan("auto" if spec.mode == "cache" else spec.mode, window, snapshot, kind)
+                last_plan = plan(
+                    "auto" if spec.mode == "cache" else spec.mode,
+                    window,
+                    snapshot,
+                    kind,
+                    groups.selection.num_rows,
+                )
                 trace.engines |= {f.engine for f in last_plan.fragments}
                 results = await self._run(last_plan, groups.selection, kind, bucketing)
                 all_results += results

@@ -14,12 +14,25 @@ import math
 from dataclasses import dataclass
 
 from libs.errors import InvalidArgument
-from libs.storage import Snapshot, cover, resolution_for, split_window
+from libs.storage import (
+    POINTS,
+    RESOLUTIONS,
+    ROLLUP_AGGREGATIONS,
+    Snapshot,
+    cover,
+    resolution_for,
+    split_window,
+)
 from libs.timeparse import round_step_ms
 from services.query_router.engine import Bucketing, Fragment
 
 DEFAULT_LOOKBACK_MS = 3_600_000
 TARGET_POINTS = 300
+# A mergeable query no rollup fits reads the points maps (numpy) instead of Parquet (DuckDB, which
+# uses every core but pays milliseconds to start) when its series hold at most this many points,
+# counted at one point every ASSUMED_INTERVAL_MS (Prometheus' usual scrape interval).
+POINTS_READ_MAX = 1_000_000
+ASSUMED_INTERVAL_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -89,13 +102,34 @@ def _aligned_down(ts: int, bucketing: Bucketing) -> int | None:
     return (ts // bucketing.step_ms) * bucketing.step_ms
 
 
-def plan(mode: str, window: Window, snapshot: Snapshot, aggregation: str | None = None) -> Plan:
+def plan(
+    mode: str, window: Window, snapshot: Snapshot, aggregation: str | None = None, n_series: int | None = None
+) -> Plan:
     """Split the window into fragments according to the mode and where the points are, and read
-    the segments' rollups instead of raw points where they answer the aggregation exactly."""
-    rollup = resolution_for(window.bucketing.step_ms, aggregation or "", window.bucketing.calendar)
+    the segments' rollups instead of raw points where they answer the aggregation exactly. A
+    mergeable aggregation no rollup fits (a step of seconds, say) over few points (`n_series`
+    selected, at most POINTS_READ_MAX points at one every ASSUMED_INTERVAL_MS) reads the segments'
+    points maps and aggregates them here instead of scanning Parquet with DuckDB."""
+    bucketing = window.bucketing
+    rollup = resolution_for(bucketing.step_ms, aggregation or "", bucketing.calendar)
+    if (
+        rollup is None
+        and n_series is not None
+        and aggregation in ROLLUP_AGGREGATIONS
+        and bucketing.calendar is None
+        and n_series * ((window.end - window.start) // ASSUMED_INTERVAL_MS + 1) <= POINTS_READ_MAX
+    ):
+        rollup = POINTS
     the_plan = _split(mode, window, snapshot, rollup)
     if rollup is None:
         return the_plan
+    if rollup == POINTS:
+        return Plan(
+            the_plan.mode,
+            f"{the_plan.reason}; segments read from their points maps (a few series: raw points aggregated "
+            "without DuckDB)",
+            tuple(dataclasses.replace(f, rollup=rollup) for f in the_plan.fragments),
+        )
     names = {"1h": "1-hour", "1m": "1-minute"}
     pieces = cover(window.start, window.end, rollup)
     finer = [names[r] for r in dict.fromkeys(r for r, _, _ in pieces) if r is not None and r != rollup]
@@ -114,7 +148,7 @@ def _split(mode: str, window: Window, snapshot: Snapshot, rollup: str | None) ->
     start, end = window.start, window.end
     # Downsampled segments (raw points past retention) hold rollups only, so they serve only
     # windows no rollup bucket of which is cut (the cut ends need raw points).
-    whole = rollup is not None and not split_window(start, end, rollup)[1]
+    whole = rollup in RESOLUTIONS and not split_window(start, end, rollup)[1]
     candidates = snapshot.segments + (snapshot.downsampled if whole else ())
     segments = tuple(s for s in candidates if s.max_ts >= start and s.min_ts < end)
     hot_in_range = (

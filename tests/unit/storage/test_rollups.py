@@ -340,3 +340,35 @@ async def test_many_series_and_sparse_buckets_answer_as_the_raw_path(tmp_path, a
     monkeypatch.setattr(engine_module, "DENSE_KEYS_PER_ROW", 0)
     _assert_same(_rows(engine.run(fragment, selection, aggregation, window.bucketing).table), raw)
     await store.close()
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+async def test_few_series_at_a_step_no_rollup_fits_read_the_points_maps_with_the_same_numbers(
+    tmp_path, aggregation
+):
+    store = await _loaded(tmp_path)
+    engine = QueryEngine(store.segments_root)
+    selection = _selection(store)
+    snapshot = store.snapshot("default", "ds")
+    for start, end, step in [
+        (T0, T0 + 7 * HOUR, 10_000),
+        (T0 + 1_234, T0 + 6 * HOUR + 5_678, 7_000),
+        (T0, T0 + 3 * HOUR, 90_000),
+    ]:
+        window = resolve_window(None, start, end, step, T0 + DAY, 100_000)
+        for mode in ("batch", "auto"):
+            the_plan = plan(mode, window, snapshot, aggregation, selection.num_rows)
+            assert all(f.rollup == "points" for f in the_plan.fragments) and "points maps" in the_plan.reason
+            for fragment in the_plan.fragments:
+                mapped = engine.run(fragment, selection, aggregation, window.bucketing)
+                raw = engine.run(
+                    dataclasses.replace(fragment, rollup=None), selection, aggregation, window.bucketing
+                )
+                _assert_same(_rows(mapped.table), _rows(raw.table))
+    # Many series (or no count of them, as before the selection is known) keep DuckDB.
+    window = resolve_window(None, T0, T0 + 7 * HOUR, 10_000, T0 + DAY, 100_000)
+    assert all(f.rollup is None for f in plan("batch", window, snapshot, aggregation, 10_000).fragments)
+    assert all(f.rollup is None for f in plan("batch", window, snapshot, aggregation).fragments)
+    # Percentiles are not mergeable: raw points through DuckDB at any size.
+    assert all(f.rollup is None for f in plan("batch", window, snapshot, "p99", 1).fragments)
+    await store.close()
