@@ -163,6 +163,9 @@ async def run_ours(ds: tsbs_data.Dataset, work: Path, instances: dict[str, list]
                 out["queries"][name] = lat.p50_ms if lat else None
                 say(f"ours: {name}: p50 {out['queries'][name] or 0:.1f} ms")
         out["rss_after_queries_mib"] = _mib(proc_status_kib(service.pid, "VmRSS"))
+        # Of which file pages: the memory-mapped rollups and points maps the queries touched (page
+        # cache the kernel can drop), apart from the process's own (anonymous) memory.
+        out["rss_file_after_queries_mib"] = _mib(proc_status_kib(service.pid, "RssFile"))
     finally:
         service.stop()
     return out
@@ -281,7 +284,8 @@ def render(r: dict[str, Any]) -> str:
             f"{_n(v.get('ingest_points_per_s'))} | {_n(o.get('bytes_per_point'), '.2f')} "
             f"({_n(o.get('dir_bytes_per_point'), '.2f')}) / "
             f"{_n(v.get('bytes_per_point'), '.2f')} | {_n(o.get('rss_after_ingest_mib'))} / "
-            f"{_n(v.get('rss_after_ingest_mib'))} | {_n(o.get('rss_after_queries_mib'))} / "
+            f"{_n(v.get('rss_after_ingest_mib'))} | {_n(o.get('rss_after_queries_mib'))} "
+            f"(mapped files {_n(o.get('rss_file_after_queries_mib'))}) / "
             f"{_n(v.get('rss_after_queries_mib'))} | "
             f"{', '.join(f'{n} {k}' for k, n in (o.get('points_files') or {}).items()) or '-'} "
             f"({_n(o.get('settle_seconds'))}) |"
