@@ -413,14 +413,14 @@ class SeriesCatalog:
         (none with `counts`) plus one lookup per distinct series."""
         if len(series_ids) == 0:
             return {}
+        if len(self._metrics.names) == 1:
+            # One metric owns every series: no need to look at the ids.
+            return {self._metrics.names[0]: len(series_ids) if counts is None else int(counts.sum())}
         if counts is None:
             counted = pc.value_counts(series_ids).flatten()
             ids, counts = counted[0].to_numpy(zero_copy_only=False), counted[1].to_numpy()
         else:
             ids = np.asarray(series_ids)
-        if len(self._metrics.names) == 1:
-            # One metric owns every series: no need to look at the ids.
-            return {self._metrics.names[0]: int(counts.sum())}
         rows = self.rows_of(ids)
         known = rows >= 0  # every id is known; a stray one is left out rather than misfiled
         codes = self._metric_col.data[rows[known]]
