@@ -1,4 +1,4 @@
-"""Helpers shared by the test suites: free ports, polling, process trees."""
+"""Helpers shared by the test suites: free ports, polling, process trees, a quiet store."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from libs.storage import MetricStore, StoreConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,3 +79,12 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def opened_store(data_dir: Path, **knobs: object) -> MetricStore:
+    """An opened MetricStore in `data_dir` that flushes only when told (no size or age trigger)
+    and skips fsync; `knobs` override any StoreConfig field."""
+    config = {"hot_flush_points": 10**9, "hot_flush_seconds": 3600.0, "wal_fsync": False}
+    store = MetricStore(StoreConfig(data_dir=data_dir, **{**config, **knobs}))
+    store.open()
+    return store

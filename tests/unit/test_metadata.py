@@ -9,27 +9,17 @@ import numpy as np
 
 from libs.cache import TtlCache
 from libs.storage.series import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from libs.storage.store import AcceptedSeries, MetricStore
 from libs.timeparse import format_time_ms
 from services.query_router.core import Limits, QueryRouter
+from tests.helpers import opened_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SECOND = 1_000
 
 
 def _opened(data_dir: Path) -> MetricStore:
-    store = MetricStore(
-        StoreConfig(
-            data_dir=data_dir,
-            hot_flush_points=10**9,
-            hot_flush_seconds=3600.0,
-            compact_min_files=2,
-            wal_fsync=False,
-            default_retention_days=10**6,
-        )
-    )
-    store.open()
-    return store
+    return opened_store(data_dir, compact_min_files=2, default_retention_days=10**6)
 
 
 def _series(metric: str, labels: dict[str, str], first: int, n: int) -> AcceptedSeries:

@@ -11,9 +11,10 @@ import pytest
 from libs.cache import TtlCache
 from libs.errors import InvalidArgument
 from libs.storage.series import SeriesKey, series_id
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from libs.storage.store import AcceptedSeries
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import LabelMatch
+from tests.helpers import opened_store
 
 METRICS = ("m0", "m1", "m2")
 LABELS = {"sim": [f"s{i}" for i in range(40)], "svc": [f"v{i}" for i in range(6)], "zone": ["a", "b", "c"]}
@@ -21,10 +22,7 @@ LABELS = {"sim": [f"s{i}" for i in range(40)], "svc": [f"v{i}" for i in range(6)
 
 @pytest.fixture
 async def store(tmp_path):
-    store = MetricStore(
-        StoreConfig(data_dir=tmp_path, hot_flush_points=10**9, hot_flush_seconds=3600.0, wal_fsync=False)
-    )
-    store.open()
+    store = opened_store(tmp_path)
     yield store
     await store.close()
 

@@ -10,12 +10,13 @@ import pytest
 
 from libs.cache import TtlCache
 from libs.storage.series import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.planner import resolve_window
 from services.query_router.spec import query_from_proto, timeseries_from_proto
+from tests.helpers import opened_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
@@ -37,10 +38,7 @@ def test_an_explicit_window_is_kept_as_given():
 
 @pytest.fixture
 async def store(tmp_path):
-    store = MetricStore(
-        StoreConfig(data_dir=tmp_path, hot_flush_points=10**9, hot_flush_seconds=3600.0, wal_fsync=False)
-    )
-    store.open()
+    store = opened_store(tmp_path)
     yield store
     await store.close()
 

@@ -15,6 +15,7 @@ from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import query_from_proto
+from tests.helpers import opened_store
 
 MONDAY = 1_767_571_200_000  # 2026-01-05T00:00:00Z, a Monday
 DAY = 86_400_000
@@ -22,20 +23,13 @@ HOUR = 3_600_000
 
 
 def _opened(data_dir: Path) -> MetricStore:
-    store = MetricStore(
-        StoreConfig(
-            data_dir=data_dir,
-            hot_flush_points=10**9,
-            hot_flush_seconds=3600.0,
-            wal_fsync=False,
-            compact_min_files=100,
-            week_merge_quiet_seconds=0.0,
-            retention_days={"short": 7.0},
-            default_retention_days=90.0,
-        )
+    return opened_store(
+        data_dir,
+        compact_min_files=100,
+        week_merge_quiet_seconds=0.0,
+        retention_days={"short": 7.0},
+        default_retention_days=90.0,
     )
-    store.open()
-    return store
 
 
 async def _answers(store: MetricStore, datasource: str) -> list[tuple[str, int, float]]:

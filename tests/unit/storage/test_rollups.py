@@ -15,7 +15,7 @@ import pytest
 
 from libs.cache import TtlCache
 from libs.storage.series import SeriesKey, series_id
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from libs.storage.store import AcceptedSeries, MetricStore
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router import engine as engine_module
@@ -23,6 +23,7 @@ from services.query_router.core import Limits, QueryRouter
 from services.query_router.engine import QueryEngine
 from services.query_router.planner import plan, resolve_window
 from services.query_router.spec import query_from_proto
+from tests.helpers import opened_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
@@ -32,15 +33,7 @@ AGGREGATIONS = ["avg", "sum", "min", "max", "count", "last"]
 
 
 def _opened(data_dir: Path, **knobs: object) -> MetricStore:
-    config = {
-        "hot_flush_points": 10**9,
-        "hot_flush_seconds": 3600.0,
-        "wal_fsync": False,
-        "compact_min_files": 100,
-    }
-    store = MetricStore(StoreConfig(data_dir=data_dir, **{**config, **knobs}))
-    store.open()
-    return store
+    return opened_store(data_dir, **{"compact_min_files": 100, **knobs})
 
 
 def _batch(rng: np.random.Generator, start: int, end: int, hosts: int = 4) -> list[AcceptedSeries]:
