@@ -23,7 +23,7 @@ import numpy as np
 from grpc import aio
 
 from benchmarks.procs import free_port
-from benchmarks.report import write_docs_section
+from benchmarks.report import add_docs_flag, publish
 from libs.bus import Envelope, InProcessBus
 from libs.config import SERVICE_NAMES, load_settings
 from libs.timeparse import format_time_ms
@@ -40,7 +40,6 @@ from services.ml.history import HistoryClient
 from services.ml.stream import StreamConfig, StreamScorer
 from services.runner import start_services
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Anomaly detection speed"
 STEP_MS = 10_000
 SERIES = 1000
@@ -257,14 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.anomaly_speed", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
-    )
+    add_docs_flag(parser)
     args = parser.parse_args(argv)
-    section = render(asyncio.run(run()))
-    print(section)
-    if args.docs:
-        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+    publish(SECTION, render(asyncio.run(run())), args.docs)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import subprocess
 import time
@@ -39,15 +37,13 @@ import aiohttp
 from benchmarks import victoria
 from benchmarks.procs import (
     DATA_DIR,
-    REPO_ROOT,
-    RESULTS_DIR,
     Latency,
     free_port,
     launch_stack,
     log_tail,
     proc_status_kib,
 )
-from benchmarks.report import write_docs_section
+from benchmarks.report import add_docs_flag, machine, publish
 
 SECTION = "## High cardinality and churn"
 DATASOURCE = "bench_churn"
@@ -485,7 +481,7 @@ async def _run(sizes: list[int], skip_vm: bool) -> dict[str, Any]:
         rows.append(row)
     return {
         "rows": rows,
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "machine": machine(),
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "victoria_metrics": victoria.version(),
     }
@@ -495,18 +491,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="20000,200000,1000000", help="comma-separated N")
     parser.add_argument("--skip-vm", action="store_true", help="ours only")
-    parser.add_argument(
-        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
-    )
+    add_docs_flag(parser)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.series.split(",") if s]
     results = asyncio.run(_run(sizes, args.skip_vm))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "churn.json").write_text(json.dumps(results, indent=2))
-    section = render(results)
-    print(section)
-    if args.docs:
-        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+    publish(SECTION, render(results), args.docs, results, "churn")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks import tsbs_data
 from benchmarks.ours import build_ingest_plan
 from benchmarks.procs import free_port, mib, proc_status_kib
-from benchmarks.report import write_docs_section
+from benchmarks.report import add_docs_flag, publish
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from services.pulsar_standalone import PulsarStandalone
@@ -264,14 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.distributed", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--hours", type=float, default=6.0, help="hours of the TSBS set to load (default 6)")
-    parser.add_argument(
-        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
-    )
+    add_docs_flag(parser)
     args = parser.parse_args(argv)
-    section = render(asyncio.run(run(args.hours)))
-    print(section)
-    if args.docs:
-        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+    publish(SECTION, render(asyncio.run(run(args.hours))), args.docs)
 
 
 if __name__ == "__main__":

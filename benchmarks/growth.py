@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,8 +30,8 @@ import pyarrow.parquet as pq
 
 from benchmarks import tsbs_data, victoria
 from benchmarks.ours import OurQuerier, OurService, build_ingest_plan, ingest
-from benchmarks.procs import DATA_DIR, REPO_ROOT, RESULTS_DIR, Latency, proc_status_kib
-from benchmarks.report import write_docs_section
+from benchmarks.procs import DATA_DIR, Latency, proc_status_kib
+from benchmarks.report import add_docs_flag, machine, publish
 from benchmarks.tsbs_queries import QUERY_TYPES, VM_UNSUPPORTED, make_instances, ours_request, promql
 from libs.storage.store import WEEK_MERGE_MAX_POINTS
 
@@ -345,7 +343,7 @@ async def _run(days: list[float], scale: int, n_instances: int, skip_vm: bool, s
         "rows": rows,
         "scale": scale,
         "instances": n_instances,
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "machine": machine(),
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "victoria_metrics": victoria.version(),
     }
@@ -359,18 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=10, help="uncached instances per query type")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--skip-vm", action="store_true", help="ours only")
-    parser.add_argument(
-        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
-    )
+    add_docs_flag(parser)
     args = parser.parse_args(argv)
     days = [float(d) for d in args.days.split(",") if d]
     results = asyncio.run(_run(days, args.scale, args.instances, args.skip_vm, args.seed))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "growth.json").write_text(json.dumps(results, indent=2, default=str))
-    section = render(results)
-    print(section)
-    if args.docs:
-        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+    publish(SECTION, render(results), args.docs, results, "growth")
 
 
 if __name__ == "__main__":

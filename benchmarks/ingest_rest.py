@@ -47,9 +47,8 @@ from benchmarks.procs import (
     stop_process,
     tree_rss_kib,
 )
-from benchmarks.report import write_docs_section
+from benchmarks.report import add_docs_flag, publish
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## REST ingest"
 DATASOURCE = "bench_rest"
 FIELDS = ("usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowait")
@@ -555,18 +554,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-vm", action="store_true", help="leave VictoriaMetrics out")
     parser.add_argument("--quick", action="store_true", help="100,000 points in 40 bodies")
-    parser.add_argument(
-        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
-    )
+    add_docs_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.points, args.bodies = 100_000, 40
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     result = asyncio.run(run(args.points, args.bodies, args.connections, forms, not args.skip_vm))
-    section = render(result)
-    print(section)
-    if args.docs:
-        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+    publish(SECTION, render(result), args.docs)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -397,3 +401,32 @@ def write_docs_section(docs: Path, heading: str, section: str) -> None:
     text = docs.read_text() if docs.exists() else ""
     text = re.sub(rf"\n{re.escape(heading)}.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
     docs.write_text(text + "\n\n" + section)
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """ "<processor>, <n> cores" of this machine, for a report's header."""
+    return f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+
+
+def add_docs_flag(parser: argparse.ArgumentParser) -> None:
+    """The --docs option every benchmark takes."""
+    parser.add_argument(
+        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
+    )
+
+
+def publish(
+    heading: str, section: str, docs: bool, results: dict[str, Any] | None = None, name: str = ""
+) -> None:
+    """Print a benchmark's section; keep its raw results as benchmarks/results/<name>.json when
+    given; with `docs`, put the section into docs/benchmarks.md."""
+    if results is not None:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
+    print(section)
+    if docs:
+        write_docs_section(DOCS, heading, section)

@@ -40,9 +40,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.procs import Latency, launch_stack, log_tail, mib, stop_process, tree_rss_kib
-from benchmarks.report import write_docs_section
+from benchmarks.report import add_docs_flag, publish
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Live streams"
 DATASOURCE = "bench_streams"
 METRIC = "stream_load"
@@ -441,17 +440,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=20_000, help="points per second")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument(
-        "--docs", action="store_true", help="add (or replace) the section in docs/benchmarks.md"
-    )
+    add_docs_flag(parser)
     args = parser.parse_args(argv)
     results = asyncio.run(_run(args.clients, args.rate, args.seconds))
-    (REPO_ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (REPO_ROOT / "benchmarks" / "results" / "streams.json").write_text(json.dumps(results, indent=2))
-    section = render(results)
-    print(section)
-    if args.docs:
-        write_docs_section(REPO_ROOT / "docs" / "benchmarks.md", SECTION, section)
+    publish(SECTION, render(results), args.docs, results, "streams")
 
 
 if __name__ == "__main__":
