@@ -40,8 +40,8 @@ from benchmarks.procs import (
     Latency,
     free_port,
     launch_stack,
-    log_tail,
     proc_status_kib,
+    wait_http_ok,
 )
 from benchmarks.report import add_docs_flag, machine, publish
 
@@ -185,19 +185,7 @@ class Stack:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc, _ = launch_stack(self.data_dir, self.log, self.port, ANOMALY_STREAM="0")
-        deadline = time.monotonic() + 120
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the stack exited: {log_tail(self.log)}")
-                try:
-                    async with session.get(f"{self.base}/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"the stack did not become healthy: {log_tail(self.log)}")
+        await asyncio.to_thread(wait_http_ok, f"{self.base}/health", self.proc, self.log, "the stack", 120)
 
     def services_pid(self) -> int:
         """The Python process serving the four services (the launcher's non-Envoy child)."""

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,13 @@ import numpy as np
 
 from benchmarks import victoria
 from benchmarks.procs import (
+    NotReady,
     launch_stack,
-    log_tail,
     mib,
     proc_status_kib,
     stop_process,
     tree_rss_kib,
+    wait_http_ok,
 )
 from benchmarks.report import add_docs_flag, publish
 
@@ -330,25 +330,12 @@ def _start_stack_once(data_dir: Path) -> tuple[subprocess.Popen, str, Path]:
         SELF_METRICS_INTERVAL_SECONDS="0",
     )
     base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the stack exited: {_service_log_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=1) as reply:
-                if reply.status == 200:
-                    return process, base, log
-        except OSError:
-            pass
-        time.sleep(0.2)
-    stop_process(process, 10)
-    raise RuntimeError(f"the stack did not become healthy: {_service_log_tail(log)}")
-
-
-def _service_log_tail(log: Path, lines: int = 20) -> str:
-    """The last lines of the stack's log without Envoy's access log (the health polls)."""
-    text = log_tail(log, 2000).splitlines()
-    return "\n".join([line for line in text if "envoy.access" not in line][-lines:])
+    try:
+        wait_http_ok(f"{base}/health", process, log, "the stack")
+    except NotReady:
+        stop_process(process, 10)
+        raise
+    return process, base, log
 
 
 async def load_ours(form: str, bodies: list[bytes], points: int, connections: int, work: Path) -> Load:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,11 +156,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float, sig: int = sig
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file, for error messages."""
+    """The last lines of a log file, for error messages, without Envoy's access log (a stack's
+    health polls would fill it)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return "(no log)"
+    return "\n".join([line for line in text if "envoy.access" not in line][-lines:])
 
 
 def launch_stack(
@@ -188,3 +191,24 @@ def launch_stack(
         start_new_session=True,
     )
     return process, env
+
+
+class NotReady(RuntimeError, TimeoutError):
+    """A server under test exited, or did not answer its health check in time."""
+
+
+def wait_http_ok(url: str, process: subprocess.Popen, log: Path, what: str, timeout_s: float = 90.0) -> None:
+    """Poll `url` until it answers 200 while `process` runs; NotReady (with the log's tail) when the
+    process exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NotReady(f"{what} exited: {log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise NotReady(f"{what} did not become healthy in {timeout_s:g} s: {log_tail(log)}")

@@ -39,7 +39,15 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.procs import Latency, launch_stack, log_tail, mib, stop_process, tree_rss_kib
+from benchmarks.procs import (
+    Latency,
+    launch_stack,
+    log_tail,
+    mib,
+    stop_process,
+    tree_rss_kib,
+    wait_http_ok,
+)
 from benchmarks.report import add_docs_flag, publish
 
 SECTION = "## Live streams"
@@ -71,21 +79,6 @@ class PhaseResult:
     server_p99_ms: float | None
 
 
-def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the stack exited: {log_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the stack did not become healthy: {log_tail(log)}")
-
-
 def _start_stack(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str], Path]:
     log = data_dir / "stack.log"
     process, env = launch_stack(
@@ -96,7 +89,7 @@ def _start_stack(data_dir: Path) -> tuple[subprocess.Popen, dict[str, str], Path
         WS_CLIENT_QUEUE_FRAMES=str(SLOW_QUEUE_FRAMES),
         WS_CLIENT_MAX_LAG_SECONDS=str(SLOW_MAX_LAG_SECONDS),
     )
-    _wait_healthy(int(env["GATEWAY_PORT"]), process, log)
+    wait_http_ok(f"http://127.0.0.1:{env['GATEWAY_PORT']}/health", process, log, "the stack")
     return process, env, log
 
 

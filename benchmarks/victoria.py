@@ -13,7 +13,13 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from benchmarks.procs import LOOPBACK, free_port, log_tail, proc_status_kib, stop_process
+from benchmarks.procs import (
+    LOOPBACK,
+    free_port,
+    proc_status_kib,
+    stop_process,
+    wait_http_ok,
+)
 from benchmarks.tsbs_data import Dataset
 
 BINARY_NAME = "victoria-metrics"
@@ -99,19 +105,10 @@ class VictoriaMetrics:
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Poll /health until it answers OK."""
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"victoria-metrics exited:\n{log_tail(self.log_path)}")
-                try:
-                    async with session.get(f"{self.url}/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"victoria-metrics not ready after {timeout_s}s:\n{log_tail(self.log_path)}")
+        assert self.proc is not None, "start() first"
+        await asyncio.to_thread(
+            wait_http_ok, f"{self.url}/health", self.proc, self.log_path, "victoria-metrics", timeout_s
+        )
 
     def hwm_kib(self) -> int | None:
         """VmHWM of the server process."""
