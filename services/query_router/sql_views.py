@@ -116,13 +116,14 @@ class TenantDatabases:
         new one. Idle cursors over other data, or idle for IDLE_VIEWS_SECONDS, are closed (they
         hold their snapshots' hot tables)."""
         now = time.monotonic()
+        state = _state(live)
         stale = []
         with self._lock:
             found = None
             for key, idle in self._idle.items():
                 keep = []
                 for since, views in idle:
-                    if found is None and key == tenant and views.matches(live, struct_labels):
+                    if found is None and key == tenant and views.matches(state, struct_labels):
                         found = views
                     elif key == tenant or now - since > IDLE_VIEWS_SECONDS:
                         stale.append(views)
@@ -131,7 +132,7 @@ class TenantDatabases:
                 idle[:] = keep
         for views in stale:
             views.con.close()
-        return found or _Views(self.of(tenant).cursor(), live, struct_labels)
+        return found or _Views(self.of(tenant).cursor(), live, struct_labels, state)
 
     def release(self, tenant: str, views: _Views, reusable: bool) -> None:
         """Give back a cursor from `views`: kept for the next query when `reusable`, else closed."""
@@ -200,18 +201,19 @@ def _run(
 
 @dataclass
 class _Views:
-    """A cursor of a tenant's database with TEMP views over one state of its data (`key`: the
-    snapshots' segments, hot tables and catalog sizes). Kept for the next query while that state
-    lasts: a query over data that has not changed skips registering and binding the views."""
+    """A cursor of a tenant's database with TEMP views over one state of its data (`state`: the
+    snapshots' segments, hot tables and catalog sizes, see `_state`). Kept for the next query while
+    that state lasts: a query over data that has not changed skips registering and binding the views."""
 
     con: duckdb.DuckDBPyConnection
     live: dict[str, Snapshot]
     struct_labels: bool
+    state: tuple
     built: set[str] = field(default_factory=set)
 
-    def matches(self, live: dict[str, Snapshot], struct_labels: bool) -> bool:
-        """True when the views show exactly `live` (same files, same hot tables, same series)."""
-        return struct_labels == self.struct_labels and _state(live) == _state(self.live)
+    def matches(self, state: tuple, struct_labels: bool) -> bool:
+        """True when the views show exactly the data of `state` (same files, hot tables, series)."""
+        return struct_labels == self.struct_labels and state == self.state
 
     def provide(self, databases: TenantDatabases, tenant: str, wanted: frozenset[str]) -> None:
         """Create the views of `wanted` this cursor does not have yet."""
