@@ -498,11 +498,11 @@ class MetricStore:
         for (tenant, datasource, _), segs in days.items():
             if len(segs) >= self.config.compact_min_files:
                 await self._compact(tenant, datasource, segs, weekly=False)
+        live = set(self.segments.segments)  # a day merge above may have replaced some of them
         for (tenant, datasource, _), segs in weeks.items():
-            live = [s for s in segs if s in self.segments.segments]  # a day merge may have replaced some
             if (
                 len({s.day for s in segs}) >= 2  # one day's files follow the day rule above
-                and len(live) == len(segs)
+                and live.issuperset(segs)
                 and sum(s.rows for s in segs) <= WEEK_MERGE_MAX_POINTS
                 and self._quiet(segs)
             ):
