@@ -1,13 +1,17 @@
-"""Runs plan fragments with DuckDB over the hot tier (Arrow in memory) and Parquet segments.
+"""Runs plan fragments: vectorised numpy reads of the segments' memory-mapped files where the
+planner allows, DuckDB over the hot tier (Arrow in memory) and the Parquet segments otherwise.
 
-Every fragment runs the same SQL shape, whatever its sources, so every path gives the same
+A fragment the planner gave a rollup resolution ("1h", "1m") does not use DuckDB: it slices the
+segments' memory-mapped rollup files, takes the raw points of the rollup buckets the window cuts
+at its ends from the segments' points maps, and the hot tier's raw points as one-point partials,
+then merges the partial aggregates per group and bucket with numpy (libs/storage/rollups.py).
+A "points" fragment (few series at a step no rollup fits) does the same from the points maps
+alone. Either keeps the tier's engine name ("duckdb" for segments, "hot"); the plan's reason
+names what was read. Small ones run on the caller's thread (`runs_inline`).
+
+Every other fragment runs the same SQL shape, whatever its sources, so every path gives the same
 numbers: the points of the selected series in [start, end), joined to their group, bucketed by
-floor(ts / step) * step, aggregated. A fragment the planner gave a rollup resolution does not use
-DuckDB: it slices the segments' memory-mapped rollup files (and the hot tier's raw points, as
-one-point partials; the raw points of rollup buckets the window cuts at its ends come from the
-segments' memory-mapped points maps) and merges the partial aggregates per group and bucket with numpy
-(libs/storage/rollups.py); its engine keeps the tier's name ("duckdb" for segments, "hot"), and
-the plan's reason names the rollup. SQL text is built only from our own values (file paths we
+floor(ts / step) * step, aggregated. SQL text is built only from our own values (file paths we
 wrote, series ids from the catalog, aggregation names from a fixed table); request values are
 bound parameters.
 """

@@ -5,6 +5,10 @@ Auto (and realtime) read the hot tier only where it has points: a range that sta
 hot tier's oldest point is split at that point (aligned down to the step, so no bucket straddles
 two fragments) into a cold fragment (segments only) and a hot fragment (hot tier plus any
 segments in the same span), run in parallel and concatenated. Batch reads everything in one pass.
+
+Every fragment also says how its segments are read: from their 1-hour or 1-minute rollups where
+those answer the aggregation exactly, from their points maps for a mergeable aggregation over few
+series at any other step, else raw points through DuckDB (`plan`).
 """
 
 from __future__ import annotations
