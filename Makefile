@@ -8,7 +8,7 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up up-distributed pulsar-deps prometheus-deps test install gen lint format bench clean mlflow-ui
+.PHONY: up up-distributed pulsar-deps prometheus-deps browser-deps test install gen lint format bench clean mlflow-ui
 
 up: gen
 	exec $(BIN)/analytics up
@@ -33,7 +33,12 @@ prometheus-deps:
 mlflow-ui: $(STAMP)
 	exec scripts/mlflow-server
 
-test: gen lint pulsar-deps prometheus-deps
+# Debian's chromium for the web console's browser tests (Playwright drives it headless; no browser
+# download). Installing it needs root, as CI has; see scripts/browser-deps.
+browser-deps:
+	scripts/browser-deps >/dev/null
+
+test: gen lint pulsar-deps prometheus-deps browser-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 $(BIN)/python:

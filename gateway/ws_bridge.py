@@ -1,4 +1,5 @@
-"""The WebSocket bridge behind Envoy: /api/v1/ws/{stream_type}/{stream_id} and GET /health.
+"""The WebSocket bridge behind Envoy: /api/v1/ws/{stream_type}/{stream_id}, GET /health, and the
+web console's static files at / and /ui/ (gateway/console.py).
 
 Streams come from the process's stream hub (libs/streams): in mode all the one the services
 share, in distributed mode the bridge process's own hub on Pulsar. A connection gets a hello
@@ -14,6 +15,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from gateway.console import ConsoleFiles
 from libs.config import SERVICE_NAMES, Settings
 from libs.errors import AnalyticsError, InvalidArgument, NotFound
 from libs.peers import PeerChannels
@@ -47,6 +49,7 @@ class WsBridge:
         self._owns_context = owns_context
         self._channels = PeerChannels()
         self._open: set[Subscriber] = set()
+        self.console = ConsoleFiles()
 
     @property
     def connections(self) -> int:
@@ -180,10 +183,11 @@ class WsBridge:
         subscriber.end()
 
     def app(self) -> web.Application:
-        """The aiohttp application with both routes."""
+        """The aiohttp application: health, the streams and the web console's files."""
         application = web.Application()
         application.router.add_get("/health", self.health)
         application.router.add_get("/api/v1/ws/{stream_type}/{stream_id}", self.stream)
+        self.console.add_routes(application)
         application.on_shutdown.append(self._going_away)
         return application
 

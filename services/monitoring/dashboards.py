@@ -124,11 +124,14 @@ class Dashboards:
     def _cache(
         self, dashboard: pb.Dashboard, panels: list[common_pb2.Panel], computed_at_ms: int
     ) -> pb.GetDashboardResponse:
-        """Keep freshly computed panels for DASHBOARD_CACHE_TTL_SECONDS; returns the answer."""
+        """Keep freshly computed panels for DASHBOARD_CACHE_TTL_SECONDS; returns the answer. An answer
+        without a single series (no data yet: a cold start before the first batch) is not kept, so
+        the data shows as soon as it arrives instead of a TTL later."""
         response = pb.GetDashboardResponse(dashboard=dashboard, panels=panels, computed_at_ms=computed_at_ms)
-        self.context.cache.put(
-            DASHBOARD_CACHE, (self.tenant, dashboard.id, dashboard.updated_at_ms), response, self.ttl
-        )
+        if any(panel.series for panel in panels):
+            self.context.cache.put(
+                DASHBOARD_CACHE, (self.tenant, dashboard.id, dashboard.updated_at_ms), response, self.ttl
+            )
         return response
 
     async def list(self, request: pb.ListDashboardsRequest) -> pb.ListDashboardsResponse:

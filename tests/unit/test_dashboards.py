@@ -91,6 +91,17 @@ async def test_panel_data_is_cached_for_the_ttl(boards):
     assert boards.context.cache.hits["dashboard"] == 1
 
 
+async def test_an_answer_without_data_is_not_cached_so_the_first_batch_shows_at_once(tmp_path):
+    reader = StandInReader({})
+    boards = await make(tmp_path, reader=reader)
+    cold = await boards.get("platform-overview")
+    assert not any(p.series for p in cold.panels) and "does not exist yet" in cold.panels[0].warning
+    reader.data["platform_metrics"] = platform_data()  # the demo's first batch lands
+    warm = await boards.get("platform-overview")
+    assert any(p.series for p in warm.panels)
+    await boards.stop()
+
+
 async def test_a_ttl_of_zero_recomputes_every_time(tmp_path):
     boards = await make(tmp_path, dashboard_cache_ttl_seconds=0)
     await boards.get("simulation")

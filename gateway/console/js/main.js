@@ -1,0 +1,118 @@
+// The console's shell: hash routes (#/page/arg?k=v), one page at a time, its streams and requests
+// ended when the page is left, and the header's live-connection state.
+
+import { ApiError } from "./api.js";
+import { h, replace } from "./dom.js";
+import { StreamRegistry } from "./live.js";
+
+const PAGES = {
+  overview: () => import("./pages/overview.js"),
+  service: () => import("./pages/service.js"),
+  dashboards: () => import("./pages/dashboards.js"),
+  anomalies: () => import("./pages/anomalies.js"),
+  forecast: () => import("./pages/forecast.js"),
+  query: () => import("./pages/query.js"),
+};
+const DEFAULT_PAGE = "overview";
+
+const main = document.getElementById("main");
+const conn = document.getElementById("conn");
+const nav = document.getElementById("nav");
+const menu = document.querySelector(".menu-toggle");
+
+const streams = new StreamRegistry(({ state, text }) => {
+  conn.dataset.state = state;
+  conn.textContent = text;
+});
+let current = null; // {controller, disposers}
+
+export function parseHash(hash = location.hash) {
+  const raw = hash.replace(/^#\/?/, "");
+  const [path, queryText = ""] = raw.split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  return { name: parts[0] || DEFAULT_PAGE, args: parts.slice(1), query: new URLSearchParams(queryText) };
+}
+
+/** Change the hash's query (page state such as filters) without re-rendering the page. */
+export function setQuery(query) {
+  const { name, args } = parseHash();
+  const text = new URLSearchParams(query).toString();
+  const hash = `#/${[name, ...args].map(encodeURIComponent).join("/")}${text ? `?${text}` : ""}`;
+  history.replaceState(null, "", hash);
+}
+
+/** A failed request's message from the API, or the page's own message for other errors. */
+export function errorBox(error, what = "") {
+  if (error instanceof ApiError && error.unimplemented) {
+    return h("div.notice", { role: "status" }, `${what ? `${what}: ` : ""}not built yet (the API answers 501: ${error.message})`);
+  }
+  const status = error instanceof ApiError && error.status ? ` (HTTP ${error.status})` : "";
+  return h("div.error", { role: "alert" }, `${what ? `${what}: ` : ""}${error.message}${status}`);
+}
+
+function leave() {
+  if (!current) return;
+  current.controller.abort();
+  for (const dispose of current.disposers) {
+    try {
+      dispose();
+    } catch (error) {
+      console.warn("dispose failed", error);
+    }
+  }
+  streams.closeAll();
+  current = null;
+}
+
+async function route(event) {
+  leave();
+  const { name, args, query } = parseHash();
+  const controller = new AbortController();
+  const disposers = [];
+  current = { controller, disposers };
+  for (const link of nav.querySelectorAll("a")) {
+    if (link.dataset.page === name || (name === "service" && link.dataset.page === "overview")) {
+      link.setAttribute("aria-current", "page");
+    } else {
+      link.removeAttribute("aria-current");
+    }
+  }
+  nav.classList.remove("open");
+  menu.setAttribute("aria-expanded", "false");
+  const load = PAGES[name];
+  if (!load) {
+    replace(main, h("h1", "Not found"), h("p", `No page called “${name}”. `, h("a", { href: "#/overview" }, "Overview")));
+    return;
+  }
+  replace(main, h("p.muted", "Loading…"));
+  const ctx = {
+    root: main,
+    args,
+    query,
+    signal: controller.signal,
+    streams,
+    onDispose: (fn) => disposers.push(fn),
+    setQuery,
+    errorBox,
+  };
+  try {
+    const module = await load();
+    if (controller.signal.aborted) return;
+    document.title = `${module.title || name} · platformQ analytics`;
+    await module.render(ctx);
+  } catch (error) {
+    if (error.name === "AbortError" || controller.signal.aborted) return;
+    console.warn(error);
+    replace(main, errorBox(error));
+  }
+  // After a navigation (not on the first load) keyboard focus moves to the new page's content.
+  if (event && !controller.signal.aborted && document.activeElement === document.body) main.focus({ preventScroll: true });
+}
+
+menu.addEventListener("click", () => {
+  const open = nav.classList.toggle("open");
+  menu.setAttribute("aria-expanded", String(open));
+});
+window.addEventListener("hashchange", route);
+if (!location.hash) history.replaceState(null, "", `#/${DEFAULT_PAGE}`);
+route(null);

@@ -1,0 +1,124 @@
+"""The web console in a real browser: Debian's chromium, headless, driven by Playwright (pointed at
+the system browser: nothing is downloaded), against the stack as `make up` starts it, demo feed on.
+
+Every test's page records console errors and uncaught exceptions; a test fails if its page logged
+one. `screenshot(page, name)` writes build/screenshots/<name>.png (the README shows one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ANALYTICS, Stack, healthy, stack_env, stop_and_check_nothing_left
+from tests.helpers import REPO_ROOT, wait_until
+
+SCREENSHOTS = REPO_ROOT / "build" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not path:
+        pytest.fail("chromium is not installed: `make browser-deps` installs Debian's chromium (as root)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def console_stack(tmp_path_factory, mlflow_template) -> Iterator[Stack]:
+    """`analytics up` with the demo feed, as a newcomer runs it (own DATA_DIR and loopback ports)."""
+    data_dir = tmp_path_factory.mktemp("console")
+    (data_dir / "mlflow").mkdir()
+    shutil.copyfile(mlflow_template, data_dir / "mlflow" / "mlflow.db")
+    # A dashboard refresh every 5 s (the shortest allowed) so live panels move within a test.
+    env = stack_env(data_dir, WS_HEARTBEAT_SECONDS="1", DASHBOARD_MIN_REFRESH_SECONDS="5")
+    log = (data_dir / "stack.log").open("w")
+    process = subprocess.Popen(
+        [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
+    )
+    port = int(env["GATEWAY_PORT"])
+    try:
+        wait_until(lambda: healthy(port) or process.poll() is not None, 90, "the gateway's /health")
+        assert process.poll() is None, (data_dir / "stack.log").read_text()[-4000:]
+        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
+    finally:
+        if process.poll() is None:
+            stop_and_check_nothing_left(process)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
+        yield instance
+        instance.close()
+
+
+@dataclass
+class Problems:
+    """What a page logged that a user's devtools would show in red."""
+
+    messages: list[str] = field(default_factory=list)
+
+    def console(self, message) -> None:
+        if message.type == "error":
+            self.messages.append(f"console.error: {message.text} ({message.location})")
+
+    def page_error(self, error) -> None:
+        self.messages.append(f"uncaught: {error}")
+
+
+def _open_page(browser, viewport: dict) -> tuple[object, object, Problems]:
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    problems = Problems()
+    page.on("console", problems.console)
+    page.on("pageerror", problems.page_error)
+    page.set_default_timeout(15_000)
+    return context, page, problems
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    """A fresh desktop-sized page (1280 px); the test fails if it logged a console error."""
+    context, opened, problems = _open_page(browser, DESKTOP)
+    yield opened
+    context.close()
+    assert not problems.messages, problems.messages
+
+
+@pytest.fixture
+def phone_page(browser) -> Iterator[object]:
+    """A phone-sized page (390 px); the test fails if it logged a console error."""
+    context, opened, problems = _open_page(browser, PHONE)
+    yield opened
+    context.close()
+    assert not problems.messages, problems.messages
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def api(stack: Stack, method: str, path: str, body: dict | None = None) -> dict:
+    """A REST call through the gateway, as the console makes it."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        stack.base + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
