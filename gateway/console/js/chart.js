@@ -138,6 +138,10 @@ export class TimeChart {
   rebuild() {
     const data = this.data();
     const hasPoints = data[0].length > 0;
+    // What the chart holds, for people reading the DOM and for the browser tests.
+    this.container.dataset.points = String(data.slice(1).reduce((n, ys) => n + ys.filter((y) => y !== null).length, 0));
+    this.container.dataset.newest = hasPoints ? String(data[0][data[0].length - 1] * 1000) : "";
+    this.container.dataset.lines = String(this.lines.length);
     this.empty.hidden = hasPoints;
     this.canvasHost.hidden = !hasPoints;
     if (!hasPoints) return;
