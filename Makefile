@@ -83,8 +83,8 @@ format: gen
 # anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone), and
 # the live streams at scale (1,000 WebSocket clients through Envoy, beside the bridge alone);
 # high cardinality with churn (20k to 1M series through REST) and growth over 1, 7 and 30 days of
-# TSBS data, both beside VictoriaMetrics;
-# writes docs/benchmarks.md. Not part of `make test`.
+# TSBS data, both beside VictoriaMetrics; the web console's load, drawing and live redraw in
+# chromium beside uPlot alone; writes docs/benchmarks.md. Not part of `make test`.
 bench: gen
 	bash benchmarks/setup.sh
 	$(BIN)/python -m benchmarks.run --docs
@@ -97,6 +97,7 @@ bench: gen
 	$(BIN)/python -m benchmarks.streams --docs
 	$(BIN)/python -m benchmarks.maintenance --docs
 	$(BIN)/python -m benchmarks.forecast --docs
+	$(BIN)/python -m benchmarks.console --docs
 
 clean:
 	rm -rf build gen $(VENV) data
