@@ -1,8 +1,8 @@
 """The web console's static files (gateway/console/), served by the ws bridge behind Envoy.
 
 `GET /` is the console's page and `GET /ui/<path>` its assets, straight from the repo: no build
-step and no Node.js at run time. Every answer carries an ETag (a hash of the file) so a browser
-revalidates with `If-None-Match` and gets 304; the console's own files are `no-cache` (always
+step and no Node.js at run time. Every answer carries a weak ETag (a hash of the file; weak so
+that it survives the gateway's gzip) and a browser revalidates with `If-None-Match` and gets 304; the console's own files are `no-cache` (always
 revalidated, so a new release shows at once) and the vendored chart library, whose path names its
 version, is `immutable` for a year.
 """
@@ -72,7 +72,8 @@ class ConsoleFiles:
         asset = Asset(
             body=body,
             content_type=content_type or "application/octet-stream",
-            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+            # Weak: Envoy's gzip keeps a weak ETag and drops a strong one (the bytes change).
+            etag='W/"' + hashlib.sha256(body).hexdigest()[:32] + '"',
             cache_control=IMMUTABLE if relative.startswith(VENDOR_PREFIX) else REVALIDATE,
         )
         self._assets[path] = (stamp, asset)
@@ -86,7 +87,7 @@ class ConsoleFiles:
                 content_type="application/json",
             )
         headers = {"ETag": asset.etag, "Cache-Control": asset.cache_control, **SECURITY_HEADERS}
-        if asset.etag in _etags(request.headers.get("If-None-Match", "")):
+        if asset.etag.removeprefix("W/") in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers=headers)
         return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
 

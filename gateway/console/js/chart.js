@@ -20,9 +20,17 @@ export function seriesLabel(series) {
   return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : series.metric || "value";
 }
 
-/** [[ms, value], ...] from the API's points ({timestamp_ms: "…", value}; value 0 is left out). */
+/** A point's value for a chart: proto JSON leaves out 0 and writes NaN and infinities as strings
+ * ("NaN", "Infinity"), which a chart cannot draw: those become gaps (null). */
+export function value(v) {
+  if (v === undefined || v === null) return 0;
+  const n = Number(v);
+  return Number.isFinite(n) ? n : null;
+}
+
+/** [[ms, value], ...] from the API's points ({timestamp_ms: "…", value}). */
 export function pointsOf(series) {
-  return (series.points || []).map((p) => [ms(p.timestamp_ms), p.value ?? 0]);
+  return (series.points || []).map((p) => [ms(p.timestamp_ms), value(p.value)]);
 }
 
 /** Index of the first element of the sorted array `xs` that is >= t. */
