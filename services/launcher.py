@@ -66,6 +66,7 @@ def _banner(settings: Settings, mode: str) -> str:
     )
     return f"""
 platformQ analytics is up (mode {mode}).
+  Web console:               {base}/
   REST, gRPC and WebSocket:  {base}   (health: {base}/health)
   WebSocket streams:         ws://127.0.0.1:{settings.gateway_port}/api/v1/ws/{{stream_type}}/{{stream_id}}
   gRPC services (direct):    {settings.address_of("query-router")} (query-router; see README for the others)

@@ -79,6 +79,7 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
         reader.join(timeout=10)
         banner = "".join(lines)
         assert f"http://127.0.0.1:{port}/health" in banner
+        assert f"Web console:               http://127.0.0.1:{port}/" in banner
         assert banner.count("curl -s") == 3
         assert not healthy(port)
     finally:
