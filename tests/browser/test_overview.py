@@ -12,6 +12,19 @@ pytestmark = pytest.mark.browser
 
 
 def test_overview_renders_the_platform_numbers_the_api_answers(console_stack, page):
+    # A stored dashboard of the built-in's type, refreshed every 5 s: its updates must not replace
+    # the overview's charts (which follow the built-in by its id).
+    stored = api(
+        console_stack,
+        "POST",
+        "/api/v1/dashboards",
+        {
+            "name": "one service",
+            "type": "platform-overview",
+            "config": {"services": ["auth-service"]},
+            "refresh_interval": 5,
+        },
+    )["dashboard"]["id"]
     page.goto(console_stack.base + "/")
     # The first service card appears within seconds of opening a cold stack (the demo backfills).
     page.wait_for_selector("#entities .entity", timeout=20_000)
@@ -31,6 +44,11 @@ def test_overview_renders_the_platform_numbers_the_api_answers(console_stack, pa
     legend = page.locator('#charts .panel[data-panel="request_rate by service"] .u-legend .u-series')
     assert legend.count() - 1 == len([e for e in platform["entities"] if e["kind"] == "service"])
     assert page.locator("#conn").get_attribute("data-state") == "live"
+    # After live frames of the built-in dashboard (and of the stored one, on its own stream), still
+    # every service.
+    page.wait_for_function("Number(document.querySelector('#charts').dataset.frames) >= 1", timeout=40_000)
+    assert legend.count() - 1 == len([e for e in platform["entities"] if e["kind"] == "service"])
+    api(console_stack, "DELETE", f"/api/v1/dashboards/{stored}")
     screenshot(page, "overview")
 
 

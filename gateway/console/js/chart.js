@@ -150,7 +150,7 @@ export class TimeChart {
 
   /** What uPlot's options depend on: a plot made for another shape is made anew. */
   shape() {
-    const lines = this.lines.map((l) => `${l.id}\u0001${l.label}\u0001${l.kind}\u0001${l.color}`);
+    const lines = this.lines.map((l) => [l.id, l.label, l.kind, l.color, l.width, l.dash]);
     return JSON.stringify([lines, this.bands, this.options.height]);
   }
 

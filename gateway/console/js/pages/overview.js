@@ -138,8 +138,13 @@ export async function render(ctx) {
     if (signal.aborted) return;
     charts.append(errorBox(error, "charts"));
   }
-  streams.open("dashboard", "platform-overview", {}, {
-    onFrame: (frame) => frame.type === "data" && frame.panels && showPanels(frame.panels),
+  // The built-in's own id: the type would also match stored dashboards of that type.
+  streams.open("dashboard", "builtin:platform-overview", {}, {
+    onFrame: (frame) => {
+      if (frame.type !== "data" || !frame.panels) return;
+      showPanels(frame.panels);
+      charts.dataset.frames = String(Number(charts.dataset.frames || 0) + 1);
+    },
   });
   streams.open("anomalies", "all", {}, {
     onFrame: (frame) => {
