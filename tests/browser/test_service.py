@@ -3,6 +3,7 @@ live by the metrics streams (a point ingested through REST is on a chart within 
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -68,6 +69,57 @@ def test_a_chart_receives_a_live_point_within_2_s_of_an_ingest(console_stack, pa
     )
     # It went on that host's live line; the page was not reloaded (the chart is the same element).
     assert chart.get_attribute("data-lines") == str(1 + len(hosts))
+
+
+def test_a_lost_stream_shows_its_state_and_resumes_with_since(console_stack, page):
+    """The cpu_usage stream is cut (by the browser-side WebSocket route) and kept from reconnecting
+    while a point is ingested; once it may reconnect it asks with ?since=<last cursor> and the point
+    sent while it was away arrives. Without `since` the new connection would only see later points."""
+    name, hosts = a_service_with_hosts(console_stack)
+    connections: list = []
+    allow = {"reconnect": True}
+
+    def route(ws) -> None:
+        connections.append(ws)
+        if allow["reconnect"]:
+            ws.connect_to_server()
+        else:
+            ws.close(code=1011, reason="test: the network is down")
+
+    page.route_web_socket(re.compile(r".*/api/v1/ws/metrics/cpu_usage\?.*"), route)
+    page.goto(f"{console_stack.base}/#/service/{name}")
+    state = page.locator('.svc-metric[data-metric="cpu_usage"] .panel-state')
+    page.wait_for_selector('.svc-metric[data-metric="cpu_usage"] .panel-state[data-state="live"]')
+    assert len(connections) == 1 and "since=" not in connections[0].url
+
+    allow["reconnect"] = False
+    connections[0].close(code=1001, reason="test: connection lost")
+    page.wait_for_selector('.svc-metric[data-metric="cpu_usage"] .panel-state[data-state="reconnecting"]')
+    assert page.locator("#conn").get_attribute("data-state") == "reconnecting"
+    assert state.inner_text() != "live"
+
+    chart = page.locator('.svc-chart[data-metric="cpu_usage"]')
+    shown = int(chart.get_attribute("data-newest"))
+    stamp = (max(shown, int(time.time() * 1000)) // 1000 + 60) * 1000
+    point = {
+        "name": "cpu_usage",
+        "value": 12.5,
+        "timestamp_ms": stamp,
+        "labels": {"service_name": name, "host": hosts[0]},
+    }
+    assert api(console_stack, "POST", "/api/v1/metrics/ingest", {"points": [point]})["accepted"] == "1"
+    # A retry came and was refused (Playwright delivers route calls while the test waits in it).
+    wait_until(lambda: page.wait_for_timeout(50) or len(connections) >= 2, 10, "a refused reconnection")
+    assert chart.get_attribute("data-newest") == str(shown)
+
+    allow["reconnect"] = True
+    page.wait_for_function(
+        "t => document.querySelector('.svc-chart[data-metric=\"cpu_usage\"]').dataset.newest === String(t)",
+        arg=stamp,
+        timeout=20_000,
+    )
+    assert "since=" in connections[-1].url
+    page.wait_for_selector('.svc-metric[data-metric="cpu_usage"] .panel-state[data-state="live"]')
 
 
 def test_the_service_view_shows_its_figures_and_its_peers(console_stack, page):
