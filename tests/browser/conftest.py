@@ -76,9 +76,13 @@ class Problems:
     def console(self, message) -> None:
         if message.type == "error":
             # Chromium logs every 4xx answer of fetch() itself; an API's refusal (a 400 the page
-            # shows with the API's message) is not a page error. Anything else still is.
+            # shows with the API's message) is not a page error, nor is a 501 (an endpoint not
+            # built yet, which the page says plainly). Anything else still is.
             refused = message.text.startswith(
-                "Failed to load resource: the server responded with a status of 4"
+                (
+                    "Failed to load resource: the server responded with a status of 4",
+                    "Failed to load resource: the server responded with a status of 501",
+                )
             )
             if refused and "/api/v1/" in (message.location or {}).get("url", ""):
                 return
