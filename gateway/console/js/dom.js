@@ -45,10 +45,8 @@ export function replace(el, ...children) {
 }
 
 /** A labelled form control: h("label", text, control) with an id tying them together. */
-let controlCount = 0;
 export function field(label, control, hint) {
-  controlCount += 1;
-  const id = control.id || `f${controlCount}`;
+  const id = control.id || `f-${Math.random().toString(36).slice(2, 10)}`;
   control.id = id;
   return h("div.field", h("label", { for: id }, label), control, hint ? h("small.muted", hint) : null);
 }

@@ -15,17 +15,6 @@ const PAGES = {
 };
 const DEFAULT_PAGE = "overview";
 
-const main = document.getElementById("main");
-const conn = document.getElementById("conn");
-const nav = document.getElementById("nav");
-const menu = document.querySelector(".menu-toggle");
-
-const streams = new StreamRegistry(({ state, text }) => {
-  conn.dataset.state = state;
-  conn.textContent = text;
-});
-let current = null; // {controller, disposers}
-
 export function parseHash(hash = location.hash) {
   const raw = hash.replace(/^#\/?/, "");
   const [path, queryText = ""] = raw.split("?");
@@ -50,69 +39,89 @@ export function errorBox(error, what = "") {
   return h("div.error", { role: "alert" }, `${what ? `${what}: ` : ""}${error.message}${status}`);
 }
 
-function leave() {
-  if (!current) return;
-  current.controller.abort();
-  for (const dispose of current.disposers) {
+/** The page on screen: its requests' controller, its cleanups and its streams. */
+class Shell {
+  constructor() {
+    this.main = document.getElementById("main");
+    this.nav = document.getElementById("nav");
+    this.menu = document.querySelector(".menu-toggle");
+    const conn = document.getElementById("conn");
+    this.streams = new StreamRegistry(({ state, text }) => {
+      conn.dataset.state = state;
+      conn.textContent = text;
+    });
+    this.current = null; // {controller, disposers}
+    this.menu.addEventListener("click", () => {
+      const open = this.nav.classList.toggle("open");
+      this.menu.setAttribute("aria-expanded", String(open));
+    });
+    window.addEventListener("hashchange", (event) => this.route(event));
+  }
+
+  leave() {
+    if (!this.current) return;
+    this.current.controller.abort();
+    for (const dispose of this.current.disposers) {
+      try {
+        dispose();
+      } catch (error) {
+        console.warn("dispose failed", error);
+      }
+    }
+    this.streams.closeAll();
+    this.current = null;
+  }
+
+  markNav(name) {
+    for (const link of this.nav.querySelectorAll("a")) {
+      if (link.dataset.page === name || (name === "service" && link.dataset.page === "overview")) {
+        link.setAttribute("aria-current", "page");
+      } else {
+        link.removeAttribute("aria-current");
+      }
+    }
+    this.nav.classList.remove("open");
+    this.menu.setAttribute("aria-expanded", "false");
+  }
+
+  async route(event) {
+    this.leave();
+    const { main } = this;
+    const { name, args, query } = parseHash();
+    const controller = new AbortController();
+    const disposers = [];
+    this.current = { controller, disposers };
+    this.markNav(name);
+    const load = PAGES[name];
+    if (!load) {
+      replace(main, h("h1", "Not found"), h("p", `No page called “${name}”. `, h("a", { href: "#/overview" }, "Overview")));
+      return;
+    }
+    replace(main, h("p.muted", "Loading…"));
+    const ctx = {
+      root: main,
+      args,
+      query,
+      signal: controller.signal,
+      streams: this.streams,
+      onDispose: (fn) => disposers.push(fn),
+      setQuery,
+      errorBox,
+    };
     try {
-      dispose();
+      const module = await load();
+      if (controller.signal.aborted) return;
+      document.title = `${module.title || name} · platformQ analytics`;
+      await module.render(ctx);
     } catch (error) {
-      console.warn("dispose failed", error);
+      if (error.name === "AbortError" || controller.signal.aborted) return;
+      console.warn(error);
+      replace(main, errorBox(error));
     }
+    // After a navigation (not on the first load) keyboard focus moves to the new page's content.
+    if (event && !controller.signal.aborted && document.activeElement === document.body) main.focus({ preventScroll: true });
   }
-  streams.closeAll();
-  current = null;
 }
 
-async function route(event) {
-  leave();
-  const { name, args, query } = parseHash();
-  const controller = new AbortController();
-  const disposers = [];
-  current = { controller, disposers };
-  for (const link of nav.querySelectorAll("a")) {
-    if (link.dataset.page === name || (name === "service" && link.dataset.page === "overview")) {
-      link.setAttribute("aria-current", "page");
-    } else {
-      link.removeAttribute("aria-current");
-    }
-  }
-  nav.classList.remove("open");
-  menu.setAttribute("aria-expanded", "false");
-  const load = PAGES[name];
-  if (!load) {
-    replace(main, h("h1", "Not found"), h("p", `No page called “${name}”. `, h("a", { href: "#/overview" }, "Overview")));
-    return;
-  }
-  replace(main, h("p.muted", "Loading…"));
-  const ctx = {
-    root: main,
-    args,
-    query,
-    signal: controller.signal,
-    streams,
-    onDispose: (fn) => disposers.push(fn),
-    setQuery,
-    errorBox,
-  };
-  try {
-    const module = await load();
-    if (controller.signal.aborted) return;
-    document.title = `${module.title || name} · platformQ analytics`;
-    await module.render(ctx);
-  } catch (error) {
-    if (error.name === "AbortError" || controller.signal.aborted) return;
-    console.warn(error);
-    replace(main, errorBox(error));
-  }
-  // After a navigation (not on the first load) keyboard focus moves to the new page's content.
-  if (event && !controller.signal.aborted && document.activeElement === document.body) main.focus({ preventScroll: true });
-}
-
-menu.addEventListener("click", () => {
-  const open = nav.classList.toggle("open");
-  menu.setAttribute("aria-expanded", String(open));
-});
-window.addEventListener("hashchange", route);
 if (!location.hash) history.replaceState(null, "", `#/${DEFAULT_PAGE}`);
-route(null);
+new Shell().route(null);
