@@ -92,8 +92,8 @@ class Problems:
         self.messages.append(f"uncaught: {error}")
 
 
-def _open_page(browser, viewport: dict) -> tuple[object, object, Problems]:
-    context = browser.new_context(viewport=viewport)
+def _open_page(browser, viewport: dict, **options) -> tuple[object, object, Problems]:
+    context = browser.new_context(viewport=viewport, **options)
     page = context.new_page()
     problems = Problems()
     page.on("console", problems.console)
@@ -115,6 +115,15 @@ def page(browser) -> Iterator[object]:
 def phone_page(browser) -> Iterator[object]:
     """A phone-sized page (390 px); the test fails if it logged a console error."""
     context, opened, problems = _open_page(browser, PHONE)
+    yield opened
+    context.close()
+    assert not problems.messages, problems.messages
+
+
+@pytest.fixture
+def kolkata_page(browser) -> Iterator[object]:
+    """A desktop page whose viewer is in Asia/Kolkata (UTC+05:30, en-US): times must follow."""
+    context, opened, problems = _open_page(browser, DESKTOP, timezone_id="Asia/Kolkata", locale="en-US")
     yield opened
     context.close()
     assert not problems.messages, problems.messages

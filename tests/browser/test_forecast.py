@@ -45,7 +45,12 @@ def test_forecast_draws_history_forecast_and_bands_with_the_method_and_backtest(
     mase = page.inner_text("#forecast-facts dd[data-field='mase']")
     assert float(mase) == pytest.approx(first["backtest_mase"], rel=1e-3)
     assert first["model_version"] in page.inner_text("#forecast-facts")
-    assert page.locator("#forecast-facts dd[data-field='probability']").count() == 1
+    # The time until the threshold: the API's crossing, as the page shows it.
+    crossing = first["crossing"]
+    probability = page.inner_text("#forecast-facts dd[data-field='probability']")
+    assert float(probability.rstrip("%")) / 100 == pytest.approx(crossing.get("probability", 0), abs=1e-4)
+    crosses = page.inner_text("#forecast-facts dd[data-field='forecast-crosses']")
+    assert ("not within" in crosses) == (int(crossing.get("forecast_ms", 0)) == 0), crosses
     assert page.locator("table.forecast-series tbody tr").count() == len(answer["series"])
     page.wait_for_selector("#forecast-chart canvas")
     screenshot(page, "forecast")

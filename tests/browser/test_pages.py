@@ -5,6 +5,9 @@ the API is said plainly."""
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -91,3 +94,18 @@ def test_an_endpoint_that_answers_501_is_said_plainly(console_stack, page):
     assert "MonitoringService.Monitor is not implemented yet" in notice.inner_text()
     assert page.locator("#entities .entity").count() == 0
     screenshot(page, "not-built-yet")
+
+
+def test_times_are_in_the_viewers_zone(console_stack, kolkata_page):
+    page = kolkata_page
+    page.goto(f"{console_stack.base}/#/overview")
+    page.wait_for_selector("#entities .entity")
+    # Chromium names the zone by its older alias.
+    assert re.search(r"times in Asia/(Kolkata|Calcutta)", page.inner_text("main"))
+    # "updated <time>" is the page's own clock, shown in the viewer's zone (UTC+05:30 here, whatever
+    # the machine's zone); the chart axes use the same zone (uPlot formats in the browser's local time).
+    shown = datetime.strptime(
+        page.inner_text("main .panel-head small").removeprefix("updated "), "%b %d, %Y, %I:%M:%S %p"
+    )
+    now = datetime.now(ZoneInfo("Asia/Kolkata")).replace(tzinfo=None)
+    assert abs((now - shown).total_seconds()) < 120
