@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ANALYTICS, Stack, healthy, stack_env, stop_and_check_nothing_left
-from tests.helpers import REPO_ROOT, wait_until
+from tests.e2e.conftest import Stack, running_stack, stack_env
+from tests.helpers import REPO_ROOT
 
 SCREENSHOTS = REPO_ROOT / "build" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
@@ -40,19 +40,8 @@ def console_stack(tmp_path_factory, mlflow_template) -> Iterator[Stack]:
     shutil.copyfile(mlflow_template, data_dir / "mlflow" / "mlflow.db")
     # A dashboard refresh every 5 s (the shortest allowed) so live panels move within a test.
     env = stack_env(data_dir, WS_HEARTBEAT_SECONDS="1", DASHBOARD_MIN_REFRESH_SECONDS="5")
-    log = (data_dir / "stack.log").open("w")
-    process = subprocess.Popen(
-        [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
-    )
-    port = int(env["GATEWAY_PORT"])
-    try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, 90, "the gateway's /health")
-        assert process.poll() is None, (data_dir / "stack.log").read_text()[-4000:]
-        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
-    finally:
-        if process.poll() is None:
-            stop_and_check_nothing_left(process)
-        log.close()
+    with (data_dir / "stack.log").open("w") as log, running_stack(env, log, timeout=90) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -92,41 +81,40 @@ class Problems:
         self.messages.append(f"uncaught: {error}")
 
 
-def _open_page(browser, viewport: dict, **options) -> tuple[object, object, Problems]:
+@contextmanager
+def checked_page(browser, viewport: dict, **options) -> Iterator[object]:
+    """A page in a fresh browser context; fails the test if the page logged a console error or
+    threw (what a user's devtools would show in red)."""
     context = browser.new_context(viewport=viewport, **options)
-    page = context.new_page()
+    opened = context.new_page()
     problems = Problems()
-    page.on("console", problems.console)
-    page.on("pageerror", problems.page_error)
-    page.set_default_timeout(15_000)
-    return context, page, problems
+    opened.on("console", problems.console)
+    opened.on("pageerror", problems.page_error)
+    opened.set_default_timeout(15_000)
+    yield opened
+    context.close()
+    assert not problems.messages, problems.messages
 
 
 @pytest.fixture
 def page(browser) -> Iterator[object]:
-    """A fresh desktop-sized page (1280 px); the test fails if it logged a console error."""
-    context, opened, problems = _open_page(browser, DESKTOP)
-    yield opened
-    context.close()
-    assert not problems.messages, problems.messages
+    """A desktop-sized page (1280 px)."""
+    with checked_page(browser, DESKTOP) as opened:
+        yield opened
 
 
 @pytest.fixture
 def phone_page(browser) -> Iterator[object]:
-    """A phone-sized page (390 px); the test fails if it logged a console error."""
-    context, opened, problems = _open_page(browser, PHONE)
-    yield opened
-    context.close()
-    assert not problems.messages, problems.messages
+    """A phone-sized page (390 px)."""
+    with checked_page(browser, PHONE) as opened:
+        yield opened
 
 
 @pytest.fixture
 def kolkata_page(browser) -> Iterator[object]:
     """A desktop page whose viewer is in Asia/Kolkata (UTC+05:30, en-US): times must follow."""
-    context, opened, problems = _open_page(browser, DESKTOP, timezone_id="Asia/Kolkata", locale="en-US")
-    yield opened
-    context.close()
-    assert not problems.messages, problems.messages
+    with checked_page(browser, DESKTOP, timezone_id="Asia/Kolkata", locale="en-US") as opened:
+        yield opened
 
 
 def screenshot(page, name: str) -> Path:

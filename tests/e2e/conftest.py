@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -80,30 +81,33 @@ def stack(tmp_path_factory, mlflow_template) -> Stack:
         HOT_FLUSH_SECONDS="3600",
     )
     # Logs of Envoy and the services go to a file, read back when start-up fails.
-    log = (data_dir / "stack.log").open("w")
+    with (data_dir / "stack.log").open("w") as log, running_stack(env, log) as started:
+        yield started
+
+
+@contextmanager
+def running_stack(
+    env: dict[str, str], log: IO[str] | int = subprocess.DEVNULL, timeout: float = 60
+) -> Iterator[Stack]:
+    """`analytics up` with `env` until the gateway's /health answers; stopped (and checked that it
+    left no process behind) when the block ends. Its stderr goes to `log`, shown when it fails."""
     process = subprocess.Popen(
-        [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+        [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
     )
     port = int(env["GATEWAY_PORT"])
     try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
-        assert process.poll() is None, (data_dir / "stack.log").read_text()[-4000:]
+        wait_until(lambda: healthy(port) or process.poll() is not None, timeout, "the gateway's /health")
+        if process.poll() is not None:
+            shown = Path(log.name).read_text()[-4000:] if hasattr(log, "name") else ""
+            raise AssertionError(f"the stack did not start: {shown}")
         yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
     finally:
         if process.poll() is None:
             stop_and_check_nothing_left(process)
-        log.close()
 
 
 @contextmanager
 def own_stack(env: dict[str, str]) -> Iterator[Stack]:
     """A stack of its own (`analytics up` with `env`), for a test whose data must not meet others'."""
-    process = subprocess.Popen([ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL)
-    port = int(env["GATEWAY_PORT"])
-    try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the gateway's /health")
-        assert process.poll() is None, "the stack did not start"
-        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
-    finally:
-        if process.poll() is None:
-            stop_and_check_nothing_left(process)
+    with running_stack(env) as started:
+        yield started
