@@ -1,12 +1,12 @@
 // Anomaly explorer: GET /api/v1/ml/anomalies with the filters the form shows (kept in the hash, so a
 // link reproduces the view), paged with next_cursor; new anomalies from the anomalies stream on top
 // as they are found; one anomaly on its series (POST /api/v1/query, raw points of exactly its
-// series) with the detector's expected band over the window (POST /api/v1/ml/detect-anomalies with
-// include_points) and its explanation; verdicts through POST /api/v1/ml/anomalies/{id}/feedback;
+// series) with the detector's expected band over the window (POST /api/v1/ml/detect-anomalies on those
+// points inline, with include_points: scored, not stored) and its explanation; verdicts through POST /api/v1/ml/anomalies/{id}/feedback;
 // precision per method from GET /api/v1/ml/anomalies/stats.
 
 import { ApiError, get, ms, post } from "../api.js";
-import { TimeChart } from "../chart.js";
+import { TimeChart, value } from "../chart.js";
 import { field, h, replace, select } from "../dom.js";
 import { badge, number, percent, time, zone } from "../format.js";
 import { equalityFilters, labelText, parseLabelText, rfc3339, sameLabels } from "./ml/common.js";
@@ -65,6 +65,16 @@ function feedbackCell(anomaly) {
   return anomaly.feedback ? badge(anomaly.feedback) : h("span.muted", "–");
 }
 
+/** A promise's outcome as Promise.allSettled gives it, for one promise. */
+async function settle(promise) {
+  try {
+    return { status: "fulfilled", value: await promise };
+  } catch (reason) {
+    if (reason.name === "AbortError") throw reason;
+    return { status: "rejected", reason };
+  }
+}
+
 export async function render(ctx) {
   const { root, signal, streams, onDispose, errorBox } = ctx;
   const filters = Object.fromEntries(FILTERS.map((key) => [key, ctx.query.get(key) ?? (key === "limit" ? DEFAULT_LIMIT : "")]));
@@ -106,6 +116,8 @@ export async function render(ctx) {
   const listError = h("div");
   const detail = h("section.card.anomaly-detail#anomaly-detail", { "aria-labelledby": "h-detail", hidden: true });
   const stats = h("div#anomaly-stats");
+  let statsTimer = null; // a stats reload after live anomalies (statsSoon)
+  onDispose(() => clearTimeout(statsTimer));
   replace(
     root,
     h("div.panel-head", h("h1", "Anomalies"), h("small.muted", `times in ${zone()}`)),
@@ -238,6 +250,7 @@ export async function render(ctx) {
         if (add(frame.anomaly, { top: true, fresh: true })) {
           liveCount += 1;
           replace(listState, `${countText()} · ${liveCount} new since the page opened`);
+          statsSoon();
         }
       },
     });
@@ -326,24 +339,26 @@ export async function render(ctx) {
       end,
       aggregation: "raw",
     };
+    // The band: the same detector re-scoring these very points, sent inline (inline series are
+    // scored and answered, never stored: looking at an anomaly writes nothing).
+    const series = await settle(post("/api/v1/query", query, { signal: fetchSignal }));
+    const found = series.status === "fulfilled" ? (series.value.series || []).find((s) => sameLabels(s.group, anomaly.labels)) : null;
+    const stored = found ? (found.points || []).map((p) => [ms(p.timestamp_ms), value(p.value)]).filter(([, v]) => v !== null) : [];
     const detect = {
-      selection: { datasource, metrics: [anomaly.metric], labels: anomaly.labels || {}, start, end },
+      series: [{ name: anomaly.metric, labels: anomaly.labels || {}, timestamps_ms: stored.map(([t]) => t), values: stored.map(([, v]) => v) }],
       include_points: true,
       config: { method: anomaly.method || "auto" },
     };
-    const [series, band] = await Promise.allSettled([
-      post("/api/v1/query", query, { signal: fetchSignal }),
-      post("/api/v1/ml/detect-anomalies", detect, { signal: fetchSignal }),
-    ]);
+    const band = stored.length
+      ? await settle(post("/api/v1/ml/detect-anomalies", detect, { signal: fetchSignal }))
+      : { status: "rejected", reason: new Error("no stored points in this window to score") };
     if (fetchSignal.aborted) return;
     const notes = [];
     const lines = [];
     const bands = [];
     if (series.status === "fulfilled") {
-      const found = (series.value.series || []).find((s) => sameLabels(s.group, anomaly.labels));
-      const points = found ? (found.points || []).map((p) => [ms(p.timestamp_ms), p.value ?? 0]) : [];
-      lines.push({ id: "value", label: anomaly.metric, points, color: "#1f6feb", width: 1.5 });
-      notes.push(`${points.length} stored points of this series (POST /api/v1/query, raw)`);
+      lines.push({ id: "value", label: anomaly.metric, points: stored, color: "#1f6feb", width: 2 });
+      notes.push(`${stored.length} stored points of this series (POST /api/v1/query, raw)`);
     } else {
       state.before(errorBox(series.reason, "series"));
     }
@@ -360,7 +375,7 @@ export async function render(ctx) {
         bands.push({ lower: "lower", upper: "upper", fill: "rgba(87,96,110,0.15)" });
         bandShown = true;
         notes.push(
-          `band: ${band.value.method || anomaly.method} detector re-scoring this window (POST /api/v1/ml/detect-anomalies; ${scored.warmup_points || 0} warm-up points, ${scored.anomaly_count || 0} flagged, stored as source "request")`,
+          `band: ${band.value.method || anomaly.method} detector re-scoring this window (POST /api/v1/ml/detect-anomalies; ${scored.warmup_points || 0} warm-up points, ${scored.anomaly_count || 0} flagged; scored inline, nothing stored)`,
         );
       } else if (band.value.message) {
         notes.push(`band: ${band.value.message}`);
@@ -456,6 +471,12 @@ export async function render(ctx) {
   }
 
   // ---- stats --------------------------------------------------------------------------------
+  // New anomalies change the counts: reload once a burst of live frames has passed.
+  function statsSoon() {
+    clearTimeout(statsTimer);
+    statsTimer = setTimeout(loadStats, 1000);
+  }
+
   async function loadStats() {
     try {
       const answer = await get("/api/v1/ml/anomalies/stats", {}, { signal });
