@@ -346,3 +346,21 @@ def test_sql_explain_and_cache_through_the_gateway(stack, seeded):
     assert explained["metadata"]["plan"]["fragments"][0]["engine"] == "hot"
     status, _, plan = http(stack, "POST", "/api/v1/query/explain", json.dumps({"query": query}))
     assert status == 200 and plan["plan"]["mode"] == "auto"
+
+
+def test_answers_are_gzipped_for_clients_that_ask_and_plain_for_others(stack, seeded):
+    import gzip
+
+    def fetch(path: str, **headers: str) -> tuple[dict, bytes]:
+        with urllib.request.urlopen(
+            urllib.request.Request(stack.base + path, headers=headers), timeout=10
+        ) as r:
+            return dict(r.headers), r.read()
+
+    headers, body = fetch("/api/v1/dashboards", **{"Accept-Encoding": "gzip"})  # over 1 KiB
+    plain_headers, plain = fetch("/api/v1/dashboards")
+    assert headers.get("content-encoding") == "gzip" and "content-encoding" not in plain_headers
+    assert json.loads(gzip.decompress(body)) == json.loads(plain)
+    headers, body = fetch("/ui/js/main.js", **{"Accept-Encoding": "gzip"})
+    assert headers.get("content-encoding") == "gzip" and headers["etag"].startswith('W/"')
+    assert b"Shell" in gzip.decompress(body)
