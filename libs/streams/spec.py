@@ -95,15 +95,21 @@ def parse_subscription(request: pb.SubscribeRequest) -> StreamSpec:
     )
 
 
+ACCESS_TOKEN_PARAM = "access_token"
+
+
 def request_from_params(
     stream_type: str, stream_id: str, params: Iterable[tuple[str, str]]
 ) -> pb.SubscribeRequest:
     """A WebSocket's path and query string as a SubscribeRequest: `since`, `step`, `aggregation`,
     `datasource` and `query` (URL-encoded JSON of a query body) are parameters; every other
-    parameter is a label filter (`?service_name=auth-service`)."""
+    parameter is a label filter (`?service_name=auth-service`), except `access_token`: the bearer
+    token a browser sends there (it cannot set headers on an upgrade), which the gateway checked."""
     request = pb.SubscribeRequest(stream_type=stream_type, stream_id=stream_id)
     seen: set[str] = set()
     for name, value in params:
+        if name == ACCESS_TOKEN_PARAM:
+            continue
         if name in seen:
             raise InvalidArgument("given more than once", name)
         seen.add(name)

@@ -98,6 +98,12 @@ def test_the_analytics_diff_keeps_only_new_and_changed_points_and_new_series():
     assert len(whole(new)) == 2
 
 
+def test_a_browsers_access_token_is_not_a_label_filter():
+    request = request_from_params("metrics", "cpu", [("access_token", "eyJ.x.y"), ("host", "h1")])
+    assert dict(request.labels) == {"host": "h1"}
+    assert "eyJ" not in str(request)
+
+
 def test_query_string_parameters_and_label_filters():
     request = request_from_params(
         "metrics", "cpu", [("step", "1m"), ("aggregation", "max"), ("service_name", "auth"), ("host", "h1")]
