@@ -109,3 +109,33 @@ def test_times_are_in_the_viewers_zone(console_stack, kolkata_page):
     )
     now = datetime.now(ZoneInfo("Asia/Kolkata")).replace(tzinfo=None)
     assert abs((now - shown).total_seconds()) < 120
+
+
+def test_a_401_asks_for_a_token_which_then_goes_with_every_request(console_stack, page):
+    # The gateway of this stack runs AUTH_MODE=none; a Playwright route stands in for one with
+    # AUTH_MODE=jwt (tests/e2e/test_auth.py covers the real one): without the token, 401.
+    token = "dev.token.value"
+    seen: list[str] = []
+
+    def gateway(route) -> None:
+        if route.request.headers.get("authorization") != f"Bearer {token}":
+            route.fulfill(
+                status=401, content_type="application/json", body='{"code": 401, "message": "Jwt is missing"}'
+            )
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/**", gateway)
+    page.on("websocket", lambda ws: seen.append(ws.url))
+    page.goto(f"{console_stack.base}/#/overview")
+    form = page.wait_for_selector("#auth-slot form.sign-in")
+    assert "Jwt is missing" in form.inner_text()
+    assert page.locator("#auth-slot form").count() == 1  # one form, however many requests failed
+    page.fill("#token", token)
+    page.click("#auth-slot button[type=submit]")
+    page.wait_for_selector("#entities .entity")
+    assert page.locator("#auth-slot form").count() == 0
+    # WebSockets carry it as a query parameter (a browser cannot set their headers).
+    page.wait_for_selector('#conn[data-state="live"]')
+    assert seen and all(f"access_token={token}" in url for url in seen if "/api/v1/ws/" in url)
+    assert page.evaluate("sessionStorage.getItem('platformq-token')") == token

@@ -9,6 +9,11 @@ export class ApiError extends Error {
     this.path = path;
   }
 
+  /** The gateway wants a (valid) bearer token: AUTH_MODE=jwt. */
+  get unauthenticated() {
+    return this.status === 401;
+  }
+
   /** The endpoint exists in the contract but is not built yet (HTTP 501 / gRPC UNIMPLEMENTED). */
   get unimplemented() {
     return this.status === 501;
@@ -26,14 +31,26 @@ function withParams(path, params) {
   return text ? `${path}?${text}` : path;
 }
 
+// With AUTH_MODE=jwt the gateway wants a bearer token. The console keeps the one the user pasted
+// (from `make token` or their identity provider) for this tab only: sessionStorage, never a cookie.
+const TOKEN_KEY = "platformq-token";
+
+export const token = {
+  get: () => sessionStorage.getItem(TOKEN_KEY) || "",
+  set: (value) => sessionStorage.setItem(TOKEN_KEY, value.trim()),
+  clear: () => sessionStorage.removeItem(TOKEN_KEY),
+};
+
 export async function request(method, path, { params, body, signal } = {}) {
   const url = withParams(path, params);
+  const headers = body === undefined ? {} : { "content-type": "application/json" };
+  if (token.get()) headers.authorization = `Bearer ${token.get()}`;
   let reply;
   try {
     reply = await fetch(url, {
       method,
       signal,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (error) {

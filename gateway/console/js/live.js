@@ -3,6 +3,8 @@
 // frames sent while it was away arrive (within the server's replay window; a `gap` frame says when
 // some could not be replayed).
 
+import { token } from "./api.js";
+
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 10000;
 // The server's own close codes for requests it will never accept (docs/streams.md): no retry.
@@ -64,6 +66,9 @@ export class LiveStream {
       if (value !== undefined && value !== null && value !== "") query.set(key, String(value));
     }
     if (this.cursor) query.set("since", this.cursor);
+    // A browser cannot set headers on a WebSocket upgrade: the gateway takes the token as a
+    // query parameter there (docs/security.md).
+    if (token.get()) query.set("access_token", token.get());
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const path = `/api/v1/ws/${encodeURIComponent(this.streamType)}/${encodeURIComponent(this.streamId)}`;
     const text = query.toString();

@@ -1,7 +1,7 @@
 // The console's shell: hash routes (#/page/arg?k=v), one page at a time, its streams and requests
 // ended when the page is left, and the header's live-connection state.
 
-import { ApiError } from "./api.js";
+import { ApiError, token } from "./api.js";
 import { h, replace } from "./dom.js";
 import { StreamRegistry } from "./live.js";
 
@@ -31,7 +31,37 @@ export function setQuery(query) {
 }
 
 /** A failed request's message from the API, or the page's own message for other errors. */
+/** Where to paste a bearer token when the gateway answers 401 (AUTH_MODE=jwt). */
+function signIn(error) {
+  const slot = document.getElementById("auth-slot");
+  if (slot.firstChild) return;
+  const input = h("input#token", { type: "password", autocomplete: "off", required: true, size: 40 });
+  const form = h(
+    "form.card.sign-in",
+    {
+      "aria-label": "Sign in",
+      onsubmit: (event) => {
+        event.preventDefault();
+        token.set(input.value);
+        slot.replaceChildren();
+        window.dispatchEvent(new HashChangeEvent("hashchange"));
+      },
+    },
+    h("h2", "Sign in"),
+    h("p", `The gateway wants a bearer token: ${error.message}`),
+    h("div.field", h("label", { for: "token" }, "Bearer token (from `make token` or your identity provider)"), input),
+    h("p", h("button.primary", { type: "submit" }, "Use this token"), " ", token.get() ? h("button", { type: "button", onclick: () => { token.clear(); input.value = ""; } }, "Forget the current one") : null),
+    h("small.muted", "Kept for this browser tab only (sessionStorage)."),
+  );
+  slot.append(form);
+  input.focus();
+}
+
 export function errorBox(error, what = "") {
+  if (error instanceof ApiError && error.unauthenticated) {
+    signIn(error);
+    return h("div.notice", { role: "status" }, `${what ? `${what}: ` : ""}not signed in (HTTP 401: ${error.message}); sign in above`);
+  }
   if (error instanceof ApiError && error.unimplemented) {
     return h("div.notice", { role: "status" }, `${what ? `${what}: ` : ""}not built yet (the API answers 501: ${error.message})`);
   }
