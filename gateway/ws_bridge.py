@@ -5,6 +5,10 @@ Streams come from the process's stream hub (libs/streams): in mode all the one t
 share, in distributed mode the bridge process's own hub on Pulsar. A connection gets a hello
 frame, then its frames (heartbeats while idle); the client may send `{"type": "ping"}` (answered
 by a heartbeat) and nothing else: any other frame closes it with code 1003.
+
+A connection streams its caller's tenant only: the identity headers Envoy set on the upgrade
+request (libs/identity.py) choose it, and the read scope is needed (401 without an identity in
+AUTH_MODE=jwt, 403 without the scope, both before the upgrade).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from aiohttp import WSMsgType, web
 from gateway.console import ConsoleFiles
 from libs.config import SERVICE_NAMES, Settings
 from libs.errors import AnalyticsError, InvalidArgument, NotFound
+from libs.identity import READ, PermissionDenied, Unauthenticated, identity_from_metadata
 from libs.peers import PeerChannels
 from libs.streams import STREAM_TYPES, Subscriber, SubscriptionClosed, parse_subscription, request_from_params
 from libs.streams.frames import Frame, closing_frame, heartbeat_frame
@@ -83,7 +88,18 @@ class WsBridge:
             message = f"stream_type: {stream_type!r} is not one of {', '.join(STREAM_TYPES)}"
             return web.json_response({"code": 404, "message": message}, status=404)
         try:
-            spec = parse_subscription(request_from_params(stream_type, stream_id, request.query.items()))
+            # Header names are case-insensitive in HTTP; the identity's are lower case, as in gRPC.
+            headers = [(k.lower(), v) for k, v in request.headers.items()]
+            identity = identity_from_metadata(headers, self.settings.auth_mode)
+            if not identity.allows(READ):
+                raise PermissionDenied(f"missing scope '{READ}': streams need it", "scope")
+            spec = parse_subscription(
+                request_from_params(stream_type, stream_id, request.query.items()), identity.tenant
+            )
+        except Unauthenticated as exc:
+            return web.json_response({"code": 401, "message": exc.message}, status=401)
+        except PermissionDenied as exc:
+            return web.json_response({"code": 403, "message": exc.message}, status=403)
         except InvalidArgument as exc:
             return web.json_response({"code": 400, "message": exc.message}, status=400)
         # No per-connection compression: every subscriber of a channel gets the same bytes, and

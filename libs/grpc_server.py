@@ -52,11 +52,13 @@ async def start_server(
     port: int,
     max_message_bytes: int,
     on_stop: tuple[Callable[[], Awaitable[None]], ...] = (),
+    auth_mode: str = "none",
 ) -> RunningServer:
     """Start a grpc.aio server hosting `bindings`; port 0 picks a free port. `on_stop` callbacks
-    run after the server has stopped (to flush and close shared resources)."""
+    run after the server has stopped (to flush and close shared resources). `auth_mode` (AUTH_MODE)
+    says whether a call without the gateway's identity headers is refused (libs/identity.py)."""
     server = aio.server(
-        interceptors=[ExceptionToStatusInterceptor()],
+        interceptors=[ExceptionToStatusInterceptor(auth_mode)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

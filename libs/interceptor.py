@@ -1,4 +1,6 @@
-"""One server interceptor that turns domain errors into gRPC statuses, shared by every service."""
+"""One server interceptor shared by every service: it reads the caller's identity (tenant and scopes,
+libs/identity.py), refuses a call whose scopes do not allow the method (PERMISSION_DENIED naming the
+missing scope), and turns domain errors into gRPC statuses."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
-from libs.errors import AnalyticsError
+from libs.errors import AnalyticsError, InvalidArgument
+from libs.identity import PermissionDenied, identity_from_metadata, required_scope, set_current_identity
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +28,51 @@ async def _abort_for(exc: BaseException, context: aio.ServicerContext, method: s
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the service log")
 
 
-def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def _decoded(deserializer: Callable[[bytes], Any] | None, raw: Any, method: str) -> Any:
+    """A request message from its bytes: what grpc would do before the handler, except that bytes
+    which are not the message (Envoy's transcoder writes such for some JSON, e.g. an object where
+    a map wants a number) are a 400 naming the message, not an UNKNOWN from inside grpc."""
+    if deserializer is None or not isinstance(raw, bytes):
+        return raw
+    try:
+        return deserializer(raw)
+    except DecodeError as exc:
+        name = method.rsplit("/", 1)[-1]
+        raise InvalidArgument(f"the request is not a valid {name} request ({exc})", "body") from None
+
+
+async def _decoded_stream(
+    deserializer: Callable[[bytes], Any] | None, messages: AsyncIterator[Any], method: str
+) -> AsyncIterator[Any]:
+    async for raw in messages:
+        yield _decoded(deserializer, raw, method)
+
+
+def _admit(method: str, request: Any, context: aio.ServicerContext, auth_mode: str) -> None:
+    """Make the caller's identity the call's, when its scopes allow `method` for `request`."""
+    identity = identity_from_metadata(context.invocation_metadata(), auth_mode)
+    needed = required_scope(method, request)
+    if needed is not None and not identity.allows(needed):
+        raise PermissionDenied(f"missing scope '{needed}': {method.rsplit('/', 1)[-1]} needs it", "scope")
+    # Set in the call's own task: the servicer, and the peer calls it makes, see this caller only.
+    set_current_identity(identity)
+
+
+def _wrap_unary(
+    fn: Callable[..., Awaitable[Any]],
+    method: str,
+    auth_mode: str,
+    deserializer: Callable[[bytes], Any] | None,
+    streamed_request: bool = False,
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         try:
+            if streamed_request:
+                request = _decoded_stream(deserializer, request, method)
+            else:
+                request = _decoded(deserializer, request, method)
+            # A client stream's messages are not read yet: its method's scope cannot depend on them.
+            _admit(method, None if streamed_request else request, context, auth_mode)
             return await fn(request, context)
         except aio.AbortError:
             raise
@@ -36,9 +82,20 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
     return handler
 
 
-def _wrap_streaming(fn: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(
+    fn: Callable[..., AsyncIterator[Any]],
+    method: str,
+    auth_mode: str,
+    deserializer: Callable[[bytes], Any] | None,
+    streamed_request: bool = False,
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            if streamed_request:
+                request = _decoded_stream(deserializer, request, method)
+            else:
+                request = _decoded(deserializer, request, method)
+            _admit(method, None if streamed_request else request, context, auth_mode)
             async for item in fn(request, context):
                 yield item
         except aio.AbortError:
@@ -50,7 +107,12 @@ def _wrap_streaming(fn: Callable[..., AsyncIterator[Any]], method: str) -> Calla
 
 
 class ExceptionToStatusInterceptor(aio.ServerInterceptor):
-    """Maps AnalyticsError subclasses to their status and message; anything else to INTERNAL."""
+    """Admits each call of ours by its identity and scope (`auth_mode`: AUTH_MODE, "none" or
+    "jwt"), then maps AnalyticsError subclasses to their status and message; anything else to
+    INTERNAL."""
+
+    def __init__(self, auth_mode: str = "none") -> None:
+        self.auth_mode = auth_mode
 
     async def intercept_service(
         self,
@@ -62,20 +124,25 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
         # Only our own async servicers: stock health and reflection handle their own errors.
         if handler is None or not method.startswith(OWN_METHOD_PREFIX):
             return handler
-        common = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        # Requests reach the wrapper as bytes and are decoded there, so a body that is not the
+        # message gets a 400 (see _decoded).
+        common = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+        decode = handler.request_deserializer
+        mode = self.auth_mode
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **common)
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method, mode, decode), **common
+            )
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **common)
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method, mode, decode, streamed_request=True), **common
+            )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, method), **common
+                _wrap_streaming(handler.unary_stream, method, mode, decode), **common
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(handler.stream_stream, method), **common
+                _wrap_streaming(handler.stream_stream, method, mode, decode, streamed_request=True), **common
             )
         return handler

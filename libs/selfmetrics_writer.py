@@ -20,6 +20,7 @@ import grpc
 from grpc import aio
 
 from libs.config import SERVICE_NAMES
+from libs.identity import SYSTEM
 from libs.peers import PeerChannels
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics, SelfSample
 from platformq.analytics.v1 import realtime_service_pb2, realtime_service_pb2_grpc
@@ -99,7 +100,10 @@ class SelfMetricsWriter:
         for address in addresses:
             stub = realtime_service_pb2_grpc.RealtimeServiceStub(self._channels.to(address))
             try:
-                reply = await stub.IngestMetrics(request, timeout=max(self.interval, MIN_TIMEOUT_SECONDS))
+                # The service's own metrics, written as the service (tenant `default`, AUTH_MODE=jwt too).
+                reply = await stub.IngestMetrics(
+                    request, timeout=max(self.interval, MIN_TIMEOUT_SECONDS), metadata=SYSTEM.metadata()
+                )
             except aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     self.metrics.engine_connection_failures.labels("realtime").inc()

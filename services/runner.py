@@ -59,6 +59,7 @@ async def start_services(
         port,
         4 * settings.max_request_bytes,
         on_stop=(writer.stop, *stops, context.close),
+        auth_mode=settings.auth_mode,
     )
     context.local_port = running.port
     for b in bindings:

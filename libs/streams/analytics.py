@@ -79,7 +79,7 @@ class AnalyticsChannel(Channel):
 
     async def open(self) -> None:
         """Run the query once (its refusal is the subscriber's error), then follow it."""
-        self._answer = answer_of(await self._peers.query(self.query))
+        self._answer = answer_of(await self._peers.query(self.query, self.spec.tenant))
         self._last_run = time.monotonic()
         self._task = asyncio.create_task(self._follow(), name=f"analytics:{self.spec.stream_id}")
 
@@ -108,7 +108,7 @@ class AnalyticsChannel(Channel):
         """Run the query again and publish what changed."""
         self._last_run = time.monotonic()
         try:
-            answer = answer_of(await self._peers.query(self.query))
+            answer = answer_of(await self._peers.query(self.query, self.spec.tenant))
         except AnalyticsError as exc:
             self.failures += 1
             log.warning(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import secrets
 import time
@@ -17,6 +18,7 @@ from libs.bus import Bus, Envelope
 from libs.config import Settings
 from libs.errors import NotFound, Unavailable
 from libs.selfmetrics import SelfMetrics
+from libs.storage import DEFAULT_TENANT
 from libs.streams.analytics import AnalyticsChannel
 from libs.streams.channels import (
     AlertChannel,
@@ -47,6 +49,11 @@ TOPICS = {
 }
 
 
+def _tenant_of(event: Any) -> str:
+    # An event without a tenant was published before tenants existed: the default tenant's.
+    return event.tenant or DEFAULT_TENANT
+
+
 class StreamHub:
     """Live streams of one process for any number of subscribers."""
 
@@ -74,9 +81,10 @@ class StreamHub:
         self._distributed = distributed
         self.channels: dict[tuple, Channel] = {}
         self._opening: dict[tuple, asyncio.Task[Channel]] = {}
-        # Indexes the bus handlers use: only channels that can want an event are looked at.
-        self._by_metric: dict[tuple[str, str], MetricRoutes] = {}
-        self._analytics: dict[tuple[str, str], dict[AnalyticsChannel, None]] = {}
+        # Indexes the bus handlers use: only channels that can want an event are looked at. Keyed
+        # by (tenant, datasource, metric): a channel sees its own tenant's batches only.
+        self._by_metric: dict[tuple[str, str, str], MetricRoutes] = {}
+        self._analytics: dict[tuple[str, str, str], dict[AnalyticsChannel, None]] = {}
         self._anomalies: dict[AnomalyChannel, None] = {}
         self._dashboards: dict[DashboardChannel, None] = {}
         self._alerts: dict[AlertChannel, None] = {}
@@ -173,24 +181,26 @@ class StreamHub:
         args = (spec, self.sequence, self.settings.stream_replay_frames, self.settings.stream_replay_seconds)
         channel: Channel
         if spec.stream_type == "metrics":
-            if await self.peers.metric_exists(spec.datasource, spec.stream_id) is False:
+            if await self.peers.metric_exists(spec.datasource, spec.stream_id, spec.tenant) is False:
                 raise NotFound(
                     f"metric {spec.stream_id!r} is not in datasource {spec.datasource!r} (nothing ingested yet)",
                     "stream_id",
                 )
             channel = MetricsChannel(*args)
-            self._by_metric.setdefault((spec.datasource, spec.stream_id), MetricRoutes()).add(channel)
+            self._by_metric.setdefault((spec.tenant, spec.datasource, spec.stream_id), MetricRoutes()).add(
+                channel
+            )
         elif spec.stream_type == "analytics":
             channel = AnalyticsChannel(
                 *args, peers=self.peers, interval=ANALYTICS_INTERVAL_SECONDS, confirm=self._distributed
             )
             await channel.open()
             for metric in channel.metrics:
-                self._analytics.setdefault((channel.datasource, metric), {})[channel] = None
+                self._analytics.setdefault((spec.tenant, channel.datasource, metric), {})[channel] = None
             channel.mark_dirty()  # a batch may have arrived while the first answer was computed
         elif spec.stream_type == "dashboard":
             channel = DashboardChannel(*args)
-            found = await self.peers.dashboard(spec.stream_id)
+            found = await self.peers.dashboard(spec.stream_id, spec.tenant)
             if found is not None:
                 channel.dashboard_id = found.dashboard.id
                 channel.panels = [message_dict(p) for p in found.panels] or None
@@ -225,7 +235,11 @@ class StreamHub:
         if self._closed:
             raise Unavailable("the server is shutting down; reconnect")
         if self._started is None:
-            self._started = asyncio.ensure_future(self._subscribe_bus())
+            # Started by the first subscriber's call but outliving it: in a context of its own, so
+            # that caller's identity (libs/identity.py) is not what the bus consumers run as.
+            self._started = asyncio.get_running_loop().create_task(
+                self._subscribe_bus(), context=contextvars.Context()
+            )
         await asyncio.shield(self._started)
 
     async def _subscribe_bus(self) -> None:
@@ -256,8 +270,9 @@ class StreamHub:
             event = events_pb2.MetricsBatchEvent.FromString(envelope.payload)
             now = time.monotonic()
             touched: dict[MetricsChannel, None] = {}
+            tenant = _tenant_of(event)
             for series in event.series:
-                key = (event.datasource, series.name)
+                key = (tenant, event.datasource, series.name)
                 for analytics in self._analytics.get(key, ()):
                     analytics.mark_dirty()
                 routes = self._by_metric.get(key)
@@ -277,7 +292,9 @@ class StreamHub:
             body: dict[str, Any] | None = None
             now = time.monotonic()
             for channel in list(self._anomalies):
-                if channel.matches(event.labels, event.datasource):
+                if channel.spec.tenant == _tenant_of(event) and channel.matches(
+                    event.labels, event.datasource
+                ):
                     body = body or message_dict(event)
                     channel.publish(channel.data(anomaly=body), now)
 
@@ -289,7 +306,9 @@ class StreamHub:
             panels: list[dict[str, Any]] | None = None
             now = time.monotonic()
             for channel in list(self._dashboards):
-                if channel.matches(event.dashboard_id, event.dashboard_type):
+                if channel.spec.tenant == _tenant_of(event) and channel.matches(
+                    event.dashboard_id, event.dashboard_type
+                ):
                     panels = panels or [message_dict(p) for p in event.panels]
                     channel.update(panels, now)
 
@@ -301,7 +320,7 @@ class StreamHub:
             body: dict[str, Any] | None = None
             now = time.monotonic()
             for channel in list(self._alerts):
-                if channel.matches(event.name, event.labels):
+                if channel.spec.tenant == _tenant_of(event) and channel.matches(event.name, event.labels):
                     body = body or message_dict(event)
                     channel.publish(channel.data(alert=body), now)
 

@@ -1,5 +1,7 @@
 """What the hub asks other services over gRPC: whether a metric or a dashboard exists (when a
-channel opens) and the answers of analytics queries. In mode all the peers are this process."""
+channel opens) and the answers of analytics queries. In mode all the peers are this process.
+Every call is made on behalf of the subscriber's tenant (its identity headers, read scope): a
+channel's reruns happen outside any request, so the tenant is passed, never taken from a call."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import grpc
 from grpc import aio
 
 from libs.errors import AnalyticsError, InvalidArgument, NotFound, Unavailable
+from libs.identity import reader_of
 from libs.peers import PeerChannels
 from platformq.analytics.v1 import (
     monitoring_service_pb2,
@@ -44,6 +47,11 @@ def _query_error(exc: aio.AioRpcError) -> AnalyticsError:
     return Unavailable(f"the query-router did not answer: {exc.code().name} {details}")
 
 
+def _on_behalf_of(tenant: str) -> tuple[tuple[str, str], ...]:
+    # A subscriber only reads: its channel's calls carry its tenant and the read scope.
+    return reader_of(tenant).metadata()
+
+
 class StreamPeers:
     """Lazily connected clients of the query-router and the monitoring service."""
 
@@ -52,24 +60,25 @@ class StreamPeers:
         self._address_of = address_of
         self.timeout = timeout
         self._channels = PeerChannels()
-        self._metrics: dict[str, tuple[float, frozenset[str]]] = {}
-        self._fetching: dict[str, asyncio.Task[frozenset[str]]] = {}
+        self._metrics: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._fetching: dict[tuple[str, str], asyncio.Task[frozenset[str]]] = {}
 
     def _channel(self, service: str) -> aio.Channel:
         return self._channels.to(self._address_of(service))
 
-    async def metric_exists(self, datasource: str, metric: str) -> bool | None:
-        """Whether the datasource holds the metric; None when the query-router cannot tell.
+    async def metric_exists(self, datasource: str, metric: str, tenant: str) -> bool | None:
+        """Whether the tenant's datasource holds the metric; None when the query-router cannot tell.
         An unknown datasource is NotFound naming `datasource`."""
-        cached = self._metrics.get(datasource)
+        key = (tenant, datasource)
+        cached = self._metrics.get(key)
         if cached is not None and cached[0] > time.monotonic() and metric in cached[1]:
             return True
         # One metadata call at a time per datasource, however many clients connect at once.
-        task = self._fetching.get(datasource)
+        task = self._fetching.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._fetch_metrics(datasource))
-            self._fetching[datasource] = task
-            task.add_done_callback(lambda _: self._fetching.pop(datasource, None))
+            task = asyncio.ensure_future(self._fetch_metrics(datasource, tenant))
+            self._fetching[key] = task
+            task.add_done_callback(lambda _: self._fetching.pop(key, None))
         try:
             known = await asyncio.shield(task)
         except aio.AioRpcError as exc:
@@ -79,22 +88,26 @@ class StreamPeers:
             return None
         return metric in known
 
-    async def _fetch_metrics(self, datasource: str) -> frozenset[str]:
+    async def _fetch_metrics(self, datasource: str, tenant: str) -> frozenset[str]:
         stub = query_service_pb2_grpc.QueryServiceStub(self._channel("query-router"))
         reply = await stub.GetMetadata(
-            query_service_pb2.GetMetadataRequest(datasource=datasource), timeout=self.timeout
+            query_service_pb2.GetMetadataRequest(datasource=datasource),
+            timeout=self.timeout,
+            metadata=_on_behalf_of(tenant),
         )
         known = frozenset(m.name for m in reply.metrics)
-        self._metrics[datasource] = (time.monotonic() + METADATA_TTL_SECONDS, known)
+        self._metrics[(tenant, datasource)] = (time.monotonic() + METADATA_TTL_SECONDS, known)
         return known
 
-    async def dashboard(self, key: str) -> monitoring_service_pb2.GetDashboardResponse | None:
-        """The dashboard `key` names; None when the monitoring service cannot tell (not built,
+    async def dashboard(self, key: str, tenant: str) -> monitoring_service_pb2.GetDashboardResponse | None:
+        """The tenant's dashboard `key` names; None when the monitoring service cannot tell (not built,
         unreachable). An unknown dashboard is NotFound naming `stream_id`."""
         stub = monitoring_service_pb2_grpc.MonitoringServiceStub(self._channel("monitoring"))
         try:
             return await stub.GetDashboard(
-                monitoring_service_pb2.GetDashboardRequest(type=key), timeout=self.timeout
+                monitoring_service_pb2.GetDashboardRequest(type=key),
+                timeout=self.timeout,
+                metadata=_on_behalf_of(tenant),
             )
         except aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
@@ -104,11 +117,13 @@ class StreamPeers:
                 return None
             raise Unavailable(f"the monitoring service did not answer: {exc.code().name}") from None
 
-    async def query(self, request: query_service_pb2.QueryRequest) -> query_service_pb2.QueryResponse:
-        """Run an analytics stream's query; refusals name `query.<field>`."""
+    async def query(
+        self, request: query_service_pb2.QueryRequest, tenant: str
+    ) -> query_service_pb2.QueryResponse:
+        """Run an analytics stream's query over the tenant's data; refusals name `query.<field>`."""
         stub = query_service_pb2_grpc.QueryServiceStub(self._channel("query-router"))
         try:
-            return await stub.Query(request, timeout=self.timeout)
+            return await stub.Query(request, timeout=self.timeout, metadata=_on_behalf_of(tenant))
         except aio.AioRpcError as exc:
             raise _query_error(exc) from None
 

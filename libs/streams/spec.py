@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 
 from libs.errors import InvalidArgument
+from libs.storage import DEFAULT_TENANT
 from libs.streams.frames import Cursor
 from libs.timeparse import parse_duration_ms
 from platformq.analytics.v1 import query_service_pb2
@@ -44,11 +45,14 @@ class StreamSpec:
     query: query_service_pb2.QueryRequest | None = field(default=None, compare=False)
     query_key: bytes = b""
     since: Cursor | None = None
+    tenant: str = DEFAULT_TENANT
+    """The subscriber's tenant: its channel carries that tenant's events only."""
 
     @property
     def key(self) -> tuple:
         """The channel key: everything but `since`."""
         return (
+            self.tenant,
             self.stream_type,
             self.stream_id,
             self.datasource,
@@ -74,8 +78,8 @@ class StreamSpec:
         return out
 
 
-def parse_subscription(request: pb.SubscribeRequest) -> StreamSpec:
-    """Validate a SubscribeRequest into a StreamSpec."""
+def parse_subscription(request: pb.SubscribeRequest, tenant: str = DEFAULT_TENANT) -> StreamSpec:
+    """Validate a SubscribeRequest of `tenant` (the caller's) into a StreamSpec."""
     kind, stream_id = request.stream_type, request.stream_id
     if kind not in STREAM_TYPES:
         raise InvalidArgument(
@@ -91,7 +95,7 @@ def parse_subscription(request: pb.SubscribeRequest) -> StreamSpec:
     step_ms, step, aggregation = _buckets(kind, request.step, request.aggregation)
     query, query_key = _query(kind, request.query if request.HasField("query") else None)
     return StreamSpec(
-        kind, stream_id, datasource, labels, step_ms, step, aggregation, query, query_key, since
+        kind, stream_id, datasource, labels, step_ms, step, aggregation, query, query_key, since, tenant
     )
 
 

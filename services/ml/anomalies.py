@@ -168,7 +168,7 @@ class AnomalyDetection:
             return cached
         now = _now_ms()
         names = [name for name, _ in spec.snapshot]
-        histories = await self._snapshot_history(spec, now, timeout)
+        histories = await self._snapshot_history(spec, tenant, now, timeout)
         response = self._base(spec, version)
         started = time.perf_counter()
         response = await asyncio.to_thread(self._score_snapshot, spec, now, names, histories, response)
@@ -177,7 +177,7 @@ class AnomalyDetection:
         return response
 
     async def _snapshot_history(
-        self, spec: DetectSpec, now: int, timeout: float | None
+        self, spec: DetectSpec, tenant: str, now: int, timeout: float | None
     ) -> dict[str, list[StoredSeries]]:
         names = [name for name, _ in spec.snapshot]
         found: dict[str, list[StoredSeries]] = {}
@@ -345,7 +345,13 @@ class AnomalyDetection:
             1, int(np.median(np.concatenate([np.diff(s.ts) for s in series if len(s.ts) > 1] or [[60_000]])))
         )
         earlier = await self.history.last_before(
-            spec.datasource, list(spec.metrics), filters, start, HISTORY_POINTS, spacing, timeout
+            spec.datasource,
+            list(spec.metrics),
+            filters,
+            start,
+            HISTORY_POINTS,
+            spacing,
+            timeout,
         )
         targets = []
         for s in series:

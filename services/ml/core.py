@@ -3,6 +3,10 @@ predictive maintenance and online learning, each delegated to its component. No 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from libs.errors import NotFound
+from libs.storage import DEFAULT_TENANT
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml.anomalies import AnomalyDetection
 from services.ml.forecasting.component import Forecasting
@@ -13,6 +17,13 @@ from services.ml.online.learning import OnlineLearning
 from services.ml.online.spec import PredictSpec, TrainSpec
 from services.ml.spec import DetectSpec, ListSpec
 from services.ml.stream import StreamScorer
+
+
+def tenant_model(tenant: str, name: str) -> str:
+    """The name an online model of `tenant` is kept and registered under: the default tenant's (and
+    the stream bindings') as named, another tenant's prefixed with `<tenant>~` ('~' is in neither a
+    tenant id nor a model name, so two tenants' names never meet)."""
+    return name if tenant == DEFAULT_TENANT else f"{tenant}~{name}"
 
 
 class MLCore:
@@ -76,12 +87,28 @@ class MLCore:
         """Train and register a remaining-useful-life model."""
         return await self.maintenance.train(spec, tenant, timeout)
 
-    async def train_online(self, spec: TrainSpec, timeout: float | None = None) -> pb.TrainOnlineResponse:
-        """Learn a batch of samples with an online model (created on first use)."""
-        return await self.online.train(spec, timeout)
+    async def train_online(
+        self, spec: TrainSpec, timeout: float | None = None, tenant: str = DEFAULT_TENANT
+    ) -> pb.TrainOnlineResponse:
+        """Learn a batch of samples with one of the tenant's online models (created on first use)."""
+        response = await self.online.train(
+            replace(spec, model_name=tenant_model(tenant, spec.model_name)), timeout
+        )
+        response.model_name = spec.model_name
+        return response
 
     async def predict_online(
-        self, spec: PredictSpec, timeout: float | None = None
+        self, spec: PredictSpec, timeout: float | None = None, tenant: str = DEFAULT_TENANT
     ) -> pb.PredictOnlineResponse:
-        """Predict with an online model, learning nothing."""
-        return await self.online.predict(spec, timeout)
+        """Predict with one of the tenant's online models, learning nothing."""
+        try:
+            response = await self.online.predict(
+                replace(spec, model_name=tenant_model(tenant, spec.model_name)), timeout
+            )
+        except NotFound:
+            # Said with the name the caller knows, not the tenant-prefixed one it is kept under.
+            raise NotFound(
+                f"no online model {spec.model_name!r}: train it first (TrainOnline)", "model_name"
+            ) from None
+        response.model_name = spec.model_name
+        return response

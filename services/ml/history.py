@@ -1,5 +1,6 @@
 """Stored history for the ML service, read through the query-router's gRPC API (never segment
-files), so the ML service runs the same in mode all and in distributed mode."""
+files), so the ML service runs the same in mode all and in distributed mode. Reads carry the
+identity of the call they are made for (libs/identity.py): the tenant's data only."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from grpc import aio
 
 from libs.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from libs.identity import PermissionDenied, outgoing_metadata
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 from services.ml.detectors.base import FloatArray, IntArray
@@ -61,8 +63,9 @@ class HistoryClient:
         end_ms: int,
         timeout: float | None = None,
     ) -> list[StoredSeries]:
-        """Every point of every matching series in [start_ms, end_ms); an unknown datasource
-        gives no series. `timeout` is the caller's remaining deadline."""
+        """Every point of every matching series in [start_ms, end_ms) of the tenant the call is made
+        for (the current request's, or the one `acting_as` names); an unknown datasource gives no
+        series. `timeout` is the caller's remaining deadline."""
         request = query_service_pb2.QueryRequest(
             datasource=datasource,
             metrics=metrics,
@@ -73,12 +76,16 @@ class HistoryClient:
             mode="auto",
         )
         try:
-            response = await self._stub().Query(request, timeout=timeout, wait_for_ready=True)
+            response = await self._stub().Query(
+                request, timeout=timeout, wait_for_ready=True, metadata=outgoing_metadata()
+            )
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return []
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(f"the stored history cannot be read: {exc.details()}") from None
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise PermissionDenied(exc.details() or "missing scope 'read'", "scope") from None
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded("the request's deadline passed while reading stored history") from None
             raise Unavailable(

@@ -35,6 +35,7 @@ import numpy as np
 
 from libs.bus import Bus, Envelope
 from libs.errors import DeadlineExceeded, Unavailable
+from libs.identity import acting_as, reader_of
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import detector_model, shared_fields
@@ -261,9 +262,11 @@ class StreamScorer:
         tenant, datasource, metric, labels = key
         spacing = int(np.median(np.diff(ts))) if len(ts) > 1 else DEFAULT_SPACING_MS
         filters = [common_pb2.LabelFilter(label=k, op="=", value=v) for k, v in labels]
-        history = await self.history.last_before(
-            datasource, [metric], filters, int(ts[0]), WARM_POINTS, spacing
-        )
+        # Outside any request: the history read is made for the series' own tenant.
+        with acting_as(reader_of(tenant)):
+            history = await self.history.last_before(
+                datasource, [metric], filters, int(ts[0]), WARM_POINTS, spacing
+            )
         tp, fp = await asyncio.to_thread(self.store.feedback_counts, tenant, datasource, metric, dict(labels))
         live = _Live(AutoState.new(), time.monotonic(), series_threshold(self.config.sensitivity, tp, fp))
         series = history.get((metric, labels))  # the filters also match series with more labels

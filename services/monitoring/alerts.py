@@ -353,9 +353,14 @@ class AlertEngine:
         """The alerts pending or firing now."""
         return [alert_message(a) for a in self.states.current() if a.state in (PENDING, FIRING)]
 
-    async def list(self, request: pb.ListAlertsRequest) -> pb.ListAlertsResponse:
+    async def list(
+        self, request: pb.ListAlertsRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.ListAlertsResponse:
         """Current alerts, the history (newest first) and the rules, filtered; the request has
-        been validated by `spec.check_list_alerts`."""
+        been validated by `spec.check_list_alerts`. The alerts watch the service itself, in tenant
+        `default` (the operator's): another tenant sees the rules and no alert."""
+        if tenant != DEFAULT_TENANT:
+            return self._rules(request, pb.ListAlertsResponse())
         now = self._now_ms()
         since = now - (
             parse_duration_ms(request.time_range, "time_range") if request.time_range else DEFAULT_HISTORY_MS
@@ -381,6 +386,9 @@ class AlertEngine:
         )
         for t in history:
             response.history.add(id=t.id, alert=alert_message(t.alert), from_state=t.from_state)
+        return self._rules(request, response)
+
+    def _rules(self, request: pb.ListAlertsRequest, response: pb.ListAlertsResponse) -> pb.ListAlertsResponse:
         for rule in self.rules.rules:
             if (request.name and rule.name != request.name) or (
                 request.severity and rule.severity != request.severity

@@ -28,32 +28,38 @@ class MonitoringCore:
         self.export = export
 
     async def monitor(self, request: pb.MonitorRequest) -> pb.MonitorResponse:
-        """Summarise one scope."""
+        """Summarise one scope (its reads carry the caller's identity: reader.py)."""
         return await self.scopes.monitor(request)
 
-    async def get_dashboard(self, key: str) -> pb.GetDashboardResponse:
-        """A dashboard (by id, built-in type or stored type) with its panel data."""
-        return await self.dashboards.get(key)
+    async def get_dashboard(self, key: str, tenant: str) -> pb.GetDashboardResponse:
+        """A tenant's dashboard (by id, built-in type or stored type) with its panel data."""
+        return await self.dashboards.get(key, tenant)
 
-    async def list_dashboards(self, request: pb.ListDashboardsRequest) -> pb.ListDashboardsResponse:
-        """Stored and built-in dashboards, without panel data."""
-        return await self.dashboards.list(request)
+    async def list_dashboards(
+        self, request: pb.ListDashboardsRequest, tenant: str
+    ) -> pb.ListDashboardsResponse:
+        """Built-in and the tenant's stored dashboards, without panel data."""
+        return await self.dashboards.list(request, tenant)
 
-    async def create_dashboard(self, request: pb.CreateDashboardRequest) -> pb.CreateDashboardResponse:
-        """Store a dashboard."""
-        return await self.dashboards.create(request)
+    async def create_dashboard(
+        self, request: pb.CreateDashboardRequest, tenant: str
+    ) -> pb.CreateDashboardResponse:
+        """Store a dashboard of the tenant."""
+        return await self.dashboards.create(request, tenant)
 
-    async def update_dashboard(self, request: pb.UpdateDashboardRequest) -> pb.UpdateDashboardResponse:
-        """Replace a stored dashboard."""
-        return await self.dashboards.update(request)
+    async def update_dashboard(
+        self, request: pb.UpdateDashboardRequest, tenant: str
+    ) -> pb.UpdateDashboardResponse:
+        """Replace a stored dashboard of the tenant."""
+        return await self.dashboards.update(request, tenant)
 
-    async def delete_dashboard(self, dashboard_id: str) -> pb.DeleteDashboardResponse:
-        """Remove a stored dashboard."""
-        return await self.dashboards.delete(dashboard_id)
+    async def delete_dashboard(self, dashboard_id: str, tenant: str) -> pb.DeleteDashboardResponse:
+        """Remove a stored dashboard of the tenant."""
+        return await self.dashboards.delete(dashboard_id, tenant)
 
-    async def list_alerts(self, request: pb.ListAlertsRequest) -> pb.ListAlertsResponse:
-        """Current alerts and their stored history."""
-        return await self.alerts.list(request)
+    async def list_alerts(self, request: pb.ListAlertsRequest, tenant: str) -> pb.ListAlertsResponse:
+        """Current alerts and their stored history (the service's own: tenant `default` only)."""
+        return await self.alerts.list(request, tenant)
 
     async def export_prometheus(
         self, request: pb.ExportPrometheusRequest, timeout: float | None = None

@@ -56,6 +56,8 @@ class Dashboards:
     def __init__(self, context: ServiceContext, reader: PeerReader | None = None) -> None:
         self.context = context
         settings = context.settings
+        # The live refresh runs as the service itself (no caller): it keeps tenant `default`'s
+        # dashboards fresh; requests name their own tenant.
         self.tenant = DEFAULT_TENANT
         self.store = DashboardStore(store_path(settings.data_dir))
         self.reader = reader or PeerReader(context.address_of, 4 * settings.max_request_bytes)
@@ -88,18 +90,19 @@ class Dashboards:
         await self.stop()
 
     # ---- reading -------------------------------------------------------------------------------
-    async def all_dashboards(self) -> list[pb.Dashboard]:
-        """Built-in dashboards, then stored ones (oldest first)."""
-        stored = await asyncio.to_thread(self.store.list, self.tenant)
+    async def all_dashboards(self, tenant: str | None = None) -> list[pb.Dashboard]:
+        """Built-in dashboards, then the tenant's stored ones (oldest first); without a tenant, the
+        live refresh's."""
+        stored = await asyncio.to_thread(self.store.list, tenant or self.tenant)
         return [*self.builtins.values(), *stored]
 
-    async def resolve(self, key: str) -> pb.Dashboard:
-        """The dashboard a key names (see the module's docstring); NotFound names the key."""
+    async def resolve(self, key: str, tenant: str = DEFAULT_TENANT) -> pb.Dashboard:
+        """The dashboard a key names for `tenant` (see the module's docstring); NotFound names the key."""
         if key.startswith(BUILTIN_PREFIX) and key[len(BUILTIN_PREFIX) :] in self.builtins:
             return self.builtins[key[len(BUILTIN_PREFIX) :]]
-        found = await asyncio.to_thread(self.store.get, self.tenant, key)
+        found = await asyncio.to_thread(self.store.get, tenant, key)
         if found is None:
-            found = await asyncio.to_thread(self.store.latest_of_type, self.tenant, key)
+            found = await asyncio.to_thread(self.store.latest_of_type, tenant, key)
         if found is None and key in self.builtins:
             found = self.builtins[key]
         if found is None:
@@ -110,19 +113,23 @@ class Dashboards:
             )
         return found
 
-    async def get(self, key: str) -> pb.GetDashboardResponse:
-        """A dashboard with its panel data, from the cache when computed less than
-        DASHBOARD_CACHE_TTL_SECONDS ago."""
-        dashboard = await self.resolve(key)
-        cache_key = (self.tenant, dashboard.id, dashboard.updated_at_ms)
+    async def get(self, key: str, tenant: str = DEFAULT_TENANT) -> pb.GetDashboardResponse:
+        """A tenant's dashboard with its panel data (over the tenant's series), from the cache when
+        computed less than DASHBOARD_CACHE_TTL_SECONDS ago."""
+        dashboard = await self.resolve(key, tenant)
+        cache_key = (tenant, dashboard.id, dashboard.updated_at_ms)
         cached = self.context.cache.get(DASHBOARD_CACHE, cache_key)
         if cached is not None:
             return cached
         panels, _ = await self.compute(dashboard, self.timeout)
-        return self._cache(dashboard, panels, _now_ms())
+        return self._cache(dashboard, panels, _now_ms(), tenant)
 
     def _cache(
-        self, dashboard: pb.Dashboard, panels: list[common_pb2.Panel], computed_at_ms: int
+        self,
+        dashboard: pb.Dashboard,
+        panels: list[common_pb2.Panel],
+        computed_at_ms: int,
+        tenant: str | None = None,
     ) -> pb.GetDashboardResponse:
         """Keep freshly computed panels for DASHBOARD_CACHE_TTL_SECONDS; returns the answer. An answer
         without a single series (no data yet: a cold start before the first batch) is not kept, so
@@ -130,38 +137,49 @@ class Dashboards:
         response = pb.GetDashboardResponse(dashboard=dashboard, panels=panels, computed_at_ms=computed_at_ms)
         if any(panel.series for panel in panels):
             self.context.cache.put(
-                DASHBOARD_CACHE, (self.tenant, dashboard.id, dashboard.updated_at_ms), response, self.ttl
+                DASHBOARD_CACHE,
+                (tenant or self.tenant, dashboard.id, dashboard.updated_at_ms),
+                response,
+                self.ttl,
             )
         return response
 
-    async def list(self, request: pb.ListDashboardsRequest) -> pb.ListDashboardsResponse:
-        """Built-in dashboards first, then stored ones; `type` keeps one type."""
-        dashboards = [d for d in await self.all_dashboards() if not request.type or d.type == request.type]
+    async def list(
+        self, request: pb.ListDashboardsRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.ListDashboardsResponse:
+        """Built-in dashboards first, then the tenant's stored ones; `type` keeps one type."""
+        dashboards = [
+            d for d in await self.all_dashboards(tenant) if not request.type or d.type == request.type
+        ]
         return pb.ListDashboardsResponse(dashboards=dashboards)
 
     # ---- writing -------------------------------------------------------------------------------
-    async def create(self, request: pb.CreateDashboardRequest) -> pb.CreateDashboardResponse:
+    async def create(
+        self, request: pb.CreateDashboardRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.CreateDashboardResponse:
         """Store a dashboard; warnings name configured metrics, services or simulations that have
         no data (the dashboard is stored anyway: the data may come later)."""
         dashboard = _dashboard_from(request)
-        stored = await asyncio.to_thread(self.store.create, self.tenant, dashboard, _now_ms())
+        stored = await asyncio.to_thread(self.store.create, tenant, dashboard, _now_ms())
         log.info("dashboard created", extra={"dashboard_id": stored.id, "type": stored.type})
         return pb.CreateDashboardResponse(dashboard=stored, warnings=await self._check(stored))
 
-    async def update(self, request: pb.UpdateDashboardRequest) -> pb.UpdateDashboardResponse:
+    async def update(
+        self, request: pb.UpdateDashboardRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.UpdateDashboardResponse:
         """Replace a stored dashboard's name, type, config and refresh interval."""
         await self._refuse_builtin(request.id, "changed")
         dashboard = _dashboard_from(request)
         dashboard.id = request.id
-        updated = await asyncio.to_thread(self.store.update, self.tenant, dashboard, _now_ms())
+        updated = await asyncio.to_thread(self.store.update, tenant, dashboard, _now_ms())
         if updated is None:
             raise NotFound(f"no stored dashboard has the id {request.id!r}", "id")
         return pb.UpdateDashboardResponse(dashboard=updated, warnings=await self._check(updated))
 
-    async def delete(self, dashboard_id: str) -> pb.DeleteDashboardResponse:
+    async def delete(self, dashboard_id: str, tenant: str = DEFAULT_TENANT) -> pb.DeleteDashboardResponse:
         """Remove a stored dashboard."""
         await self._refuse_builtin(dashboard_id, "deleted")
-        if not await asyncio.to_thread(self.store.delete, self.tenant, dashboard_id):
+        if not await asyncio.to_thread(self.store.delete, tenant, dashboard_id):
             raise NotFound(f"no stored dashboard has the id {dashboard_id!r}", "id")
         log.info("dashboard deleted", extra={"dashboard_id": dashboard_id})
         return pb.DeleteDashboardResponse(id=dashboard_id)

@@ -1,6 +1,10 @@
 """What the monitoring service reads from its peers over gRPC: queries, SQL over the series
 catalog and metadata from the query-router, anomalies from the ml service, and every peer's gRPC
-health. Never segment files, so it runs the same in both modes."""
+health. Never segment files, so it runs the same in both modes.
+
+Every call carries the identity of the request it is made for (libs/identity.py: the caller's
+tenant and scopes, forwarded unchanged), or the service's own (tenant `default`) for background
+work such as the alert rules and the dashboards' live refresh."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from google.protobuf import json_format
 from grpc import aio
 
 from libs.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from libs.identity import PermissionDenied, Unauthenticated, outgoing_metadata
 from libs.peers import PeerChannels, replicas
 from platformq.analytics.v1 import (
     ml_service_pb2,
@@ -27,6 +32,10 @@ def _domain_error(exc: aio.AioRpcError, peer: str) -> Exception:
         return InvalidArgument(f"the {peer} refused it: {exc.details()}")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(exc.details() or f"not found by the {peer}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(exc.details() or f"refused by the {peer}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(exc.details() or f"refused by the {peer}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"the request's deadline passed while the {peer} answered")
     return Unavailable(f"the {peer} did not answer: {code.name} {exc.details()}")
@@ -56,7 +65,9 @@ class PeerReader:
         """Run a query on the query-router; an unknown datasource is NotFound."""
         stub = query_service_pb2_grpc.QueryServiceStub(self._channel("query-router"))
         try:
-            return await stub.Query(request, timeout=timeout, wait_for_ready=True)
+            return await stub.Query(
+                request, timeout=timeout, wait_for_ready=True, metadata=outgoing_metadata()
+            )
         except aio.AioRpcError as exc:
             raise _domain_error(exc, "query-router") from None
 
@@ -87,6 +98,7 @@ class PeerReader:
                 query_service_pb2.GetMetadataRequest(datasource=datasource),
                 timeout=timeout,
                 wait_for_ready=True,
+                metadata=outgoing_metadata(),
             )
         except aio.AioRpcError as exc:
             raise _domain_error(exc, "query-router") from None
@@ -97,7 +109,9 @@ class PeerReader:
         """Stored anomalies from the ml service."""
         stub = ml_service_pb2_grpc.MLServiceStub(self._channel("ml"))
         try:
-            return await stub.ListAnomalies(request, timeout=timeout, wait_for_ready=True)
+            return await stub.ListAnomalies(
+                request, timeout=timeout, wait_for_ready=True, metadata=outgoing_metadata()
+            )
         except aio.AioRpcError as exc:
             raise _domain_error(exc, "ml service") from None
 

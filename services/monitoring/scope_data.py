@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from libs.errors import AnalyticsError
-from libs.storage import DEFAULT_TENANT
+from libs.identity import current_identity
 from platformq.analytics.v1 import common_pb2, events_pb2, ml_service_pb2, query_service_pb2
 from services.monitoring.health import Points
 from services.monitoring.panels import CATALOG_SQL, LAYOUT_LABELS, Known, format_step, known_from_rows
@@ -163,7 +163,7 @@ def anomaly_event(anomaly: ml_service_pb2.Anomaly) -> events_pb2.AnomalyEvent:
     """A stored anomaly in the shape the anomaly stream and the monitor answers use."""
     labels = dict(anomaly.labels)
     return events_pb2.AnomalyEvent(
-        tenant=DEFAULT_TENANT,
+        tenant=current_identity().tenant,
         source=labels.get("simulation_id") or labels.get("service_name") or labels.get("host", ""),
         metric=anomaly.metric,
         labels=labels,

@@ -1,4 +1,5 @@
-"""MonitoringService over gRPC: validate, delegate to the MonitoringCore."""
+"""MonitoringService over gRPC: validate, delegate to the MonitoringCore, for the caller's tenant
+(reads of peers made for a call carry its identity: services/monitoring/reader.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from google.api import httpbody_pb2
 from grpc import aio
 
 from libs.errors import DeadlineExceeded
+from libs.identity import current_identity
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from platformq.analytics.v1 import monitoring_service_pb2_grpc
 from services.monitoring import spec
@@ -44,36 +46,36 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self, request: pb.GetDashboardRequest, context: aio.ServicerContext
     ) -> pb.GetDashboardResponse:
         spec.check_dashboard_key(request.type, "type")
-        return await _within(context, self.core.get_dashboard(request.type))
+        return await _within(context, self.core.get_dashboard(request.type, current_identity().tenant))
 
     async def ListDashboards(
         self, request: pb.ListDashboardsRequest, context: aio.ServicerContext
     ) -> pb.ListDashboardsResponse:
-        return await self.core.list_dashboards(request)
+        return await self.core.list_dashboards(request, current_identity().tenant)
 
     async def CreateDashboard(
         self, request: pb.CreateDashboardRequest, context: aio.ServicerContext
     ) -> pb.CreateDashboardResponse:
         spec.check_create_dashboard(request)
-        return await _within(context, self.core.create_dashboard(request))
+        return await _within(context, self.core.create_dashboard(request, current_identity().tenant))
 
     async def UpdateDashboard(
         self, request: pb.UpdateDashboardRequest, context: aio.ServicerContext
     ) -> pb.UpdateDashboardResponse:
         spec.check_update_dashboard(request)
-        return await _within(context, self.core.update_dashboard(request))
+        return await _within(context, self.core.update_dashboard(request, current_identity().tenant))
 
     async def DeleteDashboard(
         self, request: pb.DeleteDashboardRequest, context: aio.ServicerContext
     ) -> pb.DeleteDashboardResponse:
         spec.check_dashboard_key(request.id, "id")
-        return await self.core.delete_dashboard(request.id)
+        return await self.core.delete_dashboard(request.id, current_identity().tenant)
 
     async def ListAlerts(
         self, request: pb.ListAlertsRequest, context: aio.ServicerContext
     ) -> pb.ListAlertsResponse:
         spec.check_list_alerts(request)
-        return await self.core.list_alerts(request)
+        return await self.core.list_alerts(request, current_identity().tenant)
 
     async def ExportPrometheus(
         self, request: pb.ExportPrometheusRequest, context: aio.ServicerContext

@@ -1,10 +1,11 @@
-"""QueryService over gRPC: validate, convert, delegate to the QueryRouter core."""
+"""QueryService over gRPC: validate, convert, delegate to the QueryRouter core, for the caller's tenant."""
 
 from __future__ import annotations
 
 from grpc import aio
 
 from libs.errors import InvalidArgument
+from libs.identity import current_identity
 from platformq.analytics.v1 import query_service_pb2 as pb
 from platformq.analytics.v1 import query_service_pb2_grpc
 from services.query_router.core import QueryRouter
@@ -21,19 +22,19 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         spec = query_from_proto(request)
         if spec.explain:
             # The plan alone, in the Query answer's metadata: nothing runs.
-            explained = await self.core.explain(spec)
+            explained = await self.core.explain(spec, current_identity().tenant)
             return pb.QueryResponse(metadata=pb.QueryMetadata(plan=explained.plan))
         # The request's deadline (None without one) bounds the query; cancelling this handler (the client
         # went away) stops it too.
-        return await self.core.query(spec, time_remaining=context.time_remaining())
+        return await self.core.query(spec, current_identity().tenant, time_remaining=context.time_remaining())
 
     async def QueryTimeseries(
         self, request: pb.QueryTimeseriesRequest, context: aio.ServicerContext
     ) -> pb.QueryTimeseriesResponse:
-        return await self.core.query_timeseries(timeseries_from_proto(request))
+        return await self.core.query_timeseries(timeseries_from_proto(request), current_identity().tenant)
 
     async def Explain(self, request: pb.ExplainRequest, context: aio.ServicerContext) -> pb.ExplainResponse:
-        return await self.core.explain(query_from_proto(request.query))
+        return await self.core.explain(query_from_proto(request.query), current_identity().tenant)
 
     async def GetCapabilities(
         self, request: pb.GetCapabilitiesRequest, context: aio.ServicerContext
@@ -45,4 +46,4 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     ) -> pb.GetMetadataResponse:
         if not request.datasource:
             raise InvalidArgument("must not be empty", "datasource")
-        return await self.core.metadata(request.datasource)
+        return await self.core.metadata(request.datasource, current_identity().tenant)

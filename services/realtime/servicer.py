@@ -1,4 +1,4 @@
-"""RealtimeService over gRPC: validate, convert, delegate to the RealtimeCore."""
+"""RealtimeService over gRPC: validate, convert, delegate to the RealtimeCore, for the caller's tenant."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
+from libs.identity import current_identity
 from libs.streams import STREAM_TYPES, parse_subscription
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from platformq.analytics.v1 import realtime_service_pb2_grpc
@@ -24,15 +25,16 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
     async def IngestMetrics(
         self, request: pb.IngestMetricsRequest, context: aio.ServicerContext
     ) -> pb.IngestMetricsResponse:
-        return await self.core.ingest(request)
+        return await self.core.ingest(request, current_identity().tenant)
 
     async def IngestMetricsStream(
         self, request_iterator: AsyncIterator[pb.IngestMetricsStreamRequest], context: aio.ServicerContext
     ) -> pb.IngestMetricsStreamResponse:
         total = pb.IngestMetricsStreamResponse()
+        tenant = current_identity().tenant
         async for item in request_iterator:
             # Each batch is durable before the next is read; the answer totals them all.
-            reply = await self.core.ingest(item.batch)
+            reply = await self.core.ingest(item.batch, tenant)
             total.accepted += reply.accepted
             total.rejected += reply.rejected
             room = MAX_STREAM_ERRORS - len(total.errors)
@@ -43,5 +45,5 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
         self, request: pb.SubscribeRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.SubscribeResponse]:
         # Ends when the client cancels (the generator is closed and the subscriber removed).
-        async for frame in self.core.subscribe(parse_subscription(request)):
+        async for frame in self.core.subscribe(parse_subscription(request, current_identity().tenant)):
             yield frame

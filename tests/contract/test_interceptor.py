@@ -51,3 +51,14 @@ async def test_errors_map_to_statuses(stub, datasource, code, message):
     assert err.value.code() == code
     assert err.value.details().startswith(message)
     assert "secret" not in err.value.details()
+
+
+async def test_bytes_that_are_not_the_request_message_are_a_400_naming_it(channel):
+    # Envoy's transcoder writes such bytes for some JSON (an object where a map wants a number);
+    # grpc's own decoding answered UNKNOWN, which the gateway made a 500.
+    corrupt = b"\x12\x07\x0a\x01x\x12\x02\xff\xff"  # field 2 (a map entry) whose value is truncated
+    call = channel.unary_unary("/platformq.analytics.v1.MLService/PredictOnline")
+    with pytest.raises(aio.AioRpcError) as err:
+        await call(corrupt)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("body: the request is not a valid PredictOnline request")

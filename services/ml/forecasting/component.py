@@ -260,7 +260,12 @@ class Forecasting:
         end = spec.end_ms if spec.end_ms is not None else now + 1
         start = spec.start_ms if spec.start_ms is not None else end - spec.lookback_ms
         found = await self.history.raw(
-            spec.datasource, list(spec.metrics), [_label_filter(f) for f in spec.filters], start, end, timeout
+            spec.datasource,
+            list(spec.metrics),
+            [_label_filter(f) for f in spec.filters],
+            start,
+            end,
+            timeout,
         )
         found = [s for s in found if len(s.ts)]
         field = self._field(spec, 0)

@@ -62,7 +62,7 @@ class Maintenance:
         """Fit on the histories, log and register the model, and answer with it from now on."""
         histories, running = list(spec.histories), []
         if spec.stored is not None:
-            histories, running = await self._stored_histories(spec.stored, timeout)
+            histories, running = await self._stored_histories(spec.stored, tenant, timeout)
             check_histories(histories, "stored")
         from services.ml.maintenance import model as rul
 
@@ -188,7 +188,7 @@ class Maintenance:
             return version, fitted
 
     async def _stored_histories(
-        self, stored: StoredTraining, timeout: float | None
+        self, stored: StoredTraining, tenant: str, timeout: float | None
     ) -> tuple[list[EntityHistory], list[str]]:
         """(histories, running): each failed entity's readings (every metric at the same
         timestamp) up to its failure, and the entities that have not failed (failure_metric only)."""

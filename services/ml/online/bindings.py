@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from libs.bus import Bus, Envelope
 from libs.errors import ConfigError, InvalidArgument
 from libs.selfmetrics import SelfMetrics
+from libs.storage import DEFAULT_TENANT
 from platformq.analytics.v1 import events_pb2
 from services.ml.online.learning import OnlineLearning
 from services.ml.online.spec import check_model_name, resolve_kind_task
@@ -125,7 +126,8 @@ class StreamTrainer:
         """Bus handler: join each binding's metrics per entity and timestamp, learn complete rows."""
         event = events_pb2.MetricsBatchEvent.FromString(envelope.payload)
         for binding, pending in zip(self.bindings, self._pending, strict=True):
-            if event.datasource != binding.datasource:
+            # Bindings are the operator's: their models learn tenant `default`'s metrics only.
+            if event.datasource != binding.datasource or (event.tenant or DEFAULT_TENANT) != DEFAULT_TENANT:
                 continue
             rows = self._rows(binding, pending, event)
             if rows:
