@@ -75,6 +75,39 @@ class Settings(BaseSettings):
     bind_host: str = "127.0.0.1"
     """BIND_HOST: the address every server listens on (loopback by default)."""
 
+    auth_mode: Literal["none", "jwt"] = "none"
+    """AUTH_MODE: none (no authentication: every request is tenant default with every scope) or jwt
+    (Envoy verifies bearer tokens; a service refuses a call without the tenant header Envoy sets)."""
+
+    auth_jwks: str = ""
+    """AUTH_JWKS: the JSON Web Key Set that verifies tokens with AUTH_MODE=jwt, a file path or an
+    http(s) URL; empty means the development key pair's DATA_DIR/auth/jwks.json (made by `make up`)."""
+
+    auth_issuer: str = ""
+    """AUTH_ISSUER: the `iss` a token must carry; empty accepts any issuer."""
+
+    auth_audiences: str = ""
+    """AUTH_AUDIENCES: comma-separated audiences, one of which a token's `aud` must name; empty
+    accepts any audience."""
+
+    auth_tenant_claim: str = Field(default="tenant", min_length=1)
+    """AUTH_TENANT_CLAIM: the token claim (a string; nested as a.b) that names the caller's tenant."""
+
+    auth_scopes_claim: str = Field(default="scope", min_length=1)
+    """AUTH_SCOPES_CLAIM: the token claim that holds the caller's scopes, space-separated as OAuth
+    writes them (read, write, admin)."""
+
+    auth_allow_insecure: bool = False
+    """AUTH_ALLOW_INSECURE: let AUTH_MODE=none serve on a BIND_HOST that is not loopback (refused
+    otherwise: anyone who reaches the port could read and write every tenant's data)."""
+
+    tls_cert: Path | None = None
+    """TLS_CERT: a PEM certificate chain; with TLS_KEY, Envoy's port serves TLS only (HTTP/2 and
+    HTTP/1.1 by ALPN: REST, gRPC and WebSocket)."""
+
+    tls_key: Path | None = None
+    """TLS_KEY: the PEM private key of TLS_CERT."""
+
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
     """GRPC_PORT: the gRPC port; defaults to 50051 for `serve all`, or the service's own port."""
 
@@ -126,6 +159,10 @@ class Settings(BaseSettings):
 
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""
+
+    gateway_headers_timeout_seconds: float = Field(default=10.0, gt=0)
+    """GATEWAY_HEADERS_TIMEOUT_SECONDS: how long the gateway waits for a request's headers (a
+    slowloris-style client, or a WebSocket upgrade sent a byte at a time, is cut off after it)."""
 
     train_timeout_seconds: float = Field(default=1800.0, gt=0)
     """TRAIN_TIMEOUT_SECONDS: the gateway's timeout for a model training call (TrainMaintenance)."""

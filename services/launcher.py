@@ -7,11 +7,13 @@ the death of any one of them leaves no process behind.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway.envoy_config import write as write_envoy_config
+from libs.auth_keys import ensure_dev_keys
 from libs.config import SERVICES, Settings, service_info
 from libs.errors import ConfigError
 from services.pulsar_standalone import PulsarStandalone
@@ -45,17 +48,50 @@ def envoy_binary() -> str:
     return found
 
 
-def gateway_healthy(port: int) -> bool:
-    """True when GET /health through the gateway answers 200."""
+def refuse_open_exposure(settings: Settings) -> None:
+    """Refuse to serve without authentication on an address others can reach: AUTH_MODE=none on a
+    BIND_HOST that is not loopback needs AUTH_ALLOW_INSECURE=1 (docs/security.md)."""
+    if settings.auth_mode != "none" or settings.auth_allow_insecure or _is_loopback(settings.bind_host):
+        return
+    raise ConfigError(
+        f"BIND_HOST={settings.bind_host} is not loopback and AUTH_MODE=none: anyone who reaches it could "
+        "read and write every tenant's data. Set AUTH_MODE=jwt (with AUTH_JWKS), bind loopback, or set "
+        "AUTH_ALLOW_INSECURE=1 to accept that"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def gateway_healthy(port: int, tls: bool = False) -> bool:
+    """True when GET /health through the gateway answers 200 (over TLS when the gateway serves it:
+    a local probe of our own port, so the certificate, possibly self-signed, is not checked)."""
+    scheme = "https" if tls else "http"
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(
+            f"{scheme}://127.0.0.1:{port}/health", timeout=2, context=context
+        ) as reply:
             return reply.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
 def _banner(settings: Settings, mode: str) -> str:
-    base = f"http://127.0.0.1:{settings.gateway_port}"
+    tls = settings.tls_cert is not None
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{settings.gateway_port}"
+    ws = f"{'wss' if tls else 'ws'}://127.0.0.1:{settings.gateway_port}"
+    auth = '-H "authorization: Bearer $(make -s token)" ' if settings.auth_mode == "jwt" else ""
     query = json.dumps(
         {
             "metrics": ["cpu_usage", "memory_usage"],
@@ -68,13 +104,13 @@ def _banner(settings: Settings, mode: str) -> str:
 platformQ analytics is up (mode {mode}).
   Web console:               {base}/
   REST, gRPC and WebSocket:  {base}   (health: {base}/health)
-  WebSocket streams:         ws://127.0.0.1:{settings.gateway_port}/api/v1/ws/{{stream_type}}/{{stream_id}}
+  WebSocket streams:         {ws}/api/v1/ws/{{stream_type}}/{{stream_id}}
   gRPC services (direct):    {settings.address_of("query-router")} (query-router; see README for the others)
   Envoy admin:               http://127.0.0.1:{settings.envoy_admin_port}
 Try:
   curl -s {base}/health
-  curl -s -X POST {base}/api/v1/query -H 'content-type: application/json' -d '{query}'
-  curl -s {base}/api/v1/analytics/capabilities
+  curl -s -X POST {base}/api/v1/query {auth}-H 'content-type: application/json' -d '{query}'
+  curl -s {auth}{base}/api/v1/analytics/capabilities
 Ctrl-C stops everything.
 """.rstrip()
 
@@ -95,6 +131,8 @@ def _envoy_command(config: Path) -> list[str]:
 def run_local_stack(settings: Settings) -> int:
     """Mode all: Envoy and `serve all`, wait for health, run until a signal; the exit code."""
     die_with_parent()
+    # The development key pair (`make token`), whose JWKS the gateway uses when AUTH_JWKS is unset.
+    ensure_dev_keys(settings.data_dir)
     config = write_envoy_config(settings, settings.data_dir / "gateway" / "envoy.yaml")
     serve = [sys.executable, "-m", "services.cli", "serve", "all", *(["--demo"] if settings.demo else [])]
     return _supervise({"services": (serve, {}), "envoy": (_envoy_command(config), {})}, settings, "all")
@@ -124,6 +162,7 @@ def run_distributed_stack(settings: Settings) -> int:
     process, Envoy routing to them; everything stops together (Pulsar too, if started here)."""
     die_with_parent()
     pulsar = PulsarStandalone(settings.data_dir / "pulsar")
+    ensure_dev_keys(settings.data_dir)
     started_pulsar = pulsar.start()
     try:
         ports = distributed_ports(settings)
@@ -183,7 +222,7 @@ def _supervise(
             exit_code = 1
             break
         if not announced:
-            if gateway_healthy(settings.gateway_port):
+            if gateway_healthy(settings.gateway_port, tls=settings.tls_cert is not None):
                 print(_banner(settings, mode), flush=True)
                 announced = True
             elif time.monotonic() > deadline:

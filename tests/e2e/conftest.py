@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -44,9 +45,16 @@ def stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def healthy(port: int) -> bool:
+def healthy(port: int, tls: bool = False) -> bool:
+    """GET /health answers 200 (over TLS, the test's own self-signed certificate unchecked, when `tls`)."""
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/health"
+        with urllib.request.urlopen(url, timeout=1, context=context) as reply:
             return reply.status == 200
     except OSError:
         return False
@@ -95,12 +103,14 @@ def running_stack(
         [ANALYTICS, "up"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
     )
     port = int(env["GATEWAY_PORT"])
+    tls = bool(env.get("TLS_CERT"))
     try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, timeout, "the gateway's /health")
+        wait_until(lambda: healthy(port, tls) or process.poll() is not None, timeout, "the gateway's /health")
         if process.poll() is not None:
             shown = Path(log.name).read_text()[-4000:] if hasattr(log, "name") else ""
             raise AssertionError(f"the stack did not start: {shown}")
-        yield Stack(f"http://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
+        scheme = "https" if tls else "http"
+        yield Stack(f"{scheme}://127.0.0.1:{port}", port, int(env["GRPC_PORT"]), env, process)
     finally:
         if process.poll() is None:
             stop_and_check_nothing_left(process)
