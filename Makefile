@@ -8,10 +8,16 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up up-distributed pulsar-deps prometheus-deps browser-deps test install gen lint format bench clean mlflow-ui
+.PHONY: up up-distributed token pulsar-deps prometheus-deps browser-deps test install gen lint format bench clean mlflow-ui \
+	openapi openapi-check
 
 up: gen
 	exec $(BIN)/analytics up
+
+# A development token (RS256) from the key pair `make up` keeps in DATA_DIR/auth/, for AUTH_MODE=jwt:
+# curl -H "authorization: Bearer $$(make -s token)" ...; TOKEN_ARGS='--tenant acme --scopes read'.
+token: $(STAMP)
+	@$(BIN)/analytics token $(TOKEN_ARGS)
 
 # Distributed mode: Pulsar (from Maven Central, see scripts/pulsar-standalone), then every service
 # in its own process (realtime twice) and Envoy on 8080. Ctrl-C stops everything, Pulsar included.
@@ -38,7 +44,7 @@ mlflow-ui: $(STAMP)
 browser-deps:
 	scripts/browser-deps >/dev/null
 
-test: gen lint pulsar-deps prometheus-deps browser-deps
+test: gen lint openapi-check pulsar-deps prometheus-deps browser-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 $(BIN)/python:
@@ -66,6 +72,15 @@ build/.gen: $(PROTOS) buf.yaml $(STAMP)
 	touch $@
 
 gen: build/.gen
+
+# The REST API's OpenAPI document, gateway/openapi.json (checked in, served at /api/v1/openapi.json),
+# from protos/ by grpc-gateway's protoc-gen-openapiv2, built with Go into build/bin (scripts/openapi).
+openapi: $(STAMP)
+	scripts/openapi
+
+# Fails when gateway/openapi.json is stale: a proto change must come with `make openapi`.
+openapi-check: $(STAMP)
+	scripts/openapi --check
 
 lint: gen
 	$(BIN)/buf lint

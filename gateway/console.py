@@ -5,6 +5,9 @@ step and no Node.js at run time. Every answer carries a weak ETag (a hash of the
 that it survives the gateway's gzip) and a browser revalidates with `If-None-Match` and gets 304; the console's own files are `no-cache` (always
 revalidated, so a new release shows at once) and the vendored chart library, whose path names its
 version, is `immutable` for a year.
+
+The same bridge serves the REST API's OpenAPI document, `gateway/openapi.json` (generated from the
+protos by `make openapi`, docs/openapi.md), at `GET /api/v1/openapi.json`, revalidated like the console.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from aiohttp import web
 
 CONSOLE_ROOT = Path(__file__).with_name("console")
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
+OPENAPI_PATH = "/api/v1/openapi.json"
 INDEX = "index.html"
 VENDOR_PREFIX = "vendor/"
 REVALIDATE = "no-cache"
@@ -100,6 +105,23 @@ class ConsoleFiles:
     def add_routes(self, application: web.Application) -> None:
         application.router.add_get("/", self.index)
         application.router.add_get("/ui/{path:.+}", self.file)
+        OpenApiDocument().add_routes(application)
+
+
+class OpenApiDocument:
+    """The REST API's OpenAPI document (`document`, checked in), served at OPENAPI_PATH."""
+
+    def __init__(self, document: Path = OPENAPI_DOCUMENT) -> None:
+        # A ConsoleFiles rooted at the document's folder gives it the same ETag and 304 handling;
+        # only the one file name is ever asked of it.
+        self.files = ConsoleFiles(document.parent)
+        self.name = document.name
+
+    async def serve(self, request: web.Request) -> web.Response:
+        return self.files.respond(request, self.name)
+
+    def add_routes(self, application: web.Application) -> None:
+        application.router.add_get(OPENAPI_PATH, self.serve)
 
 
 def _etags(header: str) -> set[str]:
