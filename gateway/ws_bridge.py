@@ -23,9 +23,11 @@ from gateway.console import ConsoleFiles
 from libs.config import SERVICE_NAMES, Settings
 from libs.errors import AnalyticsError, InvalidArgument, NotFound
 from libs.identity import READ, PermissionDenied, Unauthenticated, identity_from_metadata
+from libs.limits import Throttled
 from libs.peers import PeerChannels
 from libs.streams import STREAM_TYPES, Subscriber, SubscriptionClosed, parse_subscription, request_from_params
 from libs.streams.frames import Frame, closing_frame, heartbeat_frame
+from libs.streams.spec import StreamSpec
 from libs.streams.subscriber import (
     CLOSE_BAD_REQUEST,
     CLOSE_GOING_AWAY,
@@ -102,6 +104,22 @@ class WsBridge:
             return web.json_response({"code": 403, "message": exc.message}, status=403)
         except InvalidArgument as exc:
             return web.json_response({"code": 400, "message": exc.message}, status=400)
+        try:
+            self.context.limits.streams.enter(identity.tenant)
+        except Throttled as exc:
+            return web.json_response(
+                {"code": 429, "message": exc.message},
+                status=429,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        try:
+            return await self._serve(request, spec)
+        finally:
+            self.context.limits.streams.leave(identity.tenant)
+
+    async def _serve(self, request: web.Request, spec: StreamSpec) -> web.StreamResponse:
+        """The upgrade, then the stream's frames until either side leaves."""
+        stream_type = spec.stream_type
         # No per-connection compression: every subscriber of a channel gets the same bytes, and
         # deflating them once per client would cost more than the hub itself.
         ws = web.WebSocketResponse(heartbeat=None, max_msg_size=MAX_CLIENT_FRAME_BYTES, compress=False)

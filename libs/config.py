@@ -160,6 +160,21 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""
 
+    tenant_rate_limit: float = Field(default=0.0, ge=0)
+    """TENANT_RATE_LIMIT: API calls per second one tenant may make to one service process (a token
+    bucket per tenant; 0: no limit); over it: 429 with Retry-After, other tenants unaffected."""
+
+    tenant_rate_burst: int = Field(default=100, gt=0)
+    """TENANT_RATE_BURST: calls a tenant may make at once above TENANT_RATE_LIMIT's pace."""
+
+    tenant_max_concurrent_queries: int = Field(default=0, ge=0)
+    """TENANT_MAX_CONCURRENT_QUERIES: metrics, SQL and timeseries queries one tenant may run at once
+    in one query-router (0: no limit); one more is a 429 with Retry-After."""
+
+    tenant_max_streams: int = Field(default=0, ge=0)
+    """TENANT_MAX_STREAMS: live streams (WebSocket and Subscribe) one tenant may hold open on one
+    process (0: no limit); one more is refused with 429 before the upgrade."""
+
     gateway_headers_timeout_seconds: float = Field(default=10.0, gt=0)
     """GATEWAY_HEADERS_TIMEOUT_SECONDS: how long the gateway waits for a request's headers (a
     slowloris-style client, or a WebSocket upgrade sent a byte at a time, is cut off after it)."""

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from libs.interceptor import ExceptionToStatusInterceptor
+from libs.limits import TenantLimits
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,14 @@ async def start_server(
     max_message_bytes: int,
     on_stop: tuple[Callable[[], Awaitable[None]], ...] = (),
     auth_mode: str = "none",
+    limits: TenantLimits | None = None,
 ) -> RunningServer:
     """Start a grpc.aio server hosting `bindings`; port 0 picks a free port. `on_stop` callbacks
     run after the server has stopped (to flush and close shared resources). `auth_mode` (AUTH_MODE)
-    says whether a call without the gateway's identity headers is refused (libs/identity.py)."""
+    says whether a call without the gateway's identity headers is refused (libs/identity.py);
+    `limits` are the process's per-tenant limits (libs/limits.py; none when not given)."""
     server = aio.server(
-        interceptors=[ExceptionToStatusInterceptor(auth_mode)],
+        interceptors=[ExceptionToStatusInterceptor(auth_mode, limits)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -14,6 +14,7 @@ from grpc import aio
 
 from libs.errors import AnalyticsError, InvalidArgument
 from libs.identity import PermissionDenied, identity_from_metadata, required_scope, set_current_identity
+from libs.limits import TenantLimits, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,10 @@ OWN_METHOD_PREFIX = "/platformq.analytics.v1."
 
 
 async def _abort_for(exc: BaseException, context: aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, Throttled):
+        # The gateway turns it into the HTTP header of the 429 (a trailers-only answer's metadata
+        # are its headers).
+        context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
     if isinstance(exc, AnalyticsError):
         await context.abort(exc.status, exc.message)
     # Anything else is a bug: log it with its trace, tell the client nothing internal.
@@ -48,20 +53,26 @@ async def _decoded_stream(
         yield _decoded(deserializer, raw, method)
 
 
-def _admit(method: str, request: Any, context: aio.ServicerContext, auth_mode: str) -> None:
-    """Make the caller's identity the call's, when its scopes allow `method` for `request`."""
+def _admit(
+    method: str, request: Any, context: aio.ServicerContext, auth_mode: str, limits: TenantLimits
+) -> str:
+    """Make the caller's identity the call's, when its scopes allow `method` for `request` and its
+    tenant is within its rate; returns the tenant."""
     identity = identity_from_metadata(context.invocation_metadata(), auth_mode)
     needed = required_scope(method, request)
     if needed is not None and not identity.allows(needed):
         raise PermissionDenied(f"missing scope '{needed}': {method.rsplit('/', 1)[-1]} needs it", "scope")
+    limits.rate.check(identity.tenant)
     # Set in the call's own task: the servicer, and the peer calls it makes, see this caller only.
     set_current_identity(identity)
+    return identity.tenant
 
 
 def _wrap_unary(
     fn: Callable[..., Awaitable[Any]],
     method: str,
     auth_mode: str,
+    limits: TenantLimits,
     deserializer: Callable[[bytes], Any] | None,
     streamed_request: bool = False,
 ) -> Callable[..., Awaitable[Any]]:
@@ -72,8 +83,12 @@ def _wrap_unary(
             else:
                 request = _decoded(deserializer, request, method)
             # A client stream's messages are not read yet: its method's scope cannot depend on them.
-            _admit(method, None if streamed_request else request, context, auth_mode)
-            return await fn(request, context)
+            tenant = _admit(method, None if streamed_request else request, context, auth_mode, limits)
+            slots = limits.slots_for(method)
+            if slots is None:
+                return await fn(request, context)
+            with slots.slot(tenant):
+                return await fn(request, context)
         except aio.AbortError:
             raise
         except Exception as exc:
@@ -86,6 +101,7 @@ def _wrap_streaming(
     fn: Callable[..., AsyncIterator[Any]],
     method: str,
     auth_mode: str,
+    limits: TenantLimits,
     deserializer: Callable[[bytes], Any] | None,
     streamed_request: bool = False,
 ) -> Callable[..., AsyncIterator[Any]]:
@@ -95,9 +111,15 @@ def _wrap_streaming(
                 request = _decoded_stream(deserializer, request, method)
             else:
                 request = _decoded(deserializer, request, method)
-            _admit(method, None if streamed_request else request, context, auth_mode)
-            async for item in fn(request, context):
-                yield item
+            tenant = _admit(method, None if streamed_request else request, context, auth_mode, limits)
+            slots = limits.slots_for(method)
+            if slots is None:
+                async for item in fn(request, context):
+                    yield item
+            else:
+                with slots.slot(tenant):
+                    async for item in fn(request, context):
+                        yield item
         except aio.AbortError:
             raise
         except Exception as exc:
@@ -111,8 +133,9 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
     "jwt"), then maps AnalyticsError subclasses to their status and message; anything else to
     INTERNAL."""
 
-    def __init__(self, auth_mode: str = "none") -> None:
+    def __init__(self, auth_mode: str = "none", limits: TenantLimits | None = None) -> None:
         self.auth_mode = auth_mode
+        self.limits = limits or TenantLimits.of(0, 1, 0, 0)
 
     async def intercept_service(
         self,
@@ -128,21 +151,23 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
         # message gets a 400 (see _decoded).
         common = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         decode = handler.request_deserializer
-        mode = self.auth_mode
+        mode, limits = self.auth_mode, self.limits
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, mode, decode), **common
+                _wrap_unary(handler.unary_unary, method, mode, limits, decode), **common
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, mode, decode, streamed_request=True), **common
+                _wrap_unary(handler.stream_unary, method, mode, limits, decode, streamed_request=True),
+                **common,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, method, mode, decode), **common
+                _wrap_streaming(handler.unary_stream, method, mode, limits, decode), **common
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(handler.stream_stream, method, mode, decode, streamed_request=True), **common
+                _wrap_streaming(handler.stream_stream, method, mode, limits, decode, streamed_request=True),
+                **common,
             )
         return handler

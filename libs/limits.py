@@ -34,10 +34,17 @@ class _Bucket:
 class RateLimiter:
     """`rate` requests a second per tenant, bursts up to `burst`; rate 0 means no limit."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_refusal: Callable[[str], None] = lambda limit: None,
+    ) -> None:
         self.rate = rate
         self.burst = max(burst, 1)
         self.clock = clock
+        self.on_refusal = on_refusal
         self._buckets: dict[str, _Bucket] = {}
 
     def wait_needed(self, tenant: str) -> float:
@@ -60,6 +67,7 @@ class RateLimiter:
         """Raise Throttled when `tenant` is over its rate."""
         wait = self.wait_needed(tenant)
         if wait > 0:
+            self.on_refusal("rate")
             raise Throttled(
                 f"tenant {tenant!r} is over its {self.rate:g} requests/s (TENANT_RATE_LIMIT)",
                 retry_after=max(1, math.ceil(wait)),
@@ -75,10 +83,13 @@ class RateLimiter:
 class ConcurrencyLimiter:
     """At most `limit` at once per tenant (0: no limit); `what` names the work in refusals."""
 
-    def __init__(self, limit: int, what: str, setting: str) -> None:
+    def __init__(
+        self, limit: int, what: str, setting: str, on_refusal: Callable[[str], None] = lambda limit: None
+    ) -> None:
         self.limit = limit
         self.what = what
         self.setting = setting
+        self.on_refusal = on_refusal
         self._running: dict[str, int] = {}
 
     def running(self, tenant: str) -> int:
@@ -87,6 +98,7 @@ class ConcurrencyLimiter:
     def enter(self, tenant: str) -> None:
         """Count one more for `tenant`, or raise Throttled when it already has `limit`."""
         if self.limit and self.running(tenant) >= self.limit:
+            self.on_refusal(self.what)
             raise Throttled(
                 f"tenant {tenant!r} already has {self.limit} {self.what} running ({self.setting})",
                 retry_after=1,
@@ -108,3 +120,43 @@ class ConcurrencyLimiter:
             yield
         finally:
             self.leave(tenant)
+
+
+QUERY_METHODS = frozenset(
+    {"/platformq.analytics.v1.QueryService/Query", "/platformq.analytics.v1.QueryService/QueryTimeseries"}
+)
+STREAM_METHODS = frozenset({"/platformq.analytics.v1.RealtimeService/Subscribe"})
+
+
+@dataclass
+class TenantLimits:
+    """The per-tenant limits of one process, shared by its gRPC server and its ws bridge."""
+
+    rate: RateLimiter
+    queries: ConcurrencyLimiter
+    streams: ConcurrencyLimiter
+
+    @classmethod
+    def of(
+        cls,
+        rate: float,
+        burst: int,
+        max_queries: int,
+        max_streams: int,
+        on_refusal: Callable[[str], None] = lambda limit: None,
+    ) -> TenantLimits:
+        """From TENANT_RATE_LIMIT, TENANT_RATE_BURST, TENANT_MAX_CONCURRENT_QUERIES, TENANT_MAX_STREAMS;
+        `on_refusal(limit)` is called for each refusal ("rate", "queries", "live streams")."""
+        return cls(
+            RateLimiter(rate, burst, on_refusal=on_refusal),
+            ConcurrencyLimiter(max_queries, "queries", "TENANT_MAX_CONCURRENT_QUERIES", on_refusal),
+            ConcurrencyLimiter(max_streams, "live streams", "TENANT_MAX_STREAMS", on_refusal),
+        )
+
+    def slots_for(self, method: str) -> ConcurrencyLimiter | None:
+        """The concurrency limit a gRPC method counts against, if any."""
+        if method in QUERY_METHODS:
+            return self.queries
+        if method in STREAM_METHODS:
+            return self.streams
+        return None

@@ -90,6 +90,12 @@ class SelfMetrics:
             ["engine", "code"],
             registry=r,
         )
+        self.tenant_refusals = Counter(
+            "analytics_tenant_refusals",
+            "Calls and streams refused because their tenant was over a limit (rate, queries, streams).",
+            ["limit"],
+            registry=r,
+        )
         self.engine_connection_failures = Counter(
             "analytics_engine_connection_failures",
             "Failures to reach a query engine's data or a peer service.",

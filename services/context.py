@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from libs.bus import Bus, Envelope, make_bus
 from libs.cache import TtlCache
 from libs.config import Settings
+from libs.limits import TenantLimits
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from libs.storage import MetricStore, StoreConfig
 from libs.streams import StreamHub
@@ -48,6 +49,8 @@ class ServiceContext:
     """What follows every durable write of metrics, in both run modes (libs/writes.py)."""
     metrics: SelfMetrics = field(init=False)
     """The process's own metrics (exported for Prometheus, written to datasource analytics_self)."""
+    limits: TenantLimits = field(init=False)
+    """Per-tenant limits (rate, concurrent queries, streams) of this process (libs/limits.py)."""
     streams: StreamHub | None = None
     """The process's live stream hub (ws bridge and Subscribe), built on first use by `stream_hub`."""
 
@@ -58,6 +61,14 @@ class ServiceContext:
         self.cache = TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
         self.metrics = SelfMetrics(cache=self.cache, bus=self.bus)
         self.after_write = AfterWrite(self.cache, self.bus)
+        refusals = self.metrics.tenant_refusals
+        self.limits = TenantLimits.of(
+            s.tenant_rate_limit,
+            s.tenant_rate_burst,
+            s.tenant_max_concurrent_queries,
+            s.tenant_max_streams,
+            on_refusal=lambda limit: refusals.labels(limit).inc(),
+        )
 
     @property
     def distributed(self) -> bool:

@@ -60,6 +60,7 @@ async def start_services(
         4 * settings.max_request_bytes,
         on_stop=(writer.stop, *stops, context.close),
         auth_mode=settings.auth_mode,
+        limits=context.limits,
     )
     context.local_port = running.port
     for b in bindings:
