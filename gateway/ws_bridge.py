@@ -57,6 +57,8 @@ class WsBridge:
         self._channels = PeerChannels()
         self._open: set[Subscriber] = set()
         self.console = ConsoleFiles()
+        # The gateway's own refusals (Envoy's counters) join this process's self-metrics.
+        self.metrics.gateway_refusals.attach(f"127.0.0.1:{settings.envoy_admin_port}")
 
     @property
     def connections(self) -> int:

@@ -26,7 +26,14 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
-from libs.selfmetrics_collectors import BusCollector, BusStats, CacheCollector, Counted, ModelQualityCollector
+from libs.selfmetrics_collectors import (
+    BusCollector,
+    BusStats,
+    CacheCollector,
+    Counted,
+    GatewayRefusalCollector,
+    ModelQualityCollector,
+)
 
 SELF_CACHE_NAMESPACE = "self"
 """The cache namespace of queries over the service's own metrics (alert rules, self dashboards), so
@@ -77,6 +84,8 @@ class SelfMetrics:
             r.register(BusCollector(bus))
         self.model_quality = ModelQualityCollector()
         r.register(self.model_quality)
+        self.gateway_refusals = GatewayRefusalCollector()
+        r.register(self.gateway_refusals)
         self.query_duration = Histogram(
             "analytics_query_duration_seconds",
             "Query execution time by engine (hot, duckdb, duckdb+hot, cache) and mode (batch, realtime, cache).",

@@ -4,6 +4,10 @@ registry is collected rather than mirrored into counters on every event."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
@@ -147,3 +151,60 @@ class ModelQualityCollector:
             if tally.precision is not None:
                 precision.add_metric([method], tally.precision)
         yield from (precision, verdicts, stored)
+
+
+# Envoy's own counters of what it refused before any service saw the request, and their reasons.
+GATEWAY_REFUSALS = {
+    "http.gateway.jwt_authn.denied": "unauthenticated",
+    "http.gateway.downstream_rq_too_large": "body_too_large",
+    "http.gateway.downstream_rq_header_timeout": "headers_timeout",
+    "http.gateway.downstream_cx_protocol_error": "bad_request",
+}
+
+
+class GatewayRefusalCollector:
+    """`analytics_gateway_refusals_total{reason}`: requests Envoy refused itself (a token it could not
+    verify, a body over MAX_REQUEST_BYTES, headers too slow or malformed or over 60 KiB), read from
+    Envoy's admin endpoint on loopback when the registry is collected. The process hosting the ws
+    bridge (the gateway's neighbour) attaches the admin address; unattached, or with Envoy not
+    running, it writes no samples."""
+
+    def __init__(self) -> None:
+        self._admin: str | None = None
+
+    def attach(self, admin_host_port: str) -> None:
+        """Read Envoy's counters from http://<admin_host_port>/stats."""
+        self._admin = admin_host_port
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "analytics_gateway_refusals",
+            "Requests the gateway (Envoy) refused before any service saw them, by reason.",
+            labels=["reason"],
+        )
+
+    def describe(self) -> list[Metric]:
+        """The family this collector writes, without samples (for the registry's name checks)."""
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        """Envoy's counters now (a loopback call with a short timeout, from a worker thread)."""
+        family = self._family()
+        if self._admin is not None:
+            names = "|".join(name.replace(".", "\\.") for name in GATEWAY_REFUSALS)
+            url = f"http://{self._admin}/stats?format=json&filter={urllib.parse.quote(f'^({names})$')}"
+            try:
+                with urllib.request.urlopen(url, timeout=0.5) as reply:
+                    stats = json.loads(reply.read())["stats"]
+            except (OSError, ValueError, KeyError):
+                # Envoy not running (a service started alone) or not answering: no samples, not zeros.
+                yield family
+                return
+            counts = {
+                GATEWAY_REFUSALS[s["name"]]: s.get("value", 0)
+                for s in stats
+                if s.get("name") in GATEWAY_REFUSALS
+            }
+            for reason in sorted(set(GATEWAY_REFUSALS.values())):
+                family.add_metric([reason], counts.get(reason, 0))
+        yield family

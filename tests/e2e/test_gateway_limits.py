@@ -1,10 +1,13 @@
 """Refusals at the gateway itself: a client dripping its headers (slowloris, also on a WebSocket
-upgrade) is cut off after GATEWAY_HEADERS_TIMEOUT_SECONDS; oversized headers get 431."""
+upgrade) is cut off after GATEWAY_HEADERS_TIMEOUT_SECONDS; oversized headers get 431; a body over
+MAX_REQUEST_BYTES gets 413; each is counted in the self-metrics."""
 
 from __future__ import annotations
 
 import socket
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -15,7 +18,12 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def quick_stack(tmp_path_factory):
-    env = stack_env(tmp_path_factory.mktemp("limits"), DEMO="0", GATEWAY_HEADERS_TIMEOUT_SECONDS="1")
+    env = stack_env(
+        tmp_path_factory.mktemp("limits"),
+        DEMO="0",
+        GATEWAY_HEADERS_TIMEOUT_SECONDS="1",
+        MAX_REQUEST_BYTES="65536",
+    )
     with own_stack(env) as started:
         yield started
 
@@ -55,3 +63,32 @@ def test_oversized_headers_get_431(quick_stack):
         conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
         answer = conn.recv(4096)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+def _refusals(stack) -> dict[str, float]:
+    with urllib.request.urlopen(stack.base + "/api/v1/export/prometheus", timeout=10) as reply:
+        text = reply.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("analytics_gateway_refusals_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_refusals_are_counted_in_the_self_metrics(quick_stack):
+    before = _refusals(quick_stack)
+    body = b"{" + b" " * (int(quick_stack.env["MAX_REQUEST_BYTES"]) + 1) + b"}"
+    request = urllib.request.Request(quick_stack.base + "/api/v1/query", data=body, method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as err:
+        assert err.code == 413
+    with socket.create_connection(("127.0.0.1", quick_stack.gateway_port), timeout=10) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        conn.recv(4096)
+    _closed_after_drip(quick_stack.gateway_port, b"GET /health HTTP/1.1\r\nX-Slow: ", budget_s=15)
+    after = _refusals(quick_stack)
+    assert after["body_too_large"] >= before.get("body_too_large", 0) + 1, (before, after)
+    assert after["bad_request"] >= before.get("bad_request", 0) + 1, (before, after)
+    assert after["headers_timeout"] >= before.get("headers_timeout", 0) + 1, (before, after)
