@@ -16,6 +16,7 @@ import time
 import grpc
 from grpc import aio
 
+from libs.identity import SYSTEM
 from platformq.analytics.v1 import common_pb2, realtime_service_pb2, realtime_service_pb2_grpc
 from services.demo.machines import DegradingMachines
 from services.demo.simulation import HOUR_MS, SeriesBatch, SimulatedPlatform
@@ -149,7 +150,11 @@ class _Sender:
         attempt = 0
         while True:
             try:
-                response = await self.stub.IngestMetrics(request, timeout=RPC_TIMEOUT_S)
+                # Straight to the service's port, not through the gateway: it says who it is as
+                # Envoy would (tenant default, every scope), so it also feeds an AUTH_MODE=jwt stack.
+                response = await self.stub.IngestMetrics(
+                    request, timeout=RPC_TIMEOUT_S, metadata=SYSTEM.metadata()
+                )
             except aio.AioRpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.UNIMPLEMENTED:
