@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.errors import ConfigError
@@ -349,6 +349,10 @@ class Settings(BaseSettings):
     pulsar_namespace: str = "default"
     """PULSAR_NAMESPACE: the Pulsar namespace of every topic."""
 
+    pulsar_auth_token: SecretStr = SecretStr("")
+    """PULSAR_AUTH_TOKEN: a token the Pulsar client presents (Pulsar's token authentication); empty:
+    none. Never logged or printed (shown as **********)."""
+
     bus_max_redeliveries: int = Field(default=3, ge=0)
     """BUS_MAX_REDELIVERIES: failed deliveries of a message before it goes to `<topic>.dlq`."""
 
@@ -395,6 +399,14 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str = ""
     """MLFLOW_TRACKING_URI: MLflow tracking server; empty means a local store under DATA_DIR."""
+
+    mlflow_tracking_username: str = ""
+    """MLFLOW_TRACKING_USERNAME: the user for a tracking server with basic authentication (MLflow's
+    own variable, read by its client)."""
+
+    mlflow_tracking_password: SecretStr = SecretStr("")
+    """MLFLOW_TRACKING_PASSWORD: that user's password (MLflow's own variable, read by its client);
+    never logged or printed."""
 
     @field_validator("log_level", mode="before")
     @classmethod

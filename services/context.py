@@ -56,7 +56,9 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.bus = make_bus(s.pulsar_url, s.pulsar_tenant, s.pulsar_namespace)
+        self.bus = make_bus(
+            s.pulsar_url, s.pulsar_tenant, s.pulsar_namespace, s.pulsar_auth_token.get_secret_value()
+        )
         # The service's own metrics writes (every few seconds) must not drop every cached SQL answer.
         self.cache = TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
         self.metrics = SelfMetrics(cache=self.cache, bus=self.bus)

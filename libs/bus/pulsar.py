@@ -100,13 +100,19 @@ class PulsarBus:
         discovery_period_s: int = 1,
         operation_timeout_s: int = 30,
         client_logger: pulsar.ConsoleLogger | pulsar.FileLogger | None = None,
+        auth_token: str = "",
     ) -> None:
         self._namespace = f"{tenant}/{namespace}/"
         self._prefix = f"persistent://{self._namespace}"
         # The client's own (C++) logger, warnings and errors on stdout: with a Python logger the
         # interpreter may abort at exit (apache/pulsar-client-python#256).
         self._client = pulsar.Client(
-            url, operation_timeout_seconds=operation_timeout_s, logger=client_logger or DEFAULT_CLIENT_LOGGER
+            url,
+            operation_timeout_seconds=operation_timeout_s,
+            logger=client_logger or DEFAULT_CLIENT_LOGGER,
+            # Token authentication when the broker wants it (PULSAR_AUTH_TOKEN); the token is
+            # handed to the client only, never logged.
+            authentication=pulsar.AuthenticationToken(auth_token) if auth_token else None,
         )
         self._producer_options: dict[str, Any] = {
             "batching_enabled": batching,
