@@ -1,4 +1,8 @@
-"""The shared interceptor maps domain errors to their status, and bugs to INTERNAL without a trace."""
+"""The shared interceptor maps domain errors to their status, and bugs to INTERNAL without a trace;
+it decodes requests itself (bytes that are not the message are a 400) and holds a tenant to its
+concurrent-query limit."""
+
+import asyncio
 
 import grpc
 import pytest
@@ -6,6 +10,7 @@ from grpc import aio
 
 from libs.errors import NotFound, ResourceExhausted
 from libs.grpc_server import ServiceBinding, start_server
+from libs.limits import TenantLimits
 from platformq.analytics.v1 import query_service_pb2 as pb
 from platformq.analytics.v1 import query_service_pb2_grpc
 
@@ -62,3 +67,58 @@ async def test_bytes_that_are_not_the_request_message_are_a_400_naming_it(channe
         await call(corrupt)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("body: the request is not a valid PredictOnline request")
+
+
+class SlowQueries(query_service_pb2_grpc.QueryServiceServicer):
+    """Query holds until `release` is set, so a test can keep queries running."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def Query(self, request, context):
+        self.started += 1
+        await self.release.wait()
+        return pb.QueryResponse()
+
+
+async def test_a_tenant_at_its_concurrent_query_limit_gets_resource_exhausted_with_retry_after():
+    servicer = SlowQueries()
+    binding = ServiceBinding(
+        "query-router",
+        "platformq.analytics.v1.QueryService",
+        lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
+    )
+    limits = TenantLimits.of(0, 1, max_queries=2, max_streams=0)
+    running = await start_server([binding], "127.0.0.1", 0, 1 << 20, limits=limits)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = query_service_pb2_grpc.QueryServiceStub(channel)
+            acme = (("x-platformq-tenant", "acme"), ("x-platformq-scopes", "read"))
+            held = [asyncio.ensure_future(stub.Query(pb.QueryRequest(), metadata=acme)) for _ in range(2)]
+            await wait_for(lambda: servicer.started == 2)
+            with pytest.raises(aio.AioRpcError) as refused:
+                await stub.Query(pb.QueryRequest(), metadata=acme)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "tenant 'acme' already has 2 queries running" in refused.value.details()
+            assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
+            # Another tenant is not held back by acme's queries.
+            other = asyncio.ensure_future(
+                stub.Query(
+                    pb.QueryRequest(),
+                    metadata=(("x-platformq-tenant", "globex"), ("x-platformq-scopes", "read")),
+                )
+            )
+            await wait_for(lambda: servicer.started == 3)
+            servicer.release.set()
+            await asyncio.gather(*held, other)
+            assert limits.queries.running("acme") == 0
+    finally:
+        await running.stop(0)
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
