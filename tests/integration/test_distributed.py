@@ -249,3 +249,31 @@ def test_make_up_distributed_serves_rest_through_envoy(pulsar_broker, tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+async def test_a_tenant_travels_with_its_batch_through_pulsar(cluster):
+    """Tenant acme's batch, ingested on a realtime replica, is stored by the query-router's consumer
+    as acme's: acme finds it, globex (on the same datasource) does not."""
+    datasource = f"t{uuid.uuid4().hex[:8]}"
+    acme = (("x-platformq-tenant", "acme"), ("x-platformq-scopes", "read write"))
+    globex = (("x-platformq-tenant", "globex"), ("x-platformq-scopes", "read"))
+    batch = _batch(datasource, 1)
+    async with aio.insecure_channel(f"127.0.0.1:{cluster['realtime-1'].port}") as channel:
+        reply = await rgrpc.RealtimeServiceStub(channel).IngestMetrics(batch, metadata=acme, timeout=10)
+    assert reply.accepted == len(batch.series[0].values)
+    sql = "SELECT count(*) FROM metrics WHERE datasource = ?"
+    request = query_service_pb2.QueryRequest(
+        sql=sql, params=[struct_pb2.Value(string_value=datasource)], mode="batch"
+    )
+
+    async def count(identity) -> int:
+        async with aio.insecure_channel(f"127.0.0.1:{cluster['query-router'].port}") as channel:
+            answer = await query_service_pb2_grpc.QueryServiceStub(channel).Query(request, metadata=identity)
+        return int(answer.rows[0].values[0].number_value)
+
+    deadline = time.monotonic() + 60
+    while await count(acme) < len(batch.series[0].values):
+        assert time.monotonic() < deadline, "acme's batch never reached the store"
+        await asyncio.sleep(0.2)
+    assert await count(globex) == 0
+    assert await count(()) == 0  # no identity: tenant default, which has nothing of acme's either
