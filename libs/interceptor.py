@@ -5,7 +5,9 @@ missing scope), and turns domain errors into gRPC statuses."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -68,62 +70,55 @@ def _admit(
     return identity.tenant
 
 
-def _wrap_unary(
-    fn: Callable[..., Awaitable[Any]],
-    method: str,
-    auth_mode: str,
-    limits: TenantLimits,
-    deserializer: Callable[[bytes], Any] | None,
-    streamed_request: bool = False,
-) -> Callable[..., Awaitable[Any]]:
+@dataclass(frozen=True)
+class _Call:
+    """What every wrapped handler does before the servicer runs: decode, admit, take a slot."""
+
+    method: str
+    auth_mode: str
+    limits: TenantLimits
+    deserializer: Callable[[bytes], Any] | None
+    streamed_request: bool
+
+    @contextmanager
+    def admitted(self, request: Any, context: aio.ServicerContext) -> Iterator[Any]:
+        """The decoded request, inside the caller's concurrency slot when the method has one."""
+        if self.streamed_request:
+            request = _decoded_stream(self.deserializer, request, self.method)
+        else:
+            request = _decoded(self.deserializer, request, self.method)
+        # A client stream's messages are not read yet: its method's scope cannot depend on them.
+        tenant = _admit(
+            self.method, None if self.streamed_request else request, context, self.auth_mode, self.limits
+        )
+        slots = self.limits.slots_for(self.method)
+        with slots.slot(tenant) if slots is not None else nullcontext():
+            yield request
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]], call: _Call) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         try:
-            if streamed_request:
-                request = _decoded_stream(deserializer, request, method)
-            else:
-                request = _decoded(deserializer, request, method)
-            # A client stream's messages are not read yet: its method's scope cannot depend on them.
-            tenant = _admit(method, None if streamed_request else request, context, auth_mode, limits)
-            slots = limits.slots_for(method)
-            if slots is None:
-                return await fn(request, context)
-            with slots.slot(tenant):
-                return await fn(request, context)
+            with call.admitted(request, context) as decoded:
+                return await fn(decoded, context)
         except aio.AbortError:
             raise
         except Exception as exc:
-            await _abort_for(exc, context, method)
+            await _abort_for(exc, context, call.method)
 
     return handler
 
 
-def _wrap_streaming(
-    fn: Callable[..., AsyncIterator[Any]],
-    method: str,
-    auth_mode: str,
-    limits: TenantLimits,
-    deserializer: Callable[[bytes], Any] | None,
-    streamed_request: bool = False,
-) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(fn: Callable[..., AsyncIterator[Any]], call: _Call) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            if streamed_request:
-                request = _decoded_stream(deserializer, request, method)
-            else:
-                request = _decoded(deserializer, request, method)
-            tenant = _admit(method, None if streamed_request else request, context, auth_mode, limits)
-            slots = limits.slots_for(method)
-            if slots is None:
-                async for item in fn(request, context):
+            with call.admitted(request, context) as decoded:
+                async for item in fn(decoded, context):
                     yield item
-            else:
-                with slots.slot(tenant):
-                    async for item in fn(request, context):
-                        yield item
         except aio.AbortError:
             raise
         except Exception as exc:
-            await _abort_for(exc, context, method)
+            await _abort_for(exc, context, call.method)
 
     return handler
 
@@ -151,23 +146,24 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
         # message gets a 400 (see _decoded).
         common = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         decode = handler.request_deserializer
-        mode, limits = self.auth_mode, self.limits
+
+        def call(streamed_request: bool) -> _Call:
+            return _Call(method, self.auth_mode, self.limits, decode, streamed_request)
+
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, mode, limits, decode), **common
+                _wrap_unary(handler.unary_unary, call(False)), **common
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, mode, limits, decode, streamed_request=True),
-                **common,
+                _wrap_unary(handler.stream_unary, call(True)), **common
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, method, mode, limits, decode), **common
+                _wrap_streaming(handler.unary_stream, call(False)), **common
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(handler.stream_stream, method, mode, limits, decode, streamed_request=True),
-                **common,
+                _wrap_streaming(handler.stream_stream, call(True)), **common
             )
         return handler
