@@ -103,6 +103,7 @@ format: gen
 bench: gen
 	bash benchmarks/setup.sh
 	$(BIN)/python -m benchmarks.run --docs
+	$(BIN)/python -m benchmarks.rpc_floor --docs
 	$(BIN)/python -m benchmarks.ingest_rest --docs
 	$(BIN)/python -m benchmarks.churn --docs
 	$(BIN)/python -m benchmarks.growth --docs
