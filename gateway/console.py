@@ -2,9 +2,9 @@
 
 `GET /` is the console's page and `GET /ui/<path>` its assets, straight from the repo: no build
 step and no Node.js at run time. Every answer carries a weak ETag (a hash of the file; weak so
-that it survives the gateway's gzip) and a browser revalidates with `If-None-Match` and gets 304; the console's own files are `no-cache` (always
-revalidated, so a new release shows at once) and the vendored chart library, whose path names its
-version, is `immutable` for a year.
+that it survives the gateway's gzip) and a browser revalidates with `If-None-Match` and gets 304;
+the console's own files are `no-cache` (always revalidated, so a new release shows at once) and
+the vendored chart library, whose path names its version, is `immutable` for a year.
 
 The same bridge serves the REST API's OpenAPI document, `gateway/openapi.json` (generated from the
 protos by `make openapi`, docs/openapi.md), at `GET /api/v1/openapi.json`, revalidated like the console.

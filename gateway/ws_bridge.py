@@ -8,7 +8,9 @@ by a heartbeat) and nothing else: any other frame closes it with code 1003.
 
 A connection streams its caller's tenant only: the identity headers Envoy set on the upgrade
 request (libs/identity.py) choose it, and the read scope is needed (401 without an identity in
-AUTH_MODE=jwt, 403 without the scope, both before the upgrade).
+AUTH_MODE=jwt, 403 without the scope, both before the upgrade), and a tenant already holding
+TENANT_MAX_STREAMS streams gets 429 (libs/limits.py). Envoy's own refusal counts join this process's
+self-metrics (analytics_gateway_refusals_total).
 """
 
 from __future__ import annotations

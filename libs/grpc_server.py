@@ -1,4 +1,5 @@
-"""The gRPC server every service runs in: interceptor, health per service, reflection."""
+"""The gRPC server every service runs in: the interceptor (identity, scopes, per-tenant limits,
+errors to statuses), health per service, reflection."""
 
 from __future__ import annotations
 

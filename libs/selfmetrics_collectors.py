@@ -1,6 +1,7 @@
 """Custom collectors of the self-metrics: figures other objects already keep (the cache's hit and
-miss counts, the bus's event counts and backlog, the anomaly store's feedback tallies), read when the
-registry is collected rather than mirrored into counters on every event."""
+miss counts, the bus's event counts and backlog, the anomaly store's feedback tallies, Envoy's counts
+of the requests it refused), read when the registry is collected rather than mirrored into counters
+on every event."""
 
 from __future__ import annotations
 

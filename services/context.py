@@ -1,6 +1,6 @@
 """What the services of one process share: the store, the bus, the cache, the process's own
-metrics and its stream hub, built once, and where each service is reached (this process's own port
-for the services it hosts)."""
+metrics, its per-tenant limits and its stream hub, built once, and where each service is reached
+(this process's own port for the services it hosts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`analytics up`: Envoy plus `analytics serve all` in the foreground, stopped together.
+"""`analytics up`: Envoy plus `analytics serve all` in the foreground, stopped together (and the
+development key pair for AUTH_MODE=jwt made on first start, docs/security.md).
 
 Children get PR_SET_PDEATHSIG, and so does this process, so a Ctrl-C, a SIGTERM to `make`, or
 the death of any one of them leaves no process behind.

@@ -88,3 +88,13 @@ def opened_store(data_dir: Path, **knobs: object) -> MetricStore:
     store = MetricStore(StoreConfig(data_dir=data_dir, **{**config, **knobs}))
     store.open()
     return store
+
+
+class ManualClock:
+    """A clock a test moves by hand (`clock.now += 5`), for code that takes a `clock` callable."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

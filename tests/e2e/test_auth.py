@@ -89,15 +89,24 @@ class Signer:
         path.chmod(0o600)
 
     def token(self, tenant: str = "acme", scopes: str = "read write", **changes: object) -> str:
-        claims: dict[str, object] = {
-            "tenant": tenant,
-            "scope": scopes,
-            "aud": AUDIENCE,
-            "iss": ISSUER,
-            "exp": int(time.time()) + 600,
-        }
-        claims.update(changes)
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": key_id(self.key.public_key())})
+        return jwt.encode(
+            claims(tenant, scopes, **changes),
+            self.key,
+            algorithm="RS256",
+            headers={"kid": key_id(self.key.public_key())},
+        )
+
+
+def claims(tenant: str = "acme", scopes: str = "read write", **changes: object) -> dict[str, object]:
+    """A token's claims as the module's gateway expects them (valid for 10 minutes), with `changes`."""
+    return {
+        "tenant": tenant,
+        "scope": scopes,
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "exp": int(time.time()) + 600,
+        **changes,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -118,40 +127,29 @@ def test_a_valid_token_is_served_on_rest_and_native_grpc(authed):
     status, reply = call(stack.base, "GET", "/api/v1/analytics/capabilities", token=token)
     assert status == 200 and "engines" in reply, reply
     with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
-        stub = query_service_pb2_grpc.QueryServiceStub(channel)
-        answer = stub.GetCapabilities(
-            query_service_pb2.GetCapabilitiesRequest(),
-            metadata=[("authorization", f"Bearer {token}")],
-            timeout=10,
-        )
-        assert "hot" in answer.engines
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.GetCapabilities(query_service_pb2.GetCapabilitiesRequest(), timeout=10)
+        refused = grpc_serves_only_with(channel, token)
+    assert "Jwt is missing" in refused.details()
+
+
+def grpc_serves_only_with(channel: grpc.Channel, token: str) -> grpc.RpcError:
+    """GetCapabilities answers on `channel` with `token` and is UNAUTHENTICATED without; returns that refusal."""
+    stub = query_service_pb2_grpc.QueryServiceStub(channel)
+    request = query_service_pb2.GetCapabilitiesRequest()
+    answer = stub.GetCapabilities(request, metadata=[("authorization", f"Bearer {token}")], timeout=10)
+    assert "hot" in answer.engines
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetCapabilities(request, timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "Jwt is missing" in refused.value.details()
+    return refused.value
 
 
 def _wrong_key_token() -> str:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    claims = {
-        "tenant": "acme",
-        "scope": "write",
-        "aud": AUDIENCE,
-        "iss": ISSUER,
-        "exp": int(time.time()) + 600,
-    }
-    return jwt.encode(claims, stranger, algorithm="RS256")
+    return jwt.encode(claims(scopes="write"), stranger, algorithm="RS256")
 
 
 def _unsigned_token() -> str:
-    claims = {
-        "tenant": "acme",
-        "scope": "write",
-        "aud": AUDIENCE,
-        "iss": ISSUER,
-        "exp": int(time.time()) + 600,
-    }
-    return jwt.encode(claims, None, algorithm="none")
+    return jwt.encode(claims(scopes="write"), None, algorithm="none")
 
 
 REFUSED = {

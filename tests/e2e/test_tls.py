@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from libs.auth_keys import key_id, public_jwks
-from platformq.analytics.v1 import query_service_pb2, query_service_pb2_grpc
 from tests.e2e.conftest import running_stack, stack_env
+from tests.e2e.test_auth import grpc_serves_only_with
 
 pytestmark = pytest.mark.e2e
 
@@ -169,16 +169,7 @@ def test_native_grpc_over_tls(tls_stack):
     stack, ca, token = tls_stack
     credentials = grpc.ssl_channel_credentials(root_certificates=ca)
     with grpc.secure_channel(f"localhost:{stack.gateway_port}", credentials) as channel:
-        stub = query_service_pb2_grpc.QueryServiceStub(channel)
-        answer = stub.GetCapabilities(
-            query_service_pb2.GetCapabilitiesRequest(),
-            metadata=[("authorization", f"Bearer {token}")],
-            timeout=10,
-        )
-        assert "hot" in answer.engines
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.GetCapabilities(query_service_pb2.GetCapabilitiesRequest(), timeout=10)
-    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        grpc_serves_only_with(channel, token)
 
 
 async def test_websocket_over_tls(tls_stack):

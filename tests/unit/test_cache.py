@@ -1,16 +1,9 @@
 from libs.cache import TtlCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import ManualClock
 
 
 def test_entries_expire_after_their_ttl_and_hits_and_misses_are_counted():
-    clock = Clock()
+    clock = ManualClock()
     cache = TtlCache(clock=clock)
     assert cache.get("query", "k") is None
     cache.put("query", "k", b"answer", ttl=60)
@@ -24,7 +17,7 @@ def test_entries_expire_after_their_ttl_and_hits_and_misses_are_counted():
 
 
 def test_namespaces_have_their_own_ttls_and_zero_caches_nothing():
-    clock = Clock()
+    clock = ManualClock()
     cache = TtlCache(clock=clock)
     cache.put("dashboard", "k", 1, ttl=30)
     cache.put("ml", "k", 2, ttl=300)

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from libs.limits import ConcurrencyLimiter, RateLimiter, Throttled
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import ManualClock
 
 
 def test_a_tenant_gets_its_burst_then_its_rate_and_others_are_unaffected():
-    clock = Clock()
+    clock = ManualClock(100)
     limiter = RateLimiter(rate=2, burst=3, clock=clock)
     assert [limiter.wait_needed("a") for _ in range(3)] == [0, 0, 0]
     assert limiter.wait_needed("a") == pytest.approx(0.5)
@@ -34,7 +27,7 @@ def test_rate_zero_is_no_limit():
 
 
 def test_idle_tenants_are_forgotten():
-    clock = Clock()
+    clock = ManualClock(100)
     limiter = RateLimiter(rate=10, burst=10, clock=clock)
     for tenant in range(100):
         limiter.wait_needed(f"t{tenant}")
