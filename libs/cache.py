@@ -1,6 +1,8 @@
-"""The in-process result cache: TTL per namespace, hit and miss counts, invalidation by the data
-a write touches, and no caching of an answer a concurrent write overtook (`mark` before computing,
-`put(..., mark=)` after). Keys are built by callers from the tenant and the normalised request."""
+"""The result cache's interface (`ResultCache`) and its in-process implementation (`TtlCache`, the
+default): TTL per namespace, hit and miss counts, invalidation by the data a write touches, and no
+caching of an answer a concurrent write overtook (`mark` before computing, `put(..., mark=)`
+after). Keys are built by callers from the tenant and the normalised request. The Apache Ignite
+implementation, shared by every replica, is libs/cache_ignite.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # The time span of data a cached answer was computed from: (tenant, datasource, start_ms, end_ms).
 Scope = tuple[str, str, int, int]
@@ -16,6 +18,44 @@ Scope = tuple[str, str, int, int]
 ALL_DATASOURCES = "*"
 # Writes remembered for `put(..., mark=)`; a mark older than these refuses the put (conservative).
 RECENT_WRITES = 4096
+
+
+def touches(
+    unwatched: frozenset[str], tenant: str, datasource: str, min_ts: int, max_ts: int, scope: Scope
+) -> bool:
+    """Whether a write of [min_ts, max_ts] to `datasource` touches an answer computed over `scope`.
+    Writes to `unwatched` datasources touch only answers computed from them, not SQL's (every datasource)."""
+    touched = (datasource,) if datasource in unwatched else (datasource, ALL_DATASOURCES)
+    return scope[0] == tenant and scope[1] in touched and scope[2] <= max_ts and scope[3] > min_ts
+
+
+class ResultCache(Protocol):
+    """What the services use of a result cache (in-process `TtlCache` or `IgniteCache`)."""
+
+    hits: dict[str, int]
+    misses: dict[str, int]
+
+    def get(self, namespace: str, key: Hashable) -> Any | None: ...
+
+    def mark(self) -> int: ...
+
+    def put(
+        self,
+        namespace: str,
+        key: Hashable,
+        value: Any,
+        ttl: float,
+        scope: Scope | None = None,
+        mark: int | None = None,
+    ) -> None: ...
+
+    def invalidate(self, tenant: str, datasource: str, min_ts: int, max_ts: int) -> int: ...
+
+    def hit_rate(self, namespace: str) -> float | None: ...
+
+    def unavailable(self) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -83,9 +123,7 @@ class TtlCache:
             self._entries.popitem(last=False)
 
     def _touches(self, tenant: str, datasource: str, min_ts: int, max_ts: int, scope: Scope) -> bool:
-        """Whether a write of [min_ts, max_ts] to `datasource` touches an answer computed over `scope`."""
-        touched = (datasource,) if datasource in self.unwatched_datasources else (datasource, ALL_DATASOURCES)
-        return scope[0] == tenant and scope[1] in touched and scope[2] <= max_ts and scope[3] > min_ts
+        return touches(self.unwatched_datasources, tenant, datasource, min_ts, max_ts, scope)
 
     def _written_since(self, mark: int, scope: Scope) -> bool:
         if mark == self._writes:
@@ -111,6 +149,13 @@ class TtlCache:
         """Hits over lookups for a namespace, or None before the first lookup."""
         total = self.hits.get(namespace, 0) + self.misses.get(namespace, 0)
         return None if total == 0 else self.hits.get(namespace, 0) / total
+
+    def unavailable(self) -> dict[str, str]:
+        """Engines this cache could not reach on its last call, with why: none, it is in-process."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing to release: the entries go with the process."""
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -371,6 +371,10 @@ class Settings(BaseSettings):
     ignite_port: int = Field(default=10800, ge=1, le=65535)
     """IGNITE_PORT: Apache Ignite thin-client port."""
 
+    ignite_timeout_seconds: float = Field(default=0.5, gt=0, le=60)
+    """IGNITE_TIMEOUT_SECONDS: bound on every call to Ignite (connect included); past it the
+    cache counts the call failed and the answer is computed instead."""
+
     elasticsearch_host: str = ""
     """ELASTICSEARCH_HOST: Elasticsearch host for log search."""
 

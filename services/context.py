@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass, field
 
 from libs.bus import Bus, Envelope, make_bus
-from libs.cache import TtlCache
+from libs.cache import ResultCache, TtlCache
+from libs.cache_ignite import ENGINE as IGNITE_ENGINE
+from libs.cache_ignite import IgniteCache, namespace_ttls
 from libs.config import Settings
 from libs.limits import TenantLimits
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
@@ -39,7 +41,7 @@ class ServiceContext:
     settings: Settings
     bus: Bus = field(init=False)
     store: MetricStore | None = None
-    cache: TtlCache = field(init=False)
+    cache: ResultCache = field(init=False)
     consume_metrics: bool = False
     hosted: tuple[str, ...] = ()
     """The services this process hosts (on one gRPC port)."""
@@ -59,8 +61,7 @@ class ServiceContext:
         self.bus = make_bus(
             s.pulsar_url, s.pulsar_tenant, s.pulsar_namespace, s.pulsar_auth_token.get_secret_value()
         )
-        # The service's own metrics writes (every few seconds) must not drop every cached SQL answer.
-        self.cache = TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
+        self.cache = self._make_cache()
         self.metrics = SelfMetrics(cache=self.cache, bus=self.bus)
         self.after_write = AfterWrite(self.cache, self.bus)
         refusals = self.metrics.tenant_refusals
@@ -70,6 +71,21 @@ class ServiceContext:
             s.tenant_max_concurrent_queries,
             s.tenant_max_streams,
             on_refusal=lambda limit: refusals.labels(limit).inc(),
+        )
+
+    def _make_cache(self) -> ResultCache:
+        """The result cache: in Ignite, shared by every replica, when IGNITE_HOST is set, else in-process.
+        The service's own metrics writes (every few seconds) must not drop every cached SQL answer."""
+        s = self.settings
+        if not s.ignite_host:
+            return TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
+        return IgniteCache(
+            s.ignite_host,
+            s.ignite_port,
+            s.ignite_timeout_seconds,
+            namespace_ttls(s),
+            unwatched_datasources={SELF_DATASOURCE},
+            on_unreachable=lambda: self.metrics.engine_connection_failures.labels(IGNITE_ENGINE).inc(),
         )
 
     @property
@@ -127,9 +143,10 @@ class ServiceContext:
         return self.streams
 
     async def close(self) -> None:
-        """Close the stream hub, flush the store into segments and stop the bus."""
+        """Close the stream hub, flush the store into segments, stop the bus and close the cache."""
         if self.streams is not None:
             await self.streams.close()
         if self.store is not None:
             await self.store.close()
         await self.bus.close()
+        self.cache.close()
