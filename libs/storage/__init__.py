@@ -5,8 +5,9 @@ The services use this package's public surface only (tests/unit/test_storage_sur
 - writing: `MetricStore.ingest` (a validated batch of `AcceptedSeries`, durable when it returns)
   and `MetricStore.ingest_event` (a batch delivered by the bus), configured by `StoreConfig`;
 - reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points and the live
-  `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.segments_root` (the one
-  directory DuckDB may read);
+  `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.partitions`,
+  `MetricStore.segments_root` (the one directory DuckDB and Trino may read);
+  `Segment.read_points` (a segment's raw points, for copying them into an external engine);
 - series lookup: `SeriesCatalog` (select, group, label values), `SeriesKey`, `series_id`;
 - segment readers: `MappedReader` (rollups and points maps by memory map), the rollup planning
   helpers `cover`, `resolution_for`, `split_window`, `RESOLUTIONS`, `POINTS`,

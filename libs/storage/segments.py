@@ -89,6 +89,11 @@ class Segment:
         day_dir = self.path.parent
         return day_dir.parent.parent / "maps" / day_dir.name / f"{self.path.stem}.arrow"
 
+    def read_points(self) -> pa.Table:
+        """The segment's raw points (series_id, ts, value) from its Parquet file: for copying
+        them elsewhere (an external engine's ingestion), not for queries (MappedReader, DuckDB)."""
+        return pq.read_table(self.path, columns=["series_id", "ts", "value"])
+
     def files(self) -> list[Path]:
         """Every file this segment keeps alive."""
         raw = [self.path] + ([self.map_path] if self.mapped else []) if self.raw else []

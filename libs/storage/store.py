@@ -404,6 +404,10 @@ class MetricStore:
         """Datasources of a tenant that hold at least one series."""
         return sorted(d for t, d in self.catalogs if t == tenant)
 
+    def partitions(self) -> list[tuple[str, str]]:
+        """Every (tenant, datasource) that holds at least one series."""
+        return sorted(self.catalogs)
+
     # ---- background work ------------------------------------------------------------------
     async def _flush_loop(self) -> None:
         while True:

@@ -6,7 +6,10 @@ from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import query_service_pb2, query_service_pb2_grpc
 from services.context import ServiceContext
 from services.query_router.core import Limits, QueryRouter
+from services.query_router.druid import DruidEngine, DruidMirror, DruidSettings
+from services.query_router.druid_loader import DruidLoader, LoaderSettings, druid_urls
 from services.query_router.servicer import QueryServicer
+from services.query_router.trino import TrinoEngine, TrinoSettings
 
 FULL_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 
@@ -25,9 +28,30 @@ def binding(context: ServiceContext) -> ServiceBinding:
         query_memory_limit=settings.query_memory_limit,
         query_threads=settings.query_threads,
     )
-    servicer = QueryServicer(QueryRouter(context.ensure_store(), context.cache, limits, context.metrics))
+    store = context.ensure_store()
+    # TRINO_HOST set: user SQL and batch fragments run on Trino over the same segments.
+    trino = (
+        TrinoEngine(TrinoSettings(settings.trino_host, settings.trino_port), store.segments_root)
+        if settings.trino_host
+        else None
+    )
+    # DRUID_BROKER_URL set: the loader mirrors the segments into Druid, timeseries and realtime
+    # fragments over the hours it holds run on the broker.
+    druid = loader = None
+    if settings.druid_broker_url:
+        broker, overlord = druid_urls(
+            settings.druid_broker_url, settings.druid_overlord_url, settings.druid_coordinator_url
+        )
+        mirror = DruidMirror()
+        druid = DruidEngine(DruidSettings(broker), mirror)
+        loader = DruidLoader(store, mirror, LoaderSettings(overlord))
+    servicer = QueryServicer(
+        QueryRouter(store, context.cache, limits, context.metrics, trino=trino, druid=druid)
+    )
     return ServiceBinding(
         name="query-router",
         full_name=FULL_NAME,
         register=lambda server: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server),
+        start=loader.start if loader is not None else None,
+        stop=loader.stop if loader is not None else None,
     )

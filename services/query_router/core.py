@@ -4,6 +4,7 @@ caches. Knows nothing of gRPC beyond the response messages it builds."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -11,13 +12,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from libs.cache import ALL_DATASOURCES, TtlCache
+from libs.cache import ALL_DATASOURCES, ResultCache
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.selfmetrics import SELF_CACHE_NAMESPACE, SELF_DATASOURCE, SelfMetrics
 from libs.storage import DEFAULT_TENANT, MetricStore, Segment, SeriesCatalog, Snapshot
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible
+from services.query_router.druid import DRUID_AGGREGATIONS, DruidEngine, DruidUnreachable
 from services.query_router.engine import Bucketing, Fragment, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
 from services.query_router.rows import encode_point_runs, encode_rows, encode_series
@@ -30,8 +32,10 @@ from services.query_router.spec import (
     QuerySpec,
     TimeseriesSpec,
 )
-from services.query_router.sql_views import TenantDatabases, run_tenant_sql
+from services.query_router.sql_guard import check_user_sql
+from services.query_router.sql_views import VIEWS, TenantDatabases, run_tenant_sql
 from services.query_router.telemetry import QueryTelemetry, QueryTrace
+from services.query_router.trino import TrinoEngine, TrinoUnreachable
 
 QUERY_CACHE = "query"
 
@@ -67,9 +71,19 @@ class QueryRouter:
     """Plans queries onto the hot tier and segments, runs fragments in parallel, caches answers."""
 
     def __init__(
-        self, store: MetricStore, cache: TtlCache, limits: Limits, metrics: SelfMetrics | None = None
+        self,
+        store: MetricStore,
+        cache: ResultCache,
+        limits: Limits,
+        metrics: SelfMetrics | None = None,
+        trino: TrinoEngine | None = None,
+        druid: DruidEngine | None = None,
     ) -> None:
         self.store = store
+        # Trino (TRINO_HOST set): user SQL and batch fragments over the segments run there (trino.py).
+        self.trino = trino
+        # Druid (DRUID_BROKER_URL set): timeseries and realtime fragments over hours Druid holds (druid.py).
+        self.druid = druid
         self.cache = cache
         self.limits = limits
         # Points per metric of each live segment, per (tenant, datasource): GetMetadata reads a file once.
@@ -110,7 +124,7 @@ class QueryRouter:
     ) -> pb.QueryResponse:
         started = time.perf_counter()
         if spec.sql:
-            trace.engines = {"duckdb"}
+            trace.engines = {"trino" if self.trino is not None else "duckdb"}
             return await self._sql(spec, tenant, started, deadline)
         # Taken before the snapshot: a write landing after it keeps this answer out of the cache.
         mark = self.cache.mark()
@@ -126,15 +140,20 @@ class QueryRouter:
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
         aggregation = "last" if spec.aggregation == RAW else spec.aggregation
-        the_plan = plan(
+        # Realtime mode: the hours Druid holds (before the hot tier) go to its broker.
+        the_plan = self._realtime_druid_plan(spec, window, snapshot, groups, tenant) or plan(
             "auto" if spec.mode == "cache" else spec.mode,
             window,
             snapshot,
             spec.aggregation,
             groups.selection.num_rows,
+            batch_engine=self._batch_engine,
         )
         trace.engines = {f.engine for f in the_plan.fragments}
-        results = await self._run(the_plan, groups.selection, aggregation, window.bucketing, deadline)
+        fallbacks: dict[str, str] = {}
+        results = await self._run(
+            the_plan, groups.selection, aggregation, window.bucketing, deadline, fallbacks
+        )
         if spec.aggregation == RAW:
             points = sum(r.table.num_rows for r in results)
             if points > self.limits.max_raw_points:
@@ -146,47 +165,61 @@ class QueryRouter:
         response = pb.QueryResponse()
         response.MergeFromString(self._series(results, groups, group_by, spec.aggregation))
         self._metadata(response.metadata, the_plan, results, started)
-        self.cache.put(
-            namespace,
-            key,
-            _as_hit(response),
-            self.limits.cache_ttl_seconds,
-            scope=(tenant, spec.datasource, window.start, window.end),
-            mark=mark,
-        )
+        response.metadata.fallbacks.update(fallbacks)
+        if not fallbacks:  # an answer given in place of a down engine is not kept past its outage
+            self.cache.put(
+                namespace,
+                key,
+                _as_hit(response),
+                self.limits.cache_ttl_seconds,
+                scope=(tenant, spec.datasource, window.start, window.end),
+                mark=mark,
+            )
+        # A configured cache engine (Ignite) that could not be reached: the answer says so.
+        response.metadata.fallbacks.update(self.cache.unavailable())
         return response
 
     async def explain(self, spec: QuerySpec, tenant: str = DEFAULT_TENANT) -> pb.ExplainResponse:
         """The plan a query would run, without running it."""
         if spec.sql:
+            engine = "trino" if self.trino is not None else "duckdb"
+            reason = (
+                "SQL runs on Trino over the tenant's flushed segments (DuckDB if Trino is unreachable)"
+                if self.trino is not None
+                else "SQL runs in one DuckDB pass"
+            )
             return pb.ExplainResponse(
-                plan=pb.QueryPlan(
-                    mode="batch",
-                    reason="SQL runs in one DuckDB pass",
-                    fragments=[pb.PlanFragment(engine="duckdb")],
-                )
+                plan=pb.QueryPlan(mode="batch", reason=reason, fragments=[pb.PlanFragment(engine=engine)])
             )
         snapshot = self._snapshot(tenant, spec.datasource)
         # The selection too: how many series a query reads decides between points maps and DuckDB.
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
-        the_plan = plan(
+        window = self._window(spec)
+        the_plan = self._realtime_druid_plan(spec, window, snapshot, groups, tenant) or plan(
             "auto" if spec.mode == "cache" else spec.mode,
-            self._window(spec),
+            window,
             snapshot,
             spec.aggregation,
             groups.selection.num_rows,
+            batch_engine=self._batch_engine,
         )
         return pb.ExplainResponse(plan=_plan_message(the_plan))
 
     # ---- timeseries (Druid-style) ---------------------------------------------------------
     async def query_timeseries(
-        self, spec: TimeseriesSpec, tenant: str = DEFAULT_TENANT
+        self, spec: TimeseriesSpec, tenant: str = DEFAULT_TENANT, time_remaining: float | None = None
     ) -> pb.QueryTimeseriesResponse:
-        """Run each aggregator over each interval and merge them into buckets."""
+        """Run each aggregator over each interval and merge them into buckets.
+
+        `time_remaining` is the request's deadline in seconds (None: QUERY_TIMEOUT_SECONDS); it bounds
+        the Druid queries (their `context.timeout`), which are cancelled on the broker when it passes."""
         trace = QueryTrace()
+        deadline = Deadline.of_request(
+            time_remaining, self.limits.query_timeout_seconds, "QUERY_TIMEOUT_SECONDS"
+        )
         try:
-            response = await self._query_timeseries(spec, tenant, trace)
+            response = await self._query_timeseries(spec, tenant, trace, deadline)
         except Exception as exc:
             self.telemetry.failed(exc, trace)
             raise
@@ -194,7 +227,7 @@ class QueryRouter:
         return response
 
     async def _query_timeseries(
-        self, spec: TimeseriesSpec, tenant: str, trace: QueryTrace
+        self, spec: TimeseriesSpec, tenant: str, trace: QueryTrace, deadline: Deadline
     ) -> pb.QueryTimeseriesResponse:
         started = time.perf_counter()
         snapshot = self._snapshot(tenant, spec.datasource)
@@ -202,6 +235,8 @@ class QueryRouter:
         buckets: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
         all_results: list[FragmentResult] = []
         last_plan: Plan | None = None
+        fallbacks: dict[str, str] = {}
+        mode = "auto" if spec.mode == "cache" else spec.mode
         for start, end in spec.intervals:
             bucketing = _granularity_bucketing(spec, start, end, self.limits.max_points_per_series)
             window = Window(start, end, bucketing)
@@ -211,15 +246,12 @@ class QueryRouter:
                 names_by_kind.setdefault(kind, {}).setdefault(metric, []).append(name)
             for kind, names in names_by_kind.items():
                 groups = self._groups(snapshot, tuple(names), spec.filters, spec.dimensions, 0)
-                last_plan = plan(
-                    "auto" if spec.mode == "cache" else spec.mode,
-                    window,
-                    snapshot,
-                    kind,
-                    groups.selection.num_rows,
-                )
+                n_series = groups.selection.num_rows
+                last_plan = self._druid_plan(
+                    mode, window, snapshot, kind, n_series, tenant, spec.datasource
+                ) or plan(mode, window, snapshot, kind, n_series)
                 trace.engines |= {f.engine for f in last_plan.fragments}
-                results = await self._run(last_plan, groups.selection, kind, bucketing)
+                results = await self._run(last_plan, groups.selection, kind, bucketing, deadline, fallbacks)
                 all_results += results
                 for result in results:
                     cols = result.table.to_pydict()
@@ -236,13 +268,20 @@ class QueryRouter:
             )
         if last_plan is not None:
             self._metadata(response.metadata, last_plan, all_results, started)
+        response.metadata.fallbacks.update(fallbacks)
         return response
 
     # ---- capabilities and metadata --------------------------------------------------------
     async def capabilities(self) -> pb.GetCapabilitiesResponse:
         """What this deployment supports."""
         return pb.GetCapabilitiesResponse(
-            engines=["hot", "duckdb", "cache"],
+            engines=[
+                "hot",
+                "duckdb",
+                "cache",
+                *(["trino"] if self.trino is not None else []),
+                *(["druid"] if self.druid is not None else []),
+            ],
             modes=list(MODES),
             aggregations=[*AGGREGATIONS],
             granularities=list(GRANULARITIES),
@@ -358,16 +397,107 @@ class QueryRouter:
         aggregation: str,
         bucketing: Bucketing,
         deadline: Deadline | None = None,
+        fallbacks: dict[str, str] | None = None,
     ) -> list[FragmentResult]:
         # Fragments run in worker threads at once; DuckDB releases the GIL while it scans.
         return list(
             await asyncio.gather(
                 *(
-                    self._run_fragment(fragment, selection, aggregation, bucketing, deadline)
+                    self._run_fragment(fragment, selection, aggregation, bucketing, deadline, fallbacks)
                     for fragment in the_plan.fragments
                 )
             )
         )
+
+    def _realtime_druid_plan(
+        self, spec: QuerySpec, window: Window, snapshot: Snapshot, groups: Groups, tenant: str
+    ) -> Plan | None:
+        """The Druid plan of a realtime-mode metrics query (other modes stay embedded)."""
+        if spec.mode != "realtime":
+            return None
+        return self._druid_plan(
+            "realtime", window, snapshot, spec.aggregation, groups.selection.num_rows, tenant, spec.datasource
+        )
+
+    def _druid_plan(
+        self,
+        mode: str,
+        window: Window,
+        snapshot: Snapshot,
+        aggregation: str,
+        n_series: int,
+        tenant: str,
+        datasource: str,
+    ) -> Plan | None:
+        """A plan whose first part runs on Druid: the hours Druid holds exactly, before the hot tier
+        (DruidMirror.cut), planned as the embedded fragments they would be, with engine "druid" (so
+        an unreachable broker falls back to exactly those); the rest planned as usual. None when
+        Druid is not configured or cannot answer any part of the window."""
+        if self.druid is None or aggregation not in DRUID_AGGREGATIONS:
+            return None
+        cut = self.druid.mirror.cut(tenant, datasource, snapshot, window)
+        if cut is None:
+            return None
+        head = plan(mode, Window(window.start, cut, window.bucketing), snapshot, aggregation, n_series)
+        on_druid = tuple(dataclasses.replace(f, engine="druid") for f in head.fragments)
+        if cut >= window.end:
+            return Plan(mode, "druid: every hour in range is ingested in Druid", on_druid)
+        tail = plan(mode, Window(cut, window.end, window.bucketing), snapshot, aggregation, n_series)
+        return Plan(
+            mode,
+            f"druid before {cut} (hours ingested in Druid), then embedded: {tail.reason}",
+            on_druid + tail.fragments,
+        )
+
+    async def _run_druid_fragment(
+        self,
+        fragment: Fragment,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        deadline: Deadline | None,
+        fallbacks: dict[str, str] | None,
+    ) -> FragmentResult | None:
+        """A fragment on the Druid broker; None when it is unreachable (recorded in `fallbacks`, the
+        engine failure counted), so the caller runs it embedded."""
+        deadline = deadline or Deadline.within(self.limits.query_timeout_seconds, "QUERY_TIMEOUT_SECONDS")
+        try:
+            return await self.druid.run_fragment(fragment, selection, aggregation, bucketing, deadline)
+        except DruidUnreachable as exc:
+            self.telemetry.engine_unreachable("druid")
+            if fallbacks is not None:
+                fallbacks["druid"] = exc.reason
+            return None
+
+    @property
+    def _batch_engine(self) -> str | None:
+        return "trino" if self.trino is not None else None
+
+    async def _run_remote_fragment(
+        self,
+        fragment: Fragment,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        deadline: Deadline | None,
+        fallbacks: dict[str, str] | None,
+    ) -> FragmentResult | None:
+        """A fragment on Trino; None when Trino is unreachable (recorded in `fallbacks`, the engine
+        failure counted), so the caller runs it embedded."""
+        deadline = deadline or Deadline.within(self.limits.query_timeout_seconds, "QUERY_TIMEOUT_SECONDS")
+        trino = self.trino
+        try:
+            return await run_interruptible(
+                lambda token: trino.run_fragment(
+                    fragment, selection, aggregation, bucketing, deadline.remaining(), token
+                ),
+                deadline,
+            )
+        except TrinoUnreachable as exc:
+            self.telemetry.engine_unreachable("trino")
+            if fallbacks is not None:
+                fallbacks["trino"] = exc.reason
+            return None
 
     async def _run_fragment(
         self,
@@ -376,7 +506,23 @@ class QueryRouter:
         aggregation: str,
         bucketing: Bucketing,
         deadline: Deadline | None,
+        fallbacks: dict[str, str] | None = None,
     ) -> FragmentResult:
+        if fragment.engine == "druid":
+            result = await self._run_druid_fragment(
+                fragment, selection, aggregation, bucketing, deadline, fallbacks
+            )
+            if result is not None:
+                return result
+            # Druid unreachable: the same fragment from the segments it was planned over.
+            fragment = dataclasses.replace(fragment, engine="duckdb")
+        if fragment.engine == "trino":
+            result = await self._run_remote_fragment(
+                fragment, selection, aggregation, bucketing, deadline, fallbacks
+            )
+            if result is not None:
+                return result
+            fragment = dataclasses.replace(fragment, engine="duckdb")
         try:
             if self.engine.runs_inline(fragment, selection.num_rows):
                 # Sub-millisecond: no thread hand-off, nothing to cancel once started.
@@ -439,6 +585,8 @@ class QueryRouter:
             return _from_cache(cached, started)
         mark = self.cache.mark()
         response = await self._run_sql(spec, tenant, started, deadline)
+        if "trino" in response.metadata.fallbacks:  # answered in place of Trino: not kept past its outage
+            return response
         # SQL may read any datasource of the tenant: any write of the tenant drops the entry.
         self.cache.put(
             QUERY_CACHE,
@@ -448,12 +596,22 @@ class QueryRouter:
             scope=(tenant, ALL_DATASOURCES, -(2**63), 2**63),
             mark=mark,
         )
+        response.metadata.fallbacks.update(self.cache.unavailable())
         return response
 
     async def _run_sql(
         self, spec: QuerySpec, tenant: str, started: float, deadline: Deadline
     ) -> pb.QueryResponse:
         snapshots = {ds: self.store.snapshot(tenant, ds) for ds in self.store.datasources(tenant)}
+        fallback = None
+        if self.trino is not None:
+            # Refused here, on DuckDB's parser, before anything reaches Trino.
+            check_user_sql(spec.sql, VIEWS)
+            try:
+                return await self._run_trino_sql(spec, tenant, snapshots, started, deadline)
+            except TrinoUnreachable as exc:
+                self.telemetry.engine_unreachable("trino")
+                fallback = exc.reason
         try:
             # Interrupted in DuckDB when the deadline passes or the caller goes away (cancel.py).
             columns, rows, seconds = await run_interruptible(
@@ -482,6 +640,43 @@ class QueryRouter:
                 reason="SQL runs in one DuckDB pass over the tenant's views",
                 fragments=[pb.PlanFragment(engine="duckdb")],
             )
+        )
+        if fallback is not None:
+            meta.fallbacks["trino"] = fallback
+        meta.total_time_ms = (time.perf_counter() - started) * 1000
+        return response
+
+    async def _run_trino_sql(
+        self, spec: QuerySpec, tenant: str, snapshots: dict, started: float, deadline: Deadline
+    ) -> pb.QueryResponse:
+        """User SQL on Trino over the tenant's flushed segments (hot-only points are not there)."""
+        live = {ds: snap for ds, snap in snapshots.items() if snap is not None}
+        series_files = {ds: list(self.store.segments.series_files.get((tenant, ds), ())) for ds in live}
+        trino = self.trino
+        columns, rows, seconds = await run_interruptible(
+            lambda token: trino.run_sql(
+                tenant,
+                live,
+                series_files,
+                spec.sql,
+                spec.params,
+                self.limits.sql_max_rows,
+                deadline.remaining(),
+                token,
+            ),
+            deadline,
+        )
+        response = pb.QueryResponse(columns=columns)
+        response.MergeFromString(encode_rows(rows))
+        meta = response.metadata
+        meta.engines[:] = ["trino"]
+        meta.engine_time_ms["trino"] = seconds * 1000
+        hot = sum(snap.hot.num_rows for snap in live.values() if snap.hot is not None)
+        reason = "SQL runs on Trino over the tenant's flushed segments"
+        if hot:
+            reason += f"; {hot} points not yet flushed (hot tier) are not in this answer"
+        meta.plan.CopyFrom(
+            pb.QueryPlan(mode="batch", reason=reason, fragments=[pb.PlanFragment(engine="trino")])
         )
         meta.total_time_ms = (time.perf_counter() - started) * 1000
         return response

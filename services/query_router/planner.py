@@ -4,7 +4,9 @@ Where points live is known exactly: the hot tier reports its time span, each seg
 Auto (and realtime) read the hot tier only where it has points: a range that starts before the
 hot tier's oldest point is split at that point (aligned down to the step, so no bucket straddles
 two fragments) into a cold fragment (segments only) and a hot fragment (hot tier plus any
-segments in the same span), run in parallel and concatenated. Batch reads everything in one pass.
+segments in the same span), run in parallel and concatenated. Batch reads everything in one pass,
+unless Trino is configured: then batch splits the same way and the cold fragment is "trino" (raw
+Parquet on the Trino server, `_remote`), for the aggregations Trino computes with equal numbers.
 
 Every fragment also says how its segments are read: from their 1-hour or 1-minute rollups where
 those answer the aggregation exactly, from their points maps for a mergeable aggregation over few
@@ -107,14 +109,26 @@ def _aligned_down(ts: int, bucketing: Bucketing) -> int | None:
 
 
 def plan(
-    mode: str, window: Window, snapshot: Snapshot, aggregation: str | None = None, n_series: int | None = None
+    mode: str,
+    window: Window,
+    snapshot: Snapshot,
+    aggregation: str | None = None,
+    n_series: int | None = None,
+    batch_engine: str | None = None,
 ) -> Plan:
     """Split the window into fragments according to the mode and where the points are, and read
     the segments' rollups instead of raw points where they answer the aggregation exactly. A
     mergeable aggregation no rollup fits (a step of seconds, say) over few points (`n_series`
     selected, at most POINTS_READ_MAX points at one every ASSUMED_INTERVAL_MS) reads the segments'
-    points maps and aggregates them here instead of scanning Parquet with DuckDB."""
+    points maps and aggregates them here instead of scanning Parquet with DuckDB.
+
+    `batch_engine` ("trino" when Trino is configured): batch mode sends the segments before the hot
+    tier to that engine (raw Parquet, no rollups), and the rest to the embedded engines (`_remote`)."""
     bucketing = window.bucketing
+    if mode == "batch" and batch_engine is not None:
+        remote = _remote(window, snapshot, aggregation, batch_engine)
+        if remote is not None:
+            return remote
     rollup = resolution_for(bucketing.step_ms, aggregation or "", bucketing.calendar)
     if (
         rollup is None
@@ -185,4 +199,42 @@ def _split(mode: str, window: Window, snapshot: Snapshot, rollup: str | None) ->
         mode,
         f"federated: segments before {boundary}, hot tier and recent segments after, in parallel",
         (Fragment("duckdb", start, boundary, cold, None), Fragment("hot", boundary, end, warm, hot)),
+    )
+
+
+# What a remote batch engine computes with the same numbers as the embedded path.
+REMOTE_AGGREGATIONS = frozenset({"avg", "sum", "min", "max", "count", "last", "p50", "p90", "p95", "p99"})
+
+
+def _remote(window: Window, snapshot: Snapshot, aggregation: str | None, engine: str) -> Plan | None:
+    """A batch plan whose cold fragment runs on `engine`, or None when the embedded plan must run
+    (an aggregation or calendar bucket the engine does not compute the same, or no segment in range)."""
+    bucketing = window.bucketing
+    if aggregation not in REMOTE_AGGREGATIONS or bucketing.calendar not in (None, "all"):
+        return None
+    start, end = window.start, window.end
+    segments = tuple(s for s in snapshot.segments if s.max_ts >= start and s.min_ts < end)
+    if not segments:
+        return None
+    hot = snapshot.hot
+    if (
+        hot is None
+        or snapshot.hot_min_ts is None
+        or snapshot.hot_max_ts < start
+        or snapshot.hot_min_ts >= end
+    ):
+        return Plan(
+            "batch",
+            f"batch: every point in range is in segments, read by {engine}",
+            (Fragment(engine, start, end, segments, None),),
+        )
+    boundary = _aligned_down(max(snapshot.hot_min_ts, start), bucketing)
+    if boundary is None or boundary <= start:
+        return None
+    cold = tuple(s for s in segments if s.min_ts < boundary)
+    warm = tuple(s for s in segments if s.max_ts >= boundary)
+    return Plan(
+        "batch",
+        f"batch: segments before {boundary} on {engine}, hot tier and recent segments after, embedded, in parallel",
+        (Fragment(engine, start, boundary, cold, None), Fragment("hot", boundary, end, warm, hot)),
     )

@@ -31,7 +31,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     async def QueryTimeseries(
         self, request: pb.QueryTimeseriesRequest, context: aio.ServicerContext
     ) -> pb.QueryTimeseriesResponse:
-        return await self.core.query_timeseries(timeseries_from_proto(request), current_identity().tenant)
+        return await self.core.query_timeseries(
+            timeseries_from_proto(request), current_identity().tenant, time_remaining=context.time_remaining()
+        )
 
     async def Explain(self, request: pb.ExplainRequest, context: aio.ServicerContext) -> pb.ExplainResponse:
         return await self.core.explain(query_from_proto(request.query), current_identity().tenant)
