@@ -7,7 +7,8 @@ The services use this package's public surface only (tests/unit/test_storage_sur
 - reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points and the live
   `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.partitions`,
   `MetricStore.segments_root` (the one directory DuckDB and Trino may read);
-  `Segment.read_points` (a segment's raw points, for copying them into an external engine);
+  `MetricStore.series_files` and `Segment.read_points` (for external engines: the series files
+  Trino reads as a table, a segment's raw points to copy into Druid);
 - series lookup: `SeriesCatalog` (select, group, label values), `SeriesKey`, `series_id`;
 - segment readers: `MappedReader` (rollups and points maps by memory map), the rollup planning
   helpers `cover`, `resolution_for`, `split_window`, `RESOLUTIONS`, `POINTS`,

@@ -408,6 +408,11 @@ class MetricStore:
         """Every (tenant, datasource) that holds at least one series."""
         return sorted(self.catalogs)
 
+    def series_files(self, tenant: str, datasource: str) -> list[Path]:
+        """The live series files of a datasource (series_id, metric, labels), for an external engine
+        that reads the segments as tables (Trino)."""
+        return list(self.segments.series_files.get((tenant, datasource), ()))
+
     # ---- background work ------------------------------------------------------------------
     async def _flush_loop(self) -> None:
         while True:

@@ -19,9 +19,10 @@ from libs.storage import DEFAULT_TENANT, MetricStore, Segment, SeriesCatalog, Sn
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible
-from services.query_router.druid import DRUID_AGGREGATIONS, DruidEngine, DruidUnreachable
+from services.query_router.druid import DruidEngine
 from services.query_router.engine import Bucketing, Fragment, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
+from services.query_router.remote import RemoteEngines
 from services.query_router.rows import encode_point_runs, encode_rows, encode_series
 from services.query_router.spec import (
     AGGREGATIONS,
@@ -80,10 +81,6 @@ class QueryRouter:
         druid: DruidEngine | None = None,
     ) -> None:
         self.store = store
-        # Trino (TRINO_HOST set): user SQL and batch fragments over the segments run there (trino.py).
-        self.trino = trino
-        # Druid (DRUID_BROKER_URL set): timeseries and realtime fragments over hours Druid holds (druid.py).
-        self.druid = druid
         self.cache = cache
         self.limits = limits
         # Points per metric of each live segment, per (tenant, datasource): GetMetadata reads a file once.
@@ -93,6 +90,8 @@ class QueryRouter:
             store.segments_root, limits.query_memory_limit, limits.query_threads
         )
         self.telemetry = QueryTelemetry(metrics)
+        # Trino (TRINO_HOST) and Druid (DRUID_BROKER_URL) when configured, with their fallback (remote.py).
+        self.remote = RemoteEngines(trino, druid, self.telemetry, limits.query_timeout_seconds)
 
     # ---- unified query --------------------------------------------------------------------
     async def query(
@@ -124,7 +123,7 @@ class QueryRouter:
     ) -> pb.QueryResponse:
         started = time.perf_counter()
         if spec.sql:
-            trace.engines = {"trino" if self.trino is not None else "duckdb"}
+            trace.engines = {self.remote.sql_engine}
             return await self._sql(spec, tenant, started, deadline)
         # Taken before the snapshot: a write landing after it keeps this answer out of the cache.
         mark = self.cache.mark()
@@ -147,7 +146,7 @@ class QueryRouter:
             snapshot,
             spec.aggregation,
             groups.selection.num_rows,
-            batch_engine=self._batch_engine,
+            batch_engine=self.remote.batch_engine,
         )
         trace.engines = {f.engine for f in the_plan.fragments}
         fallbacks: dict[str, str] = {}
@@ -182,10 +181,10 @@ class QueryRouter:
     async def explain(self, spec: QuerySpec, tenant: str = DEFAULT_TENANT) -> pb.ExplainResponse:
         """The plan a query would run, without running it."""
         if spec.sql:
-            engine = "trino" if self.trino is not None else "duckdb"
+            engine = self.remote.sql_engine
             reason = (
                 "SQL runs on Trino over the tenant's flushed segments (DuckDB if Trino is unreachable)"
-                if self.trino is not None
+                if engine == "trino"
                 else "SQL runs in one DuckDB pass"
             )
             return pb.ExplainResponse(
@@ -202,7 +201,7 @@ class QueryRouter:
             snapshot,
             spec.aggregation,
             groups.selection.num_rows,
-            batch_engine=self._batch_engine,
+            batch_engine=self.remote.batch_engine,
         )
         return pb.ExplainResponse(plan=_plan_message(the_plan))
 
@@ -247,7 +246,7 @@ class QueryRouter:
             for kind, names in names_by_kind.items():
                 groups = self._groups(snapshot, tuple(names), spec.filters, spec.dimensions, 0)
                 n_series = groups.selection.num_rows
-                last_plan = self._druid_plan(
+                last_plan = self.remote.druid_plan(
                     mode, window, snapshot, kind, n_series, tenant, spec.datasource
                 ) or plan(mode, window, snapshot, kind, n_series)
                 trace.engines |= {f.engine for f in last_plan.fragments}
@@ -275,13 +274,7 @@ class QueryRouter:
     async def capabilities(self) -> pb.GetCapabilitiesResponse:
         """What this deployment supports."""
         return pb.GetCapabilitiesResponse(
-            engines=[
-                "hot",
-                "duckdb",
-                "cache",
-                *(["trino"] if self.trino is not None else []),
-                *(["druid"] if self.druid is not None else []),
-            ],
+            engines=["hot", "duckdb", "cache", *self.remote.names],
             modes=list(MODES),
             aggregations=[*AGGREGATIONS],
             granularities=list(GRANULARITIES),
@@ -415,89 +408,9 @@ class QueryRouter:
         """The Druid plan of a realtime-mode metrics query (other modes stay embedded)."""
         if spec.mode != "realtime":
             return None
-        return self._druid_plan(
+        return self.remote.druid_plan(
             "realtime", window, snapshot, spec.aggregation, groups.selection.num_rows, tenant, spec.datasource
         )
-
-    def _druid_plan(
-        self,
-        mode: str,
-        window: Window,
-        snapshot: Snapshot,
-        aggregation: str,
-        n_series: int,
-        tenant: str,
-        datasource: str,
-    ) -> Plan | None:
-        """A plan whose first part runs on Druid: the hours Druid holds exactly, before the hot tier
-        (DruidMirror.cut), planned as the embedded fragments they would be, with engine "druid" (so
-        an unreachable broker falls back to exactly those); the rest planned as usual. None when
-        Druid is not configured or cannot answer any part of the window."""
-        if self.druid is None or aggregation not in DRUID_AGGREGATIONS:
-            return None
-        cut = self.druid.mirror.cut(tenant, datasource, snapshot, window)
-        if cut is None:
-            return None
-        head = plan(mode, Window(window.start, cut, window.bucketing), snapshot, aggregation, n_series)
-        on_druid = tuple(dataclasses.replace(f, engine="druid") for f in head.fragments)
-        if cut >= window.end:
-            return Plan(mode, "druid: every hour in range is ingested in Druid", on_druid)
-        tail = plan(mode, Window(cut, window.end, window.bucketing), snapshot, aggregation, n_series)
-        return Plan(
-            mode,
-            f"druid before {cut} (hours ingested in Druid), then embedded: {tail.reason}",
-            on_druid + tail.fragments,
-        )
-
-    async def _run_druid_fragment(
-        self,
-        fragment: Fragment,
-        selection: pa.Table,
-        aggregation: str,
-        bucketing: Bucketing,
-        deadline: Deadline | None,
-        fallbacks: dict[str, str] | None,
-    ) -> FragmentResult | None:
-        """A fragment on the Druid broker; None when it is unreachable (recorded in `fallbacks`, the
-        engine failure counted), so the caller runs it embedded."""
-        deadline = deadline or Deadline.within(self.limits.query_timeout_seconds, "QUERY_TIMEOUT_SECONDS")
-        try:
-            return await self.druid.run_fragment(fragment, selection, aggregation, bucketing, deadline)
-        except DruidUnreachable as exc:
-            self.telemetry.engine_unreachable("druid")
-            if fallbacks is not None:
-                fallbacks["druid"] = exc.reason
-            return None
-
-    @property
-    def _batch_engine(self) -> str | None:
-        return "trino" if self.trino is not None else None
-
-    async def _run_remote_fragment(
-        self,
-        fragment: Fragment,
-        selection: pa.Table,
-        aggregation: str,
-        bucketing: Bucketing,
-        deadline: Deadline | None,
-        fallbacks: dict[str, str] | None,
-    ) -> FragmentResult | None:
-        """A fragment on Trino; None when Trino is unreachable (recorded in `fallbacks`, the engine
-        failure counted), so the caller runs it embedded."""
-        deadline = deadline or Deadline.within(self.limits.query_timeout_seconds, "QUERY_TIMEOUT_SECONDS")
-        trino = self.trino
-        try:
-            return await run_interruptible(
-                lambda token: trino.run_fragment(
-                    fragment, selection, aggregation, bucketing, deadline.remaining(), token
-                ),
-                deadline,
-            )
-        except TrinoUnreachable as exc:
-            self.telemetry.engine_unreachable("trino")
-            if fallbacks is not None:
-                fallbacks["trino"] = exc.reason
-            return None
 
     async def _run_fragment(
         self,
@@ -508,20 +421,18 @@ class QueryRouter:
         deadline: Deadline | None,
         fallbacks: dict[str, str] | None = None,
     ) -> FragmentResult:
-        if fragment.engine == "druid":
-            result = await self._run_druid_fragment(
-                fragment, selection, aggregation, bucketing, deadline, fallbacks
+        if fragment.engine in self.remote.names:
+            result = await self.remote.run_fragment(
+                fragment,
+                selection,
+                aggregation,
+                bucketing,
+                deadline,
+                fallbacks if fallbacks is not None else {},
             )
             if result is not None:
                 return result
-            # Druid unreachable: the same fragment from the segments it was planned over.
-            fragment = dataclasses.replace(fragment, engine="duckdb")
-        if fragment.engine == "trino":
-            result = await self._run_remote_fragment(
-                fragment, selection, aggregation, bucketing, deadline, fallbacks
-            )
-            if result is not None:
-                return result
+            # Unreachable: the same fragment from the segments it was planned over.
             fragment = dataclasses.replace(fragment, engine="duckdb")
         try:
             if self.engine.runs_inline(fragment, selection.num_rows):
@@ -604,13 +515,18 @@ class QueryRouter:
     ) -> pb.QueryResponse:
         snapshots = {ds: self.store.snapshot(tenant, ds) for ds in self.store.datasources(tenant)}
         fallback = None
-        if self.trino is not None:
+        if self.remote.sql_engine == "trino":
             # Refused here, on DuckDB's parser, before anything reaches Trino.
             check_user_sql(spec.sql, VIEWS)
+            live = {ds: snap for ds, snap in snapshots.items() if snap is not None}
+            series_files = {ds: self.store.series_files(tenant, ds) for ds in live}
             try:
-                return await self._run_trino_sql(spec, tenant, snapshots, started, deadline)
+                response = await self.remote.run_sql(
+                    spec, tenant, live, series_files, self.limits.sql_max_rows, deadline
+                )
+                response.metadata.total_time_ms = (time.perf_counter() - started) * 1000
+                return response
             except TrinoUnreachable as exc:
-                self.telemetry.engine_unreachable("trino")
                 fallback = exc.reason
         try:
             # Interrupted in DuckDB when the deadline passes or the caller goes away (cancel.py).
@@ -643,41 +559,6 @@ class QueryRouter:
         )
         if fallback is not None:
             meta.fallbacks["trino"] = fallback
-        meta.total_time_ms = (time.perf_counter() - started) * 1000
-        return response
-
-    async def _run_trino_sql(
-        self, spec: QuerySpec, tenant: str, snapshots: dict, started: float, deadline: Deadline
-    ) -> pb.QueryResponse:
-        """User SQL on Trino over the tenant's flushed segments (hot-only points are not there)."""
-        live = {ds: snap for ds, snap in snapshots.items() if snap is not None}
-        series_files = {ds: list(self.store.segments.series_files.get((tenant, ds), ())) for ds in live}
-        trino = self.trino
-        columns, rows, seconds = await run_interruptible(
-            lambda token: trino.run_sql(
-                tenant,
-                live,
-                series_files,
-                spec.sql,
-                spec.params,
-                self.limits.sql_max_rows,
-                deadline.remaining(),
-                token,
-            ),
-            deadline,
-        )
-        response = pb.QueryResponse(columns=columns)
-        response.MergeFromString(encode_rows(rows))
-        meta = response.metadata
-        meta.engines[:] = ["trino"]
-        meta.engine_time_ms["trino"] = seconds * 1000
-        hot = sum(snap.hot.num_rows for snap in live.values() if snap.hot is not None)
-        reason = "SQL runs on Trino over the tenant's flushed segments"
-        if hot:
-            reason += f"; {hot} points not yet flushed (hot tier) are not in this answer"
-        meta.plan.CopyFrom(
-            pb.QueryPlan(mode="batch", reason=reason, fragments=[pb.PlanFragment(engine="trino")])
-        )
         meta.total_time_ms = (time.perf_counter() - started) * 1000
         return response
 

@@ -59,6 +59,9 @@ _U64 = (
 )
 _TIME = "CAST(from_unixtime_nanos({c} * 1000000) AT TIME ZONE 'UTC' AS timestamp(3))"
 _LABELS = "labels"
+NODE_WAIT_SECONDS = 5.0
+"""How long a query refused with "No nodes available" is tried again before Trino counts as down."""
+NODE_RETRY_SECONDS = 0.25
 
 
 class TrinoUnreachable(Exception):
@@ -67,6 +70,10 @@ class TrinoUnreachable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TrinoNoNode(TrinoUnreachable):
+    """Trino refused a query for want of a node: worth trying again for a moment."""
 
 
 class TrinoInterrupt:
@@ -140,6 +147,23 @@ class TrinoEngine:
     def _execute(
         self, sql: str, params: Sequence[object] = (), timeout: float = 30.0, token: CancelToken | None = None
     ) -> tuple[list[str], list[list]]:
+        """Run one statement; a query refused for want of a node (the node re-announcing itself,
+        which a loaded machine delays) is tried again for up to NODE_WAIT_SECONDS of `timeout`."""
+        started = time.monotonic()
+        give_up = started + min(NODE_WAIT_SECONDS, timeout)
+        while True:
+            try:
+                return self._execute_once(sql, params, started + timeout - time.monotonic(), token)
+            except TrinoNoNode as exc:
+                if time.monotonic() + NODE_RETRY_SECONDS >= give_up or (
+                    token is not None and token.cancelled
+                ):
+                    raise TrinoUnreachable(exc.reason) from None
+                time.sleep(NODE_RETRY_SECONDS)
+
+    def _execute_once(
+        self, sql: str, params: Sequence[object], timeout: float, token: CancelToken | None
+    ) -> tuple[list[str], list[list]]:
         cursor = self._cursor(timeout)
         try:
             if token is None:
@@ -158,7 +182,9 @@ class TrinoEngine:
                 self._tables.clear()
             raise TrinoUnreachable(_first_line(exc)) from None
         except trino.exceptions.TrinoQueryError as exc:
-            if exc.error_name in ("NO_NODES_AVAILABLE", "SERVER_STARTING_UP", "SERVER_SHUTTING_DOWN"):
+            if exc.error_name == "NO_NODES_AVAILABLE" or (exc.message or "").startswith("No nodes available"):
+                raise TrinoNoNode(f"{exc.error_name}: {exc.message}") from None
+            if exc.error_name in ("SERVER_STARTING_UP", "SERVER_SHUTTING_DOWN"):
                 raise TrinoUnreachable(f"{exc.error_name}: {exc.message}") from None
             if exc.error_name == "EXCEEDED_TIME_LIMIT":
                 raise DeadlineExceeded(f"the query ran out of its time on Trino ({timeout:.3f} s)") from None

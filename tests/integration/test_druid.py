@@ -281,7 +281,7 @@ async def test_a_new_flush_reaches_druid_and_answers_equal(setup):
     await store.flush()
     flushed = time.monotonic()
     window = Window(T0, HOT_END, Bucketing(HOUR // 6))
-    while druid.druid.mirror.cut("b", "ds", store.snapshot("b", "ds"), window) != HOT_END:
+    while druid.remote.druid.mirror.cut("b", "ds", store.snapshot("b", "ds"), window) != HOT_END:
         assert time.monotonic() - flushed < 60, "the new segment did not reach Druid in 60 s"
         await asyncio.sleep(0.05)
     print(f"\none new segment in Druid {time.monotonic() - flushed:.1f} s after the flush")
@@ -318,5 +318,5 @@ async def test_retention_drops_the_hours_from_druid(setup, cluster):
     while rows_in_druid() > 0:
         assert time.monotonic() - started < 60, "Druid still serves the expired hours after 60 s"
         await asyncio.sleep(0.2)
-    mirror = druid.druid.mirror
+    mirror = druid.remote.druid.mirror
     assert mirror.loaded(("a", "ds")) and not any(mirror.loaded(("a", "ds")).values())

@@ -1,0 +1,167 @@
+"""The remote engines a query router may be configured with, and what happens when one is down.
+
+- Trino (TRINO_HOST): user SQL and the cold fragment of batch-mode metrics queries, over the same
+  segment files the embedded engines read (trino.py).
+- Druid (DRUID_BROKER_URL): QueryTimeseries and realtime-mode fragments over the hours Druid holds,
+  before the hot tier (druid.py; druid_loader.py feeds it).
+
+A fragment planned for a remote engine runs there. When the engine cannot be reached, the same
+fragment runs on the embedded engines instead (it was planned over the same segments), the answer's
+`metadata.fallbacks` names the engine and the reason, and the failure is counted
+(`analytics_engine_connection_failures_total{engine}`, the EngineConnectionFailure alert). Nothing
+remembers the outage: the next query tries the engine again, which is how it comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+
+from libs.storage import Snapshot
+from platformq.analytics.v1 import query_service_pb2 as pb
+from services.query_router.cancel import Deadline, run_interruptible
+from services.query_router.druid import DRUID_AGGREGATIONS, DruidEngine, DruidUnreachable
+from services.query_router.engine import Bucketing, Fragment, FragmentResult
+from services.query_router.planner import Plan, Window, plan
+from services.query_router.rows import encode_rows
+from services.query_router.telemetry import QueryTelemetry
+from services.query_router.trino import TrinoEngine, TrinoUnreachable
+
+TRINO = "trino"
+DRUID = "druid"
+
+
+class RemoteEngines:
+    """Trino and Druid as configured (either may be None), with the fallback rule above."""
+
+    def __init__(
+        self,
+        trino: TrinoEngine | None,
+        druid: DruidEngine | None,
+        telemetry: QueryTelemetry,
+        default_timeout_seconds: float,
+    ) -> None:
+        self.trino = trino
+        self.druid = druid
+        self.telemetry = telemetry
+        self.default_timeout_seconds = default_timeout_seconds
+
+    @property
+    def names(self) -> list[str]:
+        """The configured remote engines."""
+        return [name for name, engine in ((TRINO, self.trino), (DRUID, self.druid)) if engine is not None]
+
+    @property
+    def batch_engine(self) -> str | None:
+        """The engine batch-mode cold fragments go to (planner.plan's `batch_engine`)."""
+        return TRINO if self.trino is not None else None
+
+    @property
+    def sql_engine(self) -> str:
+        return TRINO if self.trino is not None else "duckdb"
+
+    # ---- planning ---------------------------------------------------------------------------
+    def druid_plan(
+        self,
+        mode: str,
+        window: Window,
+        snapshot: Snapshot,
+        aggregation: str,
+        n_series: int,
+        tenant: str,
+        datasource: str,
+    ) -> Plan | None:
+        """A plan whose first part runs on Druid: the hours Druid holds exactly, before the hot tier
+        (DruidMirror.cut), planned as the embedded fragments they would be, with engine "druid" (so
+        an unreachable broker falls back to exactly those); the rest planned as usual. None when
+        Druid is not configured or cannot answer any part of the window."""
+        if self.druid is None or aggregation not in DRUID_AGGREGATIONS:
+            return None
+        cut = self.druid.mirror.cut(tenant, datasource, snapshot, window)
+        if cut is None:
+            return None
+        head = plan(mode, Window(window.start, cut, window.bucketing), snapshot, aggregation, n_series)
+        on_druid = tuple(dataclasses.replace(f, engine=DRUID) for f in head.fragments)
+        if cut >= window.end:
+            return Plan(mode, "druid: every hour in range is ingested in Druid", on_druid)
+        tail = plan(mode, Window(cut, window.end, window.bucketing), snapshot, aggregation, n_series)
+        return Plan(
+            mode,
+            f"druid before {cut} (hours ingested in Druid), then embedded: {tail.reason}",
+            on_druid + tail.fragments,
+        )
+
+    # ---- running ----------------------------------------------------------------------------
+    async def run_fragment(
+        self,
+        fragment: Fragment,
+        selection: pa.Table,
+        aggregation: str,
+        bucketing: Bucketing,
+        deadline: Deadline | None,
+        fallbacks: dict[str, str],
+    ) -> FragmentResult | None:
+        """A fragment on its remote engine; None when that engine is unreachable (recorded in
+        `fallbacks`, the failure counted), so the caller runs it embedded."""
+        deadline = deadline or Deadline.within(self.default_timeout_seconds, "QUERY_TIMEOUT_SECONDS")
+        try:
+            if fragment.engine == DRUID and self.druid is not None:
+                return await self.druid.run_fragment(fragment, selection, aggregation, bucketing, deadline)
+            if fragment.engine == TRINO and self.trino is not None:
+                trino = self.trino
+                return await run_interruptible(
+                    lambda token: trino.run_fragment(
+                        fragment, selection, aggregation, bucketing, deadline.remaining(), token
+                    ),
+                    deadline,
+                )
+        except (DruidUnreachable, TrinoUnreachable) as exc:
+            self.telemetry.engine_unreachable(fragment.engine)
+            fallbacks[fragment.engine] = exc.reason
+        return None
+
+    async def run_sql(
+        self,
+        spec,
+        tenant: str,
+        snapshots: dict[str, Snapshot],
+        series_files: dict[str, list],
+        max_rows: int,
+        deadline: Deadline,
+    ) -> pb.QueryResponse:
+        """User SQL (already checked by sql_guard) on Trino over the tenant's flushed segments: points
+        only in the hot tier are not in the answer, and the plan's reason says how many. Raises
+        TrinoUnreachable (counted here) when Trino cannot be reached."""
+        trino = self.trino
+        assert trino is not None
+        try:
+            columns, rows, seconds = await run_interruptible(
+                lambda token: trino.run_sql(
+                    tenant,
+                    snapshots,
+                    series_files,
+                    spec.sql,
+                    spec.params,
+                    max_rows,
+                    deadline.remaining(),
+                    token,
+                ),
+                deadline,
+            )
+        except TrinoUnreachable:
+            self.telemetry.engine_unreachable(TRINO)
+            raise
+        response = pb.QueryResponse(columns=columns)
+        response.MergeFromString(encode_rows(rows))
+        meta = response.metadata
+        meta.engines[:] = [TRINO]
+        meta.engine_time_ms[TRINO] = seconds * 1000
+        hot = sum(snap.hot.num_rows for snap in snapshots.values() if snap.hot is not None)
+        reason = "SQL runs on Trino over the tenant's flushed segments"
+        if hot:
+            reason += f"; {hot} points not yet flushed (hot tier) are not in this answer"
+        meta.plan.CopyFrom(
+            pb.QueryPlan(mode="batch", reason=reason, fragments=[pb.PlanFragment(engine=TRINO)])
+        )
+        return response
