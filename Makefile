@@ -72,7 +72,7 @@ chart-envoy: gen
 browser-deps:
 	scripts/browser-deps >/dev/null
 
-test: gen lint openapi-check compose-check pulsar-deps ignite-deps prometheus-deps browser-deps helm-deps
+test: gen lint openapi-check compose-check pulsar-deps ignite-deps trino-deps druid-deps prometheus-deps browser-deps helm-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 $(BIN)/python:

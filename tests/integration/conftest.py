@@ -23,6 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
 from tests.helpers import REPO_ROOT, alive, free_port, wait_until
+from tests.integration.druid_server import DruidCluster, druid_cluster
+from tests.integration.ignite_server import ignite_node_fixture  # noqa: F401  (the session's Ignite node)
+from tests.integration.trino_server import TrinoServer, trino_server
 
 SCRIPT = str(REPO_ROOT / "scripts" / "pulsar-standalone")
 NAMESPACE = "public/default"
@@ -82,6 +85,28 @@ def pulsar_broker(tmp_path_factory) -> Broker:
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not alive(pid), 10, "the broker to be killed")
         assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.fixture(scope="session", name="trino_server")
+def trino_server_fixture(tmp_path_factory) -> TrinoServer:
+    """A real Trino for the session (scripts/trino-server), started by the first test that needs it."""
+    server = trino_server(tmp_path_factory.mktemp("trino"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", name="druid_cluster")
+def druid_cluster_fixture(tmp_path_factory) -> DruidCluster:
+    """A real Druid for the session (scripts/druid-cluster), started by the first test that needs it."""
+    cluster = druid_cluster(tmp_path_factory.mktemp("druid"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 class Service:

@@ -2,7 +2,7 @@
 started once (about 2 to 5 s on a warm ~/.m2; `make ignite-deps` resolves it beforehand), stopped at
 the end, and stoppable, pausable and restartable mid-test for the fault tests.
 
-Test modules get the `ignite_node` fixture by importing `ignite_node_fixture` from here."""
+The session fixture `ignite_node` is registered by tests/integration/conftest.py."""
 
 from __future__ import annotations
 

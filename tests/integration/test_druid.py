@@ -32,7 +32,6 @@ from services.query_router.engine import Bucketing
 from services.query_router.planner import Window
 from services.query_router.spec import query_from_proto, timeseries_from_proto
 from tests.helpers import opened_store
-from tests.integration.druid_server import druid_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -129,17 +128,8 @@ QUERIES = [
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    druid = druid_cluster(tmp_path_factory.mktemp("druid"))
-    try:
-        started = time.monotonic()
-        druid.start()
-        print(
-            f"\ndruid healthy in {time.monotonic() - started:.1f} s, RSS {druid.rss_bytes() / 2**20:.0f} MiB"
-        )
-        yield druid
-    finally:
-        druid.stop()
+def cluster(druid_cluster):
+    return druid_cluster
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

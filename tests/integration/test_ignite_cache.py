@@ -24,7 +24,7 @@ from services.context import ServiceContext
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import query_from_proto
 from tests.helpers import opened_store, wait_until
-from tests.integration.ignite_server import IgniteNode, ignite_node_fixture  # noqa: F401  (the fixture)
+from tests.integration.ignite_server import IgniteNode
 
 pytestmark = pytest.mark.integration
 

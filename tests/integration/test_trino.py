@@ -25,7 +25,6 @@ from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import query_from_proto
 from services.query_router.trino import TrinoEngine, TrinoSettings
 from tests.helpers import opened_store
-from tests.integration.trino_server import trino_server
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
@@ -51,15 +50,8 @@ def _batch(tenant_seed: int, start: int, end: int) -> list[AcceptedSeries]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    trino = trino_server(tmp_path_factory.mktemp("trino"))
-    try:
-        started = time.monotonic()
-        trino.start()
-        print(f"trino ready in {time.monotonic() - started:.1f} s")
-        yield trino
-    finally:
-        trino.stop()
+def server(trino_server):
+    return trino_server
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
