@@ -2,11 +2,13 @@
 latency a query gains on it against the embedded path (the same query over the same DATA_DIR,
 p50 over RUNS runs, cache bypassed).
 
-    .venv/bin/python -m benchmarks.engines trino [--runs 30]
-    .venv/bin/python -m benchmarks.engines druid [--runs 30]   (benchmarks/engine_druid.py)
+    .venv/bin/python -m benchmarks.engines [trino] [druid] [ignite] [--runs 30] [--docs]
 
-One section per engine (`SECTIONS`); each starts its server on a free loopback port, measures, and
-stops it. Prints one JSON object per section.
+One section per engine (`SECTIONS`; Druid's in benchmarks/engine_druid.py, Ignite's in
+benchmarks/engine_ignite.py); each starts its server on a free loopback port, measures, and stops
+it. Prints the report (a table per engine), keeps the raw figures in
+benchmarks/results/engines.json, and with --docs writes the "Scale-out engines" section of
+docs/benchmarks.md (part of `make bench`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.engine_druid import bench_druid
+from benchmarks.engine_ignite import measure as measure_ignite
+from benchmarks.report import add_docs_flag, machine, publish
 from libs.cache import TtlCache
 from libs.storage.series import SeriesKey
 from libs.storage.store import AcceptedSeries
@@ -118,7 +122,62 @@ async def bench_trino(runs: int) -> dict:
             await store.close()
 
 
-SECTIONS = {"trino": bench_trino, "druid": bench_druid}
+async def bench_ignite(runs: int) -> dict:
+    """Ignite: start, RSS, get/put p50 against the in-process cache, and a cache hit through the router."""
+    figures = await asyncio.to_thread(measure_ignite, max(runs * 20, 200))
+    return {k: round(v, 3) for k, v in figures.items()}
+
+
+SECTIONS = {"trino": bench_trino, "druid": bench_druid, "ignite": bench_ignite}
+HEADING = "Scale-out engines"
+
+
+def render(results: dict, runs: int) -> str:
+    """The report: per engine, its start and memory here, and each query's p50 embedded and through it."""
+    lines = [
+        f"`python -m benchmarks.engines --docs` ({machine()}, run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): "
+        "each real server started by its repo script on loopback, the same query over the same DATA_DIR "
+        f"on the embedded engines and through the server, p50 of {runs} runs at the client of the "
+        "QueryRouter (no gRPC), cache bypassed. Timings on this shared 2-core machine are noisy; "
+        "compare the columns of one run.",
+        "",
+        "| engine | server ready (s) | server RSS (MiB) | query | embedded p50 (ms) | through the engine p50 (ms) | added (ms) |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for engine in ("trino", "druid"):
+        r = results.get(engine)
+        if not r:
+            continue
+        first = True
+        for name, q in r.items():
+            if not isinstance(q, dict):
+                continue
+            through = q.get(f"{engine}_p50_ms")
+            head = (
+                f"| {engine} ({r['points']:,} points) | {r['start_s']} | {r['rss_mb']} |"
+                if first
+                else "| | | |"
+            )
+            lines.append(f"{head} {name} | {q['embedded_p50_ms']} | {through} | {q['added_ms']:+} |")
+            first = False
+    ignite = results.get("ignite")
+    if ignite:
+        lines.append(
+            f"| ignite (result cache) | {ignite['start_s']:.1f} | {ignite['rss_mb']:.0f} | cache hit through the router "
+            f"| {ignite['in_process_router_hit_p50_ms']:.2f} | {ignite['ignite_router_hit_p50_ms']:.2f} "
+            f"| {ignite['ignite_router_hit_p50_ms'] - ignite['in_process_router_hit_p50_ms']:+.2f} |"
+        )
+        lines += [
+            "",
+            f"Ignite get / put p50: {ignite['ignite_get_p50_ms']:.3f} / {ignite['ignite_put_p50_ms']:.3f} ms "
+            f"(in-process {ignite['in_process_get_p50_ms']:.4f} / {ignite['in_process_put_p50_ms']:.4f} ms)."
+            + (
+                f" Druid: loading {results['druid']['points']:,} points took {results['druid']['ingest_s']} s."
+                if results.get("druid")
+                else ""
+            ),
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -127,9 +186,11 @@ def main() -> None:
     )
     parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--runs", type=int, default=30)
+    add_docs_flag(parser)
     args = parser.parse_args()
-    for name in args.sections:
-        print(json.dumps({name: asyncio.run(SECTIONS[name](args.runs))}))
+    results = {name: asyncio.run(SECTIONS[name](args.runs)) for name in args.sections}
+    print(json.dumps(results))
+    publish(HEADING, render(results, args.runs), args.docs, results, "engines")
 
 
 if __name__ == "__main__":
