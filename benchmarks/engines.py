@@ -184,11 +184,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("sections", nargs="*", help=f"some of {', '.join(SECTIONS)} (default: every one)")
     parser.add_argument("--runs", type=int, default=30)
     add_docs_flag(parser)
     args = parser.parse_args()
-    results = {name: asyncio.run(SECTIONS[name](args.runs)) for name in args.sections}
+    if unknown := set(args.sections) - set(SECTIONS):
+        parser.error(f"unknown engine(s) {', '.join(sorted(unknown))}: choose from {', '.join(SECTIONS)}")
+    results = {name: asyncio.run(SECTIONS[name](args.runs)) for name in args.sections or SECTIONS}
     print(json.dumps(results))
     publish(HEADING, render(results, args.runs), args.docs, results, "engines")
 
