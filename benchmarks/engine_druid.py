@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from benchmarks.engine_data import HOUR, HOURS, T0, day_store, p50_ms
 from libs.cache import TtlCache
-from libs.storage.series import SeriesKey
-from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
@@ -28,37 +24,13 @@ from services.query_router.druid_loader import DruidLoader, LoaderSettings
 from services.query_router.engine import Bucketing
 from services.query_router.planner import Window
 from services.query_router.spec import query_from_proto, timeseries_from_proto
-from tests.helpers import opened_store
 from tests.integration.druid_server import druid_cluster
-
-T0 = 1_767_225_600_000
-HOUR = 3_600_000
-SERIES = 50
-HOURS = 24
-
-
-async def _p50_ms(call, runs: int) -> float:
-    await call()  # warm-up
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 async def bench_druid(runs: int) -> dict:
     """Druid: start, RSS, mirror time for a day of points, p50 latency embedded vs Druid."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = opened_store(Path(tmp) / "store")
-        ts = np.arange(T0, T0 + HOURS * HOUR, 10_000, dtype=np.int64)
-        rng = np.random.default_rng(1)
-        batch = [
-            AcceptedSeries(SeriesKey.of("cpu", {"host": f"h{i}"}), ts, rng.normal(50, 10, len(ts)))
-            for i in range(SERIES)
-        ]
-        await store.ingest("default", "ds", batch)
-        await store.flush()
+        store, points = await day_store(Path(tmp) / "store")
         cluster = druid_cluster(Path(tmp) / "druid")
         started = time.monotonic()
         cluster.start()
@@ -104,7 +76,7 @@ async def bench_druid(runs: int) -> dict:
                 end=format_time_ms(T0 + HOURS * HOUR),
             )
             result = {
-                "points": int(len(ts) * SERIES),
+                "points": points,
                 "start_s": round(start_s, 1),
                 "ingest_s": round(ingest_s, 1),
                 "runs": runs,
@@ -122,8 +94,8 @@ async def bench_druid(runs: int) -> dict:
                 functools.partial(on_druid.query, spec),
             )
             for name, (on_embedded, through_druid) in calls.items():
-                e = await _p50_ms(on_embedded, runs)
-                d = await _p50_ms(through_druid, runs)
+                e = await p50_ms(on_embedded, runs)
+                d = await p50_ms(through_druid, runs)
                 result[name] = {
                     "embedded_p50_ms": round(e, 1),
                     "druid_p50_ms": round(d, 1),

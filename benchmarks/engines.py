@@ -15,33 +15,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from benchmarks.engine_data import HOUR, HOURS, T0, day_store, p50_ms
 from benchmarks.engine_druid import bench_druid
 from benchmarks.engine_ignite import measure as measure_ignite
 from benchmarks.report import add_docs_flag, machine, publish
 from libs.cache import TtlCache
-from libs.storage.series import SeriesKey
-from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import query_from_proto
 from services.query_router.trino import TrinoEngine, TrinoSettings
-from tests.helpers import REPO_ROOT, free_port, opened_store
-
-T0 = 1_767_225_600_000
-HOUR = 3_600_000
-SERIES = 50
-HOURS = 24
+from tests.helpers import REPO_ROOT, free_port
 
 
 def _rss_mb(pid: int) -> float:
@@ -51,29 +43,10 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def _p50_ms(router: QueryRouter, request: pb.QueryRequest, runs: int) -> float:
-    spec = query_from_proto(request)
-    await router.query(spec)  # warm-up (Trino compiles, DuckDB caches footers)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await router.query(spec)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-
-
 async def bench_trino(runs: int) -> dict:
     """Trino: start, RSS, and p50 latency of a SQL and a batch metrics query, embedded vs Trino."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = opened_store(Path(tmp) / "store")
-        ts = np.arange(T0, T0 + HOURS * HOUR, 10_000, dtype=np.int64)
-        rng = np.random.default_rng(1)
-        batch = [
-            AcceptedSeries(SeriesKey.of("cpu", {"host": f"h{i}"}), ts, rng.normal(50, 10, len(ts)))
-            for i in range(SERIES)
-        ]
-        await store.ingest("default", "ds", batch)
-        await store.flush()
+        store, points = await day_store(Path(tmp) / "store")
         port = free_port()
         env = {**os.environ, "TRINO_PORT": str(port), "TRINO_DATA_DIR": str(Path(tmp) / "trino")}
         script = str(REPO_ROOT / "scripts" / "trino-server")
@@ -103,13 +76,13 @@ async def bench_trino(runs: int) -> dict:
                 ),
             }
             result = {
-                "points": int(len(ts) * SERIES),
+                "points": points,
                 "start_s": round(start_s, 1),
                 "runs": runs,
             }
             for name, request in queries.items():
-                e = await _p50_ms(embedded, request, runs)
-                t = await _p50_ms(on_trino, request, runs)
+                e = await p50_ms(functools.partial(embedded.query, query_from_proto(request)), runs)
+                t = await p50_ms(functools.partial(on_trino.query, query_from_proto(request)), runs)
                 result[name] = {
                     "embedded_p50_ms": round(e, 1),
                     "trino_p50_ms": round(t, 1),

@@ -1,0 +1,44 @@
+"""What the engine benchmarks share (benchmarks/engines.py, engine_druid.py): one day of points in a
+fresh store, flushed into segments, and the p50 of a repeated async call."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+
+from libs.storage import AcceptedSeries, MetricStore, SeriesKey
+from tests.helpers import opened_store
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+HOUR = 3_600_000
+SERIES = 50
+HOURS = 24
+
+
+async def day_store(path: Path) -> tuple[MetricStore, int]:
+    """A store at `path` holding SERIES cpu series over HOURS hours at 10 s, flushed; (store, points)."""
+    store = opened_store(path)
+    ts = np.arange(T0, T0 + HOURS * HOUR, 10_000, dtype=np.int64)
+    rng = np.random.default_rng(1)
+    batch = [
+        AcceptedSeries(SeriesKey.of("cpu", {"host": f"h{i}"}), ts, rng.normal(50, 10, len(ts)))
+        for i in range(SERIES)
+    ]
+    await store.ingest("default", "ds", batch)
+    await store.flush()
+    return store, len(ts) * SERIES
+
+
+async def p50_ms(call: Callable[[], Awaitable[object]], runs: int) -> float:
+    """The median time of `runs` calls after one warm-up call (Trino compiles, DuckDB caches footers)."""
+    await call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
