@@ -2,7 +2,7 @@
 
 Druid has no Pulsar indexing service, so the loader mirrors the cold tier: every second it compares,
 per (tenant, datasource), the segment files covering each hour with the files Druid was last loaded
-from for that hour, and submits one `index_parallel` task (inline JSON rows, `dropExisting`) that
+from for that hour, and submits one `index_parallel` task (`dropExisting`) that
 replaces the changed hours in Druid with the points of the current files. A new flush, a rewrite
 of older points (last write wins), compaction and retention all show up as changed hours, so Druid
 ends up holding exactly what the segments hold. The rows go to Druid as a JSON-lines file the loader
