@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import time
 import urllib.request
 
@@ -213,23 +212,6 @@ async def test_realtime_query_and_explain_name_druid(setup):
     plan = (await druid.explain(spec, "a")).plan
     assert plan.fragments[0].engine == "druid" and "druid" in plan.reason
     assert "druid" in (await druid.capabilities()).engines
-
-
-async def test_latency_added_per_query(setup, cluster):
-    embedded, druid, _, _ = setup
-    spec = timeseries_from_proto(_ts(["cpu"], dimensions=["host"]))
-    timings = {}
-    for name, router in (("embedded", embedded), ("druid", druid)):
-        runs = []
-        for _ in range(30):
-            started = time.perf_counter()
-            await router.query_timeseries(spec, "a")
-            runs.append((time.perf_counter() - started) * 1000)
-        timings[name] = statistics.median(runs)
-    print(
-        f"\np50 embedded {timings['embedded']:.2f} ms, druid {timings['druid']:.2f} ms; "
-        f"cluster RSS {cluster.rss_bytes() / 2**20:.0f} MiB"
-    )
 
 
 async def test_stopped_broker_falls_back_then_recovers(setup, cluster):
