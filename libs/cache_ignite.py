@@ -37,6 +37,7 @@ from pyignite.exceptions import CacheError, ClusterError, ParseError, ReconnectE
 from libs.cache import RECENT_WRITES, Scope, touches
 from libs.cache_codec import decode_entry, decode_write, encode_entry, encode_write, key_digest
 from libs.config import Settings
+from libs.errors import connection_failure
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +353,14 @@ class IgniteCache:
         pause = min(max(self._pause, self.retry_seconds), self.max_retry_seconds)
         self._down_until = time.monotonic() + pause
         self._pause = pause * 2
-        self._reason = f"Ignite at {self.address[0]}:{self.address[1]} unreachable ({type(exc).__name__}: {exc}); answer computed, not cached"
-        log.warning("result cache: %s; retrying in %.1f s", self._reason, pause)
+        self._reason = f"unreachable: {connection_failure(exc)}; answer computed, not cached"
+        log.warning(
+            "result cache: Ignite at %s:%s unreachable (%s: %s); retrying in %.1f s",
+            *self.address,
+            type(exc).__name__,
+            exc,
+            pause,
+        )
         if self._on_unreachable is not None:
             self._on_unreachable()
 

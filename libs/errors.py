@@ -65,3 +65,20 @@ class NotBuilt(AnalyticsError):
 
 class ConfigError(Exception):
     """Configuration is missing or invalid; start-up stops with this message."""
+
+
+def connection_failure(exc: BaseException) -> str:
+    """What a client may be told of a failed connection to a server of ours: its kind, never the
+    address or the library's text (those go to the log)."""
+    text = str(exc).lower()
+    for needle, kind in (
+        ("refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("timeout", "timed out"),
+        ("name or service not known", "host not found"),
+        ("no route", "no route to host"),
+        ("reset", "connection reset"),
+    ):
+        if needle in text:
+            return kind
+    return f"connection failed ({type(exc).__name__})"

@@ -35,6 +35,7 @@ from pydruid.client import BaseDruidClient
 from pydruid.utils.aggregators import count, doublemax, doublemin, doublesum
 from pydruid.utils.filters import Filter
 
+from libs.errors import connection_failure
 from libs.storage import Segment, Snapshot
 from services.query_router.cancel import Deadline
 from services.query_router.engine import RESULT_SCHEMA, Bucketing, Fragment, FragmentResult
@@ -175,7 +176,8 @@ class _TimedDruidClient(BaseDruidClient):
                 raise DruidUnreachable(f"broker answered HTTP {exc.code}: {detail}") from None
             raise DruidQueryFailed(exc.code, detail) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise DruidUnreachable(f"broker {self.url} unreachable: {exc}") from None
+            log.warning("Druid broker %s unreachable: %s", self.url, exc)
+            raise DruidUnreachable(f"broker unreachable: {connection_failure(exc)}") from None
         query.parse(data)
         return query
 

@@ -8,13 +8,20 @@
 A fragment planned for a remote engine runs there. When the engine cannot be reached, the same
 fragment runs on the embedded engines instead (it was planned over the same segments), the answer's
 `metadata.fallbacks` names the engine and the reason, and the failure is counted
-(`analytics_engine_connection_failures_total{engine}`, the EngineConnectionFailure alert). Nothing
-remembers the outage: the next query tries the engine again, which is how it comes back.
+(`analytics_engine_connection_failures_total{engine}`, the EngineConnectionFailure alert).
+
+After a failure the engine is not tried for a pause (RETRY_MIN_SECONDS, doubled after each failure
+in a row up to RETRY_MAX_SECONDS): meanwhile its fragments go straight to the embedded engines,
+marked as skipped, so an engine that hangs costs one deadline per pause rather than one per query.
+The first query after the pause tries it again; a success ends the outage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -30,6 +37,15 @@ from services.query_router.trino import TrinoEngine, TrinoUnreachable
 
 TRINO = "trino"
 DRUID = "druid"
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 16.0
+
+
+@dataclass
+class _Outage:
+    reason: str
+    pause: float
+    until: float
 
 
 class RemoteEngines:
@@ -41,11 +57,30 @@ class RemoteEngines:
         druid: DruidEngine | None,
         telemetry: QueryTelemetry,
         default_timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.trino = trino
         self.druid = druid
         self.telemetry = telemetry
         self.default_timeout_seconds = default_timeout_seconds
+        self.clock = clock
+        self._outages: dict[str, _Outage] = {}
+
+    def _skip_reason(self, engine: str) -> str | None:
+        """Why `engine` is not tried now (within the pause after a failure), or None to try it."""
+        outage = self._outages.get(engine)
+        if outage is None or self.clock() >= outage.until:
+            return None
+        return f"not tried for {outage.until - self.clock():.1f} s more after: {outage.reason}"
+
+    def _failed(self, engine: str, reason: str) -> None:
+        self.telemetry.engine_unreachable(engine)
+        previous = self._outages.get(engine)
+        pause = RETRY_MIN_SECONDS if previous is None else min(previous.pause * 2, RETRY_MAX_SECONDS)
+        self._outages[engine] = _Outage(reason, pause, self.clock() + pause)
+
+    def _succeeded(self, engine: str) -> None:
+        self._outages.pop(engine, None)
 
     @property
     def names(self) -> list[str]:
@@ -105,21 +140,29 @@ class RemoteEngines:
         """A fragment on its remote engine; None when that engine is unreachable (recorded in
         `fallbacks`, the failure counted), so the caller runs it embedded."""
         deadline = deadline or Deadline.within(self.default_timeout_seconds, "QUERY_TIMEOUT_SECONDS")
+        engine = fragment.engine
+        if (skipped := self._skip_reason(engine)) is not None:
+            fallbacks[engine] = skipped
+            return None
         try:
-            if fragment.engine == DRUID and self.druid is not None:
-                return await self.druid.run_fragment(fragment, selection, aggregation, bucketing, deadline)
-            if fragment.engine == TRINO and self.trino is not None:
+            if engine == DRUID and self.druid is not None:
+                result = await self.druid.run_fragment(fragment, selection, aggregation, bucketing, deadline)
+            elif engine == TRINO and self.trino is not None:
                 trino = self.trino
-                return await run_interruptible(
+                result = await run_interruptible(
                     lambda token: trino.run_fragment(
                         fragment, selection, aggregation, bucketing, deadline.remaining(), token
                     ),
                     deadline,
                 )
+            else:
+                return None
         except (DruidUnreachable, TrinoUnreachable) as exc:
-            self.telemetry.engine_unreachable(fragment.engine)
-            fallbacks[fragment.engine] = exc.reason
-        return None
+            self._failed(engine, exc.reason)
+            fallbacks[engine] = exc.reason
+            return None
+        self._succeeded(engine)
+        return result
 
     async def run_sql(
         self,
@@ -132,9 +175,11 @@ class RemoteEngines:
     ) -> pb.QueryResponse:
         """User SQL (already checked by sql_guard) on Trino over the tenant's flushed segments: points
         only in the hot tier are not in the answer, and the plan's reason says how many. Raises
-        TrinoUnreachable (counted here) when Trino cannot be reached."""
+        TrinoUnreachable (counted here) when Trino cannot be reached or is within its pause."""
         trino = self.trino
         assert trino is not None
+        if (skipped := self._skip_reason(TRINO)) is not None:
+            raise TrinoUnreachable(skipped)
         try:
             columns, rows, seconds = await run_interruptible(
                 lambda token: trino.run_sql(
@@ -149,9 +194,10 @@ class RemoteEngines:
                 ),
                 deadline,
             )
-        except TrinoUnreachable:
-            self.telemetry.engine_unreachable(TRINO)
+        except TrinoUnreachable as exc:
+            self._failed(TRINO, exc.reason)
             raise
+        self._succeeded(TRINO)
         response = pb.QueryResponse(columns=columns)
         response.MergeFromString(encode_rows(rows))
         meta = response.metadata

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -36,10 +37,12 @@ import sqlglot
 import trino
 from sqlglot import exp
 
-from libs.errors import DeadlineExceeded, InvalidArgument
+from libs.errors import DeadlineExceeded, InvalidArgument, connection_failure
 from libs.storage import Segment, Snapshot
 from services.query_router.cancel import CancelToken
 from services.query_router.engine import RESULT_SCHEMA, Bucketing, Fragment, FragmentResult
+
+log = logging.getLogger(__name__)
 
 CATALOG = "hive"
 USER = "platformq-query-router"
@@ -180,7 +183,10 @@ class TrinoEngine:
         ) as exc:
             with self._lock:
                 self._tables.clear()
-            raise TrinoUnreachable(_first_line(exc)) from None
+            log.warning(
+                "Trino at %s:%s unreachable: %s", self.settings.host, self.settings.port, _first_line(exc)
+            )
+            raise TrinoUnreachable(f"unreachable: {connection_failure(exc)}") from None
         except trino.exceptions.TrinoQueryError as exc:
             if exc.error_name == "NO_NODES_AVAILABLE" or (exc.message or "").startswith("No nodes available"):
                 raise TrinoNoNode(f"{exc.error_name}: {exc.message}") from None

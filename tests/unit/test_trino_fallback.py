@@ -1,6 +1,7 @@
 """A configured Trino that nobody answers on (a closed loopback port, a real refused connection):
 SQL and batch metrics answer from the embedded engines, say so in metadata.fallbacks, count an
-engine connection failure, and are not cached, so the next query tries Trino again."""
+engine connection failure, and are not cached. After a failure Trino is not tried for a pause that
+doubles with each failure in a row (remote.py), then tried again."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
+from services.query_router.remote import RemoteEngines
 from services.query_router.spec import query_from_proto
 from services.query_router.trino import TrinoEngine, TrinoSettings
-from tests.helpers import free_port, opened_store
+from tests.helpers import ManualClock, free_port, opened_store
 
 T0 = 1_767_225_600_000
 
@@ -43,16 +45,33 @@ def failures(metrics: SelfMetrics) -> float:
 
 async def test_sql_and_batch_answer_from_duckdb_while_trino_is_down(store):
     metrics = SelfMetrics()
-    down = TrinoEngine(TrinoSettings("127.0.0.1", free_port()), store.segments_root)
+    port = free_port()
+    down = TrinoEngine(TrinoSettings("127.0.0.1", port), store.segments_root)
     router = QueryRouter(store, TtlCache(), Limits(), metrics, trino=down)
+    clock = ManualClock(100.0)
+    router.remote = RemoteEngines(down, None, router.telemetry, 30.0, clock=clock)
     embedded = QueryRouter(store, TtlCache(), Limits())
     sql = pb.QueryRequest(sql="SELECT count(*) AS n, sum(value) AS s FROM metrics")
-    for attempt in (1, 2):  # not cached: the second query tries Trino again
-        answered = await router.query(query_from_proto(sql))
+    want = (await embedded.query(query_from_proto(sql))).rows
+
+    async def fallback_of(request: pb.QueryRequest) -> str:
+        answered = await router.query(query_from_proto(request))
         assert list(answered.metadata.engines) == ["duckdb"]
-        assert answered.metadata.fallbacks.get("trino")
-        assert answered.rows == (await embedded.query(query_from_proto(sql))).rows
-        assert failures(metrics) == attempt
+        return answered.metadata.fallbacks["trino"]
+
+    reason = await fallback_of(sql)
+    assert reason == "unreachable: connection refused"
+    assert str(port) not in reason  # the client is told the kind of failure, not the address
+    assert failures(metrics) == 1
+    # Within the pause (1 s after a first failure) Trino is not tried: not counted again.
+    assert (await fallback_of(sql)).startswith("not tried for 1.0 s more")
+    assert failures(metrics) == 1
+    clock.now += 1.0  # the pause is over: tried (and failed) again, the next pause is 2 s
+    assert await fallback_of(sql) == "unreachable: connection refused"
+    assert failures(metrics) == 2
+    answered = await router.query(query_from_proto(sql))
+    assert answered.rows == want and not answered.metadata.cache_hit  # not cached
+    clock.now += 2.0
     batch = pb.QueryRequest(
         datasource="ds",
         metrics=["cpu"],
