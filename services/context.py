@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 
 from libs.bus import Bus, Envelope, make_bus
 from libs.cache import ResultCache, TtlCache
-from libs.cache_ignite import ENGINE as IGNITE_ENGINE
-from libs.cache_ignite import IgniteCache, namespace_ttls
 from libs.config import Settings
 from libs.limits import TenantLimits
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
@@ -79,6 +77,10 @@ class ServiceContext:
         s = self.settings
         if not s.ignite_host:
             return TtlCache(max_entries=s.cache_max_entries, unwatched_datasources={SELF_DATASOURCE})
+        # Imported only when configured: pyignite is not needed on the embedded path.
+        from libs.cache_ignite import ENGINE as IGNITE_ENGINE
+        from libs.cache_ignite import IgniteCache, namespace_ttls
+
         return IgniteCache(
             s.ignite_host,
             s.ignite_port,

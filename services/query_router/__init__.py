@@ -6,10 +6,7 @@ from libs.grpc_server import ServiceBinding
 from platformq.analytics.v1 import query_service_pb2, query_service_pb2_grpc
 from services.context import ServiceContext
 from services.query_router.core import Limits, QueryRouter
-from services.query_router.druid import DruidEngine, DruidMirror, DruidSettings
-from services.query_router.druid_loader import DruidLoader, LoaderSettings, druid_urls
 from services.query_router.servicer import QueryServicer
-from services.query_router.trino import TrinoEngine, TrinoSettings
 
 FULL_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 
@@ -29,16 +26,20 @@ def binding(context: ServiceContext) -> ServiceBinding:
         query_threads=settings.query_threads,
     )
     store = context.ensure_store()
+    # The engines' modules (their clients: trino, sqlglot, pydruid) are imported only when configured.
     # TRINO_HOST set: user SQL and batch fragments run on Trino over the same segments.
-    trino = (
-        TrinoEngine(TrinoSettings(settings.trino_host, settings.trino_port), store.segments_root)
-        if settings.trino_host
-        else None
-    )
+    trino = None
+    if settings.trino_host:
+        from services.query_router.trino import TrinoEngine, TrinoSettings
+
+        trino = TrinoEngine(TrinoSettings(settings.trino_host, settings.trino_port), store.segments_root)
     # DRUID_BROKER_URL set: the loader mirrors the segments into Druid, timeseries and realtime
     # fragments over the hours it holds run on the broker.
     druid = loader = None
     if settings.druid_broker_url:
+        from services.query_router.druid import DruidEngine, DruidMirror, DruidSettings
+        from services.query_router.druid_loader import DruidLoader, LoaderSettings, druid_urls
+
         broker, overlord = druid_urls(
             settings.druid_broker_url, settings.druid_overlord_url, settings.druid_coordinator_url
         )

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -19,8 +20,7 @@ from libs.storage import DEFAULT_TENANT, MetricStore, Segment, SeriesCatalog, Sn
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible
-from services.query_router.druid import DruidEngine
-from services.query_router.engine import Bucketing, Fragment, FragmentResult, QueryEngine
+from services.query_router.engine import Bucketing, EngineUnreachable, Fragment, FragmentResult, QueryEngine
 from services.query_router.planner import Plan, Window, plan, resolve_window
 from services.query_router.remote import RemoteEngines
 from services.query_router.rows import encode_point_runs, encode_rows, encode_series
@@ -36,7 +36,10 @@ from services.query_router.spec import (
 from services.query_router.sql_guard import check_user_sql
 from services.query_router.sql_views import VIEWS, TenantDatabases, run_tenant_sql
 from services.query_router.telemetry import QueryTelemetry, QueryTrace
-from services.query_router.trino import TrinoEngine, TrinoUnreachable
+
+if TYPE_CHECKING:  # the engines' modules (and their clients) load only when one is configured
+    from services.query_router.druid import DruidEngine
+    from services.query_router.trino import TrinoEngine
 
 QUERY_CACHE = "query"
 
@@ -526,7 +529,7 @@ class QueryRouter:
                 )
                 response.metadata.total_time_ms = (time.perf_counter() - started) * 1000
                 return response
-            except TrinoUnreachable as exc:
+            except EngineUnreachable as exc:
                 fallback = exc.reason
         try:
             # Interrupted in DuckDB when the deadline passes or the caller goes away (cancel.py).

@@ -38,7 +38,7 @@ from pydruid.utils.filters import Filter
 from libs.errors import connection_failure
 from libs.storage import Segment, Snapshot
 from services.query_router.cancel import Deadline
-from services.query_router.engine import RESULT_SCHEMA, Bucketing, Fragment, FragmentResult
+from services.query_router.engine import RESULT_SCHEMA, Bucketing, EngineUnreachable, Fragment, FragmentResult
 from services.query_router.planner import Window
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,8 @@ CALENDAR_PERIODS = {"month": "P1M", "quarter": "P3M", "year": "P1Y"}
 CANCEL_GRACE_SECONDS = 2.0
 
 
-class DruidUnreachable(Exception):
+class DruidUnreachable(EngineUnreachable):
     """The broker could not be connected to or failed; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def druid_datasource(tenant: str, datasource: str) -> str:
@@ -200,6 +196,9 @@ class DruidSettings:
 
 class DruidEngine:
     """Runs fragments on the broker; see the module docstring."""
+
+    aggregations = DRUID_AGGREGATIONS
+    """The aggregations Druid answers with the embedded path's numbers."""
 
     def __init__(self, settings: DruidSettings, mirror: DruidMirror) -> None:
         self.broker_url = settings.broker_url.rstrip("/")

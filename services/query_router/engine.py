@@ -54,6 +54,15 @@ RESULT_SCHEMA = pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value"
 CALENDAR_UNITS = {"month", "quarter", "year"}
 
 
+class EngineUnreachable(Exception):
+    """A configured remote engine (Trino, Druid) could not answer; `reason` says why, for the
+    answer's `metadata.fallbacks` (remote.py)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Fragment:
     """One part of a plan: a time range and the sources that may hold its points."""

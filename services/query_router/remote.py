@@ -22,18 +22,21 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from libs.storage import Snapshot
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible
-from services.query_router.druid import DRUID_AGGREGATIONS, DruidEngine, DruidUnreachable
-from services.query_router.engine import Bucketing, Fragment, FragmentResult
+from services.query_router.engine import Bucketing, EngineUnreachable, Fragment, FragmentResult
 from services.query_router.planner import Plan, Window, plan
 from services.query_router.rows import encode_rows
 from services.query_router.telemetry import QueryTelemetry
-from services.query_router.trino import TrinoEngine, TrinoUnreachable
+
+if TYPE_CHECKING:  # the engines' modules (and their clients) load only when one is configured
+    from services.query_router.druid import DruidEngine
+    from services.query_router.trino import TrinoEngine
 
 TRINO = "trino"
 DRUID = "druid"
@@ -111,7 +114,7 @@ class RemoteEngines:
         (DruidMirror.cut), planned as the embedded fragments they would be, with engine "druid" (so
         an unreachable broker falls back to exactly those); the rest planned as usual. None when
         Druid is not configured or cannot answer any part of the window."""
-        if self.druid is None or aggregation not in DRUID_AGGREGATIONS:
+        if self.druid is None or aggregation not in self.druid.aggregations:
             return None
         cut = self.druid.mirror.cut(tenant, datasource, snapshot, window)
         if cut is None:
@@ -157,7 +160,7 @@ class RemoteEngines:
                 )
             else:
                 return None
-        except (DruidUnreachable, TrinoUnreachable) as exc:
+        except EngineUnreachable as exc:
             self._failed(engine, exc.reason)
             fallbacks[engine] = exc.reason
             return None
@@ -175,11 +178,11 @@ class RemoteEngines:
     ) -> pb.QueryResponse:
         """User SQL (already checked by sql_guard) on Trino over the tenant's flushed segments: points
         only in the hot tier are not in the answer, and the plan's reason says how many. Raises
-        TrinoUnreachable (counted here) when Trino cannot be reached or is within its pause."""
+        EngineUnreachable (counted here) when Trino cannot be reached or is within its pause."""
         trino = self.trino
         assert trino is not None
         if (skipped := self._skip_reason(TRINO)) is not None:
-            raise TrinoUnreachable(skipped)
+            raise EngineUnreachable(skipped)
         try:
             columns, rows, seconds = await run_interruptible(
                 lambda token: trino.run_sql(
@@ -194,7 +197,7 @@ class RemoteEngines:
                 ),
                 deadline,
             )
-        except TrinoUnreachable as exc:
+        except EngineUnreachable as exc:
             self._failed(TRINO, exc.reason)
             raise
         self._succeeded(TRINO)

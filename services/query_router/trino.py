@@ -40,7 +40,7 @@ from sqlglot import exp
 from libs.errors import DeadlineExceeded, InvalidArgument, connection_failure
 from libs.storage import Segment, Snapshot
 from services.query_router.cancel import CancelToken
-from services.query_router.engine import RESULT_SCHEMA, Bucketing, Fragment, FragmentResult
+from services.query_router.engine import RESULT_SCHEMA, Bucketing, EngineUnreachable, Fragment, FragmentResult
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,8 @@ NODE_WAIT_SECONDS = 5.0
 NODE_RETRY_SECONDS = 0.25
 
 
-class TrinoUnreachable(Exception):
+class TrinoUnreachable(EngineUnreachable):
     """The Trino server could not be reached or has no node to run on; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class TrinoNoNode(TrinoUnreachable):
