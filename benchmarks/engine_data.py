@@ -1,5 +1,6 @@
 """What the engine benchmarks share (benchmarks/engines.py, engine_druid.py): one day of points in a
-fresh store, flushed into segments, and the p50 of a repeated async call."""
+fresh store, flushed into segments, the p50 of a repeated async call, and one query's p50 on the
+embedded engines beside its p50 through a server."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ async def p50_ms(call: Callable[[], Awaitable[object]], runs: int) -> float:
         await call()
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
+
+
+async def side_by_side(
+    engine: str,
+    on_embedded: Callable[[], Awaitable[object]],
+    through: Callable[[], Awaitable[object]],
+    runs: int,
+) -> dict[str, float]:
+    """One query's p50 embedded and through `engine`, and what the engine adds (ms)."""
+    embedded, remote = await p50_ms(on_embedded, runs), await p50_ms(through, runs)
+    return {
+        "embedded_p50_ms": round(embedded, 1),
+        f"{engine}_p50_ms": round(remote, 1),
+        "added_ms": round(remote - embedded, 1),
+    }

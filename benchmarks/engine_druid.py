@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.engine_data import HOUR, HOURS, T0, day_store, p50_ms
+from benchmarks.engine_data import HOUR, HOURS, T0, day_store, side_by_side
 from libs.cache import TtlCache
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
@@ -94,13 +94,7 @@ async def bench_druid(runs: int) -> dict:
                 functools.partial(on_druid.query, spec),
             )
             for name, (on_embedded, through_druid) in calls.items():
-                e = await p50_ms(on_embedded, runs)
-                d = await p50_ms(through_druid, runs)
-                result[name] = {
-                    "embedded_p50_ms": round(e, 1),
-                    "druid_p50_ms": round(d, 1),
-                    "added_ms": round(d - e, 1),
-                }
+                result[name] = await side_by_side("druid", on_embedded, through_druid, runs)
             result["rss_mb"] = round(cluster.rss_bytes() / 2**20)
             return result
         finally:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.engine_data import HOUR, HOURS, T0, day_store, p50_ms
+from benchmarks.engine_data import HOUR, HOURS, T0, day_store, side_by_side
 from benchmarks.engine_druid import bench_druid
 from benchmarks.engine_ignite import measure as measure_ignite
 from benchmarks.report import add_docs_flag, machine, publish
@@ -81,13 +81,13 @@ async def bench_trino(runs: int) -> dict:
                 "runs": runs,
             }
             for name, request in queries.items():
-                e = await p50_ms(functools.partial(embedded.query, query_from_proto(request)), runs)
-                t = await p50_ms(functools.partial(on_trino.query, query_from_proto(request)), runs)
-                result[name] = {
-                    "embedded_p50_ms": round(e, 1),
-                    "trino_p50_ms": round(t, 1),
-                    "added_ms": round(t - e, 1),
-                }
+                spec = query_from_proto(request)
+                result[name] = await side_by_side(
+                    "trino",
+                    functools.partial(embedded.query, spec),
+                    functools.partial(on_trino.query, spec),
+                    runs,
+                )
             result["rss_mb"] = round(_rss_mb(pid))
             return result
         finally:

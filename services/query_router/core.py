@@ -1,5 +1,6 @@
-"""The query router's core: plans queries onto engines, runs fragments in parallel, merges and
-caches. Knows nothing of gRPC beyond the response messages it builds."""
+"""The query router's core: plans queries onto engines (the embedded ones, and Trino and Druid
+through remote.py when configured), runs fragments in parallel, merges and caches. Knows nothing of
+gRPC beyond the response messages it builds."""
 
 from __future__ import annotations
 
@@ -142,15 +143,7 @@ class QueryRouter:
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
         aggregation = "last" if spec.aggregation == RAW else spec.aggregation
-        # Realtime mode: the hours Druid holds (before the hot tier) go to its broker.
-        the_plan = self._realtime_druid_plan(spec, window, snapshot, groups, tenant) or plan(
-            "auto" if spec.mode == "cache" else spec.mode,
-            window,
-            snapshot,
-            spec.aggregation,
-            groups.selection.num_rows,
-            batch_engine=self.remote.batch_engine,
-        )
+        the_plan = self._plan(spec, window, snapshot, groups, tenant)
         trace.engines = {f.engine for f in the_plan.fragments}
         fallbacks: dict[str, str] = {}
         results = await self._run(
@@ -197,15 +190,7 @@ class QueryRouter:
         # The selection too: how many series a query reads decides between points maps and DuckDB.
         group_by = tuple(sorted(snapshot.catalog.label_values)) if spec.aggregation == RAW else spec.group_by
         groups = self._groups(snapshot, spec.metrics, spec.filters, group_by, spec.limit)
-        window = self._window(spec)
-        the_plan = self._realtime_druid_plan(spec, window, snapshot, groups, tenant) or plan(
-            "auto" if spec.mode == "cache" else spec.mode,
-            window,
-            snapshot,
-            spec.aggregation,
-            groups.selection.num_rows,
-            batch_engine=self.remote.batch_engine,
-        )
+        the_plan = self._plan(spec, self._window(spec), snapshot, groups, tenant)
         return pb.ExplainResponse(plan=_plan_message(the_plan))
 
     # ---- timeseries (Druid-style) ---------------------------------------------------------
@@ -405,15 +390,18 @@ class QueryRouter:
             )
         )
 
-    def _realtime_druid_plan(
-        self, spec: QuerySpec, window: Window, snapshot: Snapshot, groups: Groups, tenant: str
-    ) -> Plan | None:
-        """The Druid plan of a realtime-mode metrics query (other modes stay embedded)."""
-        if spec.mode != "realtime":
-            return None
-        return self.remote.druid_plan(
-            "realtime", window, snapshot, spec.aggregation, groups.selection.num_rows, tenant, spec.datasource
-        )
+    def _plan(self, spec: QuerySpec, window: Window, snapshot: Snapshot, groups: Groups, tenant: str) -> Plan:
+        """The plan of a metrics query (what Query runs and Explain shows): in realtime mode the hours
+        Druid holds go to its broker; batch cold fragments go to Trino when configured."""
+        n_series = groups.selection.num_rows
+        if spec.mode == "realtime":
+            on_druid = self.remote.druid_plan(
+                "realtime", window, snapshot, spec.aggregation, n_series, tenant, spec.datasource
+            )
+            if on_druid is not None:
+                return on_druid
+        mode = "auto" if spec.mode == "cache" else spec.mode
+        return plan(mode, window, snapshot, spec.aggregation, n_series, batch_engine=self.remote.batch_engine)
 
     async def _run_fragment(
         self,

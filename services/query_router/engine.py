@@ -1,5 +1,7 @@
-"""Runs plan fragments: vectorised numpy reads of the segments' memory-mapped files where the
-planner allows, DuckDB over the hot tier (Arrow in memory) and the Parquet segments otherwise.
+"""Runs plan fragments on the embedded engines: vectorised numpy reads of the segments'
+memory-mapped files where the planner allows, DuckDB over the hot tier (Arrow in memory) and the
+Parquet segments otherwise. (Fragments for Trino and Druid run in remote.py; their failures are
+`EngineUnreachable`, defined here beside the fragment types they share.)
 
 A fragment the planner gave a rollup resolution ("1h", "1m") does not use DuckDB: it slices the
 segments' memory-mapped rollup files, takes the raw points of the rollup buckets the window cuts

@@ -68,6 +68,8 @@ class RemoteEngines:
         self.default_timeout_seconds = default_timeout_seconds
         self.clock = clock
         self._outages: dict[str, _Outage] = {}
+        # The configured remote engines, by name (fixed for the router's life).
+        self.names = tuple(name for name, engine in ((TRINO, trino), (DRUID, druid)) if engine is not None)
 
     def _skip_reason(self, engine: str) -> str | None:
         """Why `engine` is not tried now (within the pause after a failure), or None to try it."""
@@ -84,11 +86,6 @@ class RemoteEngines:
 
     def _succeeded(self, engine: str) -> None:
         self._outages.pop(engine, None)
-
-    @property
-    def names(self) -> list[str]:
-        """The configured remote engines."""
-        return [name for name, engine in ((TRINO, self.trino), (DRUID, self.druid)) if engine is not None]
 
     @property
     def batch_engine(self) -> str | None:

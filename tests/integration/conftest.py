@@ -24,7 +24,7 @@ from platformq.analytics.v1 import realtime_service_pb2 as rpb
 from platformq.analytics.v1 import realtime_service_pb2_grpc as rgrpc
 from tests.helpers import REPO_ROOT, alive, free_port, wait_until
 from tests.integration.druid_server import DruidCluster, druid_cluster
-from tests.integration.ignite_server import ignite_node_fixture  # noqa: F401  (the session's Ignite node)
+from tests.integration.ignite_server import IgniteNode
 from tests.integration.trino_server import TrinoServer, trino_server
 
 SCRIPT = str(REPO_ROOT / "scripts" / "pulsar-standalone")
@@ -107,6 +107,17 @@ def druid_cluster_fixture(tmp_path_factory) -> DruidCluster:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session", name="ignite_node")
+def ignite_node_fixture(tmp_path_factory) -> IgniteNode:
+    """A real Ignite node for the session (scripts/ignite-server), started by the first test that needs it."""
+    node = IgniteNode(tmp_path_factory.mktemp("ignite"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
 
 
 class Service:

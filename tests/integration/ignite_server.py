@@ -2,7 +2,7 @@
 started once (about 2 to 5 s on a warm ~/.m2; `make ignite-deps` resolves it beforehand), stopped at
 the end, and stoppable, pausable and restartable mid-test for the fault tests.
 
-The session fixture `ignite_node` is registered by tests/integration/conftest.py."""
+The session fixture `ignite_node` is in tests/integration/conftest.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from tests.helpers import REPO_ROOT, alive, free_port, wait_until
 
@@ -65,13 +63,3 @@ class IgniteNode:
     def resume(self) -> None:
         """Let a paused node run again."""
         os.kill(self.pid, signal.SIGCONT)
-
-
-@pytest.fixture(scope="session", name="ignite_node")
-def ignite_node_fixture(tmp_path_factory) -> IgniteNode:
-    node = IgniteNode(tmp_path_factory.mktemp("ignite"))
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
