@@ -408,6 +408,10 @@ class MetricStore:
         """Every (tenant, datasource) that holds at least one series."""
         return sorted(self.catalogs)
 
+    def live_segments(self) -> list[Segment]:
+        """Every live segment of every tenant and datasource, downsampled ones included."""
+        return list(self.segments.segments)
+
     def series_files(self, tenant: str, datasource: str) -> list[Path]:
         """The live series files of a datasource (series_id, metric, labels), for an external engine
         that reads the segments as tables (Trino)."""

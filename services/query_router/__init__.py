@@ -46,13 +46,23 @@ def binding(context: ServiceContext) -> ServiceBinding:
         mirror = DruidMirror()
         druid = DruidEngine(DruidSettings(broker), mirror)
         loader = DruidLoader(store, mirror, LoaderSettings(overlord))
-    servicer = QueryServicer(
-        QueryRouter(store, context.cache, limits, context.metrics, trino=trino, druid=druid)
-    )
+    router = QueryRouter(store, context.cache, limits, context.metrics, trino=trino, druid=druid)
+    servicer = QueryServicer(router)
+
+    async def start() -> None:
+        await router.start()
+        if loader is not None:
+            await loader.start()
+
+    async def stop() -> None:
+        if loader is not None:
+            await loader.stop()
+        await router.stop()
+
     return ServiceBinding(
         name="query-router",
         full_name=FULL_NAME,
         register=lambda server: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server),
-        start=loader.start if loader is not None else None,
-        stop=loader.stop if loader is not None else None,
+        start=start,
+        stop=stop,
     )

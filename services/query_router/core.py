@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +45,9 @@ if TYPE_CHECKING:  # the engines' modules (and their clients) load only when one
     from services.query_router.trino import TrinoEngine
 
 QUERY_CACHE = "query"
+MAPS_REFRESH_SECONDS = 10.0
+"""How often the router opens newly written segment files and lets go of deleted ones."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,33 @@ class QueryRouter:
         self.telemetry = QueryTelemetry(metrics)
         # Trino (TRINO_HOST) and Druid (DRUID_BROKER_URL) when configured, with their fallback (remote.py).
         self.remote = RemoteEngines(trino, druid, self.telemetry, limits.query_timeout_seconds)
+        self._maps_task: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
+
+    # ---- background work ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Keep the segments' rollups and points maps open ahead of queries (engine.keep_maps_open):
+        at start, so the first query over an old day does not pay for opening its files, and every
+        MAPS_REFRESH_SECONDS after, for the files flushes and compactions write or delete."""
+        self._stopping.clear()
+        self._maps_task = asyncio.create_task(self._keep_maps_open())
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._maps_task is not None:
+            self._maps_task.cancel()
+            await asyncio.gather(self._maps_task, return_exceptions=True)
+            self._maps_task = None
+
+    async def _keep_maps_open(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(
+                    self.engine.keep_maps_open, self.store.live_segments(), self._stopping.is_set
+                )
+            except OSError as exc:  # a file that vanished under us: the next round sees the new list
+                log.warning("keeping the segment maps open failed: %s", exc)
+            await asyncio.sleep(MAPS_REFRESH_SECONDS)
 
     # ---- unified query --------------------------------------------------------------------
     async def query(

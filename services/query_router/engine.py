@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,16 @@ class QueryEngine:
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
         self.maps = MappedReader()
+
+    def keep_maps_open(self, segments: list[Segment], stop: Callable[[], bool] | None = None) -> int:
+        """Open the rollups and points maps of `segments` ahead of queries, newest segments first, as
+        many as the reader keeps; forget those of segments no longer live. Returns files opened."""
+        live = []
+        for s in sorted(segments, key=lambda s: s.max_ts, reverse=True):
+            live += [s.rollup_path(r) for r in sorted(s.rollups, key=lambda r: RESOLUTIONS[r], reverse=True)]
+            if s.raw and s.mapped:
+                live.append(s.map_path)
+        return self.maps.keep_open(live, stop)
 
     def runs_inline(self, fragment: Fragment, n_series: int) -> bool:
         """True when a fragment is small enough to run on the caller's thread: a rollup read

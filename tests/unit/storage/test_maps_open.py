@@ -1,0 +1,129 @@
+"""The query router keeps the segments' rollups and points maps open ahead of queries, and lets go
+of the files compaction or retention deleted (issue 11, item 3: a one-hour query must not get slower
+because its day's files were never read since the start)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from libs.cache import TtlCache
+from libs.storage import rollups as rollups_module
+from libs.storage.rollups import MappedReader
+from libs.timeparse import format_time_ms
+from platformq.analytics.v1 import query_service_pb2 as pb
+from services.query_router.core import Limits, QueryRouter
+from services.query_router.spec import query_from_proto
+from tests.unit.storage.test_rollups import HOUR, T0, _loaded, _map_files, _rollup_files
+
+REQUEST = pb.QueryRequest(
+    datasource="ds",
+    metrics=["cpu"],
+    aggregation="avg",
+    group_by=["host"],
+    start=format_time_ms(T0 + 90_000),  # not on a minute: the cut ends read the points maps too
+    end=format_time_ms(T0 + 6 * HOUR + 30_000),
+    step="1h",
+    mode="batch",
+)
+
+
+def _count_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    opened: list[Path] = []
+    real = rollups_module.MappedFile.open
+
+    def counting(path: Path) -> rollups_module.MappedFile:
+        opened.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(rollups_module.MappedFile, "open", staticmethod(counting))
+    return opened
+
+
+def _mapped_paths() -> set[str]:
+    """Files this process has memory-mapped (a deleted one still holds its disk space while mapped)."""
+    gc.collect()
+    return {line.split(maxsplit=5)[5].strip() for line in open("/proc/self/maps") if len(line.split()) > 5}
+
+
+async def test_a_query_after_keep_maps_open_opens_no_file(tmp_path, monkeypatch):
+    store = await _loaded(tmp_path)
+    await store.flush()
+    router = QueryRouter(store, TtlCache(), Limits(cache_ttl_seconds=0))
+    opened = _count_opens(monkeypatch)
+    files = _rollup_files(tmp_path) + _map_files(tmp_path)
+    assert router.engine.keep_maps_open(store.live_segments()) == len(files) == 4 * 3
+    assert sorted(opened) == sorted(files)
+    opened.clear()
+    answer = await router.query(query_from_proto(REQUEST))
+    assert answer.series and opened == []
+    # A second round opens nothing more.
+    assert router.engine.keep_maps_open(store.live_segments()) == 0
+    await store.close()
+
+
+async def test_files_deleted_by_compaction_are_let_go_and_the_merged_ones_opened(tmp_path, monkeypatch):
+    store = await _loaded(tmp_path)
+    await store.flush()
+    router = QueryRouter(store, TtlCache(), Limits(cache_ttl_seconds=0))
+    router.engine.keep_maps_open(store.live_segments())
+    before = await router.query(query_from_proto(REQUEST))
+    old = {str(p) for p in _rollup_files(tmp_path) + _map_files(tmp_path)}
+    assert old <= _mapped_paths()
+    store.config = dataclasses.replace(store.config, compact_min_files=2)
+    await store.compact()
+    store.segments.delete_doomed(grace_s=0)
+    (merged,) = store.live_segments()
+    opened = _count_opens(monkeypatch)
+    assert router.engine.keep_maps_open(store.live_segments()) == 3
+    assert sorted(opened) == sorted([merged.map_path, merged.rollup_path("1m"), merged.rollup_path("1h")])
+    mapped = _mapped_paths()
+    assert not {p for p in old if p in mapped or f"{p} (deleted)" in mapped}
+    after = await router.query(query_from_proto(REQUEST))
+    assert [p.value for s in after.series for p in s.points] == pytest.approx(
+        [p.value for s in before.series for p in s.points], rel=1e-12
+    )
+    await store.close()
+
+
+def test_the_reader_opens_ahead_only_while_it_has_room_newest_first(tmp_path):
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"{i}.arrow"
+        rollups_module.write_mapped(rollups_module.points_map(*_points(i)), path)
+        paths.append(path)
+    reader = MappedReader(max_open=2)
+    opened = reader.keep_open([*reversed(paths), tmp_path / "gone.arrow"])
+    assert opened == 2
+    ids, counts = reader.series_points(paths[3])  # opened ahead: no open needed, same answer
+    assert ids.tolist() == [3] and counts.tolist() == [2]
+    assert reader.keep_open(paths, stop=lambda: True) == 0
+
+
+def _points(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.array([i, i], np.uint64), np.array([1, 2], np.int64), np.array([0.5, 1.5])
+
+
+async def test_the_router_opens_the_files_in_the_background_from_its_start(tmp_path, monkeypatch):
+    store = await _loaded(tmp_path)
+    await store.flush()
+    opened = _count_opens(monkeypatch)
+    router = QueryRouter(store, TtlCache(), Limits(cache_ttl_seconds=0))
+    await router.start()
+    try:
+        for _ in range(200):
+            if len(opened) == 12:
+                break
+            await asyncio.sleep(0.01)
+        assert len(opened) == 12
+        opened.clear()
+        assert (await router.query(query_from_proto(REQUEST))).series
+        assert opened == []
+    finally:
+        await router.stop()
+    await store.close()
