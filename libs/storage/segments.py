@@ -29,6 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,18 @@ class Segment:
 
     def rollup_path(self, resolution: str) -> Path:
         """The file of this segment's rollup at `resolution` ("1m" or "1h")."""
-        day_dir = self.path.parent
-        return day_dir.parent.parent / "rollups" / resolution / day_dir.name / f"{self.path.stem}.arrow"
+        return self._rollup_paths[resolution]
 
-    @property
+    @cached_property
+    def _rollup_paths(self) -> dict[str, Path]:
+        # Built once per segment: every query asks for them, and a Path costs microseconds to make.
+        day_dir = self.path.parent
+        return {
+            r: day_dir.parent.parent / "rollups" / r / day_dir.name / f"{self.path.stem}.arrow"
+            for r in RESOLUTIONS
+        }
+
+    @cached_property
     def map_path(self) -> Path:
         """The file of this segment's points map."""
         day_dir = self.path.parent

@@ -134,6 +134,21 @@ class _Index:
     recent: dict[int, int]
 
 
+SMALL_GROUPING = 32
+"""Up to this many series, `groups` numbers them with Python tuples instead of numpy."""
+
+
+def _isin_codes(column: np.ndarray, codes: list[int]) -> np.ndarray:
+    """np.isin(column, codes) for the few codes a matcher names, without np.isin's set-up (tens of
+    microseconds a call, which a one-series query pays several times)."""
+    if len(codes) > 8:
+        return np.isin(column, codes)
+    out = np.zeros(len(column), dtype=bool)
+    for code in codes:
+        out |= column == code
+    return out
+
+
 class SeriesCatalog:
     """Every series of one (tenant, datasource), with indexes by metric and by label."""
 
@@ -469,7 +484,7 @@ class SeriesCatalog:
                     index, n, self._label_cols[k], self._label_postings(index, k), codes
                 )
                 if len(rows) < len(candidates):
-                    candidates = rows[np.isin(self._metric_col.data[rows], metric_codes)]
+                    candidates = rows[_isin_codes(self._metric_col.data[rows], metric_codes)]
         for label, op, values in matchers:
             candidates = candidates[self._matching(candidates, label, op, values)]
         return candidates
@@ -486,7 +501,7 @@ class SeriesCatalog:
         upto = index.upto if postings is not None else 0
         tail = column.data[upto:n]
         if len(tail) and codes:
-            parts.append(upto + np.flatnonzero(np.isin(tail, codes)))
+            parts.append(upto + np.flatnonzero(_isin_codes(tail, codes)))
         if not parts:
             return np.zeros(0, dtype=np.int64)
         rows = np.concatenate(parts)
@@ -504,7 +519,7 @@ class SeriesCatalog:
             codes = [c for v in wanted if (c := self._values[k].codes.get(v)) is not None]
             if "" in wanted:
                 codes.append(_NO_VALUE)  # a missing label equals ""
-            equal = np.isin(column, codes)
+            equal = _isin_codes(column, codes)
             return ~equal if op == "!=" else equal
         names = self._values[k].names
         ok = np.fromiter((_matches(v, op, values) for v in names), dtype=bool, count=len(names))
@@ -529,6 +544,13 @@ class SeriesCatalog:
             )
         if not len(rows):
             return np.zeros(0, dtype=np.int32), []
+        if len(rows) <= SMALL_GROUPING:
+            # A few series (a dashboard panel): plain tuples cost less than numpy's set-up.
+            numbers: dict[tuple[int, ...], int] = {}
+            gids = [
+                numbers.setdefault(t, len(numbers)) for t in zip(*(c.tolist() for c in codes), strict=True)
+            ]
+            return np.array(gids, dtype=np.int32), [self._group_key(group_by, u) for u in numbers]
         matrix = np.stack(codes, axis=1).astype(np.int64) + 1  # 0 for a missing label
         radix = [len(self._metrics.names) + 1] + [self.cardinality(label) + 1 for label in group_by]
         if float(np.prod(np.array(radix, dtype=np.float64))) < 2**62:
@@ -545,14 +567,16 @@ class SeriesCatalog:
         by_first = np.argsort(first, kind="stable")
         renumber = np.empty(len(by_first), dtype=np.int32)
         renumber[by_first] = np.arange(len(by_first), dtype=np.int32)
-        keys = []
-        for u in unique[by_first]:
-            values = []
-            for label, code in zip(group_by, u[1:], strict=True):
-                k = self._keys.codes.get(label)
-                values.append("" if k is None or code == _NO_VALUE else self._values[k].names[int(code)])
-            keys.append((self._metrics.names[int(u[0])], tuple(values)))
+        keys = [self._group_key(group_by, tuple(u.tolist())) for u in unique[by_first]]
         return renumber[inverse.reshape(-1)], keys
+
+    def _group_key(self, group_by: tuple[str, ...], codes: tuple[int, ...]) -> tuple[str, tuple[str, ...]]:
+        """(metric, group label values) of a group's (metric code, label value codes...)."""
+        values = []
+        for label, code in zip(group_by, codes[1:], strict=True):
+            k = self._keys.codes.get(label)
+            values.append("" if k is None or code == _NO_VALUE else self._values[k].names[code])
+        return self._metrics.names[codes[0]], tuple(values)
 
     # ---- dict-shaped views (the catalog's original interface) ---------------------------------
     @property
