@@ -412,6 +412,11 @@ class QueryRouter:
         deadline: Deadline | None = None,
         fallbacks: dict[str, str] | None = None,
     ) -> list[FragmentResult]:
+        if len(the_plan.fragments) == 1:  # no task to start and gather for one fragment
+            (fragment,) = the_plan.fragments
+            return [
+                await self._run_fragment(fragment, selection, aggregation, bucketing, deadline, fallbacks)
+            ]
         # Fragments run in worker threads at once; DuckDB releases the GIL while it scans.
         return list(
             await asyncio.gather(
