@@ -211,11 +211,12 @@ EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64
 
 @dataclass(frozen=True)
 class MappedFile:
-    """An opened rollup or points map: its series (sorted, distinct), each one's row range
-    [starts, ends), and its columns after series_id (numpy views of the memory map)."""
+    """An opened rollup or points map: its series (sorted, distinct), the end of each one's row run
+    (a series' rows are [end of the one before, its end)), and its columns after series_id. All are
+    numpy views of the memory map, so a file kept open costs no memory of the process's own
+    whatever its number of series."""
 
     series: np.ndarray
-    starts: np.ndarray
     ends: np.ndarray
     columns: tuple[np.ndarray, ...]
 
@@ -225,16 +226,22 @@ class MappedFile:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         if not table.num_rows:
             empty = tuple(np.empty(0, dtype=f.type.to_pandas_dtype()) for f in list(table.schema)[1:])
-            return cls(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64), empty)
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int32), empty)
         ids = table.column(0).chunk(0)
         columns = tuple(table.column(i).chunk(0).to_numpy() for i in range(1, table.num_columns))
         if pa.types.is_run_end_encoded(ids.type):
             # The series column is its own index: one value and one run end per series.
-            ends = ids.run_ends.to_numpy().astype(np.int64)
-            return cls(ids.values.to_numpy(), np.concatenate(([0], ends[:-1])), ends, columns)
-        sid = ids.to_numpy()
+            return cls(ids.values.to_numpy(), ids.run_ends.to_numpy(), columns)
+        sid = ids.to_numpy()  # a file of an earlier release: the index is built (copied) once
         starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
-        return cls(sid[starts], starts, np.append(starts[1:], len(sid)), columns)
+        return cls(sid[starts], np.append(starts[1:], len(sid)), columns)
+
+    def runs(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[start, end) row ranges of the series at positions `at` of `series`."""
+        ends = self.ends[at].astype(np.int64)
+        starts = self.ends[np.maximum(at - 1, 0)].astype(np.int64)
+        starts[at == 0] = 0
+        return starts, ends
 
 
 class MappedReader:
@@ -314,7 +321,7 @@ class MappedReader:
             at = at[found]
             if not len(at):
                 continue
-            lo, hi, ts = mapped.starts[at], mapped.ends[at], mapped.columns[0]
+            (lo, hi), ts = mapped.runs(at), mapped.columns[0]
             # Within each series' run rows are sorted by time: narrow every run to each span.
             a = np.concatenate([_searchsorted_runs(ts, lo, hi, start) for start, _ in spans])
             b = np.concatenate([_searchsorted_runs(ts, lo, hi, end) for _, end in spans])
@@ -331,7 +338,7 @@ class MappedReader:
     def series_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(series ids, points of each) of a points map: its series index, nothing read beyond it."""
         mapped = self._file(path)
-        return mapped.series, mapped.ends - mapped.starts
+        return mapped.series, np.diff(mapped.ends, prepend=0).astype(np.int64)
 
     def rollups(
         self,

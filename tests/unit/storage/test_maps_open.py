@@ -127,3 +127,17 @@ async def test_the_router_opens_the_files_in_the_background_from_its_start(tmp_p
     finally:
         await router.stop()
     await store.close()
+
+
+def test_an_open_file_holds_views_of_its_map_not_copies(tmp_path):
+    # Kept open ahead of queries, a map of a million series must not cost the process 16 MB of index.
+    path = tmp_path / "m.arrow"
+    ids = np.repeat(np.arange(1000, dtype=np.uint64), 3)
+    rollups_module.write_mapped(
+        rollups_module.points_map(ids, np.tile(np.arange(3, dtype=np.int64), 1000), np.ones(3000)), path
+    )
+    mapped = rollups_module.MappedFile.open(path)
+    for array in (mapped.series, mapped.ends, *mapped.columns):
+        assert not array.flags.owndata
+    starts, ends = mapped.runs(np.array([0, 7, 999]))
+    assert starts.tolist() == [0, 21, 2997] and ends.tolist() == [3, 24, 3000]
