@@ -60,8 +60,9 @@ def dir_bytes(path: Path, suffix: str = "") -> int:
 
 
 def _days_to_merge(points_dir: Path) -> int:
-    """Day files that compaction has yet to merge: those sharing a past week with another day
-    file, in weeks small enough to be merged (WEEK_MERGE_MAX_POINTS)."""
+    """Day files that compaction has yet to merge: those of past weeks with files of two days or
+    more (one day's files follow the day rule, as in the store's compact), in weeks small enough to
+    be merged (WEEK_MERGE_MAX_POINTS)."""
     weeks: dict[int, list[Path]] = {}
     for path in points_dir.glob("day=*/*.parquet"):
         day = datetime.strptime(path.parent.name[4:], "%Y-%m-%d").replace(tzinfo=UTC)
@@ -70,7 +71,8 @@ def _days_to_merge(points_dir: Path) -> int:
     return sum(
         len(paths)
         for paths in weeks.values()
-        if len(paths) > 1 and sum(pq.ParquetFile(p).metadata.num_rows for p in paths) <= WEEK_MERGE_MAX_POINTS
+        if len({p.parent.name for p in paths}) > 1
+        and sum(pq.ParquetFile(p).metadata.num_rows for p in paths) <= WEEK_MERGE_MAX_POINTS
     )
 
 

@@ -3,22 +3,26 @@
     .venv/bin/python -m benchmarks.rpc_floor [--docs] [--calls 3000]
 
 The stock health service's Check (no work at all) answered by grpcio's synchronous thread-pool
-server and by grpc.aio (what the services run), each in a process of its own on loopback, timed at a
-synchronous client in this process, in the same run. Issue 11's single-groupby-1-1-1 target is
-VictoriaMetrics' p50 (under a millisecond): this says how much of that a Python server spends
-before it does anything.
+server, by grpc.aio (what the services run) and by grpc-go (benchmarks/rpcfloor, built by
+benchmarks/setup.sh: what a compiled front would cost), each in a process of its own on loopback,
+timed in this process at a synchronous and at a grpc.aio client (the benchmark's query client), in
+the same run. Issue 11's single-groupby-1-1-1 target is VictoriaMetrics' p50 (under a millisecond):
+this says how much of that a server spends before it does anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
+import subprocess
 import time
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.procs import BIN_DIR
 from benchmarks.report import add_docs_flag, machine, publish
 
 SECTION = "## gRPC call floor"
@@ -55,7 +59,13 @@ def _serve(kind: str, ports: Any, stop: Any) -> None:
     asyncio.run(main())
 
 
+def _percentiles(times: list[float]) -> dict[str, float]:
+    times.sort()
+    return {"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+
+
 def _time_calls(port: int, calls: int) -> dict[str, float]:
+    """Milliseconds per Check from a synchronous client."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest()
@@ -66,45 +76,84 @@ def _time_calls(port: int, calls: int) -> dict[str, float]:
             started = time.perf_counter()
             stub.Check(request, timeout=5)
             times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return {"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+    return _percentiles(times)
 
 
-def measure(calls: int) -> dict[str, dict[str, float]]:
+async def _time_calls_aio(port: int, calls: int) -> dict[str, float]:
+    """Milliseconds per Check from a grpc.aio client (as benchmarks.run's queries are timed)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        for _ in range(WARMUP):
+            await stub.Check(request, timeout=5)
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            await stub.Check(request, timeout=5)
+            times.append((time.perf_counter() - started) * 1000)
+    return _percentiles(times)
+
+
+def _both_clients(port: int, calls: int) -> dict[str, dict[str, float]]:
+    return {"sync": _time_calls(port, calls), "aio": asyncio.run(_time_calls_aio(port, calls))}
+
+
+def measure(calls: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{server: {client: {p50, p99}}} for every server that can run here."""
     results = {}
     for kind in ("sync", "aio"):
         ports, stop = multiprocessing.Queue(), multiprocessing.Event()
         server = multiprocessing.Process(target=_serve, args=(kind, ports, stop), daemon=True)
         server.start()
         try:
-            results[kind] = _time_calls(ports.get(timeout=30), calls)
+            results[kind] = _both_clients(ports.get(timeout=30), calls)
         finally:
             stop.set()
             server.join(timeout=10)
+    go = BIN_DIR / "rpcfloor"
+    if go.exists():  # built by benchmarks/setup.sh
+        with subprocess.Popen([str(go)], stdout=subprocess.PIPE, text=True) as process:
+            try:
+                assert process.stdout is not None
+                results["go"] = _both_clients(int(process.stdout.readline()), calls)
+            finally:
+                process.kill()
     return results
 
 
-def render(r: dict[str, dict[str, float]], calls: int) -> str:
+def render(r: dict[str, dict[str, dict[str, float]]], calls: int) -> str:
     rows = [
         SECTION,
         "",
         f"`python -m benchmarks.rpc_floor --docs` ({machine()}): a health Check, which does nothing, "
-        f"{calls:,} calls from a synchronous client on loopback, each server in its own process, same run.",
+        f"{calls:,} calls on loopback from a synchronous and from a grpc.aio client (benchmarks.run times "
+        "queries at a grpc.aio client), each server in its own process, same run.",
         "",
-        "| server | p50 | p99 |",
-        "|---|---|---|",
+        "| server | p50, sync client | p99 | p50, grpc.aio client | p99 |",
+        "|---|---|---|---|---|",
     ]
     for kind, label in (
         ("sync", "grpcio, synchronous thread pool"),
         ("aio", "grpc.aio (what the services run)"),
+        ("go", "grpc-go 1.84 (benchmarks/rpcfloor: a compiled server)"),
     ):
-        rows.append(f"| {label} | {r[kind]['p50']:.2f} ms | {r[kind]['p99']:.2f} ms |")
+        if kind in r:
+            s, a = r[kind]["sync"], r[kind]["aio"]
+            rows.append(
+                f"| {label} | {s['p50']:.2f} ms | {s['p99']:.2f} ms | {a['p50']:.2f} ms | {a['p99']:.2f} ms |"
+            )
     rows += [
         "",
-        "Every query of ours pays at least this before it does any work, so no query can answer faster "
-        "than this at the gRPC client. The synchronous server is no faster than aio.",
-        "",
+        "Every query of ours pays at least the grpc.aio row before it does any work, so no query can "
+        "answer faster than that at the gRPC client.",
     ]
+    if "go" in r:
+        ratio = r["go"]["aio"]["p50"] / r["aio"]["aio"]["p50"]
+        rows.append(
+            f"A compiled server answers the same call at the same grpc.aio client in {ratio:.2f}x "
+            "the time grpc.aio's Python server takes."
+        )
+    rows.append("")
     return "\n".join(rows)
 
 

@@ -3,6 +3,7 @@
 #   - the TSBS data generator into benchmarks/.bin/ (upstream tsbs_generate_data from the Go module
 #     proxy; where the proxy refuses that module, benchmarks/tsbsgen, a port of its cpu-only
 #     generator built with the local Go toolchain and no downloads);
+#   - benchmarks/rpcfloor, a Go gRPC health server (grpc-go from the Go module proxy), into .bin/;
 #   - VictoriaMetrics from Debian's victoria-metrics package (/usr/bin/victoria-metrics).
 # Run from anywhere; paths are relative to the repository root.
 set -euo pipefail
@@ -21,7 +22,7 @@ REFUSED="$BIN/.tsbs_go_install_failed"
 
 need_go() {
     if ! command -v go >/dev/null 2>&1; then
-        echo "setup.sh: the Go toolchain is needed to build the TSBS generator" >&2
+        echo "setup.sh: the Go toolchain is needed to build the TSBS generator and the rpcfloor server" >&2
         exit 1
     fi
 }
@@ -50,6 +51,15 @@ if [[ ! -x "$BIN/tsbs_generate_data" ]]; then
         (cd benchmarks/tsbsgen && GOFLAGS=-mod=mod go build -o "$port" .)
         echo "setup.sh: built $port"
     fi
+fi
+
+# The Go health server of benchmarks/rpc_floor.py (the floor of a gRPC call answered by a compiled
+# server), rebuilt when its source is newer than the binary.
+floor="$BIN/rpcfloor"
+if [[ ! -x "$floor" || -n "$(find benchmarks/rpcfloor -name '*.go' -newer "$floor" -print -quit)" ]]; then
+    need_go
+    (cd benchmarks/rpcfloor && GOFLAGS=-mod=mod go build -o "$floor" .)
+    echo "setup.sh: built $floor"
 fi
 
 if ! command -v victoria-metrics >/dev/null 2>&1; then
