@@ -5,6 +5,7 @@ A missing or bad value stops start-up with a message that names the variable.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -156,6 +157,11 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """MAX_REQUEST_BYTES: the largest REST body the gateway accepts (413 above); gRPC messages may be 4x."""
+
+    ingest_json_workers: int = Field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0)
+    """INGEST_JSON_WORKERS: worker processes that parse REST ingest bodies of 64 KiB and more, so the
+    serving process keeps its core for the WAL, the hot tier and gRPC (default 1 on a machine with
+    more than one core, else 0: bodies are parsed in a thread of the serving process)."""
 
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""

@@ -20,6 +20,10 @@ class AnalyticsError(Exception):
         """The text a client sees: "<field>: <reason>", or the reason alone."""
         return f"{self.field}: {self.reason}" if self.field else self.reason
 
+    def __reduce__(self) -> tuple[type[AnalyticsError], tuple[str, str | None]]:
+        # Raised in a worker process (REST bodies are parsed there): the reason and field cross intact.
+        return type(self), (self.reason, self.field)
+
 
 class InvalidArgument(AnalyticsError):
     """The request names a bad value; the field says which."""

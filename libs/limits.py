@@ -24,6 +24,9 @@ class Throttled(ResourceExhausted):
         self.retry_after = retry_after
         super().__init__(reason, field)
 
+    def __reduce__(self) -> tuple[type[Throttled], tuple[str, int, str | None]]:  # type: ignore[override]
+        return type(self), (self.reason, self.retry_after, self.field)
+
 
 @dataclass
 class _Bucket:

@@ -15,12 +15,24 @@ def binding(context: ServiceContext) -> ServiceBinding:
     """Build the realtime core and servicer, ready to be added to a server."""
     # Distributed: the replica validates and publishes to Pulsar; the store's consumer writes.
     store = None if context.distributed else context.ensure_store()
-    core = RealtimeCore(store, context.bus, context.after_write, context.metrics, hub=context.stream_hub())
+    core = RealtimeCore(
+        store,
+        context.bus,
+        context.after_write,
+        context.metrics,
+        hub=context.stream_hub(),
+        json_workers=context.settings.ingest_json_workers,
+    )
     servicer = RealtimeServicer(core)
+
+    async def stop() -> None:
+        core.close()
+
     return ServiceBinding(
         name="realtime",
         full_name=FULL_NAME,
         register=lambda server: realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(
             servicer, server
         ),
+        stop=stop,
     )

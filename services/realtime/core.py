@@ -3,7 +3,6 @@ subscriptions from the process's stream hub. No gRPC here."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,7 +18,7 @@ from libs.streams.subscriber import CLOSE_TOO_SLOW
 from libs.writes import AfterWrite
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from services.realtime.ingest import KnownGoodSeries, ValidatedBatch, validate
-from services.realtime.json_body import JsonIngestDecoder
+from services.realtime.json_body import JsonBodies
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,13 @@ class RealtimeCore:
         after_write: AfterWrite | None = None,
         metrics: SelfMetrics | None = None,
         hub: StreamHub | None = None,
+        json_workers: int = 0,
     ) -> None:
         self.store = store
         self.bus = bus
         self.after_write = after_write if after_write is not None else AfterWrite(None, bus)
         self.known_series = KnownGoodSeries()
-        self.json_decoder = JsonIngestDecoder()
+        self.json_bodies = JsonBodies(json_workers, self.known_series)
         self.metrics = metrics
         self.hub = hub
 
@@ -47,16 +47,14 @@ class RealtimeCore:
         self, request: pb.IngestMetricsRequest, tenant: str = DEFAULT_TENANT
     ) -> pb.IngestMetricsResponse:
         """Validate, store durably, invalidate cached answers over the new data, publish. A REST
-        body the gateway passed through (`json_body`) is parsed here, in a worker thread: a large
-        body takes milliseconds of CPU that the event loop should not wait for."""
+        body the gateway passed through (`json_body`) is parsed off the event loop: in a worker
+        process when large (JsonBodies, INGEST_JSON_WORKERS), else in a thread."""
         if request.HasField("json_body"):
             if request.datasource or request.points or request.series:
                 raise InvalidArgument(
                     "give the batch either in json_body or in its fields, not both", "json_body"
                 )
-            batch = await asyncio.to_thread(
-                self.json_decoder.validate, request.json_body.data, self.known_series
-            )
+            batch = await self.json_bodies.validate(request.json_body.data)
         else:
             batch = validate(request, known=self.known_series)
         if self.store is None:
@@ -74,6 +72,10 @@ class RealtimeCore:
                 tenant, batch.datasource, int(every_ts.min()), int(every_ts.max()), publish=event
             )
         return self._acknowledged(batch)
+
+    def close(self) -> None:
+        """Stop the JSON body workers."""
+        self.json_bodies.close()
 
     def _acknowledged(self, batch: ValidatedBatch) -> pb.IngestMetricsResponse:
         """The answer to an acknowledged batch, counted by datasource (the service's own metrics

@@ -13,11 +13,20 @@ of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted
 - what neither accepts is a 400 naming the field: `series[0].timestamps_ms[2]: expected int, got str`.
 
 Both paths give the same validated batch for the same body (tests/unit/test_ingest_json.py).
+
+`JsonBodies` says where a body is parsed: bodies of INLINE_MAX_BYTES and more in worker processes
+(INGEST_JSON_WORKERS, `json_worker.py`), so parsing uses another core than the serving process's
+event loop, WAL and hot tier; smaller bodies, or all with INGEST_JSON_WORKERS=0, in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated
 
 import msgspec
@@ -141,6 +150,51 @@ class JsonIngestDecoder:
         if request.HasField("json_body"):
             raise InvalidArgument("is set by the gateway, not by clients", "json_body")
         return request
+
+
+INLINE_MAX_BYTES = 64 * 1024
+"""Bodies under this are parsed in a thread of the serving process: the hop to a worker process
+(about half a millisecond) costs more than parsing them."""
+
+
+class JsonBodies:
+    """Parses REST ingest bodies where they cost the serving process least: in `workers` worker
+    processes (spawned at the first large body, so a process that never gets one starts none), or in
+    a thread. A worker that dies (killed, out of memory) fails no request: its body is parsed here,
+    and the next large body starts a new pool. A body whose request is cancelled meanwhile is still
+    parsed to its end in the worker (milliseconds), and its batch dropped."""
+
+    def __init__(self, workers: int, known: KnownGoodSeries) -> None:
+        self.workers = workers
+        self.known = known
+        self.decoder = JsonIngestDecoder()
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def validate(self, data: bytes) -> ValidatedBatch:
+        """The validated batch of a JSON body (InvalidArgument naming the field for a bad one)."""
+        now_ms = int(time.time() * 1000)
+        if self.workers > 0 and len(data) >= INLINE_MAX_BYTES:
+            from services.realtime.json_worker import die_with_parent, validate_in_worker
+
+            if self._pool is None:
+                # spawn: the serving process runs gRPC's threads, which a fork would copy half-way.
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+                )
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, validate_in_worker, data, now_ms
+                )
+            except BrokenProcessPool:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+        return await asyncio.to_thread(self.decoder.validate, data, self.known, now_ms)
+
+    def close(self) -> None:
+        """Stop the worker processes (a body being parsed is dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

@@ -148,10 +148,18 @@ def _serve_all(launcher_pid: int) -> int:
     raise AssertionError("no `serve all` process under the launcher")
 
 
+def _multiprocessing_children(serve_pid: int, what: bytes = b"multiprocessing") -> set[int]:
+    """Processes multiprocessing started under `serve_pid`: the workers parsing large REST bodies
+    (`what`=b"spawn_main") and its resource tracker."""
+    return {pid for pid in descendants(serve_pid) if what in Path(f"/proc/{pid}/cmdline").read_bytes()}
+
+
 def test_acknowledged_rest_points_survive_sigkill_of_the_service(tmp_path):
     env = stack_env(tmp_path / "data", DEMO="0")
     now = int(time.time() * 1000) // 1000 * 1000
     series = _series(now, "crash_probe", points=200)
+    # A body over INLINE_MAX_BYTES (64 KiB), which a worker process parses (INGEST_JSON_WORKERS=1).
+    large = [{**s, "labels": {"host": f"{s['labels']['host']}-{k}"}} for k in range(40) for s in series[:1]]
     acknowledged = []
     with own_stack(env) as first:
         for i, s in enumerate(series):
@@ -163,8 +171,21 @@ def test_acknowledged_rest_points_survive_sigkill_of_the_service(tmp_path):
             status, _, reply = http(first, "POST", "/api/v1/metrics/ingest", json.dumps(body))
             assert (status, reply["accepted"]) == (200, "200"), reply
             acknowledged.append(s)
+        body = json.dumps({"datasource": "e2e_rest_crash", "points": _rows(large)})
+        assert len(body) > 64 * 1024
+        status, _, reply = http(first, "POST", "/api/v1/metrics/ingest", body)
+        assert (status, reply["accepted"]) == (200, str(40 * 200)), reply
+        acknowledged += large
+        serve = _serve_all(first.process.pid)
+        assert len(_multiprocessing_children(serve, b"spawn_main")) == 1
+        workers = _multiprocessing_children(serve)
         # No SIGTERM, no flush: only the WAL holds the points. The launcher then stops Envoy and exits.
-        os.kill(_serve_all(first.process.pid), signal.SIGKILL)
+        os.kill(serve, signal.SIGKILL)
         first.process.wait(timeout=60)
+        # The worker (and multiprocessing's resource tracker) do not outlive the process they served.
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     with own_stack(env) as second:
         assert _stored(second, "e2e_rest_crash") == _expected(acknowledged)

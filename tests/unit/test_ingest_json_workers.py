@@ -1,0 +1,112 @@
+"""REST bodies of INLINE_MAX_BYTES and more are parsed in a worker process (JsonBodies,
+INGEST_JSON_WORKERS): the same batch as in the serving process, the same 400 naming the field, and
+no request lost when a worker dies."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+from libs.errors import InvalidArgument
+from services.realtime.ingest import KnownGoodSeries
+from services.realtime.json_body import INLINE_MAX_BYTES, JsonBodies, JsonIngestDecoder
+
+
+def _body(series: int = 120, points: int = 60, bad_value_at: tuple[int, int] | None = None) -> bytes:
+    now = int(time.time() * 1000)
+    out = []
+    for i in range(series):
+        values: list[object] = [float(j % 17) for j in range(points)]
+        if bad_value_at is not None and bad_value_at[0] == i:
+            values[bad_value_at[1]] = "not a number"
+        out.append(
+            {
+                "name": "cpu",
+                "labels": {"host": f"h{i}", "dc": "eu"},
+                "timestamps_ms": [now - 60_000 + j * 1000 for j in range(points)],
+                "values": values,
+            }
+        )
+    rows = [
+        {"name": "mem", "value": 3.5, "timestamp_ms": now - k * 1000, "labels": {"host": "h0"}}
+        for k in range(50)
+    ]
+    data = json.dumps({"datasource": "ds", "series": out, "points": rows}).encode()
+    assert len(data) >= INLINE_MAX_BYTES
+    return data
+
+
+def _summary(batch) -> tuple:
+    return (
+        batch.datasource,
+        batch.accepted,
+        batch.rejected,
+        [(e.index, e.field, e.reason) for e in batch.errors],
+        [(s.key, s.ts.tolist(), s.values.tolist()) for s in batch.series],
+    )
+
+
+def _workers() -> set[int]:
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+@pytest.fixture
+def bodies():
+    parsed = JsonBodies(1, KnownGoodSeries())
+    yield parsed
+    parsed.close()
+
+
+async def test_a_large_body_is_parsed_in_a_worker_process_with_the_same_batch(bodies):
+    before = _workers()
+    data = _body()
+    batch = await bodies.validate(data)
+    started = _workers() - before
+    assert len(started) == 1 and os.getpid() not in started
+    here = JsonIngestDecoder().validate(data)
+    assert batch.accepted == 120 * 60 + 50
+    assert _summary(batch) == _summary(here)
+    # The same worker serves the next body.
+    await bodies.validate(data)
+    assert _workers() - before == started
+
+
+async def test_a_small_body_is_parsed_here_without_a_worker(bodies):
+    before = _workers()
+    small = json.dumps(
+        {"datasource": "ds", "series": [{"name": "cpu", "timestamps_ms": [1], "values": [1.0]}]}
+    )
+    assert (await bodies.validate(small.encode())).accepted == 1
+    assert _workers() == before
+
+
+async def test_a_bad_large_body_is_refused_naming_the_field_from_the_worker(bodies):
+    with pytest.raises(InvalidArgument) as refused:
+        await bodies.validate(_body(bad_value_at=(7, 3)))
+    assert refused.value.field == "series[7].values[3]"
+    assert "expected" in refused.value.reason
+
+
+async def test_a_dead_worker_loses_no_body_and_the_next_large_body_gets_a_new_one(bodies):
+    before = _workers()
+    data = _body()
+    await bodies.validate(data)
+    (worker,) = _workers() - before
+    os.kill(worker, signal.SIGKILL)
+    time.sleep(0.2)
+    assert (await bodies.validate(data)).accepted == 120 * 60 + 50  # parsed here
+    assert (await bodies.validate(data)).accepted == 120 * 60 + 50
+    assert len(_workers() - before - {worker}) == 1  # a new pool
+
+
+async def test_with_no_workers_every_body_is_parsed_here():
+    parsed = JsonBodies(0, KnownGoodSeries())
+    before = _workers()
+    assert (await parsed.validate(_body())).accepted == 120 * 60 + 50
+    assert _workers() == before
+    parsed.close()
