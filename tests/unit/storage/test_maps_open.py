@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,38 @@ def test_an_open_file_holds_views_of_its_map_not_copies(tmp_path):
         assert not array.flags.owndata
     starts, ends = mapped.runs(np.array([0, 7, 999]))
     assert starts.tolist() == [0, 21, 2997] and ends.tolist() == [3, 24, 3000]
+
+
+class _Advice:
+    """Stands in for the map's mmap: records the ranges asked for."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+
+    def madvise(self, option: int, start: int, length: int) -> None:
+        assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
+        self.ranges.append((start, start + length))
+
+
+@pytest.mark.parametrize("series", [3, 16, 17, 500])
+def test_prefetch_asks_for_every_row_wanted_in_few_ranges(series):
+    # Both ways of grouping (plain Python up to 16 ranges, numpy above) cover every wanted byte.
+    rng = np.random.default_rng(series)
+    values = np.zeros(1_000_000)
+    base = values.ctypes.data - 3 * mmap.PAGESIZE  # the column starts inside the map
+    advice = _Advice()
+    mapped = rollups_module.MappedFile(np.arange(1), np.array([1]), (values,), advice, base)
+    lo = np.sort(rng.choice(990_000, series, replace=False))
+    hi = lo + rng.integers(1, 5_000, series)
+    shuffled = rng.permutation(series)  # the reader's spans come in any order
+    mapped.prefetch(0, lo[shuffled], hi[shuffled])
+    offset = values.ctypes.data - base
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        first, last = offset + a * 8, offset + b * 8
+        assert any(s <= first and last <= e for s, e in advice.ranges), (a, b)
+    assert len(advice.ranges) <= series
+    assert all(e1 < s2 for (_, e1), (s2, _) in zip(advice.ranges, advice.ranges[1:], strict=False))
+    advice.ranges.clear()
+    # Ranges near each other (here all within 64 KiB) are one call.
+    mapped.prefetch(0, np.array([10, 1000, 3000]), np.array([20, 1100, 3100]))
+    assert len(advice.ranges) == 1
