@@ -1,7 +1,7 @@
 """Growth: what ingest, disk, memory and each query type cost as the stored data grows, ours
 beside VictoriaMetrics, on 1, 7 and 30 days of TSBS cpu-only data (scale 100).
 
-    .venv/bin/python -m benchmarks.growth [--days 1,7,30] [--scale 100] [--instances 10] [--docs] [--skip-vm]
+    .venv/bin/python -m benchmarks.growth [--days 1,7,30] [--scale 100] [--instances 30] [--docs] [--skip-vm]
 
 Per size, each system alone on the machine, each on a fresh data directory: the data set is
 ingested (ours: columnar IngestMetrics over gRPC, as benchmarks.run does; VictoriaMetrics: the
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", default="1,7,30", help="comma-separated sizes in days")
     parser.add_argument("--scale", type=int, default=100, help="hosts")
-    parser.add_argument("--instances", type=int, default=10, help="uncached instances per query type")
+    parser.add_argument("--instances", type=int, default=30, help="uncached instances per query type")
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--skip-vm", action="store_true", help="ours only")
     add_docs_flag(parser)

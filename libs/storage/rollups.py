@@ -22,11 +22,13 @@ Parquet file; DuckDB reads the Parquet file for SQL.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +212,12 @@ class Partials:
 EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 PREFETCH_GAP_BYTES = 64 * 1024
+SCAN_SERIES = 256
+"""A read of more series than this from one file lets the kernel read ahead around each fault
+(MADV_NORMAL for its duration) instead of asking for each series' rows: it touches much of the file."""
 """Row ranges closer than this are asked of the kernel as one range."""
 
 
@@ -285,6 +292,9 @@ class MappedFile:
         else:
             order = np.argsort(lo, kind="stable")
             first, last = offset + lo[order] * size, offset + hi[order] * size
+            first, last = first[last > first], last[last > first]
+            if not len(first) or self._resident(first, last):
+                return  # a warm read pays one mincore, not a madvise per range
             first -= first % mmap.PAGESIZE
             # A new group starts where a range begins past the furthest end so far plus the gap.
             reach = np.maximum.accumulate(last)
@@ -294,6 +304,30 @@ class MappedFile:
         for a, b in groups:
             if b > a:
                 self.mm.madvise(mmap.MADV_WILLNEED, a, b - a)
+
+    @contextmanager
+    def scanning(self, scan: bool) -> Iterator[bool]:
+        """Within the block, when `scan`, the kernel reads ahead around page faults (MADV_NORMAL), as
+        a read touching much of the file wants; the map is advised MADV_RANDOM again after."""
+        if not scan or self.mm is None:
+            yield scan
+            return
+        self.mm.madvise(mmap.MADV_NORMAL)
+        try:
+            yield scan
+        finally:
+            self.mm.madvise(mmap.MADV_RANDOM)
+
+    def _resident(self, first: np.ndarray, last: np.ndarray) -> bool:
+        """True when every page of the byte ranges [first, last) of the map is in memory (one
+        mincore over their span; False when it cannot tell)."""
+        page = mmap.PAGESIZE
+        lo, hi = int(first.min()) // page, (int(last.max()) - 1) // page + 1
+        state = np.empty(hi - lo, dtype=np.uint8)
+        if _LIBC.mincore(self.base + lo * page, (hi - lo) * page, state.ctypes.data) != 0:
+            return False
+        absent = np.concatenate(([0], np.cumsum((state & 1) == 0)))
+        return not (absent[(last - 1) // page - lo + 1] - absent[first // page - lo]).any()
 
 
 class MappedReader:
@@ -373,22 +407,24 @@ class MappedReader:
             at = at[found]
             if not len(at):
                 continue
-            (lo, hi), ts = mapped.runs(at), mapped.columns[0]
-            mapped.prefetch(0, lo, hi)  # the binary searches below probe these runs
-            # Within each series' run rows are sorted by time: narrow every run to each span.
-            a = np.concatenate([_searchsorted_runs(ts, lo, hi, start) for start, _ in spans])
-            b = np.concatenate([_searchsorted_runs(ts, lo, hi, end) for _, end in spans])
-            lengths = b - a
-            total = int(lengths.sum())
-            if not total:
-                continue
-            for i in wanted:
-                if i:  # ts (column 0) was asked for with the runs
-                    mapped.prefetch(i, a, b)
-            # Row numbers of every range, without a Python loop over series.
-            rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-            ids = np.repeat(np.tile(mapped.series[at], len(spans)), lengths)
-            parts.append((ids, *(mapped.columns[i][rows] for i in wanted)))
+            with mapped.scanning(len(at) > SCAN_SERIES) as scan:
+                (lo, hi), ts = mapped.runs(at), mapped.columns[0]
+                if not scan:
+                    mapped.prefetch(0, lo, hi)  # the binary searches below probe these runs
+                # Within each series' run rows are sorted by time: narrow every run to each span.
+                a = np.concatenate([_searchsorted_runs(ts, lo, hi, start) for start, _ in spans])
+                b = np.concatenate([_searchsorted_runs(ts, lo, hi, end) for _, end in spans])
+                lengths = b - a
+                total = int(lengths.sum())
+                if not total:
+                    continue
+                for i in wanted:
+                    if i and not scan:  # ts (column 0) was asked for with the runs
+                        mapped.prefetch(i, a, b)
+                # Row numbers of every range, without a Python loop over series.
+                rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+                ids = np.repeat(np.tile(mapped.series[at], len(spans)), lengths)
+                parts.append((ids, *(mapped.columns[i][rows] for i in wanted)))
         return parts
 
     def series_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
