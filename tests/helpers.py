@@ -98,3 +98,14 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def batch_summary(batch) -> tuple:
+    """A validated ingest batch as plain values, for comparing two parses of one body."""
+    return (
+        batch.datasource,
+        batch.accepted,
+        batch.rejected,
+        [(e.index, e.field, e.reason) for e in batch.errors],
+        [(s.key, s.ts.tolist(), s.values.tolist()) for s in batch.series],
+    )

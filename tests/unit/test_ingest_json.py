@@ -17,19 +17,10 @@ from platformq.analytics.v1 import realtime_service_pb2
 from services.realtime.core import RealtimeCore
 from services.realtime.ingest import KnownGoodSeries, validate
 from services.realtime.json_body import JsonIngestDecoder
+from tests.helpers import batch_summary
 
 NOW = 1_795_852_800_000  # 2026-11-28T08:00:00Z
 DAY_MS = 86_400_000
-
-
-def _summary(batch) -> tuple:
-    return (
-        batch.datasource,
-        batch.accepted,
-        batch.rejected,
-        [(e.index, e.field, e.reason) for e in batch.errors],
-        [(s.key, s.ts.tolist(), s.values.tolist()) for s in batch.series],
-    )
 
 
 def _through_protobuf(body: bytes):
@@ -38,8 +29,8 @@ def _through_protobuf(body: bytes):
 
 def _assert_same(body: dict | bytes) -> tuple:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    ours = _summary(JsonIngestDecoder().validate(data, now_ms=NOW))
-    assert ours == _summary(_through_protobuf(data))
+    ours = batch_summary(JsonIngestDecoder().validate(data, now_ms=NOW))
+    assert ours == batch_summary(_through_protobuf(data))
     return ours
 
 
@@ -167,8 +158,8 @@ def test_known_series_skip_their_checks_on_later_bodies_with_the_same_answer():
     body = json.dumps(
         {"points": [{"name": "cpu", "value": 1, "timestamp_ms": NOW, "labels": {"h": "a"}}]}
     ).encode()
-    first = _summary(decoder.validate(body, known, now_ms=NOW))
-    assert _summary(decoder.validate(body, known, now_ms=NOW)) == first
+    first = batch_summary(decoder.validate(body, known, now_ms=NOW))
+    assert batch_summary(decoder.validate(body, known, now_ms=NOW)) == first
     assert first[1:3] == (1, 0)
 
 

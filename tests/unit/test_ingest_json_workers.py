@@ -15,6 +15,7 @@ import pytest
 from libs.errors import InvalidArgument
 from services.realtime.ingest import KnownGoodSeries
 from services.realtime.json_body import INLINE_MAX_BYTES, JsonBodies, JsonIngestDecoder
+from tests.helpers import batch_summary
 
 
 def _body(series: int = 120, points: int = 60, bad_value_at: tuple[int, int] | None = None) -> bytes:
@@ -41,16 +42,6 @@ def _body(series: int = 120, points: int = 60, bad_value_at: tuple[int, int] | N
     return data
 
 
-def _summary(batch) -> tuple:
-    return (
-        batch.datasource,
-        batch.accepted,
-        batch.rejected,
-        [(e.index, e.field, e.reason) for e in batch.errors],
-        [(s.key, s.ts.tolist(), s.values.tolist()) for s in batch.series],
-    )
-
-
 def _workers() -> set[int]:
     return {p.pid for p in multiprocessing.active_children()}
 
@@ -70,7 +61,7 @@ async def test_a_large_body_is_parsed_in_a_worker_process_with_the_same_batch(bo
     assert len(started) == 1 and os.getpid() not in started
     here = JsonIngestDecoder().validate(data)
     assert batch.accepted == 120 * 60 + 50
-    assert _summary(batch) == _summary(here)
+    assert batch_summary(batch) == batch_summary(here)
     # The same worker serves the next body.
     await bodies.validate(data)
     assert _workers() - before == started
