@@ -26,10 +26,11 @@ import ctypes
 import mmap
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,8 @@ EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 PREFETCH_GAP_BYTES = 64 * 1024
+WARM_SECONDS = 10.0
+"""How long a file's verdict (wholly in memory or not) is believed (the kernel reclaims over minutes)."""
 SCAN_SERIES = 256
 """A read of more series than this from one file lets the kernel read ahead around each fault
 (MADV_NORMAL for its duration) instead of asking for each series' rows: it touches much of the file."""
@@ -238,6 +241,9 @@ class MappedFile:
     columns: tuple[np.ndarray, ...]
     mm: mmap.mmap | None = None
     base: int = 0  # the map's address
+    warmth: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """[until when (time.monotonic) the verdict below holds, 1.0 when the whole file was then in
+    memory (reads skip `prefetch`) else 0.0]."""
 
     @classmethod
     def open(cls, path: Path) -> MappedFile:
@@ -271,7 +277,7 @@ class MappedFile:
         """Ask the kernel to read rows [lo, hi) of `column` ahead (MADV_WILLNEED): one call per group
         of ranges less than PREFETCH_GAP_BYTES apart. Costs microseconds when the pages are already
         in memory."""
-        if self.mm is None or not len(lo):
+        if self.mm is None or not len(lo) or self._warm():
             return
         array = self.columns[column]
         offset, size = array.ctypes.data - self.base, array.itemsize
@@ -317,6 +323,18 @@ class MappedFile:
             yield scan
         finally:
             self.mm.madvise(mmap.MADV_RANDOM)
+
+    def _warm(self) -> bool:
+        """True when the whole file is in memory: then nothing is worth asking the kernel for, and
+        a read pays nothing for the advice. One mincore over the file at most every WARM_SECONDS
+        (its verdict, either way, holds meanwhile)."""
+        now = time.monotonic()
+        if now >= self.warmth[0]:
+            assert self.mm is not None
+            state = np.empty(-(-len(self.mm) // mmap.PAGESIZE), dtype=np.uint8)
+            whole = _LIBC.mincore(self.base, len(self.mm), state.ctypes.data) == 0 and bool((state & 1).all())
+            self.warmth[:] = [now + WARM_SECONDS, 1.0 if whole else 0.0]
+        return self.warmth[1] == 1.0
 
     def _resident(self, first: np.ndarray, last: np.ndarray) -> bool:
         """True when every page of the byte ranges [first, last) of the map is in memory (one

@@ -147,8 +147,12 @@ def test_an_open_file_holds_views_of_its_map_not_copies(tmp_path):
 class _Advice:
     """Stands in for the map's mmap: records the ranges asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 8 * 10**6) -> None:
         self.ranges: list[tuple[int, int]] = []
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
     def madvise(self, option: int, start: int, length: int) -> None:
         assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
@@ -177,3 +181,20 @@ def test_prefetch_asks_for_every_row_wanted_in_few_ranges(series):
     # Ranges near each other (here all within 64 KiB) are one call.
     mapped.prefetch(0, np.array([10, 1000, 3000]), np.array([20, 1100, 3100]))
     assert len(advice.ranges) == 1
+
+
+def test_a_file_wholly_in_memory_is_asked_nothing(tmp_path):
+    # Just written, so in the page cache: reads pay no advice at all (one mincore per WARM_SECONDS).
+    path = tmp_path / "m.arrow"
+    ids = np.repeat(np.arange(1000, dtype=np.uint64), 50)
+    rollups_module.write_mapped(
+        rollups_module.points_map(ids, np.tile(np.arange(50, dtype=np.int64), 1000), np.ones(50_000)), path
+    )
+    mapped = rollups_module.MappedFile.open(path)
+    assert mapped.mm is not None
+    advice = _Advice(len(mapped.mm))
+    quiet = dataclasses.replace(mapped, mm=advice)
+    lo, hi = quiet.runs(np.arange(0, 1000, 3))
+    quiet.prefetch(0, lo, hi)
+    quiet.prefetch(1, lo[:4], hi[:4])
+    assert advice.ranges == []
