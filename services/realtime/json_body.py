@@ -25,7 +25,7 @@ import asyncio
 import multiprocessing
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated
 
@@ -159,8 +159,8 @@ INLINE_MAX_BYTES = 64 * 1024
 
 class JsonBodies:
     """Parses REST ingest bodies where they cost the serving process least: in `workers` worker
-    processes (spawned at the first large body, so a process that never gets one starts none), or in
-    a thread. A worker that dies (killed, out of memory) fails no request: its body is parsed here,
+    processes (spawned at the first large body, so a process that never gets one starts none; bodies
+    are parsed in a thread until they are up), or in a thread. A worker that dies (killed, out of memory) fails no request: its body is parsed here,
     and the next large body starts a new pool. A body whose request is cancelled meanwhile is still
     parsed to its end in the worker (milliseconds), and its batch dropped."""
 
@@ -169,32 +169,43 @@ class JsonBodies:
         self.known = known
         self.decoder = JsonIngestDecoder()
         self._pool: ProcessPoolExecutor | None = None
+        self._ready: Future[object] | None = None
 
     async def validate(self, data: bytes) -> ValidatedBatch:
         """The validated batch of a JSON body (InvalidArgument naming the field for a bad one)."""
         now_ms = int(time.time() * 1000)
-        if self.workers > 0 and len(data) >= INLINE_MAX_BYTES:
-            from services.realtime.json_worker import die_with_parent, validate_in_worker
+        if self.workers > 0 and len(data) >= INLINE_MAX_BYTES and self._started():
+            from services.realtime.json_worker import validate_in_worker
 
-            if self._pool is None:
-                # spawn: the serving process runs gRPC's threads, which a fork would copy half-way.
-                self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
-                )
+            assert self._pool is not None
             try:
                 return await asyncio.get_running_loop().run_in_executor(
                     self._pool, validate_in_worker, data, now_ms
                 )
             except BrokenProcessPool:
                 self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+                self._pool = self._ready = None
         return await asyncio.to_thread(self.decoder.validate, data, self.known, now_ms)
+
+    def _started(self) -> bool:
+        """True once the workers are up. The first large body starts them and is parsed here, as
+        are the bodies that come while they start (about a second): no body waits for a spawn."""
+        if self._pool is None:
+            from services.realtime.json_worker import die_with_parent
+
+            # spawn: the serving process runs gRPC's threads, which a fork would copy half-way.
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+            )
+            self._ready = self._pool.submit(int)
+        assert self._ready is not None
+        return self._ready.done()
 
     def close(self) -> None:
         """Stop the worker processes (a body being parsed is dropped)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            self._pool = self._ready = None
 
 
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
