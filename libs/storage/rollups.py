@@ -10,8 +10,12 @@ raw retention allows.
 
 Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them and slices columns
 without decoding or copying. Sorted by series then time, each file has one run of rows per series:
-the reader keeps a series -> row-range index per opened file and binary-searches time within a run,
-so a query touches only the rows of the series and time it asks for.
+the run-end encoded series column is the series -> row-range index of an opened file (a view of the
+map, no copy), and the reader binary-searches time within a run, so a query touches only the rows of
+the series and time it asks for. Maps are advised MADV_RANDOM, and a read of a few series asks the
+kernel for its rows' pages first (`MappedFile.prefetch`): a fault on a reclaimed page then reads
+that page, not the device's whole read-ahead window. The query-router keeps the live files open
+(`MappedReader.keep_open`).
 
 Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: ts and value, with the
 series column run-end encoded, i.e. one series id and end row per series: 16 bytes a point), its

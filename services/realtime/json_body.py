@@ -160,9 +160,10 @@ INLINE_MAX_BYTES = 64 * 1024
 class JsonBodies:
     """Parses REST ingest bodies where they cost the serving process least: in `workers` worker
     processes (spawned at the first large body, so a process that never gets one starts none; bodies
-    are parsed in a thread until they are up), or in a thread. A worker that dies (killed, out of memory) fails no request: its body is parsed here,
-    and the next large body starts a new pool. A body whose request is cancelled meanwhile is still
-    parsed to its end in the worker (milliseconds), and its batch dropped."""
+    are parsed in a thread until they are up), or in a thread. A worker that dies (killed, out of
+    memory) fails no request: its body is parsed here, and the next large body starts a new pool. A
+    body whose request is cancelled meanwhile is still parsed to its end in the worker
+    (milliseconds), and its batch dropped."""
 
     def __init__(self, workers: int, known: KnownGoodSeries) -> None:
         self.workers = workers
