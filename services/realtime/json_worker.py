@@ -24,7 +24,7 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above
-        os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @cache
