@@ -130,14 +130,18 @@ async def test_the_router_opens_the_files_in_the_background_from_its_start(tmp_p
     await store.close()
 
 
+def _map_of_1000_series(tmp_path: Path, points: int) -> rollups_module.MappedFile:
+    """A points map of 1,000 series of `points` points each, written and opened."""
+    path = tmp_path / "m.arrow"
+    ids = np.repeat(np.arange(1000, dtype=np.uint64), points)
+    ts = np.tile(np.arange(points, dtype=np.int64), 1000)
+    rollups_module.write_mapped(rollups_module.points_map(ids, ts, np.ones(1000 * points)), path)
+    return rollups_module.MappedFile.open(path)
+
+
 def test_an_open_file_holds_views_of_its_map_not_copies(tmp_path):
     # Kept open ahead of queries, a map of a million series must not cost the process 16 MB of index.
-    path = tmp_path / "m.arrow"
-    ids = np.repeat(np.arange(1000, dtype=np.uint64), 3)
-    rollups_module.write_mapped(
-        rollups_module.points_map(ids, np.tile(np.arange(3, dtype=np.int64), 1000), np.ones(3000)), path
-    )
-    mapped = rollups_module.MappedFile.open(path)
+    mapped = _map_of_1000_series(tmp_path, 3)
     for array in (mapped.series, mapped.ends, *mapped.columns):
         assert not array.flags.owndata
     starts, ends = mapped.runs(np.array([0, 7, 999]))
@@ -185,12 +189,7 @@ def test_prefetch_asks_for_every_row_wanted_in_few_ranges(series):
 
 def test_a_file_wholly_in_memory_is_asked_nothing(tmp_path):
     # Just written, so in the page cache: reads pay no advice at all (one mincore per WARM_SECONDS).
-    path = tmp_path / "m.arrow"
-    ids = np.repeat(np.arange(1000, dtype=np.uint64), 50)
-    rollups_module.write_mapped(
-        rollups_module.points_map(ids, np.tile(np.arange(50, dtype=np.int64), 1000), np.ones(50_000)), path
-    )
-    mapped = rollups_module.MappedFile.open(path)
+    mapped = _map_of_1000_series(tmp_path, 50)
     assert mapped.mm is not None
     advice = _Advice(len(mapped.mm))
     quiet = dataclasses.replace(mapped, mm=advice)
