@@ -1,6 +1,7 @@
 """The query router's core: plans queries onto engines (the embedded ones, and Trino and Druid
-through remote.py when configured), runs fragments in parallel, merges and caches. Knows nothing of
-gRPC beyond the response messages it builds."""
+through remote.py when configured), runs fragments in parallel, merges and caches, and keeps the
+segments' rollups and points maps open ahead of queries. Knows nothing of gRPC beyond the response
+messages it builds."""
 
 from __future__ import annotations
 

@@ -11,8 +11,10 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import grpc
@@ -87,10 +89,17 @@ def pulsar_broker(tmp_path_factory) -> Broker:
         assert stopped.returncode == 0, stopped.stderr
 
 
-@pytest.fixture(scope="session", name="trino_server")
-def trino_server_fixture(tmp_path_factory) -> TrinoServer:
-    """A real Trino for the session (scripts/trino-server), started by the first test that needs it."""
-    server = trino_server(tmp_path_factory.mktemp("trino"))
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _running(server: S) -> Iterator[S]:
+    """A session fixture's body for a server script's process: started, yielded, stopped."""
     try:
         server.start()
         yield server
@@ -98,26 +107,22 @@ def trino_server_fixture(tmp_path_factory) -> TrinoServer:
         server.stop()
 
 
+@pytest.fixture(scope="session", name="trino_server")
+def trino_server_fixture(tmp_path_factory) -> TrinoServer:
+    """A real Trino for the session (scripts/trino-server), started by the first test that needs it."""
+    yield from _running(trino_server(tmp_path_factory.mktemp("trino")))
+
+
 @pytest.fixture(scope="session", name="druid_cluster")
 def druid_cluster_fixture(tmp_path_factory) -> DruidCluster:
     """A real Druid for the session (scripts/druid-cluster), started by the first test that needs it."""
-    cluster = druid_cluster(tmp_path_factory.mktemp("druid"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(druid_cluster(tmp_path_factory.mktemp("druid")))
 
 
 @pytest.fixture(scope="session", name="ignite_node")
 def ignite_node_fixture(tmp_path_factory) -> IgniteNode:
     """A real Ignite node for the session (scripts/ignite-server), started by the first test that needs it."""
-    node = IgniteNode(tmp_path_factory.mktemp("ignite"))
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
+    yield from _running(IgniteNode(tmp_path_factory.mktemp("ignite")))
 
 
 class Service:
