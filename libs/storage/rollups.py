@@ -382,8 +382,8 @@ class MappedReader:
 
     def keep_open(self, live: list[Path], stop: Callable[[], bool] | None = None) -> int:
         """Forget opened files not in `live`, then open `live` files in order (most wanted first)
-        while fewer than `max_open` are open; returns how many were opened. A file missing on disk
-        is skipped; `stop` is asked before each file."""
+        while fewer than `max_open` are open; returns how many were opened. A file missing on disk or
+        unreadable is skipped; `stop` is asked before each file."""
         keep = set(live)
         with self._lock:
             for path in [p for p in self._open if p not in keep]:
@@ -399,7 +399,8 @@ class MappedReader:
                     continue
             try:
                 mapped = MappedFile.open(path)
-            except FileNotFoundError:
+            except (OSError, pa.ArrowException):
+                # Missing or unreadable: skipped here; a query that needs the file reports the error.
                 continue
             with self._lock:
                 self._open.setdefault(path, mapped)

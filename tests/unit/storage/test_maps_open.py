@@ -99,7 +99,8 @@ def test_the_reader_opens_ahead_only_while_it_has_room_newest_first(tmp_path):
         rollups_module.write_mapped(rollups_module.points_map(*_points(i)), path)
         paths.append(path)
     reader = MappedReader(max_open=2)
-    opened = reader.keep_open([*reversed(paths), tmp_path / "gone.arrow"])
+    (tmp_path / "torn.arrow").write_bytes(b"not an Arrow file")
+    opened = reader.keep_open([tmp_path / "torn.arrow", *reversed(paths), tmp_path / "gone.arrow"])
     assert opened == 2
     ids, counts = reader.series_points(paths[3])  # opened ahead: no open needed, same answer
     assert ids.tolist() == [3] and counts.tolist() == [2]
