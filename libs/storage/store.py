@@ -163,7 +163,17 @@ class MetricStore:
 
     # ---- start and stop -------------------------------------------------------------------
     def open(self) -> None:
-        """Load the manifest and saved series, then replay the WAL after the flushed position."""
+        """Take the directory (the WAL's lock: a second writer fails here, before it touches a
+        file), load the manifest and saved series, then replay the WAL after the flushed position."""
+        self.wal.open()
+        try:
+            self._load()
+        except BaseException:
+            self.wal.close_sync()
+            raise
+
+    def _load(self) -> None:
+        """open()'s work once the directory is this store's."""
         self.segments.load()
         self.segments.migrate()
         for s in self.segments.segments:
@@ -173,7 +183,6 @@ class MetricStore:
             catalog = self._catalog((tenant, datasource))
             for sid, key in self.segments.read_series(tenant, datasource):
                 catalog.add(sid, key, saved=True)
-        self.wal.open()
         replayed = 0
         self._recent_batches.update(dict.fromkeys(self.segments.recent_batches))
         for lsn, payload in self.wal.replay(after_lsn=self.segments.flushed_through):
