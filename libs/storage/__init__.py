@@ -10,7 +10,8 @@ The services use this package's public surface only (tests/unit/test_storage_sur
   `MetricStore.series_files` and `Segment.read_points` (for external engines: the series files
   Trino reads as a table, a segment's raw points to copy into Druid);
 - series lookup: `SeriesCatalog` (select, group, label values), `SeriesKey`, `series_id`;
-- segment readers: `MappedReader` (rollups and points maps by memory map), the rollup planning
+- segment readers: `MappedReader` (rollups and points maps by memory map, `MapRead` the reads
+  one query asks of it at once), the rollup planning
   helpers `cover`, `resolution_for`, `split_window`, `RESOLUTIONS`, `POINTS`,
   `ROLLUP_AGGREGATIONS`, `NEEDS`, and `Partials`.
 
@@ -23,6 +24,7 @@ from libs.storage.rollups import (
     RESOLUTIONS,
     ROLLUP_AGGREGATIONS,
     MappedReader,
+    MapRead,
     Partials,
     cover,
     resolution_for,
@@ -39,6 +41,7 @@ __all__ = [
     "RESOLUTIONS",
     "ROLLUP_AGGREGATIONS",
     "AcceptedSeries",
+    "MapRead",
     "MappedReader",
     "MetricStore",
     "Partials",

@@ -10,12 +10,14 @@ raw retention allows.
 
 Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them and slices columns
 without decoding or copying. Sorted by series then time, each file has one run of rows per series:
-the run-end encoded series column is the series -> row-range index of an opened file (a view of the
-map, no copy), and the reader binary-searches time within a run, so a query touches only the rows of
-the series and time it asks for. Maps are advised MADV_RANDOM, and a read of a few series asks the
-kernel for its rows' pages first (`MappedFile.prefetch`): a fault on a reclaimed page then reads
-that page, not the device's whole read-ahead window. The query-router keeps the live files open
-(`MappedReader.keep_open`).
+the run-end encoded series column is the series -> row-range index of an opened file, and the
+reader binary-searches time within a run, so a query touches only the rows of the series and time
+it asks for. Each file's footer also holds a time index (the ts of every TS_INDEX_ROWS-th row), and
+the reader copies small series indexes into the process's memory (INDEX_MEMORY_BYTES): from memory
+alone it knows which rows a read can touch, asks the kernel for all of them in every file at once
+(MADV_WILLNEED; maps are advised MADV_RANDOM, so a fault reads its page, not the device's whole
+read-ahead window), and only then reads: a query over pages the kernel reclaimed waits on the
+device about once. The query-router keeps the live files open (`MappedReader.keep_open`).
 
 Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: ts and value, with the
 series column run-end encoded, i.e. one series id and end row per series: 16 bytes a point), its
@@ -34,7 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,12 @@ POINTS_MAP_SCHEMA = pa.schema(
         ("value", pa.float64()),
     ]
 )
+TS_INDEX_ROWS = 512
+"""A file's time index holds the ts of every TS_INDEX_ROWS-th row (one per 4 KiB page of the ts
+column): with it a reader knows, before touching the file, within which page of a series' run a
+time falls."""
+TS_INDEX_KEY = b"platformq.ts_index"
+"""The schema metadata key of the time index (little-endian int64), written in the file's footer."""
 
 
 def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int) -> pa.Table:
@@ -141,12 +149,16 @@ def cover(start: int, end: int, resolution: str) -> list[tuple[str | None, int, 
 
 
 def write_mapped(table: pa.Table, path: Path) -> None:
-    """Write a rollup or points map file (one uncompressed record batch) durably: temp file, fsync,
-    rename, fsync of the directory."""
+    """Write a rollup or points map file (one uncompressed record batch, its time index in the
+    footer) durably: temp file, fsync, rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    table = table.combine_chunks()
+    ts = table.column("ts").to_numpy() if table.num_rows else np.empty(0, np.int64)
+    # The time index rides in the footer's schema metadata: read with the schema, at open.
+    table = table.replace_schema_metadata({TS_INDEX_KEY: ts[::TS_INDEX_ROWS].astype("<i8").tobytes()})
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks(), max_chunksize=max(table.num_rows, 1))
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.rename(path)
@@ -220,12 +232,17 @@ EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 PREFETCH_GAP_BYTES = 64 * 1024
+"""Row ranges closer than this are asked of the kernel as one range."""
 WARM_SECONDS = 10.0
 """How long a file's verdict (wholly in memory or not) is believed (the kernel reclaims over minutes)."""
 SCAN_SERIES = 256
 """A read of more series than this from one file lets the kernel read ahead around each fault
 (MADV_NORMAL for its duration) instead of asking for each series' rows: it touches much of the file."""
-"""Row ranges closer than this are asked of the kernel as one range."""
+INDEX_MEMORY_BYTES = 64 << 20
+"""How much of the process's own memory a MappedReader gives to copies of its open files' series
+indexes (series ids and run ends), newest files first. A copied index is never reclaimed by the
+kernel, so finding a series in a file touches no page of the file; an index past the budget stays a
+view of the map (files of millions of series)."""
 
 
 @dataclass(frozen=True)
@@ -233,12 +250,14 @@ class MappedFile:
     """An opened rollup or points map: its series (sorted, distinct), the end of each one's row run
     (a series' rows are [end of the one before, its end)), and its columns after series_id. All are
     numpy views of the memory map, so a file kept open costs no memory of the process's own
-    whatever its number of series.
+    whatever its number of series; a MappedReader copies the index of files within its budget
+    (`with_index_copied`), so that finding a series waits on no page the kernel reclaimed.
 
     The map is advised MADV_RANDOM: a page fault reads that page, not the device's whole read-ahead
     window around it (8 MiB here, which made a one-hour query over pages the kernel had reclaimed
-    read tens of MiB). A reader calls `prefetch` with the rows it is about to touch, so the kernel
-    reads them all at once instead of one fault after another."""
+    read tens of MiB). A reader calls `prefetch` with the rows it is about to touch (`window` tells
+    which, from the time index), so the kernel reads them all at once instead of one fault after
+    another."""
 
     series: np.ndarray
     ends: np.ndarray
@@ -248,6 +267,11 @@ class MappedFile:
     warmth: list[float] = field(default_factory=lambda: [0.0, 0.0])
     """[until when (time.monotonic) the verdict below holds, 1.0 when the whole file was then in
     memory (reads skip `prefetch`) else 0.0]."""
+    index_copied: bool = False
+    """True when `series` and `ends` are copies in the process's memory, not views of the map."""
+    ts_index: np.ndarray | None = None
+    """The ts of every TS_INDEX_ROWS-th row, from the footer (in the process's memory; None for a
+    file written before it was kept)."""
 
     @classmethod
     def open(cls, path: Path) -> MappedFile:
@@ -263,12 +287,42 @@ class MappedFile:
             return cls(np.empty(0, np.uint64), np.empty(0, np.int32), empty, mm, base)
         ids = table.column(0).chunk(0)
         columns = tuple(table.column(i).chunk(0).to_numpy() for i in range(1, table.num_columns))
+        raw = (table.schema.metadata or {}).get(TS_INDEX_KEY)
+        ts_index = None if raw is None else np.frombuffer(raw, dtype="<i8")
         if pa.types.is_run_end_encoded(ids.type):
             # The series column is its own index: one value and one run end per series.
-            return cls(ids.values.to_numpy(), ids.run_ends.to_numpy(), columns, mm, base)
+            return cls(ids.values.to_numpy(), ids.run_ends.to_numpy(), columns, mm, base, ts_index=ts_index)
         sid = ids.to_numpy()  # a file of an earlier release: the index is built (copied) once
         starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
-        return cls(sid[starts], np.append(starts[1:], len(sid)), columns, mm, base)
+        ends = np.append(starts[1:], len(sid))
+        return cls(sid[starts], ends, columns, mm, base, index_copied=True, ts_index=ts_index)
+
+    @property
+    def index_nbytes(self) -> int:
+        """The size of the series index (series ids and run ends)."""
+        return int(self.series.nbytes + self.ends.nbytes)
+
+    def with_index_copied(self) -> MappedFile:
+        """The same file with its series index copied into the process's memory."""
+        return replace(self, series=self.series.copy(), ends=self.ends.copy(), index_copied=True)
+
+    def find(self, series_ids: np.ndarray) -> np.ndarray:
+        """Positions in `series` of those of the sorted `series_ids` that the file holds."""
+        at = np.searchsorted(self.series, series_ids)
+        found = at < len(self.series)
+        found[found] = self.series[at[found]] == series_ids[found]
+        return at[found]
+
+    def window(self, lo: np.ndarray, hi: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each run [lo, hi), the rows [left, right) among which the first row with ts >= value
+        lies (`right` when none of them is): at most TS_INDEX_ROWS rows, found in the time index
+        without touching the file. The whole run for a file without one."""
+        if self.ts_index is None:
+            return lo, hi
+        k = TS_INDEX_ROWS
+        first, end = -(-lo // k), -(-hi // k)  # the indexed rows inside each run: first*k .. end*k
+        q = _searchsorted_runs(self.ts_index, first, end, value)  # the first indexed row >= value
+        return np.where(q > first, (q - 1) * k, lo), np.where(q < end, q * k, hi)
 
     def runs(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[start, end) row ranges of the series at positions `at` of `series`."""
@@ -352,20 +406,76 @@ class MappedFile:
         return not (absent[(last - 1) // page - lo + 1] - absent[first // page - lo]).any()
 
 
+@dataclass(frozen=True)
+class MapRead:
+    """One read for `MappedReader.read`: the rows with ts in any of `spans` from `paths`, of the
+    columns `wanted` (indexes into a file's columns after series_id; 0 is ts), given to the
+    Partials fields `names` (raw points when `names` is None)."""
+
+    paths: list[Path]
+    spans: list[tuple[int, int]]
+    wanted: list[int]
+    names: tuple[str, ...] | None
+
+    @classmethod
+    def rollups(
+        cls, paths: list[Path], start: int, end: int, fields: tuple[str, ...] = PARTIAL_FIELDS
+    ) -> MapRead:
+        """Rollup rows with bucket start in [start, end); of the partial columns, only `fields`."""
+        wanted = [0, *(ROLLUP_SCHEMA.get_field_index(f) - 1 for f in fields)]
+        return cls(paths, [(start, end)], wanted, ("series_ids", "ts", *fields))
+
+    @classmethod
+    def points(cls, paths: list[Path], spans: list[tuple[int, int]]) -> MapRead:
+        """Raw points of the points maps `paths` in any of the [start, end) `spans`."""
+        return cls(paths, spans, [0, 1], None)
+
+    def partials(self, parts: list[tuple[np.ndarray, ...]]) -> Partials:
+        """The rows read, per file (series ids, then the wanted columns), as Partials."""
+        if self.names is not None:
+            return Partials.concat([Partials(**dict(zip(self.names, p, strict=True))) for p in parts])
+        if not parts:
+            return EMPTY_PARTIALS
+        ids, ts, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return Partials.of_points(ids, ts, values)
+
+
+@dataclass(frozen=True)
+class _Located:
+    """A file of a read, its series found: per span, the row windows the binary searches for its
+    start and its end probe (the series' whole runs without a time index)."""
+
+    read: int
+    mapped: MappedFile
+    at: np.ndarray
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    scan: bool
+    asked: bool  # every row the read can touch was asked of the kernel in the first pass
+
+
 class MappedReader:
     """Reads the rows of chosen series and time from memory-mapped files sorted by (series, ts):
     rollups and points maps.
 
-    Opened files are kept (memory maps, not copies, and each file's series index; each holds a
-    file descriptor) for the next query, up to `max_open`, least recently used first out.
-    `keep_open` opens the live files ahead of queries (opening costs about 0.3 ms a file, which a
-    query over a file nobody read since the start would otherwise pay) and lets go of files that
-    are no longer live, so a deleted file's disk space is not held by its map."""
+    Opened files are kept (memory maps, not copies; each holds a file descriptor) for the next
+    query, up to `max_open`, least recently used first out; their series indexes are copied into
+    the process's memory while they fit in `index_budget` bytes. `keep_open` opens the live files
+    ahead of queries, newest first (opening costs about 0.3 ms a file, which a query over a file
+    nobody read since the start would otherwise pay) and lets go of files that are no longer live,
+    so a deleted file's disk space is not held by its map."""
 
-    def __init__(self, max_open: int = 512) -> None:
+    def __init__(self, max_open: int = 512, index_budget: int = INDEX_MEMORY_BYTES) -> None:
         self.max_open = max_open
+        self.index_budget = index_budget
         self._open: OrderedDict[Path, MappedFile] = OrderedDict()
+        self._copied: dict[Path, int] = {}  # open files whose index this reader copied: its bytes
         self._lock = threading.Lock()
+
+    @property
+    def index_bytes(self) -> int:
+        """The process memory the open files' copied series indexes take."""
+        with self._lock:
+            return sum(self._copied.values())
 
     def _file(self, path: Path) -> MappedFile:
         with self._lock:
@@ -375,10 +485,27 @@ class MappedReader:
                 return mapped
         mapped = MappedFile.open(path)
         with self._lock:
-            self._open[path] = mapped
+            mapped = self._keep(path, mapped)
             while len(self._open) > self.max_open:
-                self._open.popitem(last=False)
+                self._forget(next(iter(self._open)))
         return mapped
+
+    def _keep(self, path: Path, mapped: MappedFile) -> MappedFile:
+        """Keep `mapped` as the open `path` (the one already kept if another thread was first), its
+        index copied when the budget allows. Called with the lock held."""
+        kept = self._open.get(path)
+        if kept is not None:
+            return kept
+        if not mapped.index_copied and sum(self._copied.values()) + mapped.index_nbytes <= self.index_budget:
+            mapped = mapped.with_index_copied()
+            self._copied[path] = mapped.index_nbytes
+        self._open[path] = mapped
+        return mapped
+
+    def _forget(self, path: Path) -> None:
+        """Close `path` (its map goes when no read holds it). Called with the lock held."""
+        del self._open[path]
+        self._copied.pop(path, None)
 
     def keep_open(self, live: list[Path], stop: Callable[[], bool] | None = None) -> int:
         """Forget opened files not in `live`, then open `live` files in order (most wanted first)
@@ -387,7 +514,7 @@ class MappedReader:
         keep = set(live)
         with self._lock:
             for path in [p for p in self._open if p not in keep]:
-                del self._open[path]
+                self._forget(path)
         opened = 0
         for path in live:
             if stop is not None and stop():
@@ -403,52 +530,76 @@ class MappedReader:
                 # Missing or unreadable: skipped here; a query that needs the file reports the error.
                 continue
             with self._lock:
-                self._open.setdefault(path, mapped)
+                self._keep(path, mapped)
                 # Opened ahead of queries: least recently used, so the first out when queries need room.
                 self._open.move_to_end(path, last=False)
             opened += 1
         return opened
 
-    def _read(
-        self,
-        paths: list[Path],
-        series_ids: np.ndarray,
-        spans: list[tuple[int, int]],
-        stop: Callable[[], bool] | None,
-        wanted: list[int],
-    ) -> list[tuple[np.ndarray, ...]]:
-        """The series ids and the `wanted` columns (indexes into the columns after series_id) of
-        the rows of `series_ids` with ts (the first of those columns) in any span, per file."""
-        parts = []
-        for path in paths:
-            if stop is not None and stop():
-                raise ReadStopped("the query was cancelled or passed its deadline")
-            mapped = self._file(path)
-            at = np.searchsorted(mapped.series, series_ids)
-            found = at < len(mapped.series)
-            found[found] = mapped.series[at[found]] == series_ids[found]
-            at = at[found]
-            if not len(at):
-                continue
-            with mapped.scanning(len(at) > SCAN_SERIES) as scan:
-                (lo, hi), ts = mapped.runs(at), mapped.columns[0]
-                if not scan:
+    def read(
+        self, reads: list[MapRead], series_ids: np.ndarray, stop: Callable[[], bool] | None = None
+    ) -> list[Partials]:
+        """The rows of the sorted `series_ids` each read asks for, as Partials, one per read.
+
+        Two passes, so that a query over pages the kernel reclaimed waits on the device about once,
+        not once per file and column: the first finds the series in every file and, from the time
+        index, the rows each span can touch, and asks the kernel for all of them, every file at
+        once; the second binary-searches the spans' ends within those rows and gathers. `stop` is
+        asked before each file; when it answers True the read ends with ReadStopped."""
+        located: list[_Located] = []
+        for k, r in enumerate(reads):
+            for path in r.paths:
+                _check(stop)
+                mapped = self._file(path)
+                at = mapped.find(series_ids)
+                if not len(at):
+                    continue
+                lo, hi = mapped.runs(at)
+                windows = [
+                    (*mapped.window(lo, hi, start), *mapped.window(lo, hi, end)) for start, end in r.spans
+                ]
+                scan = len(at) > SCAN_SERIES
+                asked = not scan and mapped.ts_index is not None
+                if asked:
+                    # A span's rows lie between its start's window and its end's.
+                    first = np.concatenate([w[0] for w in windows])
+                    last = np.concatenate([w[3] for w in windows])
+                    for i in r.wanted:
+                        mapped.prefetch(i, first, last)
+                elif not scan:
                     mapped.prefetch(0, lo, hi)  # the binary searches below probe these runs
+                located.append(_Located(k, mapped, at, windows, scan, asked))
+        parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in reads]
+        for f in located:
+            _check(stop)
+            r, mapped = reads[f.read], f.mapped
+            with mapped.scanning(f.scan):
                 # Within each series' run rows are sorted by time: narrow every run to each span.
-                a = np.concatenate([_searchsorted_runs(ts, lo, hi, start) for start, _ in spans])
-                b = np.concatenate([_searchsorted_runs(ts, lo, hi, end) for _, end in spans])
+                ts = mapped.columns[0]
+                a = np.concatenate(
+                    [
+                        _searchsorted_runs(ts, w[0], w[1], s)
+                        for w, (s, _) in zip(f.windows, r.spans, strict=True)
+                    ]
+                )
+                b = np.concatenate(
+                    [
+                        _searchsorted_runs(ts, w[2], w[3], e)
+                        for w, (_, e) in zip(f.windows, r.spans, strict=True)
+                    ]
+                )
                 lengths = b - a
                 total = int(lengths.sum())
                 if not total:
                     continue
-                for i in wanted:
-                    if i and not scan:  # ts (column 0) was asked for with the runs
+                if not f.scan and not f.asked:
+                    for i in r.wanted[1:]:
                         mapped.prefetch(i, a, b)
                 # Row numbers of every range, without a Python loop over series.
                 rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-                ids = np.repeat(np.tile(mapped.series[at], len(spans)), lengths)
-                parts.append((ids, *(mapped.columns[i][rows] for i in wanted)))
-        return parts
+                ids = np.repeat(np.tile(mapped.series[f.at], len(r.spans)), lengths)
+                parts[f.read].append((ids, *(mapped.columns[i][rows] for i in r.wanted)))
+        return [r.partials(p) for r, p in zip(reads, parts, strict=True)]
 
     def series_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(series ids, points of each) of a points map: its series index, nothing read beyond it."""
@@ -465,13 +616,8 @@ class MappedReader:
         stop: Callable[[], bool] | None = None,
     ) -> Partials:
         """Rollup rows of the sorted `series_ids` with bucket start in [start, end), from every
-        file; of the partial columns, only `fields`.
-
-        `stop` is asked before each file; when it answers True the read ends with ReadStopped."""
-        names = ("series_ids", "ts", *fields)
-        wanted = [0, *(ROLLUP_SCHEMA.get_field_index(f) - 1 for f in fields)]
-        parts = self._read(paths, series_ids, [(start, end)], stop, wanted)
-        return Partials.concat([Partials(**dict(zip(names, p, strict=True))) for p in parts])
+        file; of the partial columns, only `fields` (one `read`)."""
+        return self.read([MapRead.rollups(paths, start, end, fields)], series_ids, stop)[0]
 
     def points(
         self,
@@ -481,12 +627,13 @@ class MappedReader:
         stop: Callable[[], bool] | None = None,
     ) -> Partials:
         """Raw points of the sorted `series_ids` in any of the [start, end) `spans`, from every
-        points map, as one-point partials."""
-        parts = self._read(paths, series_ids, spans, stop, [0, 1])
-        if not parts:
-            return EMPTY_PARTIALS
-        ids, ts, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        return Partials.of_points(ids, ts, values)
+        points map, as one-point partials (one `read`)."""
+        return self.read([MapRead.points(paths, spans)], series_ids, stop)[0]
+
+
+def _check(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise ReadStopped("the query was cancelled or passed its deadline")
 
 
 def _searchsorted_runs(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int) -> np.ndarray:

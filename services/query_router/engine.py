@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.storage import NEEDS, RESOLUTIONS, MappedReader, Partials, Segment, cover
+from libs.storage import NEEDS, RESOLUTIONS, MappedReader, MapRead, Partials, Segment, cover
 from services.query_router.cancel import CancelToken
 
 AGGREGATE_SQL = {
@@ -296,13 +296,13 @@ class QueryEngine:
         order = np.argsort(sids)
         sids, gid_of = sids[order], selection["gid"].to_numpy()[order]
         stop = None if token is None else lambda: token.cancelled
-        parts, edges = [], []
+        reads, edges = [], []
         for resolution, a, b in cover(fragment.start, fragment.end, fragment.rollup):
             if resolution is None:
                 edges.append((a, b))
                 continue
             paths = [s.rollup_path(resolution) for s in fragment.segments if s.max_ts >= a and s.min_ts < b]
-            parts.append(self.maps.rollups(paths, sids, a, b, NEEDS[aggregation], stop))
+            reads.append(MapRead.rollups(paths, a, b, NEEDS[aggregation]))
         if edges:
             # The cut ends' raw points, from the segments' points maps.
             paths = [
@@ -310,7 +310,9 @@ class QueryEngine:
                 for s in fragment.segments
                 if s.raw and any(s.max_ts >= a and s.min_ts < b for a, b in edges)
             ]
-            parts.append(self.maps.points(paths, sids, edges, stop))
+            reads.append(MapRead.points(paths, edges))
+        # One read for all: the pages of every file are asked of the kernel before any is touched.
+        parts = self.maps.read(reads, sids, stop)
         if fragment.hot is not None:
             hot = fragment.hot
             ts = hot["ts"]

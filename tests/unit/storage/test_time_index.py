@@ -1,0 +1,178 @@
+"""A read of a few series waits on the device about once (issue 11, item 3: a one-hour query must
+not get slower as the stored data grows, and pages the kernel reclaimed are what grows with it).
+
+Each rollup and points map carries a time index in its footer (the ts of every TS_INDEX_ROWS-th
+row), and the MappedReader copies small series indexes into the process's memory: a reader knows
+from memory alone which rows a span can touch, asks the kernel for all of them, every file at once,
+and only then reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import mmap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from libs.storage import rollups as rollups_module
+from libs.storage.rollups import TS_INDEX_ROWS, MappedFile, MappedReader, MapRead
+from libs.storage.wal import WalError
+from tests.helpers import opened_store
+from tests.unit.storage.test_rollups import _loaded, _map_files
+
+
+def _points(rng: np.random.Generator, lengths: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Series 10, 20, ... with `lengths` points each at irregular, increasing times."""
+    ids = np.repeat(np.arange(1, len(lengths) + 1, dtype=np.uint64) * 10, lengths)
+    ts = np.concatenate([1_000_000 + np.cumsum(rng.integers(1, 20_000, n)) for n in lengths]).astype(np.int64)
+    return ids, ts, rng.normal(size=len(ts))
+
+
+def _written(tmp_path: Path, name: str, table: pa.Table, with_index: bool = True) -> Path:
+    path = tmp_path / name
+    if with_index:
+        rollups_module.write_mapped(table, path)
+    else:  # as a release before the time index wrote it
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table.combine_chunks())
+    return path
+
+
+LENGTHS = [3, 511, 512, 513, 5_000, 12_345, 1, 2_048]
+
+
+def test_the_window_holds_the_first_row_at_or_after_the_time_within_one_page_of_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    ids, ts, values = _points(rng, LENGTHS)
+    mapped = MappedFile.open(_written(tmp_path, "m.arrow", rollups_module.points_map(ids, ts, values)))
+    assert mapped.ts_index is not None and len(mapped.ts_index) == math.ceil(len(ts) / TS_INDEX_ROWS)
+    lo, hi = mapped.runs(np.arange(len(LENGTHS)))
+    for value in [0, *rng.integers(ts.min() - 10, ts.max() + 10, 300).tolist(), 2**62]:
+        left, right = mapped.window(lo, hi, value)
+        want = np.array([a + np.searchsorted(ts[a:b], value) for a, b in zip(lo, hi, strict=True)])
+        assert (lo <= left).all() and (left <= want).all() and (want <= right).all() and (right <= hi).all()
+        assert (right - left <= TS_INDEX_ROWS).all()
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+def test_one_read_of_rollups_and_points_answers_as_the_points_say(tmp_path, with_index):
+    # With the time index and without (a file of an earlier release), one read of several files and
+    # kinds gives exactly the rows a plain filter of the points gives.
+    rng = np.random.default_rng(2)
+    ids, ts, values = _points(rng, LENGTHS)
+    half = len(ts) // 2
+    maps = [
+        _written(tmp_path, f"m{i}.arrow", rollups_module.points_map(ids[s], ts[s], values[s]), with_index)
+        for i, s in enumerate([slice(0, half), slice(half, None)])
+    ]
+    order = np.lexsort((ts, ids))
+    ids_sorted, ts_sorted = ids[order], ts[order]
+    rolled = _written(
+        tmp_path, "r.arrow", rollups_module.rollup(ids_sorted, ts_sorted, values[order], 60_000), with_index
+    )
+    reader = MappedReader()
+    wanted = np.array([10, 50, 60, 70, 999], dtype=np.uint64)
+    for _ in range(20):
+        # Two spans apart (as a window's two cut ends are), the first may start before the data.
+        a, b, c, d = np.sort(rng.integers(ts.min() - 1000, ts.max() + 1000, 4))
+        points_read, rollup_read = reader.read(
+            [
+                MapRead.points(maps, [(int(a), int(b)), (int(c), int(d))]),
+                MapRead.rollups([rolled], int(a), int(b)),
+            ],
+            wanted,
+        )
+        keep = np.isin(ids, wanted) & (((ts >= a) & (ts < b)) | ((ts >= c) & (ts < d)))
+        got = sorted(
+            zip(
+                points_read.series_ids.tolist(),
+                points_read.ts.tolist(),
+                points_read.sum.tolist(),
+                strict=True,
+            )
+        )
+        assert got == sorted(zip(ids[keep].tolist(), ts[keep].tolist(), values[keep].tolist(), strict=True))
+        buckets = ts_sorted // 60_000 * 60_000
+        keep = np.isin(ids_sorted, wanted) & (buckets >= a) & (buckets < b)
+        assert sorted(zip(rollup_read.series_ids.tolist(), rollup_read.ts.tolist(), strict=True)) == sorted(
+            set(zip(ids_sorted[keep].tolist(), buckets[keep].tolist(), strict=True))
+        )
+        assert int(rollup_read.count.sum()) == int(keep.sum())
+
+
+class _Advice:
+    """Stands in for a map's mmap: records the byte ranges asked for."""
+
+    def __init__(self, size: int) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def madvise(self, option: int, start: int = 0, length: int = 0) -> None:
+        if option == mmap.MADV_WILLNEED:
+            self.ranges.append((start, start + length))
+
+
+def test_a_read_of_a_few_series_asks_the_kernel_for_little_more_than_the_rows_it_reads(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    lengths = [50_000] * 4
+    ids, ts, values = _points(rng, lengths)
+    path = _written(tmp_path, "m.arrow", rollups_module.points_map(ids, ts, values))
+    advice: list[_Advice] = []
+    real = MappedFile.open
+
+    def cold(p: Path) -> MappedFile:
+        mapped = real(p)
+        assert mapped.mm is not None
+        advice.append(_Advice(len(mapped.mm)))
+        # As after the kernel reclaimed its pages: not wholly in memory for the next 10 minutes.
+        return dataclasses.replace(mapped, mm=advice[-1], warmth=[math.inf, 0.0])
+
+    monkeypatch.setattr(MappedFile, "open", staticmethod(cold))
+    run = ts[50_000:100_000]  # series 20's times
+    start, end = int(run[20_000]), int(run[20_360])  # 360 of its points
+    (got,) = MappedReader().read([MapRead.points([path], [(start, end)])], np.array([20], np.uint64))
+    assert len(got.ts) == 360
+    asked = sum(b - a for a, b in advice[0].ranges)
+    # ts and value of 360 rows, plus at most a page of rows each side, in whole pages.
+    assert asked <= 2 * (360 + 2 * TS_INDEX_ROWS) * 8 + 4 * mmap.PAGESIZE
+    assert len(advice[0].ranges) <= 2  # one range a column: a single wait on the device
+
+
+def test_series_indexes_are_copied_into_memory_within_the_budget(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(3):
+        ids, ts, values = _points(rng, [10] * (100 * (i + 1)))
+        paths.append(_written(tmp_path, f"{i}.arrow", rollups_module.points_map(ids, ts, values)))
+    sizes = [MappedFile.open(p).index_nbytes for p in paths]
+    assert sizes == [100 * 12, 200 * 12, 300 * 12]  # uint64 id and int32 end per series
+    assert MappedReader(index_budget=0).keep_open(paths) == 3
+    reader = MappedReader(index_budget=sizes[2] + sizes[0])
+    reader.keep_open(list(reversed(paths)))  # newest first: 2 fits, then 1 does not, then 0 does
+    assert reader.index_bytes == sizes[2] + sizes[0]
+    ids, counts = reader.series_points(paths[1])  # past the budget: read from the map, same answer
+    assert len(ids) == 200 and counts.tolist() == [10] * 200
+    reader.keep_open([])
+    assert reader.index_bytes == 0
+
+
+async def test_a_second_store_on_a_directory_in_use_fails_before_touching_a_file(tmp_path):
+    # Found while measuring this: a second process opening a live DATA_DIR used to upgrade its
+    # segments (rewrite "missing" maps, commit a manifest) before finding the WAL's lock taken.
+    store = await _loaded(tmp_path)
+    await store.flush()
+    gone = _map_files(tmp_path)[0]
+    gone.unlink()  # what the second store's open would have written back
+    manifest = {p: p.read_bytes() for p in tmp_path.rglob("*manifest*")}
+    assert manifest
+    with pytest.raises(WalError, match="another writer"):
+        opened_store(tmp_path)
+    assert not gone.exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*manifest*")} == manifest
+    await store.close()
