@@ -137,7 +137,8 @@ format: gen
 # anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone), and
 # the live streams at scale (1,000 WebSocket clients through Envoy, beside the bridge alone);
 # high cardinality with churn (20k to 1M series through REST) and growth over 1, 7 and 30 days of
-# TSBS data, both beside VictoriaMetrics; the cost of going through Trino, Druid and Ignite beside
+# TSBS data, both beside VictoriaMetrics, and one-hour queries over pages the kernel reclaimed
+# beside the same queries warm; the cost of going through Trino, Druid and Ignite beside
 # the embedded engines; the web console's load, drawing and live redraw in
 # chromium beside uPlot alone; writes docs/benchmarks.md. Not part of `make test`.
 bench: gen
@@ -147,6 +148,7 @@ bench: gen
 	$(BIN)/python -m benchmarks.ingest_rest --docs
 	$(BIN)/python -m benchmarks.churn --docs
 	$(BIN)/python -m benchmarks.growth --docs
+	$(BIN)/python -m benchmarks.cold_reads --docs
 	$(BIN)/python -m benchmarks.distributed --docs
 	$(BIN)/python -m benchmarks.engines --docs
 	$(BIN)/python -m benchmarks.anomaly --docs

@@ -88,6 +88,27 @@ def _mib(kib: int | None) -> float | None:
     return None if kib is None else kib / 1024
 
 
+async def ingest_days(target: str, ds: tsbs_data.Dataset, concurrency: int) -> tuple[int, int, float]:
+    """Ingest the data set into the service at `target` (columnar IngestMetrics, `concurrency` calls
+    in flight): (points, accepted, seconds of ingest)."""
+    say(f"ours: ingesting {ds.n_points:,} points, a day's requests at a time")
+    points = accepted = 0
+    seconds = 0.0
+    for day in range(int(-(-ds.params.hours // 24))):
+        # Requests are built a day at a time (not timed), so 30 days never sit in memory at once.
+        hours = min(24.0, ds.params.hours - 24 * day)
+        window = replace(ds.params, start=_iso(ds.params.start_ms + day * 86_400_000), hours=hours)
+        plan = build_ingest_plan(replace(ds, params=window), DATASOURCE, 10, 3_600_000)
+        result = await ingest(target, plan, concurrency)
+        points, accepted, seconds = (
+            points + result.points,
+            accepted + result.accepted,
+            seconds + result.seconds,
+        )
+        del plan
+    return points, accepted, seconds
+
+
 async def run_ours(ds: tsbs_data.Dataset, work: Path, instances: dict[str, list], concurrency: int) -> dict:
     """Ingest, stop (flush), measure the disk, restart, run every query type."""
     data_dir = work / "ours-data"
@@ -97,21 +118,7 @@ async def run_ours(ds: tsbs_data.Dataset, work: Path, instances: dict[str, list]
     out: dict[str, Any] = {}
     try:
         await service.wait_healthy()
-        say(f"ours: ingesting {ds.n_points:,} points, a day's requests at a time")
-        points = accepted = 0
-        seconds = 0.0
-        for day in range(int(-(-ds.params.hours // 24))):
-            # Requests are built a day at a time (not timed), so 30 days never sit in memory at once.
-            hours = min(24.0, ds.params.hours - 24 * day)
-            window = replace(ds.params, start=_iso(ds.params.start_ms + day * 86_400_000), hours=hours)
-            plan = build_ingest_plan(replace(ds, params=window), DATASOURCE, 10, 3_600_000)
-            result = await ingest(service.target, plan, concurrency)
-            points, accepted, seconds = (
-                points + result.points,
-                accepted + result.accepted,
-                seconds + result.seconds,
-            )
-            del plan
+        points, accepted, seconds = await ingest_days(service.target, ds, concurrency)
         out.update(
             points=points,
             accepted=accepted,

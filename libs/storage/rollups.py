@@ -255,7 +255,7 @@ class MappedFile:
 
     The map is advised MADV_RANDOM: a page fault reads that page, not the device's whole read-ahead
     window around it (8 MiB here, which made a one-hour query over pages the kernel had reclaimed
-    read tens of MiB). A reader calls `prefetch` with the rows it is about to touch (`window` tells
+    read tens of MiB). A reader calls `prefetch` with the rows it is about to touch (`windows` tells
     which, from the time index), so the kernel reads them all at once instead of one fault after
     another."""
 
@@ -313,15 +313,35 @@ class MappedFile:
         found[found] = self.series[at[found]] == series_ids[found]
         return at[found]
 
-    def window(self, lo: np.ndarray, hi: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray]:
-        """For each run [lo, hi), the rows [left, right) among which the first row with ts >= value
-        lies (`right` when none of them is): at most TS_INDEX_ROWS rows, found in the time index
-        without touching the file. The whole run for a file without one."""
+    @staticmethod
+    def runs_for(lo: np.ndarray, hi: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The whole runs [lo, hi) as the windows of every value (`windows`' shape)."""
+        shape = (len(values), len(lo))
+        return np.broadcast_to(lo, shape), np.broadcast_to(hi, shape)
+
+    def windows(self, lo: np.ndarray, hi: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """For each of `values` (rows of the result) and each run [lo, hi) (columns), the rows
+        [left, right) among which the run's first row with ts >= the value lies (`right` when none
+        of them is): at most TS_INDEX_ROWS rows, found in the time index without touching the file.
+        The whole runs for a file without one."""
         if self.ts_index is None:
-            return lo, hi
+            return self.runs_for(lo, hi, values)
+        shape = (len(values), len(lo))
         k = TS_INDEX_ROWS
         first, end = -(-lo // k), -(-hi // k)  # the indexed rows inside each run: first*k .. end*k
-        q = _searchsorted_runs(self.ts_index, first, end, value)  # the first indexed row >= value
+        at = np.asarray(values, dtype=np.int64)
+        if len(lo) <= 8:  # a few runs: numpy's own search a run, every value at once
+            q = np.empty(shape, dtype=np.int64)
+            for i, (f, e) in enumerate(zip(first.tolist(), end.tolist(), strict=True)):
+                q[:, i] = f + self.ts_index[f:e].searchsorted(at)
+        else:
+            # Every run's indexed rows side by side; per value and run, how many are below it.
+            n = end - first
+            offsets = np.cumsum(n) - n
+            below = self.ts_index[np.repeat(first - offsets, n) + np.arange(int(n.sum()))] < at[:, None]
+            counts = np.zeros((len(values), below.shape[1] + 1), dtype=np.int64)
+            np.cumsum(below, axis=1, out=counts[:, 1:])
+            q = first + counts[:, offsets + n] - counts[:, offsets]
         return np.where(q > first, (q - 1) * k, lo), np.where(q < end, q * k, hi)
 
     def runs(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +355,7 @@ class MappedFile:
         """Ask the kernel to read rows [lo, hi) of `column` ahead (MADV_WILLNEED): one call per group
         of ranges less than PREFETCH_GAP_BYTES apart. Costs microseconds when the pages are already
         in memory."""
-        if self.mm is None or not len(lo) or self._warm():
+        if self.mm is None or not len(lo) or self.in_memory():
             return
         array = self.columns[column]
         offset, size = array.ctypes.data - self.base, array.itemsize
@@ -382,7 +402,7 @@ class MappedFile:
         finally:
             self.mm.madvise(mmap.MADV_RANDOM)
 
-    def _warm(self) -> bool:
+    def in_memory(self) -> bool:
         """True when the whole file is in memory: then nothing is worth asking the kernel for, and
         a read pays nothing for the advice. One mincore over the file at most every WARM_SECONDS
         (its verdict, either way, holds meanwhile)."""
@@ -442,13 +462,14 @@ class MapRead:
 
 @dataclass(frozen=True)
 class _Located:
-    """A file of a read, its series found: per span, the row windows the binary searches for its
-    start and its end probe (the series' whole runs without a time index)."""
+    """A file of a read, its series found, and the row windows the binary searches for each span's
+    start and end probe (the series' whole runs without a time index)."""
 
     read: int
     mapped: MappedFile
     at: np.ndarray
-    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    left: np.ndarray  # MappedFile.windows of the spans' starts and ends, in turn
+    right: np.ndarray
     scan: bool
     asked: bool  # every row the read can touch was asked of the kernel in the first pass
 
@@ -555,39 +576,31 @@ class MappedReader:
                 if not len(at):
                     continue
                 lo, hi = mapped.runs(at)
-                windows = [
-                    (*mapped.window(lo, hi, start), *mapped.window(lo, hi, end)) for start, end in r.spans
-                ]
                 scan = len(at) > SCAN_SERIES
-                asked = not scan and mapped.ts_index is not None
+                # A file wholly in memory has nothing to ask the kernel for: its runs are searched whole.
+                asked = not scan and mapped.ts_index is not None and not mapped.in_memory()
+                times = [t for span in r.spans for t in span]
+                # Row 2j: the windows of span j's start; row 2j + 1: of its end.
+                left, right = mapped.windows(lo, hi, times) if asked else mapped.runs_for(lo, hi, times)
                 if asked:
                     # A span's rows lie between its start's window and its end's.
-                    first = np.concatenate([w[0] for w in windows])
-                    last = np.concatenate([w[3] for w in windows])
                     for i in r.wanted:
-                        mapped.prefetch(i, first, last)
+                        mapped.prefetch(i, left[0::2].ravel(), right[1::2].ravel())
                 elif not scan:
                     mapped.prefetch(0, lo, hi)  # the binary searches below probe these runs
-                located.append(_Located(k, mapped, at, windows, scan, asked))
+                located.append(_Located(k, mapped, at, left, right, scan, asked))
         parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in reads]
         for f in located:
             _check(stop)
             r, mapped = reads[f.read], f.mapped
             with mapped.scanning(f.scan):
                 # Within each series' run rows are sorted by time: narrow every run to each span.
-                ts = mapped.columns[0]
-                a = np.concatenate(
-                    [
-                        _searchsorted_runs(ts, w[0], w[1], s)
-                        for w, (s, _) in zip(f.windows, r.spans, strict=True)
-                    ]
-                )
-                b = np.concatenate(
-                    [
-                        _searchsorted_runs(ts, w[2], w[3], e)
-                        for w, (_, e) in zip(f.windows, r.spans, strict=True)
-                    ]
-                )
+                ts, spans = mapped.columns[0], list(enumerate(r.spans))
+                starts = [_searchsorted_runs(ts, f.left[2 * j], f.right[2 * j], t) for j, (t, _) in spans]
+                ends = [
+                    _searchsorted_runs(ts, f.left[2 * j + 1], f.right[2 * j + 1], t) for j, (_, t) in spans
+                ]
+                a, b = np.concatenate(starts), np.concatenate(ends)
                 lengths = b - a
                 total = int(lengths.sum())
                 if not total:

@@ -44,17 +44,21 @@ def _written(tmp_path: Path, name: str, table: pa.Table, with_index: bool = True
 LENGTHS = [3, 511, 512, 513, 5_000, 12_345, 1, 2_048]
 
 
-def test_the_window_holds_the_first_row_at_or_after_the_time_within_one_page_of_rows(tmp_path):
-    rng = np.random.default_rng(1)
-    ids, ts, values = _points(rng, LENGTHS)
+@pytest.mark.parametrize("runs", [8, 100])  # a search a run (up to 8 runs), vectorised above
+def test_the_windows_hold_the_first_row_at_or_after_each_time_within_one_page_of_rows(tmp_path, runs):
+    rng = np.random.default_rng(runs)
+    lengths = (LENGTHS * 13)[:runs]
+    ids, ts, values = _points(rng, lengths)
     mapped = MappedFile.open(_written(tmp_path, "m.arrow", rollups_module.points_map(ids, ts, values)))
     assert mapped.ts_index is not None and len(mapped.ts_index) == math.ceil(len(ts) / TS_INDEX_ROWS)
-    lo, hi = mapped.runs(np.arange(len(LENGTHS)))
-    for value in [0, *rng.integers(ts.min() - 10, ts.max() + 10, 300).tolist(), 2**62]:
-        left, right = mapped.window(lo, hi, value)
+    lo, hi = mapped.runs(np.arange(runs))
+    times = [0, *rng.integers(ts.min() - 10, ts.max() + 10, 200).tolist(), 2**62]
+    left, right = mapped.windows(lo, hi, times)
+    assert left.shape == right.shape == (len(times), runs)
+    for value, lft, rgt in zip(times, left, right, strict=True):
         want = np.array([a + np.searchsorted(ts[a:b], value) for a, b in zip(lo, hi, strict=True)])
-        assert (lo <= left).all() and (left <= want).all() and (want <= right).all() and (right <= hi).all()
-        assert (right - left <= TS_INDEX_ROWS).all()
+        assert (lo <= lft).all() and (lft <= want).all() and (want <= rgt).all() and (rgt <= hi).all()
+        assert (rgt - lft <= TS_INDEX_ROWS).all()
 
 
 @pytest.mark.parametrize("with_index", [True, False])
