@@ -42,6 +42,7 @@ from services.query_router.spec import query_from_proto
 
 SECTION = "## Cold reads (TSBS query types over pages the kernel reclaimed)"
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 
 
 def resident_bytes(paths: list[Path]) -> tuple[int, int]:
@@ -55,7 +56,8 @@ def resident_bytes(paths: list[Path]) -> tuple[int, int]:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = np.frombuffer(mm, dtype=np.uint8)
             state = np.empty(-(-size // mmap.PAGESIZE), dtype=np.uint8)
-            _LIBC.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), state.ctypes.data)
+            if _LIBC.mincore(view.ctypes.data, size, state.ctypes.data) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
             resident += int((state & 1).sum()) * mmap.PAGESIZE
             del view
     return resident, total
