@@ -173,10 +173,13 @@ def render(r: dict[str, Any]) -> str:
 
 
 BEFORE = (
-    "Before reads went in two passes with the time index and copied series indexes (issue 11, item 3), "
-    "the same measure by an earlier probe over the same 7 days (2026-11-30, every file's pages pushed out "
-    "with MADV_PAGEOUT, 40 instances) gave cold p50s of 1.71 ms (single-groupby-1-1-1), 9.08 "
-    "(single-groupby-5-8-1), 23.8 (cpu-max-all-8) and 48.1 (double-groupby-1)."
+    "The same command on the code before reads went in two passes with the time index and copied "
+    "series indexes (issue 11, item 3: commit f7a0b30, its files written without a time index), run "
+    "2026-11-30 15:25 UTC just before the run above, gave p50 warm / cold: single-groupby-1-1-1 0.82 / "
+    "2.65 ms, single-groupby-5-8-1 2.41 / 8.86, cpu-max-all-8 4.70 / 18.81, double-groupby-1 7.38 / "
+    "34.20, double-groupby-all 26.69 / 264.49. Cold reads of several series got faster (5-8-1 by 23 %, "
+    "cpu-max-all-8 by 28 %); one series' did not, and warm reads pay for computing the windows "
+    "(0.1 to 0.6 ms in these two runs; 0.02 to 0.2 ms over 7 runs per instance in a separate probe)."
 )
 
 
