@@ -32,7 +32,6 @@ import ctypes
 import mmap
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -233,8 +232,6 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 PREFETCH_GAP_BYTES = 64 * 1024
 """Row ranges closer than this are asked of the kernel as one range."""
-WARM_SECONDS = 10.0
-"""How long a file's verdict (wholly in memory or not) is believed (the kernel reclaims over minutes)."""
 SCAN_SERIES = 256
 """A read of more series than this from one file lets the kernel read ahead around each fault
 (MADV_NORMAL for its duration) instead of asking for each series' rows: it touches much of the file."""
@@ -264,9 +261,9 @@ class MappedFile:
     columns: tuple[np.ndarray, ...]
     mm: mmap.mmap | None = None
     base: int = 0  # the map's address
-    warmth: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    """[until when (time.monotonic) the verdict below holds, 1.0 when the whole file was then in
-    memory (reads skip `prefetch`) else 0.0]."""
+    memory: list[bool] = field(default_factory=lambda: [False])
+    """[whether the whole file was in memory when last looked at (`look_at_memory`)]: reads skip
+    `prefetch` then."""
     index_copied: bool = False
     """True when `series` and `ends` are copies in the process's memory, not views of the map."""
     ts_index: np.ndarray | None = None
@@ -403,16 +400,19 @@ class MappedFile:
             self.mm.madvise(mmap.MADV_RANDOM)
 
     def in_memory(self) -> bool:
-        """True when the whole file is in memory: then nothing is worth asking the kernel for, and
-        a read pays nothing for the advice. One mincore over the file at most every WARM_SECONDS
-        (its verdict, either way, holds meanwhile)."""
-        now = time.monotonic()
-        if now >= self.warmth[0]:
-            assert self.mm is not None
-            state = np.empty(-(-len(self.mm) // mmap.PAGESIZE), dtype=np.uint8)
-            whole = _LIBC.mincore(self.base, len(self.mm), state.ctypes.data) == 0 and bool((state & 1).all())
-            self.warmth[:] = [now + WARM_SECONDS, 1.0 if whole else 0.0]
-        return self.warmth[1] == 1.0
+        """Whether the whole file was in memory when last looked at: then nothing is worth asking
+        the kernel for, and a read pays nothing for the advice. Costs nothing: the looking is done
+        by `look_at_memory`, out of the queries' way."""
+        return self.memory[0]
+
+    def look_at_memory(self) -> bool:
+        """Look whether the whole file is in memory now (one mincore over it: about 0.3 ms for
+        100 MiB, which is why queries do not) and remember it for `in_memory`."""
+        assert self.mm is not None
+        state = np.empty(-(-len(self.mm) // mmap.PAGESIZE), dtype=np.uint8)
+        whole = _LIBC.mincore(self.base, len(self.mm), state.ctypes.data) == 0 and bool((state & 1).all())
+        self.memory[0] = whole
+        return whole
 
     def _resident(self, first: np.ndarray, last: np.ndarray) -> bool:
         """True when every page of the byte ranges [first, last) of the map is in memory (one
@@ -530,7 +530,8 @@ class MappedReader:
 
     def keep_open(self, live: list[Path], stop: Callable[[], bool] | None = None) -> int:
         """Forget opened files not in `live`, then open `live` files in order (most wanted first)
-        while fewer than `max_open` are open; returns how many were opened. A file missing on disk or
+        while fewer than `max_open` are open, then look whether each open file is wholly in memory
+        (`MappedFile.look_at_memory`); returns how many were opened. A file missing on disk or
         unreadable is skipped; `stop` is asked before each file."""
         keep = set(live)
         with self._lock:
@@ -555,6 +556,13 @@ class MappedReader:
                 # Opened ahead of queries: least recently used, so the first out when queries need room.
                 self._open.move_to_end(path, last=False)
             opened += 1
+        with self._lock:
+            files = list(self._open.values())
+        for mapped in files:
+            if stop is not None and stop():
+                break
+            if mapped.mm is not None:
+                mapped.look_at_memory()
         return opened
 
     def read(

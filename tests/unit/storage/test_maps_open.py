@@ -189,12 +189,17 @@ def test_prefetch_asks_for_every_row_wanted_in_few_ranges(series):
 
 
 def test_a_file_wholly_in_memory_is_asked_nothing(tmp_path):
-    # Just written, so in the page cache: reads pay no advice at all (one mincore per WARM_SECONDS).
+    # Just written, so in the page cache: once the reader's background round has looked (one mincore
+    # over the file, out of the queries' way), reads pay no advice at all.
     mapped = _map_of_1000_series(tmp_path, 50)
     assert mapped.mm is not None
     advice = _Advice(len(mapped.mm))
     quiet = dataclasses.replace(mapped, mm=advice)
     lo, hi = quiet.runs(np.arange(0, 1000, 3))
+    quiet.prefetch(1, lo[:4], hi[:4])
+    assert advice.ranges  # not looked at yet: asked
+    advice.ranges.clear()
+    assert quiet.look_at_memory() and quiet.in_memory()
     quiet.prefetch(0, lo, hi)
     quiet.prefetch(1, lo[:4], hi[:4])
     assert advice.ranges == []

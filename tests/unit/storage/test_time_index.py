@@ -122,30 +122,50 @@ class _Advice:
             self.ranges.append((start, start + length))
 
 
-def test_a_read_of_a_few_series_asks_the_kernel_for_little_more_than_the_rows_it_reads(tmp_path, monkeypatch):
-    rng = np.random.default_rng(3)
-    lengths = [50_000] * 4
-    ids, ts, values = _points(rng, lengths)
-    path = _written(tmp_path, "m.arrow", rollups_module.points_map(ids, ts, values))
+def _advised(monkeypatch: pytest.MonkeyPatch) -> list[_Advice]:
+    """MappedFile.open gives files whose advice to the kernel is recorded (one _Advice a file)."""
     advice: list[_Advice] = []
     real = MappedFile.open
 
-    def cold(p: Path) -> MappedFile:
+    def recorded(p: Path) -> MappedFile:
         mapped = real(p)
         assert mapped.mm is not None
         advice.append(_Advice(len(mapped.mm)))
-        # As after the kernel reclaimed its pages: not wholly in memory for the next 10 minutes.
-        return dataclasses.replace(mapped, mm=advice[-1], warmth=[math.inf, 0.0])
+        return dataclasses.replace(mapped, mm=advice[-1])
 
-    monkeypatch.setattr(MappedFile, "open", staticmethod(cold))
+    monkeypatch.setattr(MappedFile, "open", staticmethod(recorded))
+    return advice
+
+
+def _series_20(tmp_path: Path) -> tuple[Path, int, int]:
+    """A points map of 4 series of 50,000 points; a span of 360 of series 20's points."""
+    rng = np.random.default_rng(3)
+    ids, ts, values = _points(rng, [50_000] * 4)
+    path = _written(tmp_path, "m.arrow", rollups_module.points_map(ids, ts, values))
     run = ts[50_000:100_000]  # series 20's times
-    start, end = int(run[20_000]), int(run[20_360])  # 360 of its points
+    return path, int(run[20_000]), int(run[20_360])
+
+
+def test_a_read_of_a_few_series_asks_the_kernel_for_little_more_than_the_rows_it_reads(tmp_path, monkeypatch):
+    path, start, end = _series_20(tmp_path)
+    advice = _advised(monkeypatch)  # as after the kernel reclaimed the pages: nobody looked yet
     (got,) = MappedReader().read([MapRead.points([path], [(start, end)])], np.array([20], np.uint64))
     assert len(got.ts) == 360
     asked = sum(b - a for a, b in advice[0].ranges)
     # ts and value of 360 rows, plus at most a page of rows each side, in whole pages.
     assert asked <= 2 * (360 + 2 * TS_INDEX_ROWS) * 8 + 4 * mmap.PAGESIZE
     assert len(advice[0].ranges) <= 2  # one range a column: a single wait on the device
+
+
+def test_files_the_background_round_found_in_memory_are_read_without_advice(tmp_path, monkeypatch):
+    # Just written, so wholly in the page cache: keep_open looks (mincore, out of the queries'
+    # way) and reads then pay no advice at all.
+    path, start, end = _series_20(tmp_path)
+    advice = _advised(monkeypatch)
+    reader = MappedReader()
+    assert reader.keep_open([path]) == 1
+    (got,) = reader.read([MapRead.points([path], [(start, end)])], np.array([20], np.uint64))
+    assert len(got.ts) == 360 and advice[0].ranges == []
 
 
 def test_series_indexes_are_copied_into_memory_within_the_budget(tmp_path):
