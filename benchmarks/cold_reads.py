@@ -177,9 +177,9 @@ BEFORE = (
     "series indexes (issue 11, item 3: commit f7a0b30, its files written without a time index), run "
     "2026-11-30 15:25 UTC just before the run above, gave p50 warm / cold: single-groupby-1-1-1 0.82 / "
     "2.65 ms, single-groupby-5-8-1 2.41 / 8.86, cpu-max-all-8 4.70 / 18.81, double-groupby-1 7.38 / "
-    "34.20, double-groupby-all 26.69 / 264.49. Cold reads of several series got faster (5-8-1 by 23 %, "
-    "cpu-max-all-8 by 28 %); one series' did not, and warm reads pay for computing the windows "
-    "(0.1 to 0.6 ms in these two runs; 0.02 to 0.2 ms over 7 runs per instance in a separate probe)."
+    "34.20, double-groupby-all 26.69 / 264.49. Cold reads of one to 80 series got faster (1-1-1 by 41 %, "
+    "5-8-1 by 42 %, cpu-max-all-8 by 26 %); of 100 series and more (the double-groupby types, which read "
+    "most of each file) they did not, and warm reads are the same within this machine's noise."
 )
 
 
