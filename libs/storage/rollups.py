@@ -237,7 +237,8 @@ SCAN_SERIES = 256
 (MADV_NORMAL for its duration) instead of asking for each series' rows: it touches much of the file."""
 INDEX_MEMORY_BYTES = 64 << 20
 """How much of the process's own memory a MappedReader gives to copies of its open files' series
-indexes (series ids and run ends), newest files first. A copied index is never reclaimed by the
+indexes (series ids and run ends), newest files first, copied by `keep_open`'s round (never while
+a query waits). A copied index is never reclaimed by the
 kernel, so finding a series in a file touches no page of the file; an index past the budget stays a
 view of the map (files of millions of series)."""
 
@@ -512,16 +513,28 @@ class MappedReader:
         return mapped
 
     def _keep(self, path: Path, mapped: MappedFile) -> MappedFile:
-        """Keep `mapped` as the open `path` (the one already kept if another thread was first), its
-        index copied when the budget allows. Called with the lock held."""
+        """Keep `mapped` as the open `path` (the one already kept if another thread was first).
+        Called with the lock held."""
         kept = self._open.get(path)
         if kept is not None:
             return kept
-        if not mapped.index_copied and sum(self._copied.values()) + mapped.index_nbytes <= self.index_budget:
-            mapped = mapped.with_index_copied()
-            self._copied[path] = mapped.index_nbytes
         self._open[path] = mapped
         return mapped
+
+    def _copy_index(self, path: Path, mapped: MappedFile) -> MappedFile:
+        """Copy the open `path`'s series index into memory when the budget allows (in keep_open's
+        round only: a million series' index is 12 MB to copy, which no query should wait for)."""
+        with self._lock:
+            room = self.index_budget - sum(self._copied.values())
+            if mapped.index_copied or self._open.get(path) is not mapped or mapped.index_nbytes > room:
+                return mapped
+        copied = mapped.with_index_copied()
+        with self._lock:
+            if self._open.get(path) is not mapped:  # closed or replaced meanwhile
+                return mapped
+            self._open[path] = copied
+            self._copied[path] = copied.index_nbytes
+        return copied
 
     def _forget(self, path: Path) -> None:
         """Close `path` (its map goes when no read holds it). Called with the lock held."""
@@ -530,8 +543,9 @@ class MappedReader:
 
     def keep_open(self, live: list[Path], stop: Callable[[], bool] | None = None) -> int:
         """Forget opened files not in `live`, then open `live` files in order (most wanted first)
-        while fewer than `max_open` are open, then look whether each open file is wholly in memory
-        (`MappedFile.look_at_memory`); returns how many were opened. A file missing on disk or
+        while fewer than `max_open` are open; then, for each open file, copy its series index into
+        memory while the budget allows and look whether it is wholly in memory
+        (`MappedFile.look_at_memory`). Returns how many were opened. A file missing on disk or
         unreadable is skipped; `stop` is asked before each file."""
         keep = set(live)
         with self._lock:
@@ -556,11 +570,14 @@ class MappedReader:
                 # Opened ahead of queries: least recently used, so the first out when queries need room.
                 self._open.move_to_end(path, last=False)
             opened += 1
-        with self._lock:
-            files = list(self._open.values())
-        for mapped in files:
+        for path in live:  # most wanted first: the index budget goes to the newest files
             if stop is not None and stop():
                 break
+            with self._lock:
+                mapped = self._open.get(path)
+            if mapped is None:
+                continue
+            mapped = self._copy_index(path, mapped)
             if mapped.mm is not None:
                 mapped.look_at_memory()
         return opened

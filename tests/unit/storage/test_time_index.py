@@ -184,6 +184,12 @@ def test_series_indexes_are_copied_into_memory_within_the_budget(tmp_path):
     assert len(ids) == 200 and counts.tolist() == [10] * 200
     reader.keep_open([])
     assert reader.index_bytes == 0
+    # A file a query opens is read through its map: its index is copied by the next round, which no
+    # query waits for (a million series' index is 12 MB).
+    reader.read([MapRead.points([paths[0]], [(0, 2**62)])], np.array([10], np.uint64))
+    assert reader.index_bytes == 0
+    reader.keep_open([paths[0]])
+    assert reader.index_bytes == sizes[0]
 
 
 async def test_a_second_store_on_a_directory_in_use_fails_before_touching_a_file(tmp_path):
