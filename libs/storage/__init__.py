@@ -2,8 +2,10 @@
 
 The services use this package's public surface only (tests/unit/test_storage_surface.py):
 
-- writing: `MetricStore.ingest` (a validated batch of `AcceptedSeries`, durable when it returns)
-  and `MetricStore.ingest_event` (a batch delivered by the bus), configured by `StoreConfig`;
+- writing: `MetricStore.ingest` (a validated batch of `AcceptedSeries`, durable when it returns),
+  `MetricStore.ingest_encoded` (the same batch as an `EncodedBatch`, encoded where it was validated:
+  a REST body's worker process, with its own `SeriesMemo`) and `MetricStore.ingest_event` (a batch
+  delivered by the bus), configured by `StoreConfig`;
 - reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points and the live
   `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.partitions`,
   `MetricStore.segments_root` (the one directory DuckDB and Trino may read);
@@ -32,7 +34,15 @@ from libs.storage.rollups import (
 )
 from libs.storage.segments import Segment
 from libs.storage.series import SeriesCatalog, SeriesKey, series_id
-from libs.storage.store import DEFAULT_TENANT, AcceptedSeries, MetricStore, Snapshot, StoreConfig
+from libs.storage.store import (
+    DEFAULT_TENANT,
+    AcceptedSeries,
+    EncodedBatch,
+    MetricStore,
+    SeriesMemo,
+    Snapshot,
+    StoreConfig,
+)
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -41,6 +51,7 @@ __all__ = [
     "RESOLUTIONS",
     "ROLLUP_AGGREGATIONS",
     "AcceptedSeries",
+    "EncodedBatch",
     "MapRead",
     "MappedReader",
     "MetricStore",
@@ -48,6 +59,7 @@ __all__ = [
     "Segment",
     "SeriesCatalog",
     "SeriesKey",
+    "SeriesMemo",
     "Snapshot",
     "StoreConfig",
     "cover",

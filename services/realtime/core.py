@@ -6,16 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import numpy as np
-
 from libs.bus import Bus
-from libs.bus.events import build_event
 from libs.errors import InvalidArgument, NotBuilt, ResourceExhausted, Unavailable
 from libs.selfmetrics import SelfMetrics
-from libs.storage import DEFAULT_TENANT, MetricStore
+from libs.storage import DEFAULT_TENANT, EncodedBatch, MetricStore, SeriesMemo
 from libs.streams import StreamHub, StreamSpec, SubscriptionClosed
 from libs.streams.subscriber import CLOSE_TOO_SLOW
 from libs.writes import AfterWrite
+from platformq.analytics.v1 import events_pb2
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from services.realtime.ingest import KnownGoodSeries, ValidatedBatch, validate
 from services.realtime.json_body import JsonBodies
@@ -39,38 +37,40 @@ class RealtimeCore:
         self.bus = bus
         self.after_write = after_write if after_write is not None else AfterWrite(None, bus)
         self.known_series = KnownGoodSeries()
-        self.json_bodies = JsonBodies(json_workers, self.known_series)
+        # Series ids and record headers of recently written series (this process's; each REST body
+        # worker process keeps its own).
+        self.series_memo = SeriesMemo()
+        self.json_bodies = JsonBodies(json_workers, self.known_series, self.series_memo)
         self.metrics = metrics
         self.hub = hub
 
     async def ingest(
         self, request: pb.IngestMetricsRequest, tenant: str = DEFAULT_TENANT
     ) -> pb.IngestMetricsResponse:
-        """Validate, store durably, invalidate cached answers over the new data, publish. A REST
-        body the gateway passed through (`json_body`) is parsed off the event loop: in a worker
-        process when large (JsonBodies, INGEST_JSON_WORKERS), else in a thread."""
+        """Validate, encode (the WAL record, series ids), store durably, invalidate cached answers
+        over the new data, publish. A REST body the gateway passed through (`json_body`) is parsed
+        and encoded off the event loop: in a worker process when large (JsonBodies,
+        INGEST_JSON_WORKERS), else in a thread."""
         if request.HasField("json_body"):
             if request.datasource or request.points or request.series:
                 raise InvalidArgument(
                     "give the batch either in json_body or in its fields, not both", "json_body"
                 )
-            batch = await self.json_bodies.validate(request.json_body.data)
+            batch, encoded = await self.json_bodies.validate(request.json_body.data, tenant)
         else:
             batch = validate(request, known=self.known_series)
+            encoded = EncodedBatch.encode(tenant, batch.datasource, batch.series, self.series_memo)
+        if encoded is None:  # no point accepted
+            return self._acknowledged(batch)
         if self.store is None:
             # Distributed: acknowledged once Pulsar has persisted the batch; the store's consumer
             # writes it (idempotently by batch id) and it answers queries from then on.
-            if batch.series:  # validate() never keeps an empty series
-                event = build_event(tenant, batch.datasource, batch.series)
-                await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
+            event = events_pb2.MetricsBatchEvent.FromString(encoded.payload)
+            await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
             return self._acknowledged(batch)
-        event = await self.store.ingest(tenant, batch.datasource, batch.series)
-        if event is not None:
-            # One vectorised pass over the batch's timestamps, not two reductions per series.
-            every_ts = np.concatenate([s.ts for s in batch.series])
-            await self.after_write(
-                tenant, batch.datasource, int(every_ts.min()), int(every_ts.max()), publish=event
-            )
+        event = await self.store.ingest_encoded(encoded)
+        ts = encoded.columns.ts
+        await self.after_write(tenant, batch.datasource, int(ts.min()), int(ts.max()), publish=event)
         return self._acknowledged(batch)
 
     def close(self) -> None:

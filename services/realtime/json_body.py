@@ -34,6 +34,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from libs.errors import InvalidArgument
+from libs.storage import EncodedBatch, SeriesMemo
 from platformq.analytics.v1 import realtime_service_pb2
 from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
 
@@ -152,6 +153,24 @@ class JsonIngestDecoder:
         return request
 
 
+def validate_and_encode(
+    decoder: JsonIngestDecoder,
+    known: KnownGoodSeries,
+    memo: SeriesMemo,
+    data: bytes,
+    now_ms: int,
+    tenant: str,
+) -> tuple[ValidatedBatch, EncodedBatch | None]:
+    """The validated batch of a JSON body (InvalidArgument naming the field for a bad one) and its
+    accepted points encoded for the store (None when none was accepted). The batch's `series` are
+    left out: they live on in the encoded batch's columns, which a worker process sends back at a
+    small part of their cost."""
+    batch = decoder.validate(data, known, now_ms)
+    encoded = EncodedBatch.encode(tenant, batch.datasource, batch.series, memo)
+    batch.series = []
+    return batch, encoded
+
+
 INLINE_MAX_BYTES = 64 * 1024
 """Bodies under this are parsed in a thread of the serving process: the hop to a worker process
 (about half a millisecond) costs more than parsing them."""
@@ -165,15 +184,16 @@ class JsonBodies:
     body whose request is cancelled meanwhile is still parsed to its end in the worker
     (milliseconds), and its batch dropped."""
 
-    def __init__(self, workers: int, known: KnownGoodSeries) -> None:
+    def __init__(self, workers: int, known: KnownGoodSeries, memo: SeriesMemo) -> None:
         self.workers = workers
         self.known = known
+        self.memo = memo
         self.decoder = JsonIngestDecoder()
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[object] | None = None
 
-    async def validate(self, data: bytes) -> ValidatedBatch:
-        """The validated batch of a JSON body (InvalidArgument naming the field for a bad one)."""
+    async def validate(self, data: bytes, tenant: str) -> tuple[ValidatedBatch, EncodedBatch | None]:
+        """`validate_and_encode` of a JSON body, for `tenant`."""
         now_ms = int(time.time() * 1000)
         if self.workers > 0 and len(data) >= INLINE_MAX_BYTES and self._started():
             from services.realtime.json_worker import validate_in_worker
@@ -181,12 +201,14 @@ class JsonBodies:
             assert self._pool is not None
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    self._pool, validate_in_worker, data, now_ms
+                    self._pool, validate_in_worker, data, now_ms, tenant
                 )
             except BrokenProcessPool:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._ready = None
-        return await asyncio.to_thread(self.decoder.validate, data, self.known, now_ms)
+        return await asyncio.to_thread(
+            validate_and_encode, self.decoder, self.known, self.memo, data, now_ms, tenant
+        )
 
     def _started(self) -> bool:
         """True once the workers are up. The first large body starts them and is parsed here, as

@@ -1,8 +1,8 @@
 """The REST body parser as it runs in a worker process of `json_body.JsonBodies`.
 
 Imported by the worker processes only (the pool pickles `validate_in_worker` by name). Each worker
-keeps one decoder and its known-good series for its life, so a series seen before skips its checks
-there as it does in the serving process."""
+keeps one decoder, its known-good series and its memo of series ids and record headers for its life,
+so a series seen before skips its checks and hashing there as it does in the serving process."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import signal
 import sys
 from functools import cache
 
+from libs.storage import EncodedBatch, SeriesMemo
 from services.realtime.ingest import KnownGoodSeries, ValidatedBatch
-from services.realtime.json_body import JsonIngestDecoder
+from services.realtime.json_body import JsonIngestDecoder, validate_and_encode
 
 PR_SET_PDEATHSIG = 1
 
@@ -28,11 +29,10 @@ def die_with_parent() -> None:
 
 
 @cache
-def _decoder() -> tuple[JsonIngestDecoder, KnownGoodSeries]:
-    return JsonIngestDecoder(), KnownGoodSeries()
+def _decoder() -> tuple[JsonIngestDecoder, KnownGoodSeries, SeriesMemo]:
+    return JsonIngestDecoder(), KnownGoodSeries(), SeriesMemo()
 
 
-def validate_in_worker(data: bytes, now_ms: int) -> ValidatedBatch:
-    """The validated batch of a JSON body (InvalidArgument naming the field for a bad one)."""
-    decoder, known = _decoder()
-    return decoder.validate(data, known, now_ms)
+def validate_in_worker(data: bytes, now_ms: int, tenant: str) -> tuple[ValidatedBatch, EncodedBatch | None]:
+    """`validate_and_encode` of a JSON body with this worker's decoder and memos."""
+    return validate_and_encode(*_decoder(), data, now_ms, tenant)

@@ -15,7 +15,9 @@ import time
 import pytest
 
 from libs.errors import InvalidArgument
+from libs.storage import EncodedBatch, SeriesMemo, series_id
 from libs.storage.series import SeriesKey
+from platformq.analytics.v1 import events_pb2
 from services.realtime.ingest import KnownGoodSeries
 from services.realtime.json_body import INLINE_MAX_BYTES, JsonBodies, JsonIngestDecoder
 from tests.helpers import batch_summary
@@ -47,13 +49,29 @@ def _body(
     return data
 
 
+def _encoded_summary(encoded: EncodedBatch) -> tuple:
+    """An encoded batch as plain values: its columns, and its WAL record's series (the batch id and
+    time apart)."""
+    columns = encoded.columns
+    event = events_pb2.MetricsBatchEvent.FromString(encoded.payload)
+    assert columns.sids.tolist() == [series_id(k.metric, k.labels) for k in columns.keys]
+    return (
+        (encoded.tenant, encoded.datasource, event.tenant, event.datasource),
+        columns.keys,
+        columns.lengths.tolist(),
+        columns.ts.tolist(),
+        columns.values.tolist(),
+        [(s.name, sorted(s.labels.items()), list(s.timestamps_ms), list(s.values)) for s in event.series],
+    )
+
+
 def _workers() -> set[int]:
     return {p.pid for p in multiprocessing.active_children()}
 
 
 @pytest.fixture
 def bodies():
-    parsed = JsonBodies(1, KnownGoodSeries())
+    parsed = JsonBodies(1, KnownGoodSeries(), SeriesMemo())
     yield parsed
     parsed.close()
 
@@ -70,7 +88,7 @@ async def _until_workers_parse(bodies: JsonBodies) -> None:
     deadline = time.monotonic() + 60
     for k in itertools.count():
         name = f"warm{k}"
-        await bodies.validate(_body(name=name))
+        await bodies.validate(_body(name=name), "t")
         if not _parsed_here(bodies, name):
             return
         assert time.monotonic() < deadline, "no worker took a body within 60 s"
@@ -79,16 +97,22 @@ async def _until_workers_parse(bodies: JsonBodies) -> None:
 
 async def test_a_large_body_is_parsed_in_a_worker_process_with_the_same_batch(bodies):
     before = _workers()
-    first = await bodies.validate(_body(name="first"))
+    first, _ = await bodies.validate(_body(name="first"), "t")
     # The first large body starts the worker and, not to wait for it, is parsed here.
     assert _parsed_here(bodies, "first") and first.accepted == 120 * 60 + 50
     started = _workers() - before
     assert len(started) == 1 and os.getpid() not in started
     await _until_workers_parse(bodies)
     data = _body(name="later")
-    batch = await bodies.validate(data)
+    batch, encoded = await bodies.validate(data, "t")
     assert not _parsed_here(bodies, "later")
-    assert batch_summary(batch) == batch_summary(JsonIngestDecoder().validate(data))
+    here = JsonIngestDecoder().validate(data)
+    expected = EncodedBatch.encode("t", "ds", here.series, SeriesMemo())
+    # The series travel back only in the encoded batch: the same columns and WAL record.
+    here.series = []
+    assert batch_summary(batch) == batch_summary(here)
+    assert _encoded_summary(encoded) == _encoded_summary(expected)
+    assert len(encoded.columns.keys) == 121 and encoded.columns.lengths.sum() == 120 * 60 + 50
     assert _workers() - before == started  # the same worker serves every body
 
 
@@ -97,14 +121,14 @@ async def test_a_small_body_is_parsed_here_without_a_worker(bodies):
     small = json.dumps(
         {"datasource": "ds", "series": [{"name": "cpu", "timestamps_ms": [1], "values": [1.0]}]}
     )
-    assert (await bodies.validate(small.encode())).accepted == 1
+    assert (await bodies.validate(small.encode(), "t"))[0].accepted == 1
     assert _workers() == before
 
 
 async def test_a_bad_large_body_is_refused_naming_the_field_from_the_worker(bodies):
     await _until_workers_parse(bodies)
     with pytest.raises(InvalidArgument) as refused:
-        await bodies.validate(_body(bad_value_at=(7, 3)))
+        await bodies.validate(_body(bad_value_at=(7, 3)), "t")
     assert refused.value.field == "series[7].values[3]"
     assert "expected" in refused.value.reason
 
@@ -116,14 +140,14 @@ async def test_a_dead_worker_loses_no_body_and_the_next_large_body_gets_a_new_on
     (worker,) = _workers() - before
     os.kill(worker, signal.SIGKILL)
     time.sleep(0.2)
-    assert (await bodies.validate(data)).accepted == 120 * 60 + 50  # parsed here
-    assert (await bodies.validate(data)).accepted == 120 * 60 + 50
+    assert (await bodies.validate(data, "t"))[0].accepted == 120 * 60 + 50  # parsed here
+    assert (await bodies.validate(data, "t"))[0].accepted == 120 * 60 + 50
     assert len(_workers() - before - {worker}) == 1  # a new pool
 
 
 async def test_with_no_workers_every_body_is_parsed_here():
-    parsed = JsonBodies(0, KnownGoodSeries())
+    parsed = JsonBodies(0, KnownGoodSeries(), SeriesMemo())
     before = _workers()
-    assert (await parsed.validate(_body())).accepted == 120 * 60 + 50
+    assert (await parsed.validate(_body(), "t"))[0].accepted == 120 * 60 + 50
     assert _workers() == before
     parsed.close()
