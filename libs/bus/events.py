@@ -34,17 +34,31 @@ SeriesColumns = tuple[bytes, np.ndarray, np.ndarray]
 """One series to encode: (its `series_header`, int64 timestamps, float64 values)."""
 
 
-def series_header(name: str, labels: Sequence[tuple[str, str]]) -> bytes:
+def series_header(
+    name: str, labels: Sequence[tuple[str, str]], entries: dict[tuple[str, str], bytes] | None = None
+) -> bytes:
     """Series.name and Series.labels as wire bytes, the part of a series record that does not
-    change from batch to batch (as protobuf writes them: an empty name or label value is left out)."""
+    change from batch to batch (as protobuf writes them: an empty name or label value is left out).
+    `entries`, when given, keeps each label pair's encoding for the next series that has it (most
+    pairs repeat across series: `service="api"` under many `simulation_id`s)."""
     parts = [_SERIES_NAME, varint(len(data := name.encode())), data] if name else []
-    for key, value in labels:
-        k, v = key.encode(), value.encode()
-        entry = (_ENTRY_KEY + varint(len(k)) + k if k else b"") + (
-            _ENTRY_VALUE + varint(len(v)) + v if v else b""
-        )
-        parts += (_SERIES_LABEL, varint(len(entry)), entry)
+    for pair in labels:
+        entry = entries.get(pair) if entries is not None else None
+        if entry is None:
+            entry = _label_entry(*pair)
+            if entries is not None:
+                entries[pair] = entry
+        parts.append(entry)
     return b"".join(parts)
+
+
+def _label_entry(key: str, value: str) -> bytes:
+    """One label of a series record: the map entry, tagged and length-prefixed."""
+    k, v = key.encode(), value.encode()
+    entry = (_ENTRY_KEY + varint(len(k)) + k if k else b"") + (
+        _ENTRY_VALUE + varint(len(v)) + v if v else b""
+    )
+    return _SERIES_LABEL + varint(len(entry)) + entry
 
 
 def encode_event(

@@ -100,23 +100,25 @@ class Snapshot:
 
 class SeriesMemo:
     """Recently written series: key -> (series id, `series_header`), so a series that keeps sending
-    is hashed and its record header written once, not once per batch. Bounded (emptied when
-    full; an entry costs about 150 bytes beside the key): under churn it costs a dict insert a
-    series, and memory stays capped."""
+    is hashed and its record header written once, not once per batch; new series' headers reuse
+    the encodings of label pairs seen before. Bounded (emptied when full; an entry costs about 150
+    bytes beside the key): under churn it costs a dict insert a series, and memory stays capped."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
         self._entries: dict[SeriesKey, tuple[int, bytes]] = {}
+        self._label_entries: dict[tuple[str, str], bytes] = {}
 
     def of(self, key: SeriesKey) -> tuple[int, bytes]:
         """The series id and record header of `key`."""
         found = self._entries.get(key)
         if found is None:
-            if len(self._entries) >= self.max_entries:
+            if len(self._entries) >= self.max_entries or len(self._label_entries) >= self.max_entries:
                 self._entries.clear()
+                self._label_entries.clear()
             found = self._entries[key] = (
                 series_id(key.metric, key.labels),
-                series_header(key.metric, key.labels),
+                series_header(key.metric, key.labels, self._label_entries),
             )
         return found
 
