@@ -6,7 +6,8 @@ The services use this package's public surface only (tests/unit/test_storage_sur
   `MetricStore.ingest_encoded` (the same batch as an `EncodedBatch`, encoded where it was validated:
   a REST body's worker process, with its own `SeriesMemo`) and `MetricStore.ingest_event` (a batch
   delivered by the bus), configured by `StoreConfig`;
-- reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points and the live
+- reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points (`HotPoints`:
+  an Arrow table, or some series' points picked by their batches' series indexes) and the live
   `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.partitions`,
   `MetricStore.segments_root` (the one directory DuckDB and Trino may read);
   `MetricStore.series_files` and `Segment.read_points` (for external engines: the series files
@@ -20,6 +21,7 @@ The services use this package's public surface only (tests/unit/test_storage_sur
 Everything else (WAL, hot tier, segment writing, keys) is the store's own.
 """
 
+from libs.storage.hot import HotPoints
 from libs.storage.rollups import (
     NEEDS,
     POINTS,
@@ -52,6 +54,7 @@ __all__ = [
     "ROLLUP_AGGREGATIONS",
     "AcceptedSeries",
     "EncodedBatch",
+    "HotPoints",
     "MapRead",
     "MappedReader",
     "MetricStore",

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from libs.bus.events import encode_batch, series_header
 from libs.errors import ResourceExhausted
-from libs.storage.hot import Chunk, HotTier, PartitionKey
+from libs.storage.hot import Chunk, HotPoints, HotTier, PartitionKey
 from libs.storage.keys import last_wins
 from libs.storage.segments import DAY_MS, WEEK_MS, WEEK_OFFSET_MS, Segment, SegmentStore
 from libs.storage.series import SeriesCatalog, SeriesKey, series_id
@@ -91,7 +91,7 @@ class Snapshot:
     rollups, so only queries a rollup answers see them."""
 
     catalog: SeriesCatalog
-    hot: pa.Table | None
+    hot: HotPoints | None
     hot_min_ts: int | None
     hot_max_ts: int | None
     segments: tuple[Segment, ...]
@@ -460,7 +460,7 @@ class MetricStore:
         mine = [s for s in self.segments.segments if s.tenant == tenant and s.datasource == datasource]
         return Snapshot(
             catalog,
-            part.table() if part else None,
+            part.view() if part else None,
             part.min_ts if part else None,
             part.max_ts if part else None,
             tuple(s for s in mine if s.raw),

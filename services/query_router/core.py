@@ -343,7 +343,7 @@ class QueryRouter:
         self._segment_points[(tenant, datasource)] = live
         parts = list(live.values())
         if snapshot.hot is not None:
-            parts.append(catalog.points_per_metric(snapshot.hot["series_id"]))
+            parts.append(catalog.points_per_metric(snapshot.hot.table["series_id"]))
         totals: dict[str, int] = {}
         for part in parts:
             for metric, points in part.items():

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.storage import NEEDS, RESOLUTIONS, MappedReader, MapRead, Partials, Segment, cover
+from libs.storage import NEEDS, RESOLUTIONS, HotPoints, MappedReader, MapRead, Partials, Segment, cover
 from services.query_router.cancel import CancelToken
 
 AGGREGATE_SQL = {
@@ -74,7 +74,7 @@ class Fragment:
     start: int
     end: int
     segments: tuple[Segment, ...]
-    hot: pa.Table | None
+    hot: HotPoints | None
     rollup: str | None = None  # "1m" or "1h": read the segments' rollups at this resolution
 
 
@@ -268,7 +268,7 @@ class QueryEngine:
         try:
             cursor.register("sel", selection)
             if fragment.hot is not None:
-                cursor.register("hot", fragment.hot)
+                cursor.register("hot", fragment.hot.table)
             params: dict[str, object] = {"start": fragment.start, "end": fragment.end}
             if not bucketing.calendar:
                 params["step"] = bucketing.step_ms
@@ -314,18 +314,8 @@ class QueryEngine:
         # One read for all: the pages of every file are asked of the kernel before any is touched.
         parts = self.maps.read(reads, sids, stop)
         if fragment.hot is not None:
-            hot = fragment.hot
-            ts = hot["ts"]
-            keep = pc.and_(
-                pc.and_(pc.greater_equal(ts, fragment.start), pc.less(ts, fragment.end)),
-                pc.is_in(hot["series_id"], pa.array(sids, pa.uint64())),
-            )
-            points = hot.filter(keep)
-            parts.append(
-                Partials.of_points(
-                    points["series_id"].to_numpy(), points["ts"].to_numpy(), points["value"].to_numpy()
-                )
-            )
+            # The hot batches' own series indexes: only the runs of the selected series are read.
+            parts.append(Partials.of_points(*fragment.hot.pick(sids, fragment.start, fragment.end)))
         p = Partials.concat(parts)
         gids = gid_of[np.searchsorted(sids, p.series_ids)]
         return _merge_partials(p, gids, bucketing, fragment.start, aggregation), len(p.ts)

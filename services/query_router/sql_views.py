@@ -227,7 +227,7 @@ class _Views:
 
 
 def _state(live: dict[str, Snapshot]) -> tuple:
-    # Hot tables by identity (the hot tier replaces its table when points arrive or leave).
+    # Hot points by identity (the hot tier makes a new view when points arrive or leave).
     return tuple((ds, snap.segments, id(snap.hot), len(snap.catalog)) for ds, snap in sorted(live.items()))
 
 
@@ -253,7 +253,7 @@ def _create_views(
             files = ", ".join(_quote(str(s.path)) for s in snap.segments)
             sources.append(f"SELECT series_id, ts, value FROM read_parquet([{files}])")
         if snap.hot is not None:
-            con.register(f"_hot{i}", snap.hot)
+            con.register(f"_hot{i}", snap.hot.table)
             sources.append(f"SELECT series_id, ts, value FROM _hot{i}")
         if not sources:
             continue

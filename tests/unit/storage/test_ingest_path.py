@@ -30,7 +30,7 @@ def _series(i: int, ts: list[int], value: float) -> AcceptedSeries:
 
 def _hot_points(store: MetricStore) -> dict[tuple[int, int], float]:
     """(series id, ts) -> value of every live hot point; a key seen twice fails the test."""
-    table = store.snapshot("default", "ds").hot
+    table = store.snapshot("default", "ds").hot.table
     points: dict[tuple[int, int], float] = {}
     for sid, ts, value in zip(*(table[c].to_pylist() for c in ("series_id", "ts", "value")), strict=True):
         assert (sid, ts) not in points, f"series {sid} has two points at {ts}"

@@ -142,5 +142,5 @@ def test_of_two_writes_of_a_key_the_higher_wal_position_wins_whatever_the_insert
     part.add(newer)
     part.supersede(older)  # applied late (it waited for the flush lock), but written first
     part.add(older)
-    rows = sorted(zip(*(part.table()[c].to_pylist() for c in ("series_id", "ts", "value")), strict=True))
+    rows = sorted(zip(*(part.view().table[c].to_pylist() for c in ("series_id", "ts", "value")), strict=True))
     assert rows == [(1, 10, 7.0), (1, 20, 7.0), (2, 10, 5.0)]

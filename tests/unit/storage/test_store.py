@@ -84,7 +84,7 @@ def _stored(store: MetricStore, tenant: str = "default", datasource: str = "ds")
     for segment in snapshot.segments:
         points.update(_rows(pq.read_table(segment.path)))
     if snapshot.hot is not None:
-        points.update(_rows(snapshot.hot))
+        points.update(_rows(snapshot.hot.table))
     return points
 
 
@@ -125,7 +125,7 @@ async def test_ingested_points_are_in_the_hot_tier_at_once(tmp_path):
     assert event is not None and event.datasource == "ds" and len(event.series) == 2
     snapshot = store.snapshot("default", "ds")
     assert snapshot.segments == ()
-    assert Counter(_rows(snapshot.hot)) == _expected(batch)
+    assert Counter(_rows(snapshot.hot.table)) == _expected(batch)
     assert (snapshot.hot_min_ts, snapshot.hot_max_ts) == (T0, T0 + 1000)
     sid_a, sid_b = series_id("cpu", CPU_A), series_id("cpu", CPU_B)
     assert snapshot.catalog.by_id == {sid_a: SeriesKey.of("cpu", CPU_A), sid_b: SeriesKey.of("cpu", CPU_B)}
