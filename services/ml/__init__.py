@@ -1,8 +1,9 @@
 """ml: anomaly detection (on request and on the live stream), forecasting, predictive maintenance
 and online training.
 
-The detectors pull in numba, pandas and friends: they are imported when the ml service is built,
-not when another service's process imports this package."""
+The detectors' modules are imported when the ml service is built, not when another service's
+process imports this package; the heavy libraries behind them load later still, at first use
+(numba with the `auto` detector's first score, MLflow with the first model logged)."""
 
 from __future__ import annotations
 
