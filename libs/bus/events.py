@@ -149,8 +149,3 @@ def encode_batch(
             for s, header in zip(series, headers, strict=True)
         ],
     )
-
-
-def build_event(tenant: str, datasource: str, series: Sequence[BatchSeries]) -> events_pb2.MetricsBatchEvent:
-    """One accepted batch as a bus event, with a fresh batch id."""
-    return events_pb2.MetricsBatchEvent.FromString(encode_batch(tenant, datasource, series))

@@ -2,16 +2,17 @@
 
 import numpy as np
 
-from libs.bus.events import build_event
+from libs.bus.events import encode_batch
 from libs.storage.series import SeriesKey
 from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from platformq.analytics.v1 import events_pb2
 
 
 def _event(batch: int):
     series = AcceptedSeries(
         SeriesKey.of("cpu", {"host": "a"}), np.array([batch * 10, batch * 10 + 1]), np.array([1.0, 2.0])
     )
-    return build_event("default", "ds", [series])
+    return events_pb2.MetricsBatchEvent.FromString(encode_batch("default", "ds", [series]))
 
 
 def _points(store: MetricStore) -> int:
