@@ -53,6 +53,9 @@ DENSE_KEYS_MIN = 1 << 16
 # A rollup fragment reading at most this many rows (an estimate) runs on the caller's thread:
 # handing sub-millisecond work to a worker thread and back costs more than the work.
 INLINE_MAX_ROWS = 20_000
+HOT_INLINE_MAX_BATCHES = 256
+"""A read of the hot tier looks at each of its batches' time span (`HotPoints.pick`): past this many
+batches it runs in a worker thread, whatever its size."""
 RESULT_SCHEMA = pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value", pa.float64())])
 CALENDAR_UNITS = {"month", "quarter", "year"}
 
@@ -227,15 +230,19 @@ class QueryEngine:
         return self.maps.keep_open(live, stop)
 
     def runs_inline(self, fragment: Fragment, n_series: int) -> bool:
-        """True when a fragment is small enough to run on the caller's thread: a rollup read
-        (no DuckDB, no hot tier to filter) of at most INLINE_MAX_ROWS rows, counting the cut ends'
-        raw points at one a second."""
-        if fragment.rollup is None or fragment.hot is not None:
+        """True when a fragment is small enough to run on the caller's thread: a rollup or points
+        map read (no DuckDB) of at most INLINE_MAX_ROWS rows, counting the cut ends' raw points and
+        the hot tier's at one a second, over at most HOT_INLINE_MAX_BATCHES hot batches."""
+        if fragment.rollup is None:
             return False
         widths = {None: 1000, **RESOLUTIONS}
         rows = sum(
             (b - a) // widths[r] + 1 for r, a, b in cover(fragment.start, fragment.end, fragment.rollup)
         )
+        if fragment.hot is not None:
+            if len(fragment.hot.batches) > HOT_INLINE_MAX_BATCHES:
+                return False
+            rows += (fragment.end - fragment.start) // 1000 + 1
         return n_series * rows * max(len(fragment.segments), 1) <= INLINE_MAX_ROWS
 
     def run(
