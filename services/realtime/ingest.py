@@ -202,13 +202,6 @@ def _validate_series(
     every_value = np.fromiter(itertools.chain.from_iterable(value_lists), dtype=np.float64, count=total)
     clean = not any(mask.any() for mask, _, _ in _point_problems(every_ts, every_value, now_ms))
     bounds = np.cumsum(lengths).tolist()
-    if clean and not refused and message_of is None:  # the usual batch: every series whole
-        batch.series += [
-            AcceptedSeries(key, every_ts[a:b], every_value[a:b])
-            for key, a, b in zip(keys, [0, *bounds][:-1], bounds, strict=True)
-        ]
-        batch.accepted += total
-        return
     pending = {
         i: (i, key, every_ts[a:b], every_value[a:b])
         for i, key, a, b in zip(index, keys, [0, *bounds][:-1], bounds, strict=True)
