@@ -133,7 +133,7 @@ class Chunk:
     values: np.ndarray
     arrived: float = field(default_factory=time.monotonic)
     live: np.ndarray | None = None
-    _batch: HotBatch | None = None
+    _batch: HotBatch | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ts)

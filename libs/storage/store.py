@@ -172,9 +172,9 @@ def _batch_columns(keys: list[tuple], lengths, ts, values, sids) -> BatchColumns
 @dataclass
 class EncodedBatch:
     """An accepted batch encoded where it was validated: its WAL record (the serialised bus event)
-    and its points as columns with every series' id. The serving process builds these for gRPC
-    batches (`MetricStore.ingest`), the REST body worker processes for theirs, so the hashing and
-    encoding of large bodies happen on the workers' core."""
+    and its points as columns with every series' id. The realtime core builds these for gRPC
+    batches (as `MetricStore.ingest` does for its callers), the REST body worker processes for
+    theirs, so the hashing and encoding of large bodies happen on the workers' core."""
 
     tenant: str
     datasource: str

@@ -16,7 +16,10 @@ Both paths give the same validated batch for the same body (tests/unit/test_inge
 
 `JsonBodies` says where a body is parsed: bodies of INLINE_MAX_BYTES and more in worker processes
 (INGEST_JSON_WORKERS, `json_worker.py`), so parsing uses another core than the serving process's
-event loop, WAL and hot tier; smaller bodies, or all with INGEST_JSON_WORKERS=0, in a thread.
+event loop, WAL and hot tier; smaller bodies, or all with INGEST_JSON_WORKERS=0, in a thread. Either
+way the accepted points are also encoded there (`validate_and_encode`: series ids and the WAL record,
+an `EncodedBatch`), which is what a worker sends back: a record and a few arrays, where the batch's
+per-series objects cost more to pickle than the parsing.
 """
 
 from __future__ import annotations
