@@ -12,9 +12,9 @@ import signal
 import sys
 from functools import cache
 
-from libs.storage import EncodedBatch, SeriesMemo
-from services.realtime.ingest import KnownGoodSeries, ValidatedBatch
-from services.realtime.json_body import JsonIngestDecoder, validate_and_encode
+from libs.storage import SeriesMemo
+from services.realtime.ingest import KnownGoodSeries
+from services.realtime.json_body import BodyInSlot, JsonIngestDecoder, ParsedBody, validate_and_encode
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,6 +33,8 @@ def _decoder() -> tuple[JsonIngestDecoder, KnownGoodSeries, SeriesMemo]:
     return JsonIngestDecoder(), KnownGoodSeries(), SeriesMemo()
 
 
-def validate_in_worker(data: bytes, now_ms: int, tenant: str) -> tuple[ValidatedBatch, EncodedBatch | None]:
-    """`validate_and_encode` of a JSON body with this worker's decoder and memos."""
+def validate_in_worker(body: bytes | BodyInSlot, now_ms: int, tenant: str) -> ParsedBody:
+    """`validate_and_encode` of a JSON body (given, or in a slot of the serving process) with this
+    worker's decoder and memos."""
+    data = body.read() if isinstance(body, BodyInSlot) else body
     return validate_and_encode(*_decoder(), data, now_ms, tenant)

@@ -19,7 +19,7 @@ from libs.storage import EncodedBatch, SeriesMemo, series_id
 from libs.storage.series import SeriesKey
 from platformq.analytics.v1 import events_pb2
 from services.realtime.ingest import KnownGoodSeries
-from services.realtime.json_body import INLINE_MAX_BYTES, JsonBodies, JsonIngestDecoder
+from services.realtime.json_body import INLINE_MAX_BYTES, BodyInSlot, BodySlots, JsonBodies, JsonIngestDecoder
 from tests.helpers import batch_summary
 
 
@@ -151,3 +151,78 @@ async def test_with_no_workers_every_body_is_parsed_here():
     assert (await parsed.validate(_body(), "t"))[0].accepted == 120 * 60 + 50
     assert _workers() == before
     parsed.close()
+
+
+def _body_slots_open() -> int:
+    """How many body slots (memory files) this process holds."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ingest-body") for fd in _fds())
+
+
+def _fds() -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink(f"/proc/self/fd/{fd}")
+            found.append(fd)
+        except FileNotFoundError:  # the listing's own descriptor
+            pass
+    return found
+
+
+@pytest.mark.skipif(not BodySlots.available(), reason="body slots need memfd_create and /proc (Linux)")
+def test_a_slot_reused_for_a_shorter_body_gives_exactly_that_body():
+    before = _body_slots_open()
+    slots = BodySlots(keep=2)
+    long_slot = slots.put(b"x" * 100_000)
+    assert BodyInSlot(os.getpid(), long_slot, 100_000).read() == b"x" * 100_000
+    slots.release(long_slot)
+    short_slot = slots.put(b'{"datasource": "ds"}')
+    assert short_slot == long_slot  # the same memory, not a new file
+    assert BodyInSlot(os.getpid(), short_slot, 20).read() == b'{"datasource": "ds"}'
+    slots.release(short_slot)
+    slots.close()
+    assert _body_slots_open() == before
+
+
+@pytest.mark.skipif(not BodySlots.available(), reason="body slots need memfd_create and /proc (Linux)")
+def test_a_slot_that_held_a_very_large_body_is_emptied_and_no_more_than_keep_are_kept():
+    before = _body_slots_open()
+    slots = BodySlots(keep=1)
+    first, second = slots.put(b"a" * (BodySlots.KEEP_BYTES + 1)), slots.put(b"b")
+    slots.release(first)
+    assert os.fstat(first).st_size == 0  # its pages given back
+    slots.release(second)  # one free slot is kept already: this one is closed
+    assert _body_slots_open() == before + 1
+    slots.close()
+    assert _body_slots_open() == before
+
+
+@pytest.mark.skipif(not BodySlots.available(), reason="body slots need memfd_create and /proc (Linux)")
+async def test_bodies_in_flight_together_each_get_their_own_batch_and_their_slots_back(bodies):
+    await _until_workers_parse(bodies)
+    sizes = [(80, 60), (200, 60), (120, 40), (300, 20), (60, 90), (150, 40)]
+    datas = [_body(series=s, points=p, name=f"together{k}") for k, (s, p) in enumerate(sizes)]
+    batches = await asyncio.gather(*(bodies.validate(d, "t") for d in datas))
+    for (s, p), (batch, encoded) in zip(sizes, batches, strict=True):
+        assert batch.accepted == s * p + 50
+        assert encoded is not None and encoded.columns.lengths.sum() == s * p + 50
+    await asyncio.sleep(0.1)  # slots are released on the event loop when their worker is done
+    assert 1 <= _body_slots_open() <= 4 * bodies.workers
+
+
+@pytest.mark.skipif(not BodySlots.available(), reason="body slots need memfd_create and /proc (Linux)")
+async def test_a_cancelled_body_gives_its_slot_back_once_the_worker_is_done_with_it(bodies):
+    await _until_workers_parse(bodies)
+    held = _body_slots_open()
+    pending = [
+        asyncio.ensure_future(bodies.validate(_body(series=300, name=f"gone{k}"), "t")) for k in range(6)
+    ]
+    await asyncio.sleep(0)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    deadline = time.monotonic() + 10
+    while _body_slots_open() > max(held, 4 * bodies.workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _body_slots_open() <= max(held, 4 * bodies.workers)
+    assert (await bodies.validate(_body(name="after"), "t"))[0].accepted == 120 * 60 + 50
