@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from libs.bus import Bus
+from libs.bus import Bus, Serialized
 from libs.cache import TtlCache
-from platformq.analytics.v1 import events_pb2
+
+
+def metrics_topic(datasource: str) -> str:
+    """The bus topic of a datasource's ingested batches (their events' `source` is the datasource)."""
+    return f"simulation.metrics.{datasource}"
 
 
 class AfterWrite:
     """Called once a batch is durable in the store: drops the cached answers over the written
     span of the datasource and, where the batch entered this process (mode all), publishes it on
-    `simulation.metrics.<source>`. In distributed mode the realtime replica publishes before any
+    `simulation.metrics.<datasource>`. In distributed mode the realtime replica publishes before any
     store write (Pulsar is its durability), and the store's consumer calls this without publishing."""
 
     def __init__(self, cache: TtlCache | None, bus: Bus) -> None:
@@ -23,11 +27,11 @@ class AfterWrite:
         datasource: str,
         lo: int,
         hi: int,
-        publish: events_pb2.MetricsBatchEvent | None = None,
+        publish: Serialized | None = None,
     ) -> None:
-        """The batch of `datasource` spanning [lo, hi] ms was stored; `publish` is its event when it
-        is to be published."""
+        """The batch of `datasource` spanning [lo, hi] ms was stored; `publish` is its event (a
+        `MetricsBatchEvent`'s bytes) when it is to be published."""
         if self.cache is not None:
             self.cache.invalidate(tenant, datasource, lo, hi)
         if publish is not None:
-            await self.bus.publish(f"simulation.metrics.{publish.source}", publish, key=datasource)
+            await self.bus.publish(metrics_topic(datasource), publish, key=datasource)

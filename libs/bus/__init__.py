@@ -1,9 +1,9 @@
 """The event bus: an interface with Pulsar's semantics, and its two implementations."""
 
-from libs.bus.base import Bus, Envelope, Handler
+from libs.bus.base import Bus, Envelope, Handler, Serialized
 from libs.bus.inprocess import InProcessBus
 
-__all__ = ["Bus", "Envelope", "Handler", "InProcessBus", "make_bus"]
+__all__ = ["Bus", "Envelope", "Handler", "InProcessBus", "Serialized", "make_bus"]
 
 
 def make_bus(

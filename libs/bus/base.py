@@ -28,6 +28,20 @@ class Envelope:
         return message_class.FromString(self.payload)
 
 
+@dataclass(frozen=True)
+class Serialized:
+    """A protobuf message of type `kind` given as its bytes (a WAL record that is also the bus
+    event): a bus that carries bytes (in process) publishes them as they are, one that needs the
+    message (Pulsar's schema producers) parses them once."""
+
+    kind: type[Message]
+    payload: bytes
+
+    def message(self) -> Message:
+        """The parsed message."""
+        return self.kind.FromString(self.payload)
+
+
 # A handler that returns normally acknowledges the message; one that raises asks for redelivery.
 Handler = Callable[[Envelope], Awaitable[None]]
 
@@ -35,8 +49,9 @@ Handler = Callable[[Envelope], Awaitable[None]]
 class Bus(Protocol):
     """What services need of a bus; `InProcessBus` and the Pulsar bus both provide it."""
 
-    async def publish(self, topic: str, message: Message, key: str = "") -> None:
-        """Publish a protobuf message on `topic`; messages with the same key keep their order."""
+    async def publish(self, topic: str, message: Message | Serialized, key: str = "") -> None:
+        """Publish a protobuf message (or its bytes) on `topic`; messages with the same key keep
+        their order."""
 
     async def subscribe(
         self,

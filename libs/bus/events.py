@@ -133,16 +133,20 @@ class _Key(Protocol):
 
 
 def encode_batch(
-    tenant: str, datasource: str, series: Sequence[BatchSeries], headers: Sequence[bytes] | None = None
+    tenant: str,
+    datasource: str,
+    series: Sequence[BatchSeries],
+    headers: Sequence[bytes] | None = None,
+    batch_id: str = "",
 ) -> bytes:
-    """One accepted batch as a serialised bus event (the store's WAL record too), with a fresh batch
-    id; `headers` are the series' `series_header`s when the caller has them."""
+    """One accepted batch as a serialised bus event (the store's WAL record too), with `batch_id`
+    or a fresh one; `headers` are the series' `series_header`s when the caller has them."""
     if headers is None:
         headers = [series_header(s.key.metric, s.key.labels) for s in series]
     return encode_event(
         tenant,
         datasource,
-        uuid.uuid4().hex,
+        batch_id or uuid.uuid4().hex,
         int(time.time() * 1000),
         [
             s.message.SerializeToString() if s.message is not None else (header, s.ts, s.values)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from libs.bus.base import Envelope, Handler, SubscriptionMode
+from libs.bus.base import Envelope, Handler, Serialized, SubscriptionMode
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,16 @@ class InProcessBus:
         self._subscriptions: dict[str, _Subscription] = {}
         self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0, "evicted": 0}
 
-    async def publish(self, topic: str, message: Message, key: str = "") -> None:
+    async def publish(self, topic: str, message: Message | Serialized, key: str = "") -> None:
         matching = [s for s in self._subscriptions.values() if topic_matches(topic, s.pattern)]
         self.stats["published"] += 1
         if not matching:
             return
-        envelope = Envelope(
-            topic, key, message.SerializeToString(), message.DESCRIPTOR.full_name, int(time.time() * 1000)
-        )
+        if isinstance(message, Serialized):
+            payload, kind = message.payload, message.kind.DESCRIPTOR.full_name
+        else:
+            payload, kind = message.SerializeToString(), message.DESCRIPTOR.full_name
+        envelope = Envelope(topic, key, payload, kind, int(time.time() * 1000))
         for subscription in matching:
             self._enqueue(subscription, subscription.consumer_for(key), envelope)
 

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from pulsar.exceptions import PulsarException
 from pulsar.schema import ProtobufNativeSchema
 
-from libs.bus.base import Envelope, Handler, SubscriptionMode
+from libs.bus.base import Envelope, Handler, Serialized, SubscriptionMode
 from libs.bus.inprocess import DLQ_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,9 @@ class PulsarBus:
         self._consumers: list[_Consumer] = []
         self.stats = {"published": 0, "delivered": 0, "redelivered": 0, "dead_lettered": 0}
 
-    async def publish(self, topic: str, message: Message, key: str = "") -> None:
+    async def publish(self, topic: str, message: Message | Serialized, key: str = "") -> None:
+        if isinstance(message, Serialized):
+            message = message.message()  # the topic's schema producer takes the message
         properties = {TYPE_PROPERTY: message.DESCRIPTOR.full_name}
         await self._send(topic, message, key, properties)
         self.stats["published"] += 1

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,9 @@ class EncodedBatch:
 
     tenant: str
     datasource: str
+    batch_id: str
     payload: bytes
+    """The WAL record: a serialised `MetricsBatchEvent` (source = datasource), also the bus event."""
     columns: BatchColumns
 
     @classmethod
@@ -191,9 +194,10 @@ class EncodedBatch:
         if not series:
             return None
         known = [memo.of(s.key) for s in series]
-        payload = encode_batch(tenant, datasource, series, [header for _, header in known])
+        batch_id = uuid.uuid4().hex
+        payload = encode_batch(tenant, datasource, series, [header for _, header in known], batch_id)
         sids = np.fromiter((sid for sid, _ in known), dtype=np.uint64, count=len(known))
-        return cls(tenant, datasource, payload, BatchColumns.of(series, sids))
+        return cls(tenant, datasource, batch_id, payload, BatchColumns.of(series, sids))
 
 
 class MetricStore:
@@ -286,20 +290,17 @@ class MetricStore:
         await self.wal.close()
 
     # ---- ingest --------------------------------------------------------------------------
-    async def ingest(
-        self, tenant: str, datasource: str, series: list[AcceptedSeries]
-    ) -> events_pb2.MetricsBatchEvent | None:
-        """Make `series` durable (WAL, fsync) and queryable; returns the batch as an event."""
+    async def ingest(self, tenant: str, datasource: str, series: list[AcceptedSeries]) -> EncodedBatch | None:
+        """Make `series` durable (WAL, fsync) and queryable; returns the batch as encoded (its
+        `payload`, the WAL record, is also its bus event), None when no series has a point."""
         batch = EncodedBatch.encode(tenant, datasource, series, self._memo)
-        return None if batch is None else await self.ingest_encoded(batch)
+        if batch is not None:
+            await self.ingest_encoded(batch)
+        return batch
 
-    async def ingest_encoded(self, batch: EncodedBatch) -> events_pb2.MetricsBatchEvent:
-        """`ingest` of a batch encoded elsewhere (`EncodedBatch.encode`); returns it as an event."""
-        # The event for the bus is parsed back from the WAL record (protobuf's C parser copies the
-        # packed columns): cheaper than building it field by field.
-        event = events_pb2.MetricsBatchEvent.FromString(batch.payload)
-        await self._store(batch.payload, event.batch_id, (batch.tenant, batch.datasource), batch.columns)
-        return event
+    async def ingest_encoded(self, batch: EncodedBatch) -> None:
+        """`ingest` of a batch encoded elsewhere (`EncodedBatch.encode`)."""
+        await self._store(batch.payload, batch.batch_id, (batch.tenant, batch.datasource), batch.columns)
 
     async def ingest_event(self, event: events_pb2.MetricsBatchEvent) -> bool:
         """Store a batch delivered by the bus, once: a redelivered batch (same batch_id) that is
@@ -447,7 +448,10 @@ class MetricStore:
             del self._recent_batches[next(iter(self._recent_batches))]
 
     def _catalog(self, key: PartitionKey) -> SeriesCatalog:
-        return self.catalogs.setdefault(key, SeriesCatalog())
+        catalog = self.catalogs.get(key)
+        if catalog is None:  # not setdefault: an empty catalog costs a few arrays to build
+            catalog = self.catalogs[key] = SeriesCatalog()
+        return catalog
 
     # ---- reading --------------------------------------------------------------------------
     def snapshot(self, tenant: str, datasource: str) -> Snapshot | None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from libs.bus import Bus
+from libs.bus import Bus, Serialized
 from libs.errors import InvalidArgument, NotBuilt, ResourceExhausted, Unavailable
 from libs.selfmetrics import SelfMetrics
 from libs.storage import DEFAULT_TENANT, EncodedBatch, MetricStore, SeriesMemo
 from libs.streams import StreamHub, StreamSpec, SubscriptionClosed
 from libs.streams.subscriber import CLOSE_TOO_SLOW
-from libs.writes import AfterWrite
+from libs.writes import AfterWrite, metrics_topic
 from platformq.analytics.v1 import events_pb2
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from services.realtime.ingest import KnownGoodSeries, ValidatedBatch, validate
@@ -62,13 +62,15 @@ class RealtimeCore:
             encoded = EncodedBatch.encode(tenant, batch.datasource, batch.series, self.series_memo)
         if encoded is None:  # no point accepted
             return self._acknowledged(batch)
+        # The WAL record is the bus event: published as its bytes (parsed only where the bus needs
+        # the message: Pulsar's schema producers).
+        event = Serialized(events_pb2.MetricsBatchEvent, encoded.payload)
         if self.store is None:
             # Distributed: acknowledged once Pulsar has persisted the batch; the store's consumer
             # writes it (idempotently by batch id) and it answers queries from then on.
-            event = events_pb2.MetricsBatchEvent.FromString(encoded.payload)
-            await self.bus.publish(f"simulation.metrics.{event.source}", event, key=batch.datasource)
+            await self.bus.publish(metrics_topic(batch.datasource), event, key=batch.datasource)
             return self._acknowledged(batch)
-        event = await self.store.ingest_encoded(encoded)
+        await self.store.ingest_encoded(encoded)
         ts = encoded.columns.ts
         await self.after_write(tenant, batch.datasource, int(ts.min()), int(ts.max()), publish=event)
         return self._acknowledged(batch)

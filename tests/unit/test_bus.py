@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from libs.bus import InProcessBus
+from libs.bus import InProcessBus, Serialized
 from libs.cache import TtlCache
 from libs.storage.store import MetricStore, StoreConfig
 from libs.writes import AfterWrite
@@ -124,4 +124,22 @@ async def test_a_slow_consumer_over_its_backlog_bound_loses_the_oldest_and_other
     # Its backlog holds three messages' bytes: the newest three are delivered, the rest evicted.
     assert slow == [7, 8, 9] and fast == list(range(10))
     assert bus.stats["evicted"] == 7
+    await bus.close()
+
+
+async def test_a_message_published_as_its_bytes_is_delivered_as_those_bytes():
+    bus = InProcessBus()
+    got = []
+
+    async def handler(envelope):
+        got.append(envelope)
+
+    await bus.subscribe("alerts.*", "reader", handler)
+    payload = _event(7).SerializeToString()
+    await bus.publish("alerts.x", Serialized(events_pb2.AlertEvent, payload), key="k")
+    await _drain(bus, got, 1)
+    (envelope,) = got
+    assert envelope.payload is payload  # not parsed and written again
+    assert envelope.message_type == "platformq.analytics.v1.AlertEvent"
+    assert envelope.decode(events_pb2.AlertEvent) == _event(7)
     await bus.close()

@@ -82,11 +82,13 @@ def test_the_memo_gives_the_same_id_and_header_after_it_empties():
             assert header == series_header(key.metric, key.labels)
 
 
-async def test_the_returned_event_is_what_the_wal_holds(tmp_path):
+async def test_the_returned_batch_is_what_the_wal_holds(tmp_path):
     store = _opened(tmp_path)
-    event = await store.ingest("default", "ds", [_series(1, [T0, T0 + 5], 4.5)])
+    encoded = await store.ingest("default", "ds", [_series(1, [T0, T0 + 5], 4.5)])
     ((_, payload),) = list(store.wal.replay())
-    assert events_pb2.MetricsBatchEvent.FromString(payload) == event
+    assert encoded is not None and payload == encoded.payload
+    event = events_pb2.MetricsBatchEvent.FromString(payload)
+    assert event.batch_id == encoded.batch_id
     assert (event.tenant, event.datasource, event.source) == ("default", "ds", "ds")
     assert [(s.name, dict(s.labels), list(s.timestamps_ms), list(s.values)) for s in event.series] == [
         ("m", {"sim": "s1"}, [T0, T0 + 5], [4.5, 4.5])

@@ -24,6 +24,7 @@ from libs.errors import ResourceExhausted
 from libs.storage import store as store_module
 from libs.storage.series import SeriesKey, series_id
 from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
+from platformq.analytics.v1 import events_pb2
 from tests.helpers import REPO_ROOT
 
 DAY_MS = 86_400_000
@@ -120,9 +121,11 @@ BATCHES = [
 async def test_ingested_points_are_in_the_hot_tier_at_once(tmp_path):
     store = _opened(tmp_path)
     batch = [_series("cpu", CPU_A, [T0, T0 + 1000]), _series("cpu", CPU_B, [T0 + 500], [3.5])]
-    event = await store.ingest("default", "ds", batch)
+    encoded = await store.ingest("default", "ds", batch)
 
-    assert event is not None and event.datasource == "ds" and len(event.series) == 2
+    assert encoded is not None
+    event = events_pb2.MetricsBatchEvent.FromString(encoded.payload)
+    assert event.datasource == "ds" and event.batch_id == encoded.batch_id and len(event.series) == 2
     snapshot = store.snapshot("default", "ds")
     assert snapshot.segments == ()
     assert Counter(_rows(snapshot.hot.table)) == _expected(batch)
