@@ -1,8 +1,43 @@
-"""Vectorised operations on point keys (series id, timestamp): membership and last-write-wins."""
+"""Keys: a series' (`SeriesKey`, its id `series_id`) and vectorised operations on point keys (series
+id, timestamp): membership and last-write-wins. Light (numpy only): the REST body worker processes
+import it without the rest of the store."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
+from typing import NamedTuple
+
 import numpy as np
+
+LabelSet = tuple[tuple[str, str], ...]
+
+
+def series_id(metric: str, labels: Mapping[str, str] | LabelSet) -> int:
+    """Stable unsigned 64-bit id of a series (blake2b of the metric and its sorted labels)."""
+    # A LabelSet (tuple) is already sorted; checking for it first skips a slow ABC isinstance.
+    items = labels if isinstance(labels, tuple) else sorted(labels.items())
+    text = metric + "".join([f"\x00{k}\x01{v}" for k, v in items])
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class SeriesKey(NamedTuple):
+    """A series: its metric and its labels, sorted by key (a named tuple: small and quick to build,
+    as the catalog builds keys on demand)."""
+
+    metric: str
+    labels: LabelSet
+
+    @classmethod
+    def of(cls, metric: str, labels: Mapping[str, str]) -> SeriesKey:
+        """Build a key from a label mapping."""
+        return cls(metric, tuple(sorted(labels.items())))
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """The labels as a dict."""
+        return dict(self.labels)
+
 
 _KEY = np.dtype([("sid", np.uint64), ("ts", np.int64)])
 

@@ -37,9 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from libs.storage.hot import POINTS_SCHEMA
-from libs.storage.keys import keys_in, last_wins
+from libs.storage.keys import SeriesKey, keys_in, last_wins
 from libs.storage.rollups import RESOLUTIONS, points_map, rollup, write_mapped
-from libs.storage.series import SeriesKey
 
 log = logging.getLogger(__name__)
 

@@ -17,49 +17,22 @@ another thread (SQL views) sees a consistent prefix of the rows while the event 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-LabelSet = tuple[tuple[str, str], ...]
+from libs.storage.keys import SeriesKey
+
 Matcher = tuple[str, str, tuple[str, ...]]
 
 _MIN_TAIL = 1024
 """The index is rebuilt once the unindexed tail holds this many rows and a quarter of the total."""
 _NO_VALUE = -1
 """Value code of a label a series does not carry (PromQL: it equals "")."""
-
-
-def series_id(metric: str, labels: Mapping[str, str] | LabelSet) -> int:
-    """Stable unsigned 64-bit id of a series (blake2b of the metric and its sorted labels)."""
-    # A LabelSet (tuple) is already sorted; checking for it first skips a slow ABC isinstance.
-    items = labels if isinstance(labels, tuple) else sorted(labels.items())
-    text = metric + "".join([f"\x00{k}\x01{v}" for k, v in items])
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-class SeriesKey(NamedTuple):
-    """A series: its metric and its labels, sorted by key (a named tuple: small and quick to build,
-    as the catalog builds keys on demand)."""
-
-    metric: str
-    labels: LabelSet
-
-    @classmethod
-    def of(cls, metric: str, labels: Mapping[str, str]) -> SeriesKey:
-        """Build a key from a label mapping."""
-        return cls(metric, tuple(sorted(labels.items())))
-
-    @property
-    def label_map(self) -> dict[str, str]:
-        """The labels as a dict."""
-        return dict(self.labels)
 
 
 class _Column:

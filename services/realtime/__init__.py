@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from libs.grpc_server import ServiceBinding
-from platformq.analytics.v1 import realtime_service_pb2, realtime_service_pb2_grpc
-from services.context import ServiceContext
-from services.realtime.core import RealtimeCore
-from services.realtime.servicer import RealtimeServicer
+from typing import TYPE_CHECKING
+
+from platformq.analytics.v1 import realtime_service_pb2
+
+if TYPE_CHECKING:
+    from libs.grpc_server import ServiceBinding
+    from services.context import ServiceContext
 
 FULL_NAME = realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name
 
 
 def binding(context: ServiceContext) -> ServiceBinding:
     """Build the realtime core and servicer, ready to be added to a server."""
+    # Imported here, not with the package: the REST body worker processes import this package
+    # (json_worker) and need none of the server, the service context or the store.
+    from libs.grpc_server import ServiceBinding
+    from platformq.analytics.v1 import realtime_service_pb2_grpc
+    from services.realtime.core import RealtimeCore
+    from services.realtime.servicer import RealtimeServicer
+
     # Distributed: the replica validates and publishes to Pulsar; the store's consumer writes.
     store = None if context.distributed else context.ensure_store()
     core = RealtimeCore(

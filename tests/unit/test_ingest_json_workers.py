@@ -10,13 +10,15 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from libs.errors import InvalidArgument
 from libs.storage import EncodedBatch, SeriesMemo, series_id
-from libs.storage.series import SeriesKey
+from libs.storage.keys import SeriesKey
 from platformq.analytics.v1 import events_pb2
 from services.realtime.ingest import KnownGoodSeries
 from services.realtime.json_body import INLINE_MAX_BYTES, BodyInSlot, BodySlots, JsonBodies, JsonIngestDecoder
@@ -226,3 +228,20 @@ async def test_a_cancelled_body_gives_its_slot_back_once_the_worker_is_done_with
         await asyncio.sleep(0.05)
     assert _body_slots_open() <= max(held, 4 * bodies.workers)
     assert (await bodies.validate(_body(name="after"), "t"))[0].accepted == 120 * 60 + 50
+
+
+def test_a_worker_process_loads_neither_the_store_nor_the_server():
+    # Each worker imports json_worker alone (spawned): what it loads is its resident memory.
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, services.realtime.json_worker; print(' '.join(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    heavy = {"pyarrow", "duckdb", "pydantic", "libs.storage.store", "libs.grpc_server", "services.context"}
+    assert heavy.isdisjoint(loaded)
+    assert "services.realtime.json_body" in loaded and "libs.storage.batches" in loaded

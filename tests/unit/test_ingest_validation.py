@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from libs.errors import InvalidArgument
-from libs.storage.series import SeriesKey
+from libs.storage.keys import SeriesKey
 from platformq.analytics.v1 import common_pb2, realtime_service_pb2
 from services.realtime.ingest import KnownGoodSeries, validate
 

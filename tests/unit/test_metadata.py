@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from libs.cache import TtlCache
-from libs.storage.series import SeriesKey
+from libs.storage.keys import SeriesKey
 from libs.storage.store import AcceptedSeries, MetricStore
 from libs.timeparse import format_time_ms
 from services.query_router.core import Limits, QueryRouter

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from libs.errors import InvalidArgument
-from libs.storage.series import SeriesKey
+from libs.storage.keys import SeriesKey
 from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from services.query_router.sql_views import TenantDatabases, run_tenant_sql
 

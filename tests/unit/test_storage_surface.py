@@ -66,3 +66,15 @@ def test_cache_invalidation_and_metrics_publication_happen_in_one_place():
         and node.func.attr == "invalidate"
     ]
     assert not calls, "services call AfterWrite (libs/writes.py), not the cache"
+
+
+def test_every_public_name_resolves_and_an_unknown_one_is_an_attribute_error():
+    for name in libs.storage.__all__:
+        assert getattr(libs.storage, name) is not None
+    assert set(libs.storage.__all__) <= set(dir(libs.storage))
+    try:
+        libs.storage.NoSuchThing  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchThing" in str(exc)
+    else:
+        raise AssertionError("an unknown name resolved")

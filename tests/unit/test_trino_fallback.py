@@ -11,7 +11,7 @@ import pytest
 from libs.cache import TtlCache
 from libs.errors import InvalidArgument
 from libs.selfmetrics import SelfMetrics
-from libs.storage.series import SeriesKey
+from libs.storage.keys import SeriesKey
 from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb

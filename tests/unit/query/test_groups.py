@@ -10,7 +10,7 @@ import pytest
 
 from libs.cache import TtlCache
 from libs.errors import InvalidArgument
-from libs.storage.series import SeriesKey, series_id
+from libs.storage.keys import SeriesKey, series_id
 from libs.storage.store import AcceptedSeries
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import LabelMatch

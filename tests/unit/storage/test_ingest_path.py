@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from libs.bus.events import series_header
-from libs.storage.series import SeriesKey, series_id
+from libs.storage.keys import SeriesKey, series_id
 from libs.storage.store import AcceptedSeries, MetricStore, SeriesMemo, StoreConfig
 from platformq.analytics.v1 import common_pb2, events_pb2
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from libs.cache import TtlCache
-from libs.storage.series import SeriesKey, series_id
+from libs.storage.keys import SeriesKey, series_id
 from libs.storage.store import AcceptedSeries, MetricStore
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb

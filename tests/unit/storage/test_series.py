@@ -3,7 +3,8 @@ import tracemalloc
 
 import numpy as np
 
-from libs.storage.series import SeriesCatalog, SeriesKey, series_id
+from libs.storage.keys import SeriesKey, series_id
+from libs.storage.series import SeriesCatalog
 
 
 def _catalog() -> SeriesCatalog:

@@ -22,7 +22,7 @@ import pytest
 
 from libs.errors import ResourceExhausted
 from libs.storage import store as store_module
-from libs.storage.series import SeriesKey, series_id
+from libs.storage.keys import SeriesKey, series_id
 from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from platformq.analytics.v1 import events_pb2
 from tests.helpers import REPO_ROOT
