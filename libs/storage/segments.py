@@ -292,18 +292,11 @@ class SegmentStore:
         )
         return len(missing)
 
-    def write_series(self, tenant: str, datasource: str, rows: list[tuple[int, SeriesKey]]) -> Path:
-        """Write newly seen series; returns the file (not yet in the manifest)."""
+    def write_series(self, tenant: str, datasource: str, series: pa.Table) -> Path:
+        """Write newly seen series (`SeriesCatalog.arrow(None, rows)`: series_id, metric, labels as
+        a MAP); returns the file (not yet in the manifest)."""
         path = self._base(tenant, datasource) / "series" / f"{uuid.uuid4().hex}.parquet"
-        table = pa.Table.from_arrays(
-            [
-                pa.array([sid for sid, _ in rows], pa.uint64()),
-                pa.array([key.metric for _, key in rows]),
-                pa.array([list(key.labels) for _, key in rows], pa.map_(pa.string(), pa.string())),
-            ],
-            schema=SERIES_SCHEMA,
-        )
-        _write_parquet(table, path)
+        _write_parquet(series.cast(SERIES_SCHEMA), path)
         return path
 
     def commit(

@@ -340,13 +340,15 @@ class SeriesCatalog:
             for m, pairs in zip(self._metric_col.data[rows].tolist(), labels, strict=True)
         ]
 
-    def arrow(self, keys: list[str] | None) -> pa.Table:
-        """Every series as Arrow columns `series_id`, `metric` and `labels`: a STRUCT with one
-        string field per name in `keys` (null where a series lacks it), or a MAP of its labels
-        when `keys` is None. Built from the code columns, with no Python object per series."""
-        n = len(self)
-        ids = pa.array(self._ids.data[:n], pa.uint64())
-        metric = pa.array(self._metrics.names, pa.string()).take(pa.array(self._metric_col.data[:n]))
+    def arrow(self, keys: list[str] | None, rows: np.ndarray | None = None) -> pa.Table:
+        """Every series (or those of catalog `rows`, in that order) as Arrow columns `series_id`,
+        `metric` and `labels`: a STRUCT with one string field per name in `keys` (null where a
+        series lacks it), or a MAP of its labels when `keys` is None. Built from the code columns,
+        with no Python object per series: only each distinct label value present is a string."""
+        rows = np.arange(len(self), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        ids = pa.array(self._ids.data[rows], pa.uint64())
+        metric = pa.array(self._metrics.names, pa.string()).take(pa.array(self._metric_col.data[rows]))
         if keys is not None:
             fields, arrays = [], []
             for name in keys or ["_"]:  # DuckDB cannot bind an empty STRUCT: one NULL field then
@@ -354,30 +356,48 @@ class SeriesCatalog:
                 if k is None:
                     arrays.append(pa.nulls(n, pa.string()))
                 else:
-                    codes = self._label_cols[k].data[:n]
-                    indices = pa.array(codes, pa.int32(), mask=codes == _NO_VALUE)
-                    arrays.append(pa.array(self._values[k].names, pa.string()).take(indices))
+                    codes = self._label_cols[k].data[rows]
+                    present = codes != _NO_VALUE
+                    names, index = self._strings(k, codes[present])
+                    full = np.zeros(n, dtype=np.int64)
+                    full[present] = index
+                    arrays.append(names.take(pa.array(full, mask=~present)))
                 fields.append(pa.field(name, pa.string()))
             labels = pa.StructArray.from_arrays(arrays, fields=fields)
         else:
             order = self._sorted_keys
             codes = (
-                np.stack([self._label_cols[k].data[:n] for k in order])
+                np.stack([self._label_cols[k].data[rows] for k in order])
                 if order
                 else np.zeros((0, n), np.int32)
             )
             present = codes != _NO_VALUE
             row, rank = np.nonzero(present.T)  # row-major: each row's labels in key-name order
-            bases = np.cumsum([0] + [len(self._values[k].names) for k in order])
-            every_value = pa.array([v for k in order for v in self._values[k].names], pa.string())
+            picked = codes[rank, row]
+            # One dictionary of the values present, key by key; each entry's index into it.
+            pieces, index, base = [], np.zeros(len(picked), dtype=np.int64), 0
+            for r, k in enumerate(order):
+                at = np.flatnonzero(rank == r)
+                names, where = self._strings(k, picked[at])
+                pieces.append(names)
+                index[at] = base + where
+                base += len(names)
+            every_value = pa.concat_arrays(pieces) if pieces else pa.array([], pa.string())
             offsets = np.zeros(n + 1, dtype=np.int32)
             np.cumsum(present.sum(axis=0), out=offsets[1:])
             labels = pa.MapArray.from_arrays(
                 pa.array(offsets),
                 pa.array([self._keys.names[k] for k in order], pa.string()).take(pa.array(rank)),
-                every_value.take(pa.array(bases[rank] + codes[rank, row])),
+                every_value.take(pa.array(index)),
             )
         return pa.table({"series_id": ids, "metric": metric, "labels": labels})
+
+    def _strings(self, k: int, codes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+        """The distinct values of label key `k` among `codes` as strings, and each code's index
+        into them."""
+        distinct, where = np.unique(codes, return_inverse=True)
+        names = self._values[k].names
+        return pa.array([names[c] for c in distinct.tolist()], pa.string()), where.reshape(-1)
 
     def ids(self) -> np.ndarray:
         """Every series id, in the order the series were added."""

@@ -171,6 +171,17 @@ def test_the_arrow_export_equals_the_keys():
     as_map = catalog.arrow(None).to_pylist()
     assert [r["labels"] for r in as_map] == [list(truth[sid].labels) for sid in ids]
     assert SeriesCatalog().arrow([]).to_pylist() == []
+    # Some rows, in any order, repeated: the same answers for those rows.
+    rows = rng.choice(len(ids), size=300, replace=True)
+    picked = [ids[r] for r in rows.tolist()]
+    some = catalog.arrow(keys, rows).to_pylist()
+    assert [r["series_id"] for r in some] == picked
+    assert [r["labels"] for r in some] == [{k: truth[sid].label_map.get(k) for k in keys} for sid in picked]
+    some_map = catalog.arrow(None, rows).to_pylist()
+    assert [(r["metric"], r["labels"]) for r in some_map] == [
+        (truth[sid].metric, list(truth[sid].labels)) for sid in picked
+    ]
+    assert catalog.arrow(None, rows[:0]).to_pylist() == []
 
 
 def test_add_many_gives_the_rows_add_gives_one_by_one():
