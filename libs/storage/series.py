@@ -67,6 +67,17 @@ class _Strings:
             self.names.append(text)
         return code
 
+    def code_many(self, texts: list[str]) -> list[int]:
+        """`code` of each text, in one pass: a new text gets the next code (the dict's size when it
+        is added), and the first occurrence of each new code appends its name."""
+        codes, names = self.codes, self.names
+        out = [codes.setdefault(text, len(codes)) for text in texts]
+        if len(codes) > len(names):
+            for text, code in zip(texts, out, strict=True):
+                if code == len(names):
+                    names.append(text)
+        return out
+
 
 @dataclass(frozen=True)
 class _Postings:
@@ -209,22 +220,17 @@ class SeriesCatalog:
             for column in (self._ids, self._metric_col, *self._label_cols):
                 column.reserve(capacity)
         self._ids.data[first:end] = sids
-        metric_code = self._metrics.code
-        self._metric_col.data[first:end] = [metric_code(key.metric) for key in keys]
+        self._metric_col.data[first:end] = self._metrics.code_many([key.metric for key in keys])
         # Series with the same label names (usually all of a batch) are written a column at a time.
         shapes: dict[tuple[str, ...], list[int]] = {}
         for i, key in enumerate(keys):
-            shapes.setdefault(tuple(name for name, _ in key.labels), []).append(i)
+            shapes.setdefault(tuple([pair[0] for pair in key.labels]), []).append(i)
         for names, members in shapes.items():
             rows = np.array(members, dtype=np.int64) + first
             for j, name in enumerate(names):
                 k = self._key_code(name)
-                strings = self._values[k]
-                known = strings.codes.get
-                codes = [known(keys[i].labels[j][1]) for i in members]
-                if None in codes:
-                    codes = [strings.code(keys[i].labels[j][1]) for i in members]
-                self._label_cols[k].data[rows] = codes
+                values = [keys[i].labels[j][1] for i in members]
+                self._label_cols[k].data[rows] = self._values[k].code_many(values)
         index = self._index
         index.recent.update(zip(sids, range(first, end), strict=True))
         # Rows are written before they are counted: a reader in another thread sees whole rows only.
