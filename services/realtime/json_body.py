@@ -26,6 +26,7 @@ per-series objects cost more to pickle than the parsing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import re
@@ -44,6 +45,7 @@ from libs.storage import EncodedBatch, SeriesMemo
 from platformq.analytics.v1 import realtime_service_pb2
 from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
 
+log = logging.getLogger(__name__)
 _NO_LABELS = msgspec.Raw(b"{}")
 _INT = re.compile(r"-?[0-9]{1,19}")
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -214,8 +216,8 @@ class BodySlots:
     The pool's pipe took a pickled copy, a copy per side through a 64 KiB pipe with a switch between
     the processes for each 64 KiB, and fresh pages for each: about 3 ms of CPU a 1.3 MB body, of
     which a reused slot keeps 0.4 ms. Linux only: elsewhere (no `os.memfd_create`) bodies go through
-    the pipe. A slot is kept while at most `keep` are free, and emptied when a body of more than
-    `KEEP_BYTES` used it."""
+    the pipe, as they do from the first slot that cannot be written or read (JsonBodies). A slot is
+    kept while at most `keep` are free, and emptied when a body of more than `KEEP_BYTES` used it."""
 
     KEEP_BYTES = 16 << 20
 
@@ -273,6 +275,7 @@ class JsonBodies:
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[object] | None = None
         self._slots: BodySlots | None = None
+        self._slots_work = True
 
     async def validate(self, data: bytes, tenant: str) -> tuple[ValidatedBatch, EncodedBatch | None]:
         """`validate_and_encode` of a JSON body, for `tenant`."""
@@ -286,6 +289,14 @@ class JsonBodies:
             except BrokenProcessPool:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._ready = None
+            except OSError as exc:
+                # A slot could not be written here or read there (/proc/<pid>/fd closed to the
+                # worker): this body is parsed here, later ones go through the pool's pipe.
+                log.warning("REST bodies no longer go through memory files: %s", exc)
+                self._slots_work = False
+                if self._slots is not None:
+                    self._slots.close()
+                    self._slots = None
         return await asyncio.to_thread(
             validate_and_encode, self.decoder, self.known, self.memo, data, now_ms, tenant
         )
@@ -323,7 +334,7 @@ class JsonBodies:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
             )
-            if self._slots is None and BodySlots.available():
+            if self._slots is None and self._slots_work and BodySlots.available():
                 self._slots = BodySlots(keep=4 * self.workers)  # kept when a pool breaks
             self._ready = self._pool.submit(int)
         assert self._ready is not None

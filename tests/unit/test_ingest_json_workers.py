@@ -245,3 +245,24 @@ def test_a_worker_process_loads_neither_the_store_nor_the_server():
     heavy = {"pyarrow", "duckdb", "pydantic", "libs.storage.store", "libs.grpc_server", "services.context"}
     assert heavy.isdisjoint(loaded)
     assert "services.realtime.json_body" in loaded and "libs.storage.batches" in loaded
+
+
+@pytest.mark.skipif(not BodySlots.available(), reason="body slots need memfd_create and /proc (Linux)")
+async def test_a_slot_the_worker_cannot_read_fails_no_body_and_later_bodies_take_the_pipe(
+    bodies, monkeypatch
+):
+    await _until_workers_parse(bodies)
+    never_open = 999_999  # no such descriptor here: the worker's open of it fails
+
+    def put(self, data):
+        return never_open
+
+    def release(self, fd):
+        assert fd == never_open
+
+    monkeypatch.setattr(BodySlots, "put", put)
+    monkeypatch.setattr(BodySlots, "release", release)
+    batch, _ = await bodies.validate(_body(name="unreadable"), "t")
+    assert batch.accepted == 120 * 60 + 50 and _parsed_here(bodies, "unreadable")
+    batch, _ = await bodies.validate(_body(name="piped"), "t")
+    assert batch.accepted == 120 * 60 + 50 and not _parsed_here(bodies, "piped")  # in the worker
