@@ -184,18 +184,22 @@ def test_the_arrow_export_equals_the_keys():
     assert catalog.arrow(None, rows[:0]).to_pylist() == []
 
 
+def _labels(b: int, i: int) -> dict[str, str]:
+    base = {"sim": f"s{(b * 400 + i) // 3}"}
+    if b % 3 == 0:
+        return base  # one shape for the whole batch
+    if b % 3 == 1:
+        return {**base, **({f"extra{b % 4}": str(i)} if i % 4 == 0 else {})}  # one or two labels
+    return {**base, ("alpha" if i % 2 else "zeta"): str(i)}  # two labels each, named differently
+
+
 def test_add_many_gives_the_rows_add_gives_one_by_one():
-    # Mixed label shapes, new label keys mid-batch, a new series named twice, known series again;
-    # enough batches to pass several index rebuilds.
+    # Batches of one label shape, of mixed shapes, of equal lengths under other names; new label
+    # keys mid-batch, a new series named twice, known series again; enough batches to pass several
+    # index rebuilds.
     one_by_one, batched = SeriesCatalog(), SeriesCatalog()
     for b in range(12):
-        keys = [
-            SeriesKey.of(
-                "cpu" if i % 5 else "mem",
-                {"sim": f"s{(b * 400 + i) // 3}", **({f"extra{b % 4}": str(i)} if i % 4 == 0 else {})},
-            )
-            for i in range(400)
-        ]
+        keys = [SeriesKey.of("cpu" if i % 5 else "mem", _labels(b, i)) for i in range(400)]
         keys += [*keys[:50], keys[7]]  # repeats within the batch
         sids = np.array([series_id(k.metric, k.labels) for k in keys], dtype=np.uint64)
         expected = [one_by_one.add(int(s), k) for s, k in zip(sids, keys, strict=True)]
@@ -204,5 +208,6 @@ def test_add_many_gives_the_rows_add_gives_one_by_one():
     assert len(batched) == len(one_by_one) > 3_000
     assert batched.keys_of(batched.ids()) == one_by_one.keys_of(one_by_one.ids())
     assert batched.unsaved == one_by_one.unsaved
-    for matcher in [("extra1", "=", ("0",)), ("sim", "regex", ("s1.*",)), ("extra3", "!=", ("",))]:
+    matchers = [("extra1", "=", ("0",)), ("sim", "regex", ("s1.*",)), ("extra3", "!=", ("",))]
+    for matcher in [*matchers, ("alpha", "=", ("3",)), ("zeta", "!=", ("",))]:
         assert batched.select(["cpu", "mem"], [matcher]) == one_by_one.select(["cpu", "mem"], [matcher])
