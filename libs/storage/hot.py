@@ -20,6 +20,7 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 
+from libs import arrowbuf
 from libs.storage.keys import keys_in
 
 POINTS_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
@@ -48,7 +49,11 @@ class HotBatch:
     def record_batch(self) -> pa.RecordBatch:
         """The points as an Arrow record batch (zero-copy over the numpy arrays)."""
         return pa.RecordBatch.from_arrays(
-            [pa.array(self.series_ids, pa.uint64()), pa.array(self.ts), pa.array(self.values)],
+            [
+                arrowbuf.array(self.series_ids, pa.uint64()),
+                arrowbuf.array(self.ts, pa.int64()),
+                arrowbuf.array(self.values, pa.float64()),
+            ],
             schema=POINTS_SCHEMA,
         )
 

@@ -42,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs import arrowbuf
+
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 # Resolution name -> width, coarsest first (the planner picks the coarsest one a query allows).
@@ -79,7 +81,7 @@ TS_INDEX_KEY = b"platformq.ts_index"
 def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int) -> pa.Table:
     """The rollup of points sorted by (series, ts) with one point per key, at `width` ms."""
     if not len(ts):
-        return ROLLUP_SCHEMA.empty_table()
+        return arrowbuf.empty_table(ROLLUP_SCHEMA)
     bucket = ts // width * width
     new = np.ones(len(ts), dtype=bool)
     new[1:] = (series_ids[1:] != series_ids[:-1]) | (bucket[1:] != bucket[:-1])
@@ -87,14 +89,14 @@ def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: in
     ends = np.append(starts[1:], len(ts)) - 1
     return pa.Table.from_arrays(
         [
-            pc.run_end_encode(pa.array(series_ids[starts], pa.uint64()), run_end_type=pa.int32()),
-            pa.array(bucket[starts]),
-            pa.array(ends - starts + 1),
-            pa.array(np.add.reduceat(values, starts)),
-            pa.array(np.minimum.reduceat(values, starts)),
-            pa.array(np.maximum.reduceat(values, starts)),
-            pa.array(values[ends]),
-            pa.array(ts[ends]),
+            pc.run_end_encode(arrowbuf.array(series_ids[starts], pa.uint64()), run_end_type=pa.int32()),
+            arrowbuf.array(bucket[starts], pa.int64()),
+            arrowbuf.array(ends - starts + 1, pa.int64()),
+            arrowbuf.array(np.add.reduceat(values, starts), pa.float64()),
+            arrowbuf.array(np.minimum.reduceat(values, starts), pa.float64()),
+            arrowbuf.array(np.maximum.reduceat(values, starts), pa.float64()),
+            arrowbuf.array(values[ends], pa.float64()),
+            arrowbuf.array(ts[ends], pa.int64()),
         ],
         schema=ROLLUP_SCHEMA,
     )
@@ -153,7 +155,7 @@ def write_mapped(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     table = table.combine_chunks()
-    ts = table.column("ts").to_numpy() if table.num_rows else np.empty(0, np.int64)
+    ts = arrowbuf.numpy(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
     # The time index rides in the footer's schema metadata: read with the schema, at open.
     table = table.replace_schema_metadata({TS_INDEX_KEY: ts[::TS_INDEX_ROWS].astype("<i8").tobytes()})
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -170,9 +172,10 @@ def write_mapped(table: pa.Table, path: Path) -> None:
 
 def points_map(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> pa.Table:
     """The points map of points sorted by (series, ts)."""
-    ids = pc.run_end_encode(pa.array(series_ids, pa.uint64()), run_end_type=pa.int32())
+    ids = pc.run_end_encode(arrowbuf.array(series_ids, pa.uint64()), run_end_type=pa.int32())
     return pa.Table.from_arrays(
-        [ids, pa.array(ts, pa.int64()), pa.array(values, pa.float64())], schema=POINTS_MAP_SCHEMA
+        [ids, arrowbuf.array(ts, pa.int64()), arrowbuf.array(values, pa.float64())],
+        schema=POINTS_MAP_SCHEMA,
     )
 
 
@@ -281,16 +284,18 @@ class MappedFile:
         # Zero-copy: the arrays below are views of `mm`, which they keep alive.
         table = pa.ipc.open_file(pa.py_buffer(mm)).read_all()
         if not table.num_rows:
-            empty = tuple(np.empty(0, dtype=f.type.to_pandas_dtype()) for f in list(table.schema)[1:])
+            empty = tuple(np.empty(0, dtype=arrowbuf.dtype(f.type)) for f in list(table.schema)[1:])
             return cls(np.empty(0, np.uint64), np.empty(0, np.int32), empty, mm, base)
         ids = table.column(0).chunk(0)
-        columns = tuple(table.column(i).chunk(0).to_numpy() for i in range(1, table.num_columns))
+        columns = tuple(arrowbuf.numpy(table.column(i).chunk(0)) for i in range(1, table.num_columns))
         raw = (table.schema.metadata or {}).get(TS_INDEX_KEY)
         ts_index = None if raw is None else np.frombuffer(raw, dtype="<i8")
         if pa.types.is_run_end_encoded(ids.type):
             # The series column is its own index: one value and one run end per series.
-            return cls(ids.values.to_numpy(), ids.run_ends.to_numpy(), columns, mm, base, ts_index=ts_index)
-        sid = ids.to_numpy()  # a file of an earlier release: the index is built (copied) once
+            return cls(
+                arrowbuf.numpy(ids.values), arrowbuf.numpy(ids.run_ends), columns, mm, base, ts_index=ts_index
+            )
+        sid = arrowbuf.numpy(ids)  # a file of an earlier release: the index is built (copied) once
         starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
         ends = np.append(starts[1:], len(sid))
         return cls(sid[starts], ends, columns, mm, base, index_copied=True, ts_index=ts_index)

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from libs import arrowbuf
 from libs.storage.hot import POINTS_SCHEMA
 from libs.storage.keys import SeriesKey, keys_in, last_wins
 from libs.storage.rollups import RESOLUTIONS, points_map, rollup, write_mapped
@@ -247,9 +248,9 @@ class SegmentStore:
             order = np.lexsort((part_ts, part_ids, part_ts // BLOCK_MS))
             table = pa.Table.from_arrays(
                 [
-                    pa.array(part_ids[order], pa.uint64()),
-                    pa.array(part_ts[order]),
-                    pa.array(part_values[order]),
+                    arrowbuf.array(part_ids[order], pa.uint64()),
+                    arrowbuf.array(part_ts[order], pa.int64()),
+                    arrowbuf.array(part_values[order], pa.float64()),
                 ],
                 schema=POINTS_SCHEMA,
             )
@@ -281,7 +282,7 @@ class SegmentStore:
         upgraded = []
         for s in missing:
             table = pq.read_table(s.path)  # one point per key already
-            ids, ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
+            ids, ts, values = (arrowbuf.numpy(table[c]) for c in ("series_id", "ts", "value"))
             order = np.lexsort((ts, ids))
             upgraded.append(dataclasses.replace(s, rollups=tuple(RESOLUTIONS), mapped=True))
             self._write_maps(upgraded[-1], ids[order], ts[order], values[order])
@@ -361,13 +362,13 @@ class SegmentStore:
             probe = pq.read_table(
                 seg.path, columns=["series_id", "ts"], filters=[("ts", ">=", lo), ("ts", "<=", hi)]
             )
-            probe_ids = probe["series_id"].to_numpy()
-            probe_ts = probe["ts"].to_numpy()
+            probe_ids = arrowbuf.numpy(probe["series_id"])
+            probe_ts = arrowbuf.numpy(probe["ts"])
             near = np.isin(probe_ids, wanted)
             if not near.any() or not keys_in(probe_ids[near], probe_ts[near], series_ids, ts).any():
                 continue
             table = pq.read_table(seg.path)
-            ids, seg_ts, values = (table[c].to_numpy() for c in ("series_id", "ts", "value"))
+            ids, seg_ts, values = (arrowbuf.numpy(table[c]) for c in ("series_id", "ts", "value"))
             keep = ~keys_in(ids, seg_ts, series_ids, ts)
             removed.append(seg)
             if keep.any():

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs import arrowbuf
 from libs.storage.keys import LabelSet, SeriesKey
 
 Matcher = tuple[str, str, tuple[str, ...]]
@@ -372,8 +373,8 @@ class SeriesCatalog:
         with no Python object per series: only each distinct label value present is a string."""
         rows = np.arange(len(self), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         n = len(rows)
-        ids = pa.array(self._ids.data[rows], pa.uint64())
-        metric = pa.array(self._metrics.names, pa.string()).take(pa.array(self._metric_col.data[rows]))
+        ids = arrowbuf.array(self._ids.data[rows], pa.uint64())
+        metric = arrowbuf.strings(self._metrics.names).take(arrowbuf.array(self._metric_col.data[rows]))
         if keys is not None:
             fields, arrays = [], []
             for name in keys or ["_"]:  # DuckDB cannot bind an empty STRUCT: one NULL field then
@@ -386,7 +387,7 @@ class SeriesCatalog:
                     names, index = self._strings(k, codes[present])
                     full = np.zeros(n, dtype=np.int64)
                     full[present] = index
-                    arrays.append(names.take(pa.array(full, mask=~present)))
+                    arrays.append(names.take(arrowbuf.array(full, valid=present)))
                 fields.append(pa.field(name, pa.string()))
             labels = pa.StructArray.from_arrays(arrays, fields=fields)
         else:
@@ -407,13 +408,13 @@ class SeriesCatalog:
                 pieces.append(names)
                 index[at] = base + where
                 base += len(names)
-            every_value = pa.concat_arrays(pieces) if pieces else pa.array([], pa.string())
+            every_value = pa.concat_arrays(pieces) if pieces else arrowbuf.strings([])
             offsets = np.zeros(n + 1, dtype=np.int32)
             np.cumsum(present.sum(axis=0), out=offsets[1:])
             labels = pa.MapArray.from_arrays(
-                pa.array(offsets),
-                pa.array([self._keys.names[k] for k in order], pa.string()).take(pa.array(rank)),
-                every_value.take(pa.array(index)),
+                arrowbuf.array(offsets),
+                arrowbuf.strings([self._keys.names[k] for k in order]).take(arrowbuf.array(rank)),
+                every_value.take(arrowbuf.array(index)),
             )
         return pa.table({"series_id": ids, "metric": metric, "labels": labels})
 
@@ -422,7 +423,7 @@ class SeriesCatalog:
         into them."""
         distinct, where = np.unique(codes, return_inverse=True)
         names = self._values[k].names
-        return pa.array([names[c] for c in distinct.tolist()], pa.string()), where.reshape(-1)
+        return arrowbuf.strings([names[c] for c in distinct.tolist()]), where.reshape(-1)
 
     def ids(self) -> np.ndarray:
         """Every series id, in the order the series were added."""
@@ -457,11 +458,13 @@ class SeriesCatalog:
         if len(self._metrics.names) == 1:
             # One metric owns every series: no need to look at the ids.
             return {self._metrics.names[0]: len(series_ids) if counts is None else int(counts.sum())}
+        if isinstance(series_ids, np.ndarray):
+            series_ids = arrowbuf.array(series_ids, pa.uint64())
         if counts is None:
             counted = pc.value_counts(series_ids).flatten()
-            ids, counts = counted[0].to_numpy(zero_copy_only=False), counted[1].to_numpy()
+            ids, counts = arrowbuf.numpy(counted[0]), arrowbuf.numpy(counted[1])
         else:
-            ids = np.asarray(series_ids)
+            ids = arrowbuf.numpy(series_ids)
         rows = self.rows_of(ids)
         known = rows >= 0  # every id is known; a stray one is left out rather than misfiled
         codes = self._metric_col.data[rows[known]]

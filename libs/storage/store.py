@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from libs import arrowbuf
 from libs.errors import ResourceExhausted
 from libs.storage.batches import AcceptedSeries, BatchColumns, EncodedBatch, SeriesMemo
 from libs.storage.hot import Chunk, HotPoints, HotTier, PartitionKey
@@ -509,9 +510,9 @@ class MetricStore:
         return self.segments.write_points(
             tenant,
             datasource,
-            table["series_id"].to_numpy(),
-            table["ts"].to_numpy(),
-            table["value"].to_numpy(),
+            arrowbuf.numpy(table["series_id"]),
+            arrowbuf.numpy(table["ts"]),
+            arrowbuf.numpy(table["value"]),
             weekly=weekly,
         )
 

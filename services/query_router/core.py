@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from libs import arrowbuf
 from libs.cache import ALL_DATASOURCES, ResultCache
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.selfmetrics import SELF_CACHE_NAMESPACE, SELF_DATASOURCE, SelfMetrics
@@ -398,8 +399,8 @@ class QueryRouter:
         chosen = allowed[gids]
         selection = pa.table(
             {
-                "series_id": pa.array(sids[chosen], pa.uint64()),
-                "gid": pa.array(gids[chosen].astype(np.int32), pa.int32()),
+                "series_id": arrowbuf.array(sids[chosen], pa.uint64()),
+                "gid": arrowbuf.array(gids[chosen], pa.int32()),
             }
         )
         return Groups(selection, keys)
@@ -485,7 +486,7 @@ class QueryRouter:
         if not tables:
             return b""
         table = pa.concat_tables(tables)
-        gids, buckets, values = (table[c].to_numpy() for c in ("gid", "bucket", "value"))
+        gids, buckets, values = (arrowbuf.numpy(table[c]) for c in ("gid", "bucket", "value"))
         # Points sorted by group then bucket, cut into one run per group (vectorised: an answer
         # can hold tens of thousands of points).
         order = np.lexsort((buckets, gids))

@@ -35,6 +35,7 @@ from pydruid.client import BaseDruidClient
 from pydruid.utils.aggregators import count, doublemax, doublemin, doublesum
 from pydruid.utils.filters import Filter
 
+from libs import arrowbuf
 from libs.errors import connection_failure
 from libs.storage import Segment, Snapshot
 from services.query_router.cancel import Deadline
@@ -225,7 +226,7 @@ class DruidEngine:
         self, fragment: Fragment, selection: pa.Table, aggregation: str, bucketing: Bucketing, seconds: float
     ) -> tuple[str, Callable[[], FragmentResult]]:
         """(queryId, a blocking call returning the FragmentResult); split so the caller can cancel."""
-        sids = selection["series_id"].to_numpy()
+        sids = arrowbuf.numpy(selection["series_id"])
         query_id, args = self.query_body(fragment, sids, aggregation, bucketing, int(seconds * 1000))
 
         def call() -> FragmentResult:
@@ -281,7 +282,7 @@ def merge_rows(
 ) -> pa.Table:
     """Per-series partials from Druid merged into (gid, bucket, value), sorted by group and bucket."""
     if not rows:
-        return RESULT_SCHEMA.empty_table()
+        return arrowbuf.empty_table(RESULT_SCHEMA)
     sid_to_gid = dict(zip(selection["series_id"].to_pylist(), selection["gid"].to_pylist(), strict=True))
     gids = np.fromiter((sid_to_gid[int(r["event"]["sid"])] for r in rows), dtype=np.int64, count=len(rows))
     if bucketing.calendar == "all":
@@ -311,9 +312,9 @@ def merge_rows(
         np.maximum.at(values, inverse, column("max"))
     return pa.table(
         {
-            "gid": pa.array(keys[:, 0].astype(np.int32), pa.int32()),
-            "bucket": pa.array(keys[:, 1], pa.int64()),
-            "value": pa.array(values, pa.float64()),
+            "gid": arrowbuf.array(keys[:, 0], pa.int32()),
+            "bucket": arrowbuf.array(keys[:, 1], pa.int64()),
+            "value": arrowbuf.array(values, pa.float64()),
         },
         schema=RESULT_SCHEMA,
     )

@@ -36,6 +36,7 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 
+from libs import arrowbuf
 from libs.errors import ConfigError
 from libs.storage import MetricStore, Snapshot
 from services.query_router.druid import HOUR_MS, DruidMirror, druid_datasource, hours_of, iso
@@ -141,12 +142,12 @@ class DruidLoader:
         tables = []
         for name in files:
             table = by_path[name].read_points()
-            mask = np.isin(table["ts"].to_numpy() // HOUR_MS, wanted)
-            tables.append(table.filter(pa.array(mask)))
+            mask = np.isin(arrowbuf.numpy(table["ts"]) // HOUR_MS, wanted)
+            tables.append(table.filter(arrowbuf.array(mask)))
         if not tables:
             return 0, []
         table = pa.concat_tables(tables)
-        sids = table["series_id"].to_numpy()
+        sids = arrowbuf.numpy(table["series_id"])
         unique = np.unique(sids)
         keys = snapshot.catalog.keys_of(unique)
         label_keys = sorted({k for series in keys for k, _ in series.labels})

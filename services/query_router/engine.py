@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs import arrowbuf
 from libs.storage import NEEDS, RESOLUTIONS, HotPoints, MappedReader, MapRead, Partials, Segment, cover
 from services.query_router.cancel import CancelToken
 
@@ -130,7 +131,7 @@ def _merge_partials(
 ) -> pa.Table:
     """Final aggregate per (group, bucket) of partial aggregates, sorted by group and bucket."""
     if not len(gids):
-        return RESULT_SCHEMA.empty_table()
+        return arrowbuf.empty_table(RESULT_SCHEMA)
     if bucketing.calendar == "all":
         index, first, step, width = np.zeros(len(gids), dtype=np.int64), start, 0, 1
     else:
@@ -174,7 +175,11 @@ def _merge_partials(
         keys = present[keys]
     g, i = np.divmod(keys, width)
     return pa.Table.from_arrays(
-        [pa.array(g, pa.int32()), pa.array(first + i * step, pa.int64()), pa.array(value, pa.float64())],
+        [
+            arrowbuf.array(g, pa.int32()),
+            arrowbuf.array(first + i * step, pa.int64()),
+            arrowbuf.array(value, pa.float64()),
+        ],
         schema=RESULT_SCHEMA,
     )
 
@@ -258,13 +263,7 @@ class QueryEngine:
         With a `token`, cancelling it interrupts the DuckDB statement or stops the rollup read
         between files (QueryInterrupted)."""
         started = time.perf_counter()
-        empty = pa.table(
-            {
-                "gid": pa.array([], pa.int32()),
-                "bucket": pa.array([], pa.int64()),
-                "value": pa.array([], pa.float64()),
-            }
-        )
+        empty = arrowbuf.empty_table(RESULT_SCHEMA)
         if selection.num_rows == 0 or (not fragment.segments and fragment.hot is None):
             return FragmentResult(empty, 0, time.perf_counter() - started, fragment.engine)
         if fragment.rollup is not None:
@@ -299,9 +298,9 @@ class QueryEngine:
         token: CancelToken | None,
     ) -> tuple[pa.Table, int]:
         """Vectorised: rollup rows of the selected series, hot points as partials, merged per bucket."""
-        sids = selection["series_id"].to_numpy()
+        sids = arrowbuf.numpy(selection["series_id"])
         order = np.argsort(sids)
-        sids, gid_of = sids[order], selection["gid"].to_numpy()[order]
+        sids, gid_of = sids[order], arrowbuf.numpy(selection["gid"])[order]
         stop = None if token is None else lambda: token.cancelled
         reads, edges = [], []
         for resolution, a, b in cover(fragment.start, fragment.end, fragment.rollup):

@@ -39,6 +39,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from libs import arrowbuf
 from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.storage import SeriesCatalog, Snapshot
 from services.query_router.cancel import CancelToken
@@ -69,7 +70,7 @@ def _series_table(
 
 def _with_datasource(datasource: str, table: pa.Table) -> pa.Table:
     # One string repeated by a vectorised take, not a Python list of n copies.
-    column = pa.array([datasource], pa.string()).take(pa.array(np.zeros(len(table), dtype=np.int32)))
+    column = arrowbuf.strings([datasource]).take(arrowbuf.array(np.zeros(len(table), dtype=np.int32)))
     return table.add_column(0, "datasource", column)
 
 

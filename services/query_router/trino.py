@@ -37,6 +37,7 @@ import sqlglot
 import trino
 from sqlglot import exp
 
+from libs import arrowbuf
 from libs.errors import DeadlineExceeded, InvalidArgument, connection_failure
 from libs.storage import Segment, Snapshot
 from services.query_router.cancel import CancelToken
@@ -257,15 +258,17 @@ class TrinoEngine:
         """Aggregate one cold fragment on Trino (same SQL shape as engine.fragment_sql)."""
         started = time.perf_counter()
         if selection.num_rows == 0 or not fragment.segments:
-            return FragmentResult(RESULT_SCHEMA.empty_table(), 0, time.perf_counter() - started, "trino")
+            return FragmentResult(
+                arrowbuf.empty_table(RESULT_SCHEMA), 0, time.perf_counter() - started, "trino"
+            )
         tenant, datasource = fragment.segments[0].tenant, fragment.segments[0].datasource
         self._ensure_tables(tenant, datasource, timeout)
         _, rows = self._execute(fragment_sql(fragment, selection, aggregation, bucketing), (), timeout, token)
         table = pa.table(
             {
-                "gid": pa.array([r[0] for r in rows], pa.int32()),
-                "bucket": pa.array([r[1] for r in rows], pa.int64()),
-                "value": pa.array([r[2] for r in rows], pa.float64()),
+                "gid": arrowbuf.array([r[0] for r in rows], pa.int32()),
+                "bucket": arrowbuf.array([r[1] for r in rows], pa.int64()),
+                "value": arrowbuf.array([r[2] for r in rows], pa.float64()),
             },
             schema=RESULT_SCHEMA,
         )
