@@ -225,17 +225,17 @@ class SeriesCatalog:
                 column.reserve(capacity)
         self._ids.data[first:end] = sids
         self._metric_col.data[first:end] = self._metrics.code_many([key.metric for key in keys])
-        if not self._append_one_shape(first, [key.labels for key in keys]):
-            # Series with the same label names are written a column at a time.
+        label_sets = [key.labels for key in keys]
+        columns = self._one_shape(label_sets)
+        if columns is not None:  # usually all of a batch: no grouping a series
+            self._write_labels(slice(first, end), columns)
+        else:
             shapes: dict[tuple[str, ...], list[int]] = {}
-            for i, key in enumerate(keys):
-                shapes.setdefault(tuple([pair[0] for pair in key.labels]), []).append(i)
-            for names, members in shapes.items():
-                rows = np.array(members, dtype=np.int64) + first
-                for j, name in enumerate(names):
-                    k = self._key_code(name)
-                    values = [keys[i].labels[j][1] for i in members]
-                    self._label_cols[k].data[rows] = self._values[k].code_many(values)
+            for i, labels in enumerate(label_sets):
+                shapes.setdefault(tuple([pair[0] for pair in labels]), []).append(i)
+            for members in shapes.values():
+                columns = list(zip(*[label_sets[i] for i in members], strict=True))
+                self._write_labels(np.array(members) + first, columns)
         index = self._index
         index.recent.update(zip(sids, range(first, end), strict=True))
         # Rows are written before they are counted: a reader in another thread sees whole rows only.
@@ -246,20 +246,21 @@ class SeriesCatalog:
             self._reindex()
         return first
 
-    def _append_one_shape(self, first: int, label_sets: list[LabelSet]) -> bool:
-        """Write the label columns of new rows from `first` when every series has the same label
-        names (usually all of a batch), transposed at C speed; False (nothing written) otherwise."""
+    @staticmethod
+    def _one_shape(label_sets: list[LabelSet]) -> list[tuple[tuple[str, str], ...]] | None:
+        """The label sets transposed (per label position, its (name, value) pairs) when every set
+        has the same label names, else None; at C speed."""
         if len(set(map(len, label_sets))) != 1:
-            return False
-        columns = list(zip(*label_sets, strict=True))  # per label position, its (name, value) pairs
-        names = [set(map(_NAME, column)) for column in columns]
-        if any(len(found) != 1 for found in names):
-            return False
-        end = first + len(label_sets)
-        for column, (name,) in zip(columns, names, strict=True):
-            k = self._key_code(name)
-            self._label_cols[k].data[first:end] = self._values[k].code_many(list(map(_VALUE, column)))
-        return True
+            return None
+        columns = list(zip(*label_sets, strict=True))
+        return columns if all(len(set(map(_NAME, column))) == 1 for column in columns) else None
+
+    def _write_labels(self, rows: np.ndarray | slice, columns: list[tuple[tuple[str, str], ...]]) -> None:
+        """Write the label columns of `rows` from their label sets transposed (one shape), a column
+        at a time."""
+        for column in columns:
+            k = self._key_code(column[0][0])
+            self._label_cols[k].data[rows] = self._values[k].code_many(list(map(_VALUE, column)))
 
     def _key_code(self, name: str) -> int:
         k = self._keys.codes.get(name)
@@ -345,10 +346,14 @@ class SeriesCatalog:
 
     def keys_of(self, sids: np.ndarray) -> list[SeriesKey]:
         """The keys of many series ids at once (KeyError for an unknown one)."""
+        return self.keys_at(self.known_rows(sids))
+
+    def known_rows(self, sids: np.ndarray) -> np.ndarray:
+        """`rows_of` series ids that must all be known (KeyError for an unknown one)."""
         rows = self.rows_of(sids)
         if (rows < 0).any():
             raise KeyError(int(np.asarray(sids)[np.flatnonzero(rows < 0)[0]]))
-        return self.keys_at(rows)
+        return rows
 
     def keys_at(self, rows: np.ndarray) -> list[SeriesKey]:
         """The keys of catalog rows, built column by column (no per-row numpy access)."""
@@ -384,7 +389,7 @@ class SeriesCatalog:
                 else:
                     codes = self._label_cols[k].data[rows]
                     present = codes != _NO_VALUE
-                    names, index = self._strings(k, codes[present])
+                    names, index = self._distinct_values(k, codes[present])
                     full = np.zeros(n, dtype=np.int64)
                     full[present] = index
                     arrays.append(names.take(arrowbuf.array(full, valid=present)))
@@ -404,7 +409,7 @@ class SeriesCatalog:
             pieces, index, base = [], np.zeros(len(picked), dtype=np.int64), 0
             for r, k in enumerate(order):
                 at = np.flatnonzero(rank == r)
-                names, where = self._strings(k, picked[at])
+                names, where = self._distinct_values(k, picked[at])
                 pieces.append(names)
                 index[at] = base + where
                 base += len(names)
@@ -418,7 +423,7 @@ class SeriesCatalog:
             )
         return pa.table({"series_id": ids, "metric": metric, "labels": labels})
 
-    def _strings(self, k: int, codes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    def _distinct_values(self, k: int, codes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         """The distinct values of label key `k` among `codes` as strings, and each code's index
         into them."""
         distinct, where = np.unique(codes, return_inverse=True)
@@ -458,13 +463,13 @@ class SeriesCatalog:
         if len(self._metrics.names) == 1:
             # One metric owns every series: no need to look at the ids.
             return {self._metrics.names[0]: len(series_ids) if counts is None else int(counts.sum())}
-        if isinstance(series_ids, np.ndarray):
-            series_ids = arrowbuf.array(series_ids, pa.uint64())
         if counts is None:
+            if isinstance(series_ids, np.ndarray):
+                series_ids = arrowbuf.array(series_ids, pa.uint64())
             counted = pc.value_counts(series_ids).flatten()
             ids, counts = arrowbuf.numpy(counted[0]), arrowbuf.numpy(counted[1])
         else:
-            ids = arrowbuf.numpy(series_ids)
+            ids = series_ids if isinstance(series_ids, np.ndarray) else arrowbuf.numpy(series_ids)
         rows = self.rows_of(ids)
         known = rows >= 0  # every id is known; a stray one is left out rather than misfiled
         codes = self._metric_col.data[rows[known]]

@@ -441,18 +441,12 @@ class MetricStore:
         # The catalog only appends rows, so reading the rows of known ids here, off the event loop,
         # is safe while ingest adds more series.
         series_files = {
-            key: self.segments.write_series(*key, self._series_table(self.catalogs[key], ids))
+            key: self.segments.write_series(
+                *key, self.catalogs[key].arrow(None, self.catalogs[key].known_rows(ids))
+            )
             for key, ids in unsaved.items()
         }
         return added, series_files
-
-    @staticmethod
-    def _series_table(catalog: SeriesCatalog, ids: np.ndarray) -> pa.Table:
-        """The series of `ids` as the series file's columns."""
-        rows = catalog.rows_of(ids)
-        if (rows < 0).any():
-            raise KeyError(int(ids[np.flatnonzero(rows < 0)[0]]))
-        return catalog.arrow(None, rows)
 
     async def compact(self, now_ms: int | None = None) -> None:
         """Merge a day's small segments into one sorted file once there are enough of them, and
