@@ -67,14 +67,10 @@ def strings(texts: Sequence[str]) -> pa.Array:
     encoded = [t.encode() for t in texts]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    data = pa.py_buffer(b"".join(encoded))
     if offsets[-1] < 2**31:
-        return pa.StringArray.from_buffers(
-            len(encoded), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))
-        )
-    large = pa.LargeStringArray.from_buffers(
-        len(encoded), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))
-    )
-    return large
+        return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets.astype(np.int32)), data)
+    return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data)
 
 
 def numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -83,19 +79,18 @@ def numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         if column.num_chunks == 1:
             return numpy(column.chunk(0))
-        parts = [numpy(chunk) for chunk in column.chunks]
-        if not parts:
-            return np.empty(0, dtype=_NUMPY[column.type])
-        return np.concatenate(parts)
-    dtype = _NUMPY.get(column.type)
-    if dtype is None:  # not a primitive type read here (temporal, decimal): pyarrow's conversion
+        if column.num_chunks == 0:
+            return numpy(pa.nulls(0, column.type))
+        return np.concatenate([numpy(chunk) for chunk in column.chunks])
+    kind = _NUMPY.get(column.type)
+    if kind is None:  # not a primitive type read here (temporal, decimal): pyarrow's conversion
         return column.to_numpy(zero_copy_only=False)
     validity, data = column.buffers()[:2]
     n, offset = len(column), column.offset
     if data is None:
-        values = np.zeros(n, dtype=dtype)
+        values = np.zeros(n, dtype=kind)
     else:
-        values = np.frombuffer(data, dtype=dtype, count=n + offset)[offset:]
+        values = np.frombuffer(data, dtype=kind, count=n + offset)[offset:]
     if column.null_count == 0:
         return values
     bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little", count=n + offset)[
