@@ -109,6 +109,7 @@ class EncodedBatch:
     tenant: str
     datasource: str
     batch_id: str
+    """The record's batch id, kept beside it so that the store need not parse the record."""
     payload: bytes
     """The WAL record: a serialised `MetricsBatchEvent` (source = datasource), also the bus event."""
     columns: BatchColumns

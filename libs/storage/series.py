@@ -1,7 +1,8 @@
-"""Series identity and the series catalog of one (tenant, datasource).
+"""The series catalog of one (tenant, datasource).
 
-A series is (metric name, sorted labels); its id is a stable 64-bit hash, so the same series gets
-the same id in every process and after every restart.
+A series is (metric name, sorted labels), a `SeriesKey`; its id is a stable 64-bit hash
+(`series_id`), so the same series gets the same id in every process and after every restart. Both
+live in keys.py, which the REST body workers import without this module.
 
 The catalog holds no Python object per series: each series is a row of numpy columns (its id, its
 metric's code, one value code per label key), every metric name, label key and label value is

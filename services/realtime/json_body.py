@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, NamedTuple
@@ -161,6 +160,10 @@ class JsonIngestDecoder:
         return request
 
 
+ParsedBody = tuple[ValidatedBatch, EncodedBatch | None]
+"""A body's validated batch and its accepted points encoded for the store (None when none was)."""
+
+
 def validate_and_encode(
     decoder: JsonIngestDecoder,
     known: KnownGoodSeries,
@@ -168,7 +171,7 @@ def validate_and_encode(
     data: bytes,
     now_ms: int,
     tenant: str,
-) -> tuple[ValidatedBatch, EncodedBatch | None]:
+) -> ParsedBody:
     """The validated batch of a JSON body (InvalidArgument naming the field for a bad one) and its
     accepted points encoded for the store (None when none was accepted). The batch's `series` are
     left out: they live on in the encoded batch's columns, which a worker process sends back at a
@@ -182,9 +185,6 @@ def validate_and_encode(
 INLINE_MAX_BYTES = 64 * 1024
 """Bodies under this are parsed in a thread of the serving process: the hop to a worker process
 (about half a millisecond) costs more than parsing them."""
-
-
-ParsedBody = tuple[ValidatedBatch, EncodedBatch | None]
 
 
 class BodyInSlot(NamedTuple):
@@ -274,18 +274,16 @@ class JsonBodies:
         self.decoder = JsonIngestDecoder()
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[object] | None = None
-        self._slots: BodySlots | None = None
-        self._slots_work = True
+        # Kept when a pool breaks; dropped for good when a slot cannot be written or read.
+        self._slots = BodySlots(keep=4 * workers) if workers > 0 and BodySlots.available() else None
 
-    async def validate(self, data: bytes, tenant: str) -> tuple[ValidatedBatch, EncodedBatch | None]:
+    async def validate(self, data: bytes, tenant: str) -> ParsedBody:
         """`validate_and_encode` of a JSON body, for `tenant`."""
         now_ms = int(time.time() * 1000)
         if self.workers > 0 and len(data) >= INLINE_MAX_BYTES and self._started():
-            from services.realtime.json_worker import validate_in_worker
-
             assert self._pool is not None
             try:
-                return await self._in_worker(self._pool, validate_in_worker, data, now_ms, tenant)
+                return await self._in_worker(self._pool, data, now_ms, tenant)
             except BrokenProcessPool:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._ready = None
@@ -293,7 +291,6 @@ class JsonBodies:
                 # A slot could not be written here or read there (/proc/<pid>/fd closed to the
                 # worker): this body is parsed here, later ones go through the pool's pipe.
                 log.warning("REST bodies no longer go through memory files: %s", exc)
-                self._slots_work = False
                 if self._slots is not None:
                     self._slots.close()
                     self._slots = None
@@ -302,15 +299,12 @@ class JsonBodies:
         )
 
     async def _in_worker(
-        self,
-        pool: ProcessPoolExecutor,
-        parse: Callable[..., ParsedBody],
-        data: bytes,
-        now_ms: int,
-        tenant: str,
+        self, pool: ProcessPoolExecutor, data: bytes, now_ms: int, tenant: str
     ) -> ParsedBody:
-        """`parse` of the body in a worker: given through a slot where there are slots, which is
+        """The body parsed in a worker: given through a slot where there are slots, which is
         released once the worker is done with it (even if this request was cancelled meanwhile)."""
+        from services.realtime.json_worker import validate_in_worker as parse
+
         slots = self._slots
         if slots is None:
             return await asyncio.wrap_future(pool.submit(parse, data, now_ms, tenant))
@@ -334,8 +328,6 @@ class JsonBodies:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
             )
-            if self._slots is None and self._slots_work and BodySlots.available():
-                self._slots = BodySlots(keep=4 * self.workers)  # kept when a pool breaks
             self._ready = self._pool.submit(int)
         assert self._ready is not None
         return self._ready.done()
