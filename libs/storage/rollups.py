@@ -76,6 +76,16 @@ column): with it a reader knows, before touching the file, within which page of 
 time falls."""
 TS_INDEX_KEY = b"platformq.ts_index"
 """The schema metadata key of the time index (little-endian int64), written in the file's footer."""
+TS_BASE_KEY = b"platformq.ts_base"
+"""The schema metadata key of a file's time base (little-endian int64): its time columns (ts,
+last_ts) are stored as uint32 milliseconds after it (a span of up to 49 days)."""
+TIME_COLUMNS = frozenset({"ts", "last_ts"})
+CANONICAL: dict[str, np.dtype] = {
+    f.name: arrowbuf.dtype(f.type) for f in [*ROLLUP_SCHEMA, *POINTS_MAP_SCHEMA] if f.name != "series_id"
+}
+"""The type a reader gets each column in (int64 times and counts, float64 values), whatever
+narrower type the file stores it in (`write_mapped`)."""
+_UINT32_SPAN = 2**32 - 1
 
 
 def rollup(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int) -> pa.Table:
@@ -151,13 +161,21 @@ def cover(start: int, end: int, resolution: str) -> list[tuple[str | None, int, 
 
 def write_mapped(table: pa.Table, path: Path) -> None:
     """Write a rollup or points map file (one uncompressed record batch, its time index in the
-    footer) durably: temp file, fsync, rename, fsync of the directory."""
+    footer) durably: temp file, fsync, rename, fsync of the directory.
+
+    `table` is in ROLLUP_SCHEMA or POINTS_MAP_SCHEMA; each column after series_id is stored in
+    the narrowest type that gives its values back exactly (`narrowed`), which a MappedFile reads
+    back in CANONICAL types."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     table = table.combine_chunks()
     ts = arrowbuf.numpy(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
     # The time index rides in the footer's schema metadata: read with the schema, at open.
-    table = table.replace_schema_metadata({TS_INDEX_KEY: ts[::TS_INDEX_ROWS].astype("<i8").tobytes()})
+    metadata = {TS_INDEX_KEY: ts[::TS_INDEX_ROWS].astype("<i8").tobytes()}
+    table, base = narrowed(table)
+    if base is not None:
+        metadata[TS_BASE_KEY] = np.array([base], dtype="<i8").tobytes()
+    table = table.replace_schema_metadata(metadata)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
     with open(tmp, "rb") as f:
@@ -168,6 +186,54 @@ def write_mapped(table: pa.Table, path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def narrowed(table: pa.Table) -> tuple[pa.Table, int | None]:
+    """`table` (one chunk) with each column after series_id in the narrowest type that holds its
+    values exactly, and the time base when the time columns are stored as offsets from it (None
+    when they keep int64: an empty table, or a span of more than 49 days):
+
+    - ts and last_ts: uint32 milliseconds after the smallest ts (every last_ts is at or after its
+      bucket's start);
+    - count: the smallest integer type of its range;
+    - values (value, sum, min, max, last): the smallest signed integer type (up to int32) when all
+      are whole numbers and none is -0.0, else float32 when every value survives the round trip,
+      else float64. Counters, gauges of whole units and TSBS' values are whole numbers."""
+    if not table.num_rows:
+        return table, None
+    columns = {name: arrowbuf.numpy(table.column(name)) for name in table.column_names[1:]}
+    times = [columns[name] for name in columns if name in TIME_COLUMNS]
+    base = int(times[0].min())
+    span = max(int(t.max()) for t in times) - base
+    if span >= _UINT32_SPAN:
+        base = None
+    arrays = [table.column(0).chunk(0)]
+    for name, values in columns.items():
+        if name in TIME_COLUMNS:
+            arrays.append(arrowbuf.array(values if base is None else (values - base).astype(np.uint32)))
+        elif values.dtype.kind == "i":
+            arrays.append(arrowbuf.array(values.astype(_int_type(int(values.min()), int(values.max())))))
+        else:
+            arrays.append(arrowbuf.array(_narrow_floats(values)))
+    return pa.Table.from_arrays(arrays, names=table.column_names), base
+
+
+def _int_type(lo: int, hi: int) -> np.dtype:
+    """The smallest integer type holding [lo, hi]: unsigned when lo >= 0."""
+    for kind in (np.uint8, np.uint16, np.uint32) if lo >= 0 else (np.int8, np.int16, np.int32):
+        if np.iinfo(kind).min <= lo and hi <= np.iinfo(kind).max:
+            return np.dtype(kind)
+    return np.dtype(np.int64)
+
+
+def _narrow_floats(values: np.ndarray) -> np.ndarray:
+    whole = bool(np.isfinite(values).all()) and bool((values == np.trunc(values)).all())
+    if whole and -(2**31) <= values.min() and values.max() < 2**31 and not np.signbit(values[values == 0]).any():
+        return values.astype(_int_type(int(values.min()), int(values.max())))
+    single = values.astype(np.float32)
+    if np.array_equal(single.astype(np.float64), values, equal_nan=True):
+        return single
+    return values
 
 
 def points_map(series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> pa.Table:
@@ -273,6 +339,11 @@ class MappedFile:
     ts_index: np.ndarray | None = None
     """The ts of every TS_INDEX_ROWS-th row, from the footer (in the process's memory; None for a
     file written before it was kept)."""
+    kinds: tuple[np.dtype, ...] = ()
+    """The CANONICAL type of each of `columns`, which `take` gives (the stored one may be narrower)."""
+    offsets: tuple[int, ...] = ()
+    """What each of `columns` counts from as stored: the file's time base for time columns stored
+    as uint32 offsets, else 0."""
 
     @classmethod
     def open(cls, path: Path) -> MappedFile:
@@ -283,22 +354,54 @@ class MappedFile:
         base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
         # Zero-copy: the arrays below are views of `mm`, which they keep alive.
         table = pa.ipc.open_file(pa.py_buffer(mm)).read_all()
+        metadata = table.schema.metadata or {}
+        kinds = tuple(CANONICAL[name] for name in table.column_names[1:])
+        raw_base = metadata.get(TS_BASE_KEY)
+        ts_base = 0 if raw_base is None else int(np.frombuffer(raw_base, dtype="<i8")[0])
+        offsets = tuple(ts_base if name in TIME_COLUMNS else 0 for name in table.column_names[1:])
         if not table.num_rows:
             empty = tuple(np.empty(0, dtype=arrowbuf.dtype(f.type)) for f in list(table.schema)[1:])
-            return cls(np.empty(0, np.uint64), np.empty(0, np.int32), empty, mm, base)
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int32), empty, mm, base, kinds=kinds, offsets=offsets)
         ids = table.column(0).chunk(0)
         columns = tuple(arrowbuf.numpy(table.column(i).chunk(0)) for i in range(1, table.num_columns))
-        raw = (table.schema.metadata or {}).get(TS_INDEX_KEY)
+        raw = metadata.get(TS_INDEX_KEY)
         ts_index = None if raw is None else np.frombuffer(raw, dtype="<i8")
         if pa.types.is_run_end_encoded(ids.type):
             # The series column is its own index: one value and one run end per series.
             return cls(
-                arrowbuf.numpy(ids.values), arrowbuf.numpy(ids.run_ends), columns, mm, base, ts_index=ts_index
+                arrowbuf.numpy(ids.values),
+                arrowbuf.numpy(ids.run_ends),
+                columns,
+                mm,
+                base,
+                ts_index=ts_index,
+                kinds=kinds,
+                offsets=offsets,
             )
         sid = arrowbuf.numpy(ids)  # a file of an earlier release: the index is built (copied) once
         starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
         ends = np.append(starts[1:], len(sid))
-        return cls(sid[starts], ends, columns, mm, base, index_copied=True, ts_index=ts_index)
+        return cls(
+            sid[starts], ends, columns, mm, base, index_copied=True, ts_index=ts_index, kinds=kinds, offsets=offsets
+        )
+
+    def take(self, column: int, rows: np.ndarray) -> np.ndarray:
+        """`rows` of `column`, in its CANONICAL type (epoch ms for the time columns)."""
+        values = self.columns[column][rows]
+        if values.dtype == self.kinds[column]:
+            return values
+        out = values.astype(self.kinds[column])
+        if self.offsets[column]:
+            out += self.offsets[column]
+        return out
+
+    def stored_time(self, value: int) -> int:
+        """Epoch ms `value` as a search key of the stored ts column: an offset from the base,
+        clipped to the uint32 range (every stored offset is below its top, so a value past the
+        file's last time finds the end)."""
+        if self.columns[0].dtype != np.uint32:
+            return value
+        return min(max(value - self.offsets[0], 0), _UINT32_SPAN)
 
     @property
     def index_nbytes(self) -> int:
@@ -617,9 +720,10 @@ class MappedReader:
             with mapped.scanning(f.scan):
                 # Within each series' run rows are sorted by time: narrow every run to each span.
                 ts, spans = mapped.columns[0], list(enumerate(r.spans))
-                starts = [_searchsorted_runs(ts, f.left[2 * j], f.right[2 * j], t) for j, (t, _) in spans]
+                key = mapped.stored_time
+                starts = [_searchsorted_runs(ts, f.left[2 * j], f.right[2 * j], key(t)) for j, (t, _) in spans]
                 ends = [
-                    _searchsorted_runs(ts, f.left[2 * j + 1], f.right[2 * j + 1], t) for j, (_, t) in spans
+                    _searchsorted_runs(ts, f.left[2 * j + 1], f.right[2 * j + 1], key(t)) for j, (_, t) in spans
                 ]
                 a, b = np.concatenate(starts), np.concatenate(ends)
                 lengths = b - a
@@ -632,7 +736,7 @@ class MappedReader:
                 # Row numbers of every range, without a Python loop over series.
                 rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
                 ids = np.repeat(np.tile(mapped.series[f.at], len(r.spans)), lengths)
-                parts[f.read].append((ids, *(mapped.columns[i][rows] for i in r.wanted)))
+                parts[f.read].append((ids, *(mapped.take(i, rows) for i in r.wanted)))
         return [r.partials(p) for r, p in zip(reads, parts, strict=True)]
 
     def series_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:

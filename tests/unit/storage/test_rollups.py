@@ -15,6 +15,7 @@ import pytest
 
 from libs.cache import TtlCache
 from libs.storage.keys import SeriesKey, series_id
+from libs.storage.rollups import MappedFile
 from libs.storage.store import AcceptedSeries, MetricStore
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
@@ -287,14 +288,18 @@ async def test_a_points_map_holds_the_segments_points_sorted_by_series_and_time(
     store = await _loaded(tmp_path)
     await store.flush()
     for segment in store.snapshot("default", "ds").segments:
-        mapped = pa.ipc.open_file(pa.memory_map(str(segment.map_path), "r")).read_all()
+        stored = pa.ipc.open_file(pa.memory_map(str(segment.map_path), "r")).read_all()
         # The series column is run-end encoded: one id per series, not per point.
-        assert mapped["series_id"].chunk(0).values.to_pylist() == sorted(
+        assert stored["series_id"].chunk(0).values.to_pylist() == sorted(
             set(pq.read_table(segment.path)["series_id"].to_pylist())
         )
-        mapped = mapped.set_column(0, "series_id", pc.run_end_decode(mapped["series_id"].chunk(0)))
+        assert stored.num_rows == segment.rows
+        mapped = MappedFile.open(segment.map_path)  # its columns as stored, read back in int64 / float64
+        rows = np.arange(stored.num_rows)
         parquet = pq.read_table(segment.path).sort_by([("series_id", "ascending"), ("ts", "ascending")])
-        assert mapped.num_rows == segment.rows and mapped.equals(parquet.select(mapped.column_names))
+        assert pc.run_end_decode(stored["series_id"].chunk(0)).equals(parquet["series_id"].chunk(0))
+        assert (mapped.take(0, rows) == parquet["ts"].to_numpy()).all()
+        assert (mapped.take(1, rows) == parquet["value"].to_numpy()).all()
     await store.close()
 
 
