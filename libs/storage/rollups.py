@@ -9,8 +9,11 @@ them read the raw segments (a documented fallback): the raw points are kept whil
 raw retention allows.
 
 Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them and slices columns
-without decoding or copying. Sorted by series then time, each file has one run of rows per series:
-the run-end encoded series column is the series -> row-range index of an opened file, and the
+without decoding. Each column is stored in the narrowest type that gives its values back exactly
+(`narrowed`: times as uint32 ms after the file's first, counts in the smallest integer type, values
+as small integers or float32 when they round-trip, else float64), and the rows a read gathers are
+widened back (`MappedFile.take`): 5 bytes a point instead of 16 for whole-number values.
+Sorted by series then time, each file has one run of rows per series: the run-end encoded series column is the series -> row-range index of an opened file, and the
 reader binary-searches time within a run, so a query touches only the rows of the series and time
 it asks for. Each file's footer also holds a time index (the ts of every TS_INDEX_ROWS-th row), and
 the reader copies small series indexes into the process's memory (INDEX_MEMORY_BYTES): from memory
@@ -20,7 +23,7 @@ read-ahead window), and only then reads: a query over pages the kernel reclaimed
 device about once. The query-router keeps the live files open (`MappedReader.keep_open`).
 
 Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: ts and value, with the
-series column run-end encoded, i.e. one series id and end row per series: 16 bytes a point), its
+series column run-end encoded, i.e. one series id and end row per series: 5 to 12 bytes a point), its
 *points map*: the metrics API reads raw points
 from it (the cut ends of a rollup window) by memory map and binary search, without opening the
 Parquet file; DuckDB reads the Parquet file for SQL.
@@ -228,7 +231,12 @@ def _int_type(lo: int, hi: int) -> np.dtype:
 
 def _narrow_floats(values: np.ndarray) -> np.ndarray:
     whole = bool(np.isfinite(values).all()) and bool((values == np.trunc(values)).all())
-    if whole and -(2**31) <= values.min() and values.max() < 2**31 and not np.signbit(values[values == 0]).any():
+    if (
+        whole
+        and values.min() >= -(2**31)
+        and values.max() < 2**31
+        and not np.signbit(values[values == 0]).any()
+    ):
         return values.astype(_int_type(int(values.min()), int(values.max())))
     single = values.astype(np.float32)
     if np.array_equal(single.astype(np.float64), values, equal_nan=True):
@@ -361,7 +369,9 @@ class MappedFile:
         offsets = tuple(ts_base if name in TIME_COLUMNS else 0 for name in table.column_names[1:])
         if not table.num_rows:
             empty = tuple(np.empty(0, dtype=arrowbuf.dtype(f.type)) for f in list(table.schema)[1:])
-            return cls(np.empty(0, np.uint64), np.empty(0, np.int32), empty, mm, base, kinds=kinds, offsets=offsets)
+            return cls(
+                np.empty(0, np.uint64), np.empty(0, np.int32), empty, mm, base, kinds=kinds, offsets=offsets
+            )
         ids = table.column(0).chunk(0)
         columns = tuple(arrowbuf.numpy(table.column(i).chunk(0)) for i in range(1, table.num_columns))
         raw = metadata.get(TS_INDEX_KEY)
@@ -382,7 +392,15 @@ class MappedFile:
         starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
         ends = np.append(starts[1:], len(sid))
         return cls(
-            sid[starts], ends, columns, mm, base, index_copied=True, ts_index=ts_index, kinds=kinds, offsets=offsets
+            sid[starts],
+            ends,
+            columns,
+            mm,
+            base,
+            index_copied=True,
+            ts_index=ts_index,
+            kinds=kinds,
+            offsets=offsets,
         )
 
     def take(self, column: int, rows: np.ndarray) -> np.ndarray:
@@ -721,9 +739,12 @@ class MappedReader:
                 # Within each series' run rows are sorted by time: narrow every run to each span.
                 ts, spans = mapped.columns[0], list(enumerate(r.spans))
                 key = mapped.stored_time
-                starts = [_searchsorted_runs(ts, f.left[2 * j], f.right[2 * j], key(t)) for j, (t, _) in spans]
+                starts = [
+                    _searchsorted_runs(ts, f.left[2 * j], f.right[2 * j], key(t)) for j, (t, _) in spans
+                ]
                 ends = [
-                    _searchsorted_runs(ts, f.left[2 * j + 1], f.right[2 * j + 1], key(t)) for j, (_, t) in spans
+                    _searchsorted_runs(ts, f.left[2 * j + 1], f.right[2 * j + 1], key(t))
+                    for j, (_, t) in spans
                 ]
                 a, b = np.concatenate(starts), np.concatenate(ends)
                 lengths = b - a

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from libs import arrowbuf
 from libs.storage import rollups as rollups_module
 from libs.storage.rollups import MappedFile, MappedReader, MapRead
 
@@ -66,7 +67,9 @@ def test_points_come_back_bit_for_bit_from_the_narrowest_type_that_holds_them(tm
     rows = np.arange(len(values))
     assert _same(mapped.take(0, rows), ts)
     assert _same(mapped.take(1, rows), values)
-    (read,) = MappedReader().read([MapRead.points([tmp_path / "m.arrow"], [(START, START + DAY_MS)])], ids[::500])
+    (read,) = MappedReader().read(
+        [MapRead.points([tmp_path / "m.arrow"], [(START, START + DAY_MS)])], ids[::500]
+    )
     assert _same(read.ts, ts) and _same(read.sum, values)
 
 
@@ -78,10 +81,12 @@ def test_rollup_columns_come_back_as_the_rollup_computed_them(tmp_path):
             mapped = _write(tmp_path, f"r{width}.arrow", table)
             rows = np.arange(table.num_rows)
             for i, name in enumerate(table.column_names[1:]):
-                want = rollups_module.arrowbuf.numpy(table.column(name))
+                want = arrowbuf.numpy(table.column(name))
                 assert _same(mapped.take(i, rows), want), name
             assert mapped.columns[0].dtype == mapped.columns[-1].dtype == np.uint32  # ts, last_ts
-            assert mapped.columns[1].dtype == (np.uint16 if width == rollups_module.HOUR_MS else np.uint8)  # count
+            assert mapped.columns[1].dtype == (
+                np.uint16 if width == rollups_module.HOUR_MS else np.uint8
+            )  # count
 
 
 def test_whole_number_values_take_5_bytes_a_point_and_their_minute_rollup_under_3(tmp_path):
@@ -108,7 +113,9 @@ def test_a_span_past_uint32_milliseconds_keeps_int64_times_and_searches_find_the
         for b in cuts:
             if a > b:
                 continue
-            (read,) = reader.read([MapRead.points([tmp_path / "m.arrow"], [(a, b)])], np.array([2], np.uint64))
+            (read,) = reader.read(
+                [MapRead.points([tmp_path / "m.arrow"], [(a, b)])], np.array([2], np.uint64)
+            )
             keep = (ids == 2) & (ts >= a) & (ts < b)
             assert _same(read.ts, ts[keep]) and _same(read.sum, values[keep]), (a, b)
 
@@ -121,6 +128,8 @@ def test_a_file_of_an_earlier_release_in_int64_and_float64_reads_the_same(tmp_pa
         writer.write_table(table)  # as releases before the narrowing wrote it (no time base)
     mapped = MappedFile.open(tmp_path / "old.arrow")
     assert mapped.columns[0].dtype == np.int64 and mapped.columns[1].dtype == np.float64
-    (read,) = MappedReader().read([MapRead.points([tmp_path / "old.arrow"], [(int(ts[10]), int(ts[900]))])], ids[:1])
+    (read,) = MappedReader().read(
+        [MapRead.points([tmp_path / "old.arrow"], [(int(ts[10]), int(ts[900]))])], ids[:1]
+    )
     keep = (ids == 1) & (ts >= ts[10]) & (ts < ts[900])
     assert _same(read.ts, ts[keep]) and _same(read.sum, values[keep])
