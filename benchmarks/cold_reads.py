@@ -173,14 +173,20 @@ def render(r: dict[str, Any]) -> str:
 
 
 BEFORE = (
-    "The same command on the code before reads went in two passes with the time index and copied "
-    "series indexes (issue 11, item 3: commit f7a0b30, its files written without a time index), run "
-    "2026-11-30 15:25 UTC just before the run above, gave p50 warm / cold: single-groupby-1-1-1 0.82 / "
-    "2.65 ms, single-groupby-5-8-1 2.41 / 8.86, cpu-max-all-8 4.70 / 18.81, double-groupby-1 7.38 / "
-    "34.20, double-groupby-all 26.69 / 264.49. Cold reads of one to 80 series got faster (1-1-1 by 41 %, "
-    "5-8-1 by 42 %, cpu-max-all-8 by 26 %); of 100 series and more (the double-groupby types, which read "
-    "most of each file) they did not. Warm reads are the same within this machine's noise, except "
-    "double-groupby-1 (7.38 to 8.17 ms, one run each)."
+    "Narrowest exact column types in the maps (issue 11, item 3: commit 1362e39) against the commit "
+    "before them (fa6dce5, int64 and float64 columns), this command alternated, two runs each "
+    "(2026-11-30 23:14 and 23:19 UTC before, 23:17 and 23:20 after): the 7 days' maps 1,473 -> 428 MiB; "
+    "p50 warm / cold, before then after: single-groupby-1-1-1 0.62-0.61 / 1.29-1.32 -> 0.65-0.62 / "
+    "1.26-1.17 ms, single-groupby-5-8-1 2.92-3.01 / 5.42-5.81 -> 1.87-1.88 / 4.58-4.53, cpu-max-all-8 "
+    "4.89-4.95 / 14.84-16.14 -> 3.18-2.95 / 10.36-9.49, double-groupby-1 8.41-8.40 / 35.98-36.26 -> "
+    "5.48-5.40 / 24.31-24.62, double-groupby-all 21.44-20.82 / 302.64-275.33 -> 19.81-19.36 / "
+    "103.58-104.36. Cold reads of 40 series got 1.2 times faster, of 80 to 1,000 series 1.5 to 2.8 "
+    "times (fewer pages to read); warm reads of 40 to 100 series a third faster (fewer bytes gathered); "
+    "one series is the same.\n\n"
+    "Before that, the two-pass read with the time index and copied series indexes (commit f7a0b30 "
+    "against the code before it, 2026-11-30 15:25 UTC) took cold reads of one to 80 series from 2.65 to "
+    "1.56 ms (single-groupby-1-1-1), 8.86 to 5.16 (5-8-1) and 18.81 to 13.83 (cpu-max-all-8); of 100 "
+    "series and more (the double-groupby types, which read most of each file) it did not change them."
 )
 
 
