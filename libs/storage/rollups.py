@@ -413,13 +413,15 @@ class MappedFile:
             out += self.offsets[column]
         return out
 
-    def stored_time(self, value: int) -> int:
+    def stored_time(self, value: int) -> int | np.uint32:
         """Epoch ms `value` as a search key of the stored ts column: an offset from the base,
         clipped to the uint32 range (every stored offset is below its top, so a value past the
         file's last time finds the end)."""
         if self.columns[0].dtype != np.uint32:
             return value
-        return min(max(value - self.offsets[0], 0), _UINT32_SPAN)
+        # A numpy scalar of the column's type: numpy's search takes a Python int for a uint32
+        # array at twice the cost (it works out a common type each call).
+        return np.uint32(min(max(value - self.offsets[0], 0), _UINT32_SPAN))
 
     @property
     def index_nbytes(self) -> int:
