@@ -21,6 +21,7 @@ bound parameters.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,18 +212,32 @@ def fragment_sql(fragment: Fragment, ids: str, aggregation: str, bucketing: Buck
 
 
 class QueryEngine:
-    """A hardened in-memory DuckDB that may read only the segments directory."""
+    """Runs a fragment: from rollups and points maps (`MappedReader`), or in a hardened in-memory
+    DuckDB that may read only the segments directory."""
 
     def __init__(self, segments_root: Path) -> None:
         segments_root.mkdir(parents=True, exist_ok=True)
-        self.db = duckdb.connect()
-        root = str(segments_root.resolve()).replace("'", "''")
-        self.db.execute(f"SET allowed_directories = ['{root}/']")
-        # Segments are immutable files, so their Parquet footers can be cached (about 1.5 ms a query).
-        self.db.execute("SET parquet_metadata_cache = true")
-        self.db.execute("SET enable_external_access = false")
-        self.db.execute("SET lock_configuration = true")
+        self._root = segments_root.resolve()
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._db_lock = threading.Lock()
         self.maps = MappedReader()
+
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection, made by the first fragment that needs it: a connection costs
+        about 25 MiB resident, which a server that only ingests, or answers from rollups and points
+        maps, never pays."""
+        with self._db_lock:
+            if self._db is None:
+                db = duckdb.connect()
+                root = str(self._root).replace("'", "''")
+                db.execute(f"SET allowed_directories = ['{root}/']")
+                # Segments are immutable files, so their Parquet footers can be cached (about 1.5 ms a query).
+                db.execute("SET parquet_metadata_cache = true")
+                db.execute("SET enable_external_access = false")
+                db.execute("SET lock_configuration = true")
+                self._db = db
+            return self._db
 
     def keep_maps_open(self, segments: list[Segment], stop: Callable[[], bool] | None = None) -> int:
         """Open the rollups and points maps of `segments` ahead of queries, newest segments first, as

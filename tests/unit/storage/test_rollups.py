@@ -370,3 +370,38 @@ async def test_few_series_at_a_step_no_rollup_fits_read_the_points_maps_with_the
     # Percentiles are not mergeable: raw points through DuckDB at any size.
     assert all(f.rollup is None for f in plan("batch", window, snapshot, "p99", 1).fragments)
     await store.close()
+
+
+async def test_the_duckdb_connection_is_made_by_the_first_fragment_that_needs_it(tmp_path, monkeypatch):
+    # A connection costs about 25 MiB resident: ingest, flushes, rollup and points-map answers and
+    # metadata make none; a percentile (raw points through DuckDB) makes one, and later ones reuse it.
+    connects = []
+    real = engine_module.duckdb.connect
+
+    def counted(*args, **kwargs):
+        connects.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module.duckdb, "connect", counted)
+    store = await _loaded(tmp_path)
+    router = QueryRouter(store, TtlCache(), Limits(cache_ttl_seconds=0))
+
+    def request(aggregation: str, step: str) -> pb.QueryRequest:
+        return pb.QueryRequest(
+            datasource="ds",
+            metrics=["cpu"],
+            aggregation=aggregation,
+            mode="batch",
+            start=format_time_ms(T0),
+            end=format_time_ms(T0 + 7 * HOUR),
+            step=step,
+        )
+
+    rolled = await router.query(query_from_proto(request("max", "1h")))
+    from_points = await router.query(query_from_proto(request("avg", "10s")))
+    await router.metadata("ds")
+    assert rolled.series and from_points.series and connects == []
+    for _ in range(2):
+        percentile = await router.query(query_from_proto(request("p99", "1h")))
+        assert percentile.series and len(connects) == 1
+    await store.close()
