@@ -224,9 +224,10 @@ class QueryEngine:
 
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
-        """The DuckDB connection, made by the first fragment that needs it: a connection costs
-        about 25 MiB resident, which a server that only ingests, or answers from rollups and points
-        maps, never pays."""
+        """The DuckDB connection of metrics fragments, made by the first fragment that needs it
+        (rollup and points-map answers do not): a connection costs about 25 MiB resident at first
+        use. The SQL path's connections are sql_views' own (made at the first SQL query, which in
+        `serve all` the monitoring service's dashboard refresh sends at start)."""
         with self._db_lock:
             if self._db is None:
                 db = duckdb.connect()

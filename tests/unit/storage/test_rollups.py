@@ -373,8 +373,9 @@ async def test_few_series_at_a_step_no_rollup_fits_read_the_points_maps_with_the
 
 
 async def test_the_duckdb_connection_is_made_by_the_first_fragment_that_needs_it(tmp_path, monkeypatch):
-    # A connection costs about 25 MiB resident: ingest, flushes, rollup and points-map answers and
-    # metadata make none; a percentile (raw points through DuckDB) makes one, and later ones reuse it.
+    # A connection costs about 25 MiB resident at first use: ingest, flushes, rollup and points-map
+    # answers and metadata make none; a percentile (raw points through DuckDB) makes one, and later
+    # ones reuse it.
     connects = []
     real = engine_module.duckdb.connect
 
