@@ -238,7 +238,8 @@ def _narrow_floats(values: np.ndarray) -> np.ndarray:
         and not np.signbit(values[values == 0]).any()
     ):
         return values.astype(_int_type(int(values.min()), int(values.max())))
-    single = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # past float32's range: inf, which the comparison refuses
+        single = values.astype(np.float32)
     if np.array_equal(single.astype(np.float64), values, equal_nan=True):
         return single
     return values

@@ -44,6 +44,8 @@ VALUES = {
     "whole numbers with a -0.0": np.concatenate([[-0.0], rng.integers(0, 9, 1_999).astype(np.float64)]),
     "whole numbers with NaN and inf": np.concatenate([[np.nan, np.inf, -np.inf], np.arange(1_997.0)]),
     "float32 values with NaN": np.concatenate([[np.nan], rng.integers(0, 100, 1_999) / 8.0]),
+    "past float32's range": np.concatenate([[1e300, -1e300], rng.integers(0, 100, 1_998) / 8.0]),
+    "below float32's smallest": np.concatenate([[5e-324, 1e-40], rng.integers(0, 100, 1_998) / 8.0]),
 }
 STORED = {
     "small whole numbers (int8)": np.int8,
@@ -54,9 +56,12 @@ STORED = {
     "whole numbers with a -0.0": np.float32,
     "whole numbers with NaN and inf": np.float32,
     "float32 values with NaN": np.float32,
+    "past float32's range": np.float64,
+    "below float32's smallest": np.float64,
 }
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a flush must not warn about values past float32
 @pytest.mark.parametrize("kind", list(VALUES))
 def test_points_come_back_bit_for_bit_from_the_narrowest_type_that_holds_them(tmp_path, kind):
     values = VALUES[kind]
