@@ -13,9 +13,9 @@ without decoding. Each column is stored in the narrowest type that gives its val
 (`narrowed`: times as uint32 ms after the file's first, counts in the smallest integer type, values
 as small integers or float32 when they round-trip, else float64), and the rows a read gathers are
 widened back (`MappedFile.take`): 5 bytes a point instead of 16 for whole-number values.
-Sorted by series then time, each file has one run of rows per series: the run-end encoded series column is the series -> row-range index of an opened file, and the
-reader binary-searches time within a run, so a query touches only the rows of the series and time
-it asks for. Each file's footer also holds a time index (the ts of every TS_INDEX_ROWS-th row), and
+Sorted by series then time, each file has one run of rows per series: the run-end encoded series
+column is the series -> row-range index of an opened file, and the reader binary-searches time
+within a run, so a query touches only the rows of the series and time it asks for. Each file's footer also holds a time index (the ts of every TS_INDEX_ROWS-th row), and
 the reader copies small series indexes into the process's memory (INDEX_MEMORY_BYTES): from memory
 alone it knows which rows a read can touch, asks the kernel for all of them in every file at once
 (MADV_WILLNEED; maps are advised MADV_RANDOM, so a fault reads its page, not the device's whole
@@ -199,9 +199,10 @@ def narrowed(table: pa.Table) -> tuple[pa.Table, int | None]:
     - ts and last_ts: uint32 milliseconds after the smallest ts (every last_ts is at or after its
       bucket's start);
     - count: the smallest integer type of its range;
-    - values (value, sum, min, max, last): the smallest signed integer type (up to int32) when all
-      are whole numbers and none is -0.0, else float32 when every value survives the round trip,
-      else float64. Counters, gauges of whole units and TSBS' values are whole numbers."""
+    - values (value, sum, min, max, last): the smallest integer type of their range (unsigned
+      when none is negative, 32 bits at most) when all are whole numbers and none is -0.0, else
+      float32 when every value survives the round trip, else float64. Counters, gauges of whole
+      units and TSBS' values are whole numbers."""
     if not table.num_rows:
         return table, None
     columns = {name: arrowbuf.numpy(table.column(name)) for name in table.column_names[1:]}
