@@ -12,15 +12,16 @@ Files are Arrow IPC, uncompressed, one record batch: a reader memory-maps them a
 without decoding. Each column is stored in the narrowest type that gives its values back exactly
 (`narrowed`: times as uint32 ms after the file's first, counts in the smallest integer type, values
 as small integers or float32 when they round-trip, else float64), and the rows a read gathers are
-widened back (`MappedFile.take`): 5 bytes a point instead of 16 for whole-number values.
-Sorted by series then time, each file has one run of rows per series: the run-end encoded series
-column is the series -> row-range index of an opened file, and the reader binary-searches time
-within a run, so a query touches only the rows of the series and time it asks for. Each file's footer also holds a time index (the ts of every TS_INDEX_ROWS-th row), and
-the reader copies small series indexes into the process's memory (INDEX_MEMORY_BYTES): from memory
-alone it knows which rows a read can touch, asks the kernel for all of them in every file at once
-(MADV_WILLNEED; maps are advised MADV_RANDOM, so a fault reads its page, not the device's whole
-read-ahead window), and only then reads: a query over pages the kernel reclaimed waits on the
-device about once. The query-router keeps the live files open (`MappedReader.keep_open`).
+widened back (`MappedFile.take`): 5 bytes a point instead of 16 for whole-number values. Sorted by
+series then time, each file has one run of rows per series: the run-end encoded series column is
+the series -> row-range index of an opened file, and the reader binary-searches time within a run,
+so a query touches only the rows of the series and time it asks for. Each file's footer also holds
+a time index (the ts of every TS_INDEX_ROWS-th row), and the reader copies small series indexes
+into the process's memory (INDEX_MEMORY_BYTES): from memory alone it knows which rows a read can
+touch, asks the kernel for all of them in every file at once (MADV_WILLNEED; maps are advised
+MADV_RANDOM, so a fault reads its page, not the device's whole read-ahead window), and only then
+reads: a query over pages the kernel reclaimed waits on the device about once. The query-router
+keeps the live files open (`MappedReader.keep_open`).
 
 Each segment also keeps its raw points in the same form (POINTS_MAP_SCHEMA: ts and value, with the
 series column run-end encoded, i.e. one series id and end row per series: 5 to 12 bytes a point), its
