@@ -22,8 +22,7 @@ import numpy as np
 
 from libs.cache import ResultCache, TtlCache
 from libs.cache_ignite import IgniteCache
-from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries
+from libs.storage import AcceptedSeries, SeriesKey
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import query_from_proto

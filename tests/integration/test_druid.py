@@ -20,8 +20,8 @@ import pytest_asyncio
 
 from libs.cache import TtlCache
 from libs.selfmetrics import SelfMetrics
+from libs.storage import AcceptedSeries
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries
 from platformq.analytics.v1 import common_pb2
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter

@@ -16,8 +16,8 @@ from libs.cache import ALL_DATASOURCES
 from libs.cache_ignite import CACHE_PREFIX, IgniteCache
 from libs.config import load_settings
 from libs.selfmetrics import SELF_DATASOURCE
+from libs.storage import AcceptedSeries
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries
 from platformq.analytics.v1 import common_pb2, ml_service_pb2, monitoring_service_pb2
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.context import ServiceContext

@@ -17,8 +17,8 @@ import trino
 from libs.cache import TtlCache
 from libs.errors import DeadlineExceeded, InvalidArgument
 from libs.selfmetrics import SelfMetrics
+from libs.storage import AcceptedSeries
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter

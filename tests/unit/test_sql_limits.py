@@ -8,8 +8,8 @@ import pytest
 
 from libs.config import load_settings
 from libs.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
+from libs.storage import AcceptedSeries, MetricStore, StoreConfig
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from services.query_router.sql_guard import PATH_PLACEHOLDER, READABLE_SETTINGS, check_user_sql, redact_paths
 from services.query_router.sql_views import VIEWS, TenantDatabases, run_tenant_sql
 

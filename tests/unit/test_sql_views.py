@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from libs.errors import InvalidArgument
+from libs.storage import AcceptedSeries, MetricStore, StoreConfig
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from services.query_router.sql_views import TenantDatabases, run_tenant_sql
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from libs.cache import TtlCache
 from libs.errors import InvalidArgument
+from libs.storage import AcceptedSeries
 from libs.storage.keys import SeriesKey, series_id
-from libs.storage.store import AcceptedSeries
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import LabelMatch
 from tests.helpers import opened_store

@@ -11,9 +11,9 @@ import pytest
 
 from libs.cache import TtlCache
 from libs.errors import DeadlineExceeded
+from libs.storage import AcceptedSeries, MetricStore, StoreConfig
 from libs.storage.keys import SeriesKey, series_id
 from libs.storage.rollups import ReadStopped
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import CancelToken, QueryInterrupted

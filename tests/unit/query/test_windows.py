@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from libs.cache import TtlCache
+from libs.storage import AcceptedSeries
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter

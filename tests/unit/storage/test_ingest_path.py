@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from libs.bus.events import series_header
+from libs.storage import AcceptedSeries, MetricStore, SeriesMemo, StoreConfig
 from libs.storage.keys import SeriesKey, series_id
-from libs.storage.store import AcceptedSeries, MetricStore, SeriesMemo, StoreConfig
 from platformq.analytics.v1 import common_pb2, events_pb2
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

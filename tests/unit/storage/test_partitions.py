@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from libs.cache import TtlCache
+from libs.storage import AcceptedSeries, MetricStore, StoreConfig
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from libs.cache import TtlCache
+from libs.storage import AcceptedSeries, MetricStore
 from libs.storage.keys import SeriesKey, series_id
 from libs.storage.rollups import MappedFile
-from libs.storage.store import AcceptedSeries, MetricStore
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router import engine as engine_module

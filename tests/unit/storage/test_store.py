@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from libs.errors import ResourceExhausted
+from libs.storage import AcceptedSeries, MetricStore, StoreConfig
 from libs.storage import store as store_module
 from libs.storage.keys import SeriesKey, series_id
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from platformq.analytics.v1 import events_pb2
 from tests.helpers import REPO_ROOT
 

@@ -3,8 +3,8 @@
 import numpy as np
 
 from libs.bus.events import encode_batch
+from libs.storage import AcceptedSeries, MetricStore, StoreConfig
 from libs.storage.keys import SeriesKey
-from libs.storage.store import AcceptedSeries, MetricStore, StoreConfig
 from platformq.analytics.v1 import events_pb2
 
 
