@@ -11,6 +11,10 @@ def metrics_topic(datasource: str) -> str:
     return f"simulation.metrics.{datasource}"
 
 
+METRICS_TOPICS = metrics_topic("*")
+"""The pattern of every datasource's metrics topic, for subscribers."""
+
+
 class AfterWrite:
     """Called once a batch is durable in the store: drops the cached answers over the written
     span of the datasource and, where the batch entered this process (mode all), publishes it on

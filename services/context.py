@@ -14,7 +14,7 @@ from libs.limits import TenantLimits
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
 from libs.storage import MetricStore, StoreConfig
 from libs.streams import StreamHub
-from libs.writes import AfterWrite
+from libs.writes import METRICS_TOPICS, AfterWrite
 from platformq.analytics.v1 import events_pb2
 
 
@@ -115,7 +115,7 @@ class ServiceContext:
             await self.store.start()
             if self.distributed:
                 await self.bus.subscribe(
-                    "simulation.metrics.*",
+                    METRICS_TOPICS,
                     "storage",
                     self._store_batch,
                     max_redeliveries=self.settings.bus_max_redeliveries,

@@ -33,6 +33,7 @@ from libs.streams.frames import Cursor, Frame, control, heartbeat_frame, message
 from libs.streams.peers import StreamPeers
 from libs.streams.spec import StreamSpec
 from libs.streams.subscriber import CLOSE_GOING_AWAY, Limits, Subscriber
+from libs.writes import METRICS_TOPICS
 from platformq.analytics.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ ANALYTICS_INTERVAL_SECONDS = 1.0
 # What a stalled hub may hold in the in-process bus before the oldest batches are skipped.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 TOPICS = {
-    "metrics": "simulation.metrics.*",
+    "metrics": METRICS_TOPICS,
     "anomalies": "anomalies.*",
     "dashboards": "dashboard.updates.*",
     "alerts": "alerts.*",

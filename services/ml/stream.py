@@ -37,6 +37,7 @@ from libs.bus import Bus, Envelope
 from libs.errors import DeadlineExceeded, Unavailable
 from libs.identity import acting_as, reader_of
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics
+from libs.writes import METRICS_TOPICS
 from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomalies import detector_model, shared_fields
 from services.ml.anomaly_store import AnomalyRecord, AnomalyStore, anomaly_id
@@ -134,7 +135,7 @@ class StreamScorer:
         for key, live in await asyncio.to_thread(self._load):
             self._put(key, live)
         await self.bus.subscribe(
-            "simulation.metrics.*",
+            METRICS_TOPICS,
             SUBSCRIPTION,
             self.handle,
             max_redeliveries=self.config.max_redeliveries,

@@ -15,6 +15,7 @@ from libs.bus import Bus, Envelope
 from libs.errors import ConfigError, InvalidArgument
 from libs.selfmetrics import SelfMetrics
 from libs.storage import DEFAULT_TENANT
+from libs.writes import METRICS_TOPICS
 from platformq.analytics.v1 import events_pb2
 from services.ml.online.learning import OnlineLearning
 from services.ml.online.spec import check_model_name, resolve_kind_task
@@ -115,7 +116,7 @@ class StreamTrainer:
     async def start(self) -> None:
         """Subscribe to the metrics stream."""
         await self.bus.subscribe(
-            "simulation.metrics.*",
+            METRICS_TOPICS,
             SUBSCRIPTION,
             self.handle,
             max_redeliveries=self.max_redeliveries,
