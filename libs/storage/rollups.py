@@ -232,14 +232,10 @@ def _int_type(lo: int, hi: int) -> np.dtype:
 
 
 def _narrow_floats(values: np.ndarray) -> np.ndarray:
-    whole = bool(np.isfinite(values).all()) and bool((values == np.trunc(values)).all())
-    if (
-        whole
-        and values.min() >= -(2**31)
-        and values.max() < 2**31
-        and not np.signbit(values[values == 0]).any()
-    ):
-        return values.astype(_int_type(int(values.min()), int(values.max())))
+    if bool(np.isfinite(values).all()) and bool((values == np.trunc(values)).all()):
+        lo, hi = int(values.min()), int(values.max())
+        if lo >= -(2**31) and hi < 2**31 and not np.signbit(values[values == 0]).any():
+            return values.astype(_int_type(lo, hi))
     with np.errstate(over="ignore"):  # past float32's range: inf, which the comparison refuses
         single = values.astype(np.float32)
     if np.array_equal(single.astype(np.float64), values, equal_nan=True):
