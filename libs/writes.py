@@ -1,4 +1,5 @@
-"""What follows a durable write of metrics, in both run modes, in one place."""
+"""What follows a durable write of metrics, in both run modes, in one place, and the names of the
+metrics topics it publishes on."""
 
 from __future__ import annotations
 
