@@ -15,14 +15,17 @@ from tests.browser.conftest import screenshot
 
 pytestmark = pytest.mark.browser
 
-# Each page's address and an element that shows it has loaded its data.
+# Each page's address and an element that shows it has loaded its data. The forecast page starts a
+# forecast as it opens, with a Cancel button while it runs: it has loaded when that forecast has
+# answered (the form's button is enabled again), or a control would leave the page while the test
+# tabs through it.
 PAGES = {
     "overview": ("#/overview", "#entities .entity"),
     "service": ("#/service/auth-service", ".svc-metric canvas"),
     "dashboards": ("#/dashboards", "main table tbody tr"),
     "dashboard-new": ("#/dashboards/new", "main form"),
     "anomalies": ("#/anomalies", "main form"),
-    "forecast": ("#/forecast", "main form"),
+    "forecast": ("#/forecast", "main form button[type=submit]:enabled"),
     "query": ("#/query", "main form"),
 }
 
