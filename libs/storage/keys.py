@@ -60,8 +60,17 @@ def keys_in(
 
 def last_wins(series_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Indexes that keep, for each (series id, ts), only its last occurrence, sorted by key."""
-    order = np.lexsort((ts, series_ids))  # stable: equal keys keep their arrival order
+    # Stable sorts throughout: equal keys keep their arrival order. Points mostly arrive in time
+    # order within each series, so a sort by series alone already orders them by key; where a
+    # series goes back in time, they are sorted again by (series, ts), which costs little over
+    # series already in order.
+    order = np.argsort(series_ids, kind="stable")
     sid, t = series_ids[order], ts[order]
+    same = sid[1:] == sid[:-1]
+    if (same & (t[1:] < t[:-1])).any():
+        order = order[np.lexsort((t, sid))]
+        sid, t = series_ids[order], ts[order]
+        same = sid[1:] == sid[:-1]
     last = np.ones(len(order), dtype=bool)
-    last[:-1] = (sid[1:] != sid[:-1]) | (t[1:] != t[:-1])
+    last[:-1] = ~same | (t[1:] != t[:-1])
     return order[last]

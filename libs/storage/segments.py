@@ -245,7 +245,9 @@ class SegmentStore:
             self._write_maps(segment, part_ids, part_ts, part_values)
             # Points: hour blocks, each sorted by (series, ts). Row groups then span at most an hour
             # (plus the series stats), so reading a few minutes of every series skips the rest.
-            order = np.lexsort((part_ts, part_ids, part_ts // BLOCK_MS))
+            # The part is sorted by (series, ts) already: a stable sort by block keeps that order
+            # within each block.
+            order = np.argsort(part_ts // BLOCK_MS, kind="stable")
             table = pa.Table.from_arrays(
                 [
                     arrowbuf.array(part_ids[order], pa.uint64()),

@@ -12,7 +12,7 @@ import pytest
 from libs.cache import TtlCache
 from libs.storage import AcceptedSeries, MetricStore
 from libs.storage.hot import Chunk, HotPartition
-from libs.storage.keys import SeriesKey
+from libs.storage.keys import SeriesKey, last_wins
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
@@ -144,3 +144,20 @@ def test_of_two_writes_of_a_key_the_higher_wal_position_wins_whatever_the_insert
     part.add(older)
     rows = sorted(zip(*(part.view().table[c].to_pylist() for c in ("series_id", "ts", "value")), strict=True))
     assert rows == [(1, 10, 7.0), (1, 20, 7.0), (2, 10, 5.0)]
+
+
+@pytest.mark.parametrize("arrival", ["in time order", "back in time", "shuffled"])
+def test_last_wins_keeps_the_last_arrival_of_each_key_sorted_by_key(arrival):
+    rng = np.random.default_rng(7)
+    series = rng.integers(0, 2**64, 40, dtype=np.uint64)
+    ids = np.repeat(series, 50)
+    ts = np.tile(np.arange(50, dtype=np.int64) // 2, 40)  # each key twice in a row
+    if arrival == "back in time":
+        ts[1234] = 3  # one series goes back
+    elif arrival == "shuffled":
+        shuffle = rng.permutation(len(ts))
+        ids, ts = ids[shuffle], ts[shuffle]
+    last: dict[tuple[int, int], int] = {}
+    for i, key in enumerate(zip(ids.tolist(), ts.tolist(), strict=True)):
+        last[key] = i
+    assert last_wins(ids, ts).tolist() == [last[key] for key in sorted(last)]
