@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from libs import arrowbuf
-from libs.storage.keys import keys_in
+from libs.storage.keys import ids_in, keys_in
 
 POINTS_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
 # Memory per point: series id, timestamp and value, 8 bytes each.
@@ -143,6 +143,11 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.ts)
 
+    @cached_property
+    def span(self) -> tuple[int, int]:
+        """(oldest, newest) timestamp of every point, live or not (a chunk has at least one)."""
+        return int(self.ts.min()), int(self.ts.max())
+
     def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(series ids, timestamps, values) of the live points."""
         if self.live is None:
@@ -176,17 +181,22 @@ class HotPartition:
     def add(self, chunk: Chunk) -> None:
         self.chunks.append(chunk)
         self.points += len(chunk)
-        lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
+        lo, hi = chunk.span
         self.min_ts = lo if self.min_ts is None else min(self.min_ts, lo)
         self.max_ts = hi if self.max_ts is None else max(self.max_ts, hi)
         self._view = None
 
     def supersede(self, chunk: Chunk) -> None:
         """Keep one point per (series, ts) between `chunk` and the partition: of two writes of a key,
-        the one with the higher WAL position wins (replay applies records in that order too)."""
+        the one with the higher WAL position wins (replay applies records in that order too).
+        Only the chunks whose time range meets `chunk`'s are searched: a client's retry meets the
+        few chunks of its own time, not the whole tier."""
         wanted = np.unique(chunk.series_ids)
+        lo, hi = chunk.span
         for old in self.chunks:
-            candidates = np.isin(old.series_ids, wanted)
+            if old.span[1] < lo or old.span[0] > hi:
+                continue
+            candidates = ids_in(old.series_ids, wanted)
             if old.live is not None:
                 candidates &= old.live
             if not candidates.any():

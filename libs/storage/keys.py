@@ -53,9 +53,47 @@ def keys_in(
     series_ids: np.ndarray, ts: np.ndarray, other_ids: np.ndarray, other_ts: np.ndarray
 ) -> np.ndarray:
     """Boolean mask over the first keys: True where (series id, ts) is also among the other keys."""
+    found = np.zeros(len(ts), dtype=bool)
     if not len(ts) or not len(other_ts):
-        return np.zeros(len(ts), dtype=bool)
-    return np.isin(_keys(series_ids, ts), _keys(other_ids, other_ts))
+        return found
+    # Only keys within the other side's time range can match (a batch against a day's file).
+    near = np.flatnonzero((ts >= other_ts.min()) & (ts <= other_ts.max()))
+    other_near = (other_ts >= ts.min()) & (other_ts <= ts.max())
+    if not len(near) or not other_near.any():
+        return found
+    series_ids, ts = series_ids[near], ts[near]
+    other_ids, other_ts = other_ids[other_near], other_ts[other_near]
+    # Each key as one int64 (the series' number among the smaller side's series, then the time),
+    # found by a binary search in the other side's sorted keys: a sort of integers, where a sort
+    # of (series id, ts) records cost ten times as much.
+    known = np.unique(series_ids if len(series_ids) <= len(other_ids) else other_ids)
+    lo = min(int(ts.min()), int(other_ts.min()))
+    span = max(int(ts.max()), int(other_ts.max())) - lo + 1
+    if len(known) * span >= 2**63:
+        found[near] = np.isin(_keys(series_ids, ts), _keys(other_ids, other_ts))
+        return found
+    code, has = _codes(known, series_ids)
+    other_code, other_has = _codes(known, other_ids)
+    others = np.sort(other_code[other_has] * span + (other_ts[other_has] - lo))
+    if len(others):
+        mine = code * span + (ts - lo)
+        at = np.minimum(np.searchsorted(others, mine), len(others) - 1)
+        found[near] = has & (others[at] == mine)
+    return found
+
+
+def _codes(known: np.ndarray, series_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each id's position in `known` (sorted, distinct) as int64, and whether it is there."""
+    at = np.minimum(np.searchsorted(known, series_ids), len(known) - 1)
+    return at.astype(np.int64), known[at] == series_ids
+
+
+def ids_in(series_ids: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Boolean mask: True where the id is in `known` (sorted, distinct: `np.unique`'s answer); a
+    binary search each, where np.isin sorts both sides on every call."""
+    if not len(known):
+        return np.zeros(len(series_ids), dtype=bool)
+    return _codes(known, series_ids)[1]
 
 
 def last_wins(series_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:

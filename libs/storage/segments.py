@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from libs import arrowbuf
 from libs.storage.hot import POINTS_SCHEMA
-from libs.storage.keys import SeriesKey, keys_in, last_wins
+from libs.storage.keys import SeriesKey, ids_in, keys_in, last_wins
 from libs.storage.rollups import RESOLUTIONS, points_map, rollup, write_mapped
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ class SegmentStore:
             )
             probe_ids = arrowbuf.numpy(probe["series_id"])
             probe_ts = arrowbuf.numpy(probe["ts"])
-            near = np.isin(probe_ids, wanted)
+            near = ids_in(probe_ids, wanted)
             if not near.any() or not keys_in(probe_ids[near], probe_ts[near], series_ids, ts).any():
                 continue
             table = pq.read_table(seg.path)

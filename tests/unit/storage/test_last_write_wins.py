@@ -12,7 +12,7 @@ import pytest
 from libs.cache import TtlCache
 from libs.storage import AcceptedSeries, MetricStore
 from libs.storage.hot import Chunk, HotPartition
-from libs.storage.keys import SeriesKey, last_wins
+from libs.storage.keys import SeriesKey, ids_in, keys_in, last_wins
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
@@ -161,3 +161,29 @@ def test_last_wins_keeps_the_last_arrival_of_each_key_sorted_by_key(arrival):
     for i, key in enumerate(zip(ids.tolist(), ts.tolist(), strict=True)):
         last[key] = i
     assert last_wins(ids, ts).tolist() == [last[key] for key in sorted(last)]
+
+
+@pytest.mark.parametrize("shape", ["same range", "other side narrower", "disjoint", "span past int64"])
+def test_keys_in_and_ids_in_answer_as_a_set_of_keys_would(shape):
+    rng = np.random.default_rng(11)
+    series = rng.integers(0, 2**64, 30, dtype=np.uint64)
+    ids = series[rng.integers(0, 30, 3000)]
+    ts = rng.integers(0, 400, 3000).astype(np.int64) * 1000
+    other_ids = np.concatenate([ids[::7], series[rng.integers(0, 30, 200)]])
+    other_ts = np.concatenate([ts[::7], rng.integers(0, 400, 200).astype(np.int64) * 1000])
+    if shape == "other side narrower":
+        near = (other_ts >= 100_000) & (other_ts < 150_000)
+        other_ids, other_ts = other_ids[near], other_ts[near]
+    elif shape == "disjoint":
+        other_ts = other_ts + 10**9
+    elif shape == "span past int64":
+        # Both ends survive the time filters: one int64 key a point cannot hold them.
+        ts[0], ts[1], other_ts[0], other_ts[-1] = -(2**62), 2**62, -(2**62), 2**62
+    others = set(zip(other_ids.tolist(), other_ts.tolist(), strict=True))
+    expected = [key in others for key in zip(ids.tolist(), ts.tolist(), strict=True)]
+    assert keys_in(ids, ts, other_ids, other_ts).tolist() == expected
+    assert sum(expected) > 0 or shape == "disjoint"
+    known = np.unique(other_ids)
+    assert ids_in(ids, known).tolist() == [i in set(known.tolist()) for i in ids.tolist()]
+    assert not ids_in(ids, known[:0]).any()
+    assert keys_in(ids, ts, other_ids[:0], other_ts[:0]).tolist() == [False] * len(ts)
