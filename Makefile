@@ -147,6 +147,7 @@ bench: gen
 	$(BIN)/python -m benchmarks.rpc_floor --docs
 	$(BIN)/python -m benchmarks.ingest_rest --docs
 	$(BIN)/python -m benchmarks.churn --docs
+	$(BIN)/python -m benchmarks.resend --docs
 	$(BIN)/python -m benchmarks.growth --docs
 	$(BIN)/python -m benchmarks.cold_reads --docs
 	$(BIN)/python -m benchmarks.distributed --docs
