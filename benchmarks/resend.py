@@ -56,6 +56,12 @@ from benchmarks.report import add_docs_flag, machine, publish
 SECTION = "## Resent data (retries and corrections)"
 METRIC = "cpu_usage_user"
 PHASES = ("append", "resend, recent", "resend, stored")
+BEFORE = (
+    "Before a resent batch searched only the hot chunks of its own time and matched keys by binary "
+    "search (issue 11, commit 0565e6e), the same command on the same machine (2026-12-01 01:20 UTC, ours "
+    "only) gave: append 1,498,519 points/s, resend while recent 42,699, resend after the flush 8,308."
+)
+"""This benchmark's figures before the change it measures (the report's last paragraph)."""
 
 
 @dataclass
@@ -289,6 +295,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['vm_version'] or 'not run'}, once with its default flags, under which it stores and "
         f"counts every copy, and once with `{VM_DEDUP}`, under which it keeps one sample per series and "
         "millisecond (at merge and at query time).",
+        "",
+        BEFORE,
     ]
     return "\n".join(lines) + "\n"
 
