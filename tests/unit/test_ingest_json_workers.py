@@ -266,3 +266,31 @@ async def test_a_slot_the_worker_cannot_read_fails_no_body_and_later_bodies_take
     assert batch.accepted == 120 * 60 + 50 and _parsed_here(bodies, "unreadable")
     batch, _ = await bodies.validate(_body(name="piped"), "t")
     assert batch.accepted == 120 * 60 + 50 and not _parsed_here(bodies, "piped")  # in the worker
+
+
+@pytest.mark.skipif(not BodySlots.available(), reason="body slots need memfd_create and /proc (Linux)")
+def test_a_body_given_in_a_slot_is_answered_in_that_slot_or_through_the_pipe_when_it_cannot_be():
+    from services.realtime.json_body import AnswerInSlot
+    from services.realtime.json_worker import validate_in_worker
+
+    data = _body(name="answered")
+    slots = BodySlots(keep=1)
+    slot = slots.put(data)
+    try:
+        now = int(time.time() * 1000)
+        answer = validate_in_worker(BodyInSlot(os.getpid(), slot, len(data)), now, "t")
+        assert isinstance(answer, AnswerInSlot)
+        batch, encoded = answer.read(slot)
+        here = JsonIngestDecoder().validate(data, now_ms=now)
+        expected = EncodedBatch.encode("t", "ds", here.series, SeriesMemo())
+        here.series = []
+        assert batch_summary(batch) == batch_summary(here)
+        assert _encoded_summary(encoded) == _encoded_summary(expected)
+        # A slot the worker cannot open leaves the answer to the pool's pipe.
+        parsed = (batch, encoded)
+        assert BodyInSlot(os.getpid(), 999_999, len(data)).answer(parsed) is parsed
+        with pytest.raises(OSError, match="answer from its slot"):
+            AnswerInSlot(answer.length + 10**6).read(slot)
+    finally:
+        slots.release(slot)
+        slots.close()
