@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,57 @@ def _queries(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rounds(r: dict[str, Any]) -> list[str]:
+    """Every round's p50s (and ingest rates) side by side, with the median of each."""
+    rounds = r.get("rounds") or []
+    if len(rounds) < 2:
+        return []
+
+    def cells(values: list[float | None]) -> str:
+        return ", ".join(_f(v, 2) if v is not None else NA for v in values)
+
+    def median(values: list[float | None]) -> float | None:
+        got = [v for v in values if v is not None]
+        return statistics.median(got) if got else None
+
+    lines = [
+        "## Rounds",
+        "",
+        f"The comparison above ran {len(rounds)} times in a row (`--rounds`), each round with fresh data "
+        "directories and its own random query instances (the seed plus the round), each system alone in "
+        "turn as above. The tables above are the first round's. On this shared machine one round's p50 can "
+        "differ from the next by more than the two systems differ, so this table gives every round's and "
+        "their medians.",
+        "",
+        "| type | ours p50 ms, each round | VM p50 ms, each round | ours / VM, each round | median ours / median VM "
+        "| ours / raw DuckDB, each round | ours = DuckDB, every round |",
+        "|---|---|---|---|---:|---|---|",
+    ]
+    names = list(rounds[0]["types"])
+    for name in names:
+        ours = [x["types"][name]["ours"] for x in rounds]
+        vm = [x["types"][name]["vm"] for x in rounds]
+        ratios = ", ".join(
+            f"{o / v:.2f}x" if o is not None and v else NA for o, v in zip(ours, vm, strict=True)
+        )
+        floor = ", ".join(_ratio(x["types"][name]["ours"], x["types"][name]["duckdb"]) for x in rounds)
+        agree = [x["types"][name]["agree"] for x in rounds]
+        lines.append(
+            f"| {name} | {cells(ours)} | {cells(vm) if any(v is not None for v in vm) else 'not expressible'} "
+            f"| {ratios if any(v is not None for v in vm) else ''} | {_ratio(median(ours), median(vm))} "
+            f"| {floor} | {'yes' if all(agree) else 'NO' if any(a is False for a in agree) else '-'} |"
+        )
+    ingest = [(x["ingest"]["ours"], x["ingest"]["vm"]) for x in rounds]
+    lines += [
+        "",
+        "Ingest, points/s, each round (ours / VictoriaMetrics): "
+        + ", ".join(f"{_int(o)} / {_int(v)}" for o, v in ingest)
+        + ".",
+        "",
+    ]
+    return lines
+
+
 def _query_memory(r: dict[str, Any]) -> list[str]:
     qm = r.get("query_memory", {})
     ours, vm = qm.get("ours") or {}, qm.get("vm") or {}
@@ -305,7 +357,9 @@ def render(r: dict[str, Any]) -> str:
     ]
     if meta.get("warnings"):
         lines += ["**Warnings:**", "", *[f"- {w}" for w in meta["warnings"]], ""]
-    lines += _machine(r) + _data(r) + _ingest(r) + _queries(r) + _query_memory(r) + _definitions(r)
+    lines += (
+        _machine(r) + _data(r) + _ingest(r) + _queries(r) + _rounds(r) + _query_memory(r) + _definitions(r)
+    )
     lines += [
         "## Hot tier memory bound",
         "",

@@ -175,6 +175,25 @@ def test_report_renders_unavailable_columns() -> None:
     assert "not available" in text and "| single-groupby-1-1-1 |" in text
 
 
+def test_the_rounds_table_gives_each_round_and_the_ratio_of_the_medians() -> None:
+    def one(ours: float, vm: float | None, agree: bool) -> dict:
+        return {
+            "ingest": {"ours": 4e6, "vm": 3e6},
+            "types": {"t": {"ours": ours, "vm": vm, "duckdb": 10.0, "agree": agree}},
+        }
+
+    results = {"rounds": [one(2.0, 1.0, True), one(4.0, 2.0, True), one(3.0, 6.0, True)]}
+    row = next(line for line in report._rounds(results) if line.startswith("| t |"))
+    # medians 3.0 and 2.0: 1.50x, whatever each round's own ratio
+    assert (
+        row
+        == "| t | 2.00, 4.00, 3.00 | 1.00, 2.00, 6.00 | 2.00x, 2.00x, 0.50x | 1.50x | 0.20x, 0.40x, 0.30x | yes |"
+    )
+    results["rounds"][1]["types"]["t"]["agree"] = False
+    assert next(line for line in report._rounds(results) if line.startswith("| t |")).endswith("| NO |")
+    assert report._rounds({"rounds": results["rounds"][:1]}) == []
+
+
 # A stand-in for `analytics serve all` whose RPCs are all unbuilt: grpc answers UNIMPLEMENTED for
 # every method no servicer registered, and the health service says SERVING.
 _UNBUILT_SERVICE = """
