@@ -147,34 +147,32 @@ async def _timed(system: str, phase: str, url: str, bodies: list[bytes], points:
     return Phase(system, phase, len(bodies), points, seconds, tree_cpu_seconds(pid) - cpu0, failures, None)
 
 
+async def _ours_phase(stack: OurStack, data: Data, phase: str, bodies: list[bytes], warm: bool) -> Phase:
+    """One timed phase through the stack; with `warm`, its first body is sent before the clock
+    starts (it starts the service's JSON worker process)."""
+    url = f"{stack.base}/api/v1/metrics/ingest"
+    if warm:
+        await post_all(url, bodies[:1], 1)
+        await asyncio.sleep(WORKER_START_SECONDS)
+        bodies = bodies[1:]
+    out = await _timed("ours", phase, url, bodies, sum(map(_points, bodies)), stack.process.pid)
+    out.answer = await stack.total(data)
+    return out
+
+
 async def run_ours(data: Data, bodies: list[bytes], again: list[bytes], work: Path) -> list[Phase]:
     stack = OurStack(work / "ours")
-    url = lambda: f"{stack.base}/api/v1/metrics/ingest"  # noqa: E731 (the port changes on restart)
-    phases = []
     stack.start()
     try:
-        await post_all(url(), bodies[:1], 1)
-        await asyncio.sleep(WORKER_START_SECONDS)
-        rest = bodies[1:]
-        phases.append(
-            await _timed("ours", PHASES[0], url(), rest, sum(map(_points, rest)), stack.process.pid)
-        )
-        phases[-1].answer = await stack.total(data)
-        phases.append(
-            await _timed("ours", PHASES[1], url(), again, sum(map(_points, again)), stack.process.pid)
-        )
-        phases[-1].answer = await stack.total(data)
+        phases = [
+            await _ours_phase(stack, data, PHASES[0], bodies, warm=True),
+            await _ours_phase(stack, data, PHASES[1], again, warm=False),
+        ]
     finally:
         stack.stop()
-    stack.start()
+    stack.start()  # the same DATA_DIR: the clean stop flushed the hot tier into segments
     try:
-        await post_all(url(), again[:1], 1)
-        await asyncio.sleep(WORKER_START_SECONDS)
-        rest = again[1:]
-        phases.append(
-            await _timed("ours", PHASES[2], url(), rest, sum(map(_points, rest)), stack.process.pid)
-        )
-        phases[-1].answer = await stack.total(data)
+        phases.append(await _ours_phase(stack, data, PHASES[2], again, warm=True))
     finally:
         stack.stop()
     return phases
