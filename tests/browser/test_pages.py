@@ -18,7 +18,8 @@ pytestmark = pytest.mark.browser
 # Each page's address and an element that shows it has loaded its data. The forecast page starts a
 # forecast as it opens, with a Cancel button while it runs: it has loaded when that forecast has
 # answered (the form's button is enabled again), or a control would leave the page while the test
-# tabs through it.
+# tabs through it. The query page has loaded when its datasource's metadata has (its metric and
+# label checkboxes drawn).
 PAGES = {
     "overview": ("#/overview", "#entities .entity"),
     "service": ("#/service/auth-service", ".svc-metric canvas"),
@@ -26,7 +27,7 @@ PAGES = {
     "dashboard-new": ("#/dashboards/new", "main form"),
     "anomalies": ("#/anomalies", "main form"),
     "forecast": ("#/forecast", "main form button[type=submit]:enabled"),
-    "query": ("#/query", "main form"),
+    "query": ("#/query", "#q-meta-note:not(:empty)"),
 }
 
 CONTROLS = "main a[href], main button, main input, main select, main textarea, main summary"

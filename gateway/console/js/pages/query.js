@@ -227,6 +227,7 @@ export async function render(ctx) {
   runButton.addEventListener("click", () => run(false));
   explainButton.addEventListener("click", () => run(true));
 
+  setKind(startMode); // before the page is shown: one form at a time from the start
   replace(
     root,
     h("div.panel-head", h("h1", "Query"), h("small.muted", `times in ${zone()}`)),
@@ -285,7 +286,6 @@ export async function render(ctx) {
   if (!saved && !metricList.querySelector("input:checked")) {
     status.textContent = "Pick one or more metrics, then Run.";
   }
-  setKind(startMode);
 
   // ---- running ---------------------------------------------------------------------------------
   let chart = null;
