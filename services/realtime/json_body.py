@@ -249,10 +249,10 @@ class BodySlots:
     than a columnar body) over the body in the same slot, and the serving process reads it from there
     before the slot is free again: for a TSBS body of 5,000 points the serving process's share of the
     hand-off went from 815 to 681 µs of CPU (a probe: JsonBodies alone, the medians of five runs
-    alternated with the code before). Linux only: elsewhere
-    (no `os.memfd_create`) bodies and answers go through the pipe, as they do from the first slot that
-    cannot be written or read (JsonBodies). A slot is kept while at most `keep` are free, and emptied
-    when a body or answer of more than `KEEP_BYTES` used it."""
+    alternated with the code before). Linux only: elsewhere (no `os.memfd_create`) bodies and answers
+    go through the pipe, as they do from the first slot that cannot be written or read (JsonBodies).
+    A slot is kept while at most `keep` are free, and emptied when a body or answer of more than
+    `KEEP_BYTES` used it."""
 
     KEEP_BYTES = 16 << 20
 
