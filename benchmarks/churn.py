@@ -47,6 +47,7 @@ from benchmarks.procs import (
     wait_http_ok,
 )
 from benchmarks.report import add_docs_flag, machine, publish
+from libs.timeparse import format_time_ms
 
 SECTION = "## High cardinality and churn"
 DATASOURCE = "bench_churn"
@@ -140,10 +141,6 @@ class Churn:
                 )
             bodies.append(("\n".join(lines) + "\n").encode())
         return bodies
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _post_all(url: str, bodies: list[bytes], check: bool) -> tuple[float, int]:
@@ -281,8 +278,8 @@ async def _ours_queries(session: aiohttp.ClientSession, base: str, data: Churn, 
             "metrics": [METRIC],
             "aggregation": "sum",
             "group_by": ["service_name"],
-            "start": _iso(data.start_ms - r * 1000),
-            "end": _iso(data.end_ms),
+            "start": format_time_ms(data.start_ms - r * 1000),
+            "end": format_time_ms(data.end_ms),
             "step": "60s",
         }
         s, answer = await _timed_json(session, "POST", f"{base}/api/v1/query", body)
@@ -299,8 +296,8 @@ async def _ours_queries(session: aiohttp.ClientSession, base: str, data: Churn, 
             "metrics": [METRIC],
             "aggregation": "avg",
             "filters": [{"label": k, "op": "=", "value": v} for k, v in labels.items()],
-            "start": _iso(ts[0]),
-            "end": _iso(ts[-1] + INTERVAL_MS),
+            "start": format_time_ms(ts[0]),
+            "end": format_time_ms(ts[-1] + INTERVAL_MS),
             "step": "10s",
         }
         s, answer = await _timed_json(session, "POST", f"{base}/api/v1/query", body)

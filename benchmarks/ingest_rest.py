@@ -362,7 +362,7 @@ async def load_ours(form: str, bodies: list[bytes], points: int, connections: in
         stop_process(process, 30)
     if errors:
         print(f"{form}: {failures} failures, e.g. {errors}", file=sys.stderr)
-    timed = points - _points_in(bodies[0], form)
+    timed = points - points_in(bodies[0], form)
     return Load(
         "ours (POST /api/v1/metrics/ingest through Envoy)",
         form,
@@ -408,7 +408,11 @@ async def load_grpc(requests: list[bytes], points: int, connections: int, work: 
     )
 
 
-def _points_in(body: bytes, form: str) -> int:
+def points_in(body: bytes, form: str) -> int:
+    """How many points a body of `form` carries: "rows", "columnar", or "vm" (/api/v1/import JSON
+    lines)."""
+    if form == "vm":
+        return sum(len(json.loads(line)["values"]) for line in body.splitlines())
     doc = json.loads(body)
     return len(doc["points"]) if form == "rows" else sum(len(s["values"]) for s in doc["series"])
 
@@ -433,7 +437,7 @@ async def load_vm(bodies: list[bytes], points: int, connections: int, work: Path
         vm.stop()
     if errors:
         print(f"vm: {failures} failures, e.g. {errors}", file=sys.stderr)
-    timed = points - sum(len(json.loads(line)["values"]) for line in bodies[0].splitlines())
+    timed = points - points_in(bodies[0], "vm")
     return Load(
         "VictoriaMetrics (/api/v1/import, JSON lines)",
         "columnar (one line per series)",

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,14 @@ from benchmarks.ingest_rest import (
     Data,
     columnar_bodies,
     make_data,
+    points_in,
     post_all,
     tree_cpu_seconds,
     vm_bodies,
 )
 from benchmarks.procs import launch_stack, stop_process, wait_http_ok
 from benchmarks.report import add_docs_flag, machine, publish
+from libs.timeparse import format_time_ms
 
 SECTION = "## Resent data (retries and corrections)"
 METRIC = "cpu_usage_user"
@@ -81,10 +83,6 @@ class Phase:
     @property
     def points_per_s(self) -> float:
         return self.points / self.seconds if self.seconds else 0.0
-
-
-def _points(body: bytes) -> int:
-    return sum(len(s["values"]) for s in json.loads(body)["series"])
 
 
 def expected_sum(data: Data) -> float:
@@ -121,8 +119,8 @@ class OurStack:
             "datasource": DATASOURCE,
             "metrics": [METRIC],
             "aggregation": "sum",
-            "start": _iso(int(data.ts[0])),
-            "end": _iso(int(data.ts[-1]) + INTERVAL_MS),
+            "start": format_time_ms(int(data.ts[0])),
+            "end": format_time_ms(int(data.ts[-1]) + INTERVAL_MS),
             "step": "1h",
         }
         async with (
@@ -135,15 +133,25 @@ class OurStack:
         return float(sum(p["value"] for s in answer["series"] for p in s["points"]))
 
 
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-
-
-async def _timed(system: str, phase: str, url: str, bodies: list[bytes], points: int, pid: int) -> Phase:
-    cpu0 = tree_cpu_seconds(pid)
-    seconds, _, failures, errors = await post_all(url, bodies, 4)
+async def _timed(
+    system: str,
+    phase: str,
+    url: str,
+    bodies: list[bytes],
+    form: str,
+    pid: int,
+    settle: Callable[[], Awaitable[None]] | None = None,
+) -> Phase:
+    """POST `bodies` (of `form`, see `ingest_rest.points_in`) over 4 connections, timed until the
+    last answer, or until `settle` (awaited after it) returns."""
+    cpu0, t0 = tree_cpu_seconds(pid), time.perf_counter()
+    _, _, failures, errors = await post_all(url, bodies, 4)
+    if settle is not None:
+        await settle()
+    seconds = time.perf_counter() - t0
     if errors:
         print(f"{system} {phase}: {failures} failures, e.g. {errors}", flush=True)
+    points = sum(points_in(b, form) for b in bodies)
     return Phase(system, phase, len(bodies), points, seconds, tree_cpu_seconds(pid) - cpu0, failures, None)
 
 
@@ -155,7 +163,7 @@ async def _ours_phase(stack: OurStack, data: Data, phase: str, bodies: list[byte
         await post_all(url, bodies[:1], 1)
         await asyncio.sleep(WORKER_START_SECONDS)
         bodies = bodies[1:]
-    out = await _timed("ours", phase, url, bodies, sum(map(_points, bodies)), stack.process.pid)
+    out = await _timed("ours", phase, url, bodies, "columnar", stack.process.pid)
     out.answer = await stack.total(data)
     return out
 
@@ -189,7 +197,6 @@ async def run_vm(
     name = "VictoriaMetrics" + (f" ({' '.join(flags)})" if flags else "")
     vm = victoria.VictoriaMetrics(work / f"vm{len(flags)}", work / f"vm{len(flags)}.log", flags)
     vm.start()
-    points = lambda chunk: sum(len(json.loads(line)["values"]) for b in chunk for line in b.splitlines())  # noqa: E731
     phases = []
     try:
         await vm.wait_ready()
@@ -212,24 +219,8 @@ async def run_vm(
             for phase, chunk in zip(PHASES, (bodies[1:], again, again), strict=True):
                 if phase == PHASES[2]:
                     await flush()
-                t0, cpu0 = time.perf_counter(), tree_cpu_seconds(vm.pid)
-                _, _, failures, errors = await post_all(url, chunk, 4)
-                await flush()
-                seconds = time.perf_counter() - t0
-                if errors:
-                    print(f"vm {phase}: {failures} failures, e.g. {errors}", flush=True)
-                phases.append(
-                    Phase(
-                        name,
-                        phase,
-                        len(chunk),
-                        points(chunk),
-                        seconds,
-                        tree_cpu_seconds(vm.pid) - cpu0,
-                        failures,
-                        await total(),
-                    )
-                )
+                phases.append(await _timed(name, phase, url, chunk, "vm", vm.pid, settle=flush))
+                phases[-1].answer = await total()
     finally:
         vm.stop()
     return phases
