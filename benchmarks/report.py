@@ -247,14 +247,15 @@ def _rounds(r: dict[str, Any]) -> list[str]:
     for name in names:
         ours = [x["types"][name]["ours"] for x in rounds]
         vm = [x["types"][name]["vm"] for x in rounds]
+        expressible = any(v is not None for v in vm)
         ratios = ", ".join(
             f"{o / v:.2f}x" if o is not None and v else NA for o, v in zip(ours, vm, strict=True)
         )
         floor = ", ".join(_ratio(x["types"][name]["ours"], x["types"][name]["duckdb"]) for x in rounds)
         agree = [x["types"][name]["agree"] for x in rounds]
         lines.append(
-            f"| {name} | {cells(ours)} | {cells(vm) if any(v is not None for v in vm) else 'not expressible'} "
-            f"| {ratios if any(v is not None for v in vm) else ''} | {_ratio(median(ours), median(vm))} "
+            f"| {name} | {cells(ours)} | {cells(vm) if expressible else 'not expressible'} "
+            f"| {ratios if expressible else ''} | {_ratio(median(ours), median(vm))} "
             f"| {floor} | {'yes' if all(agree) else 'NO' if any(a is False for a in agree) else '-'} |"
         )
     ingest = [(x["ingest"]["ours"], x["ingest"]["vm"]) for x in rounds]

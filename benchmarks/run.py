@@ -1,10 +1,12 @@
 """Run the benchmark: our service, raw DuckDB and VictoriaMetrics on TSBS cpu-only, one report.
 
-    .venv/bin/python -m benchmarks.run [--quick] [--docs] [--skip-vm]
+    .venv/bin/python -m benchmarks.run [--quick] [--docs] [--skip-vm] [--rounds 3]
 
 Phases: data (generate + parse, cached) -> ours (ingest, SIGTERM + restart, queries, cache hits)
 -> raw DuckDB over the segments -> VictoriaMetrics (load, queries). Systems run one at a time so
-none competes with another for the 2 cores. Where our RPCs answer UNIMPLEMENTED the report says
+none competes with another for the 2 cores. The phases after the data run `--rounds` times (fresh
+directories and query instances each); the report's tables are the first round's, and its Rounds
+table gives every round's p50s. Where our RPCs answer UNIMPLEMENTED the report says
 "not available" for our columns, and the DuckDB floor reads segments written by
 benchmarks/segments_dev.py instead of the service's.
 """
