@@ -85,7 +85,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+# The compiled helpers (native/: Rust, built by maturin with the machine's cargo; crates from
+# crates.io, pinned by native/Cargo.lock): the REST ingest body's fast path. About 30 s the first time.
+NATIVE_STAMP := $(VENV)/.native
+$(NATIVE_STAMP): native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs) | $(STAMP)
+	MATURIN_PEP517_ARGS=--locked $(BIN)/pip install -q ./native
+	touch $@
+
+install: $(STAMP) $(NATIVE_STAMP)
 
 # Generated code is not committed: the descriptor set for Envoy and the Python stubs are built
 # here from protos/, with google/api protos taken from the installed googleapis-common-protos.
@@ -99,7 +106,7 @@ build/.gen: $(PROTOS) buf.yaml $(STAMP)
 	touch gen/platformq/analytics/__init__.py gen/platformq/analytics/v1/__init__.py
 	touch $@
 
-gen: build/.gen
+gen: build/.gen $(NATIVE_STAMP)
 
 # The REST API's OpenAPI document, gateway/openapi.json (checked in, served at /api/v1/openapi.json),
 # from protos/ by grpc-gateway's protoc-gen-openapiv2, built with Go into build/bin (scripts/openapi).

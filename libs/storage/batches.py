@@ -128,3 +128,20 @@ class EncodedBatch:
         payload = encode_batch(tenant, datasource, series, [header for _, header in known], batch_id)
         sids = np.fromiter((sid for sid, _ in known), dtype=np.uint64, count=len(known))
         return cls(tenant, datasource, batch_id, payload, BatchColumns.of(series, sids))
+
+    @classmethod
+    def of_columns(
+        cls,
+        tenant: str,
+        datasource: str,
+        batch_id: str,
+        payload: bytes,
+        keys: list[SeriesKey],
+        lengths: np.ndarray,
+        ts: np.ndarray,
+        values: np.ndarray,
+        sids: np.ndarray,
+    ) -> EncodedBatch:
+        """A batch encoded by other code (the REST body's compiled fast path): its record, and its
+        series (`keys`, ids `sids`) each owning the next `lengths[i]` entries of `ts` and `values`."""
+        return cls(tenant, datasource, batch_id, payload, BatchColumns(keys, lengths, ts, values, sids))

@@ -1,6 +1,7 @@
-"""REST bodies of INLINE_MAX_BYTES and more are parsed in a worker process (JsonBodies,
-INGEST_JSON_WORKERS): the same batch as in the serving process, the same 400 naming the field, and
-no request lost when a worker dies."""
+"""REST bodies of INLINE_MAX_BYTES and more that the compiled fast path leaves to the Python parsers
+are parsed in a worker process (JsonBodies, INGEST_JSON_WORKERS): the same batch as in the serving
+process, the same 400 naming the field, and no request lost when a worker dies. A body the fast
+path takes is encoded here, in a thread, whatever its size."""
 
 from __future__ import annotations
 
@@ -19,9 +20,17 @@ import pytest
 from libs.errors import InvalidArgument
 from libs.storage import EncodedBatch, SeriesMemo, series_id
 from libs.storage.keys import SeriesKey
+from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import events_pb2
 from services.realtime.ingest import KnownGoodSeries
-from services.realtime.json_body import INLINE_MAX_BYTES, BodyInSlot, BodySlots, JsonBodies, JsonIngestDecoder
+from services.realtime.json_body import (
+    INLINE_MAX_BYTES,
+    BodyInSlot,
+    BodySlots,
+    JsonBodies,
+    JsonIngestDecoder,
+    validate_and_encode,
+)
 from tests.helpers import batch_summary
 
 
@@ -46,6 +55,10 @@ def _body(
         {"name": "mem", "value": 3.5, "timestamp_ms": now - k * 1000, "labels": {"host": "h0"}}
         for k in range(50)
     ]
+    # One row's time as RFC 3339, a spelling the compiled fast path (`encode_usual`) leaves to the
+    # parsers these tests are about.
+    del rows[0]["timestamp_ms"]
+    rows[0]["timestamp"] = format_time_ms(now)
     data = json.dumps({"datasource": "ds", "series": out, "points": rows}).encode()
     assert len(data) >= INLINE_MAX_BYTES
     return data
@@ -116,6 +129,30 @@ async def test_a_large_body_is_parsed_in_a_worker_process_with_the_same_batch(bo
     assert _encoded_summary(encoded) == _encoded_summary(expected)
     assert len(encoded.columns.keys) == 121 and encoded.columns.lengths.sum() == 120 * 60 + 50
     assert _workers() - before == started  # the same worker serves every body
+
+
+async def test_a_large_body_in_the_usual_shapes_is_encoded_here_by_the_fast_path_without_a_worker(bodies):
+    data = json.loads(_body(name="usual"))
+    row = data["points"][0]
+    row["timestamp_ms"] = int(time.time() * 1000) - 99_000
+    del row["timestamp"]
+    usual = json.dumps(data).encode()
+    before = _workers()
+    batch, encoded = await bodies.validate(usual, "t")
+    assert batch.accepted == 120 * 60 + 50 and not batch.errors
+    # Neither the Python parsers here (they would know its series) nor a worker (none started).
+    assert not _parsed_here(bodies, "usual") and _workers() <= before
+    assert encoded is not None
+    assert _encoded_summary(encoded)[1:] == _encoded_summary(_python_encoded(usual))[1:]
+
+
+def _python_encoded(data: bytes) -> EncodedBatch:
+    """The Python path's encoding of `data`, for comparison."""
+    _, encoded = validate_and_encode(
+        JsonIngestDecoder(), KnownGoodSeries(), SeriesMemo(), data, int(time.time() * 1000), "t"
+    )
+    assert encoded is not None
+    return encoded
 
 
 async def test_a_small_body_is_parsed_here_without_a_worker(bodies):

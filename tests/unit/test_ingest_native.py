@@ -1,0 +1,246 @@
+"""The REST ingest body's compiled fast path (native/, `json_body.encode_usual`): for every body it
+takes, the batch the Python path (`validate_and_encode`) gives, column for column and record for
+record; every body it does not take (anything to reject, an unusual spelling) is left to the Python
+path, which words the errors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from libs.storage import SeriesMemo
+from platformq.analytics.v1 import events_pb2
+from services.realtime.ingest import KnownGoodSeries
+from services.realtime.json_body import JsonIngestDecoder, encode_usual, validate_and_encode
+
+NOW = 1_795_852_800_000  # 2026-11-28T08:00:00Z
+DAY_MS = 86_400_000
+
+
+def _python(data: bytes):
+    return validate_and_encode(JsonIngestDecoder(), KnownGoodSeries(), SeriesMemo(), data, NOW, "acme")
+
+
+def _assert_same_batch(data: bytes) -> int:
+    """The fast path takes `data` and gives the Python path's batch; the points accepted."""
+    fast = encode_usual(data, NOW, "acme")
+    assert fast is not None, data[:200]
+    slow = _python(data)
+    (fast_batch, fast_encoded), (slow_batch, slow_encoded) = fast, slow
+    assert slow_encoded is not None
+    assert (fast_batch.datasource, fast_batch.accepted, fast_batch.rejected, fast_batch.errors) == (
+        slow_batch.datasource,
+        slow_batch.accepted,
+        0,
+        [],
+    )
+    assert (fast_encoded.tenant, fast_encoded.datasource) == (slow_encoded.tenant, slow_encoded.datasource)
+    fast_cols, slow_cols = fast_encoded.columns, slow_encoded.columns
+    assert fast_cols.keys == slow_cols.keys
+    assert [type(k).__name__ for k in fast_cols.keys] == [type(k).__name__ for k in slow_cols.keys]
+    for column, dtype in (
+        ("lengths", np.int64),
+        ("ts", np.int64),
+        ("values", np.float64),
+        ("sids", np.uint64),
+    ):
+        fast_col, slow_col = getattr(fast_cols, column), getattr(slow_cols, column)
+        assert fast_col.dtype == dtype and fast_col.flags.writeable, column
+        # Bytes, not values: -0.0 and 0.0 differ in the record.
+        assert fast_col.tobytes() == slow_col.astype(dtype).tobytes(), column
+    fast_event = events_pb2.MetricsBatchEvent.FromString(fast_encoded.payload)
+    slow_event = events_pb2.MetricsBatchEvent.FromString(slow_encoded.payload)
+    assert fast_event.batch_id == fast_encoded.batch_id and len(fast_event.batch_id) == 32
+    assert abs(fast_event.accepted_at_ms - slow_event.accepted_at_ms) < 60_000
+    fast_event.batch_id, fast_event.accepted_at_ms = slow_event.batch_id, slow_event.accepted_at_ms
+    assert fast_event == slow_event
+    # The series entries are byte for byte the Python codec's (the WAL holds these bytes).
+    assert (
+        fast_encoded.payload[len(_head(fast_encoded)) :] == slow_encoded.payload[len(_head(slow_encoded)) :]
+    )
+    return fast_batch.accepted
+
+
+def _head(encoded) -> bytes:
+    event = events_pb2.MetricsBatchEvent.FromString(encoded.payload)
+    del event.series[:]
+    return event.SerializeToString()
+
+
+def _body(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+USUAL = {
+    "columns": _body(
+        datasource="tsbs",
+        series=[
+            {
+                "name": "cpu",
+                "labels": {"host": "h1", "dc": "a"},
+                "timestamps_ms": [NOW - 2, NOW - 1],
+                "values": [1, 2.5],
+            },
+            {"name": "mem", "labels": {}, "timestamps_ms": [NOW], "values": [-3.25e-7]},
+        ],
+    ),
+    "rows, labels in two orders (one series)": _body(
+        points=[
+            {"name": "cpu", "value": 1, "timestamp_ms": NOW - 1, "labels": {"a": "1", "b": "2"}},
+            {"name": "cpu", "value": 2, "timestamp_ms": NOW, "labels": {"b": "2", "a": "1"}},
+            {"name": "mem", "value": 3, "timestamp_ms": NOW},
+        ]
+    ),
+    "series and rows together, the same series in both": _body(
+        series=[{"name": "cpu", "labels": {"a": "1"}, "timestamps_ms": [NOW - 5], "values": [5]}],
+        points=[{"name": "cpu", "value": 6, "timestamp_ms": NOW - 5, "labels": {"a": "1"}}],
+    ),
+    "a series twice, an empty series, empty label value": _body(
+        series=[
+            {"name": "m", "labels": {"a": ""}, "timestamps_ms": [NOW], "values": [1]},
+            {"name": "m", "labels": {"b": "x"}, "timestamps_ms": [], "values": []},
+            {"name": "m", "labels": {"a": ""}, "timestamps_ms": [NOW - 1], "values": [2]},
+        ]
+    ),
+    "escapes and non-ASCII": (
+        '{"series": [{"name": "temp\\u00e9\\n", "labels": {"site": "Z\\u00fcrich \\"main\\"", "k_9": "\u65e5\u672c"},'
+        f' "timestamps_ms": [{NOW}], "values": [21.5]}}]}}'
+    ).encode(),
+    "numbers: zero, exponents, 2^53, epoch 0, a day ahead": _body(
+        series=[
+            {
+                "name": "n",
+                "timestamps_ms": [0, 1, NOW, NOW + DAY_MS],
+                "values": [0, 0.0, 1e300, 9007199254740992],
+            },
+            {"name": "neg", "timestamps_ms": [5], "values": [-9007199254740992]},
+        ]
+    ),
+    "a value left out": f'{{"points": [{{"name": "z", "timestamp_ms": {NOW - 1}}}]}}'.encode(),
+    "labels null in a row": f'{{"points": [{{"name": "m", "value": 1, "timestamp_ms": {NOW}, "labels": null}}]}}'.encode(),
+    "datasource with dots and dashes, 64 labels": _body(
+        datasource="team-a.prod_1",
+        series=[
+            {
+                "name": "x" * 1024,
+                "labels": {f"l{i}": "v" * 1024 for i in range(64)},
+                "timestamps_ms": [NOW],
+                "values": [1],
+            }
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("data", USUAL.values(), ids=USUAL.keys())
+def test_a_usual_body_gives_the_python_paths_batch(data):
+    assert _assert_same_batch(data) > 0
+
+
+UNUSUAL = {
+    "a value as a string": _body(series=[{"name": "m", "timestamps_ms": [NOW], "values": ["1.5"]}]),
+    "NaN": _body(series=[{"name": "m", "timestamps_ms": [NOW], "values": ["NaN"]}]),
+    "a time as a string": _body(series=[{"name": "m", "timestamps_ms": [str(NOW)], "values": [1]}]),
+    "lowerCamelCase": _body(series=[{"name": "m", "timestampsMs": [NOW], "values": [1]}]),
+    "an unknown field": _body(series=[{"name": "m", "timestamps_ms": [NOW], "values": [1], "unit": "s"}]),
+    "a bad label key": _body(
+        series=[{"name": "m", "labels": {"9x": "a"}, "timestamps_ms": [NOW], "values": [1]}]
+    ),
+    "a label value too long": _body(
+        series=[{"name": "m", "labels": {"a": "v" * 1025}, "timestamps_ms": [NOW], "values": [1]}]
+    ),
+    "65 labels": _body(
+        series=[
+            {"name": "m", "labels": {f"l{i}": "v" for i in range(65)}, "timestamps_ms": [NOW], "values": [1]}
+        ]
+    ),
+    "an empty name": _body(series=[{"name": "", "timestamps_ms": [NOW], "values": [1]}]),
+    "a name too long": _body(series=[{"name": "é" * 513, "timestamps_ms": [NOW], "values": [1]}]),
+    "a time before 1970": _body(series=[{"name": "m", "timestamps_ms": [-1], "values": [1]}]),
+    "a time more than a day ahead": _body(
+        series=[{"name": "m", "timestamps_ms": [NOW + DAY_MS + 1], "values": [1]}]
+    ),
+    "more values than times": _body(series=[{"name": "m", "timestamps_ms": [NOW], "values": [1, 2]}]),
+    "a value past 2^53 as an integer": _body(
+        series=[{"name": "m", "timestamps_ms": [NOW], "values": [9007199254740993]}]
+    ),
+    # msgspec reads "-0" as the integer 0 and "-0.0" as minus zero; serde_json gives minus zero for both.
+    "minus zero as an integer": f'{{"series": [{{"name": "m", "timestamps_ms": [{NOW}], "values": [-0]}}]}}'.encode(),
+    "minus zero": f'{{"series": [{{"name": "m", "timestamps_ms": [{NOW}], "values": [-0.0]}}]}}'.encode(),
+    "a repeated label key": (
+        f'{{"series": [{{"name": "m", "labels": {{"a": "1", "a": "2"}}, "timestamps_ms": [{NOW}], "values": [1]}}]}}'
+    ).encode(),
+    "a row with an RFC 3339 time": _body(
+        points=[{"name": "m", "value": 1, "timestamp": "2026-11-28T07:00:00Z"}]
+    ),
+    "a row without a time": _body(points=[{"name": "m", "value": 1}]),
+    "a row with a value null": f'{{"points": [{{"name": "m", "value": null, "timestamp_ms": {NOW}}}]}}'.encode(),
+    "a bad datasource": _body(datasource="9x", series=[{"name": "m", "timestamps_ms": [NOW], "values": [1]}]),
+    "no points": _body(series=[{"name": "m", "timestamps_ms": [], "values": []}]),
+    "not an object": b"[]",
+    "not JSON": b'{"series": [',
+    "not UTF-8": b'{"series": [{"name": "\xff", "timestamps_ms": [1], "values": [1]}]}',
+    "trailing bytes": _body(series=[{"name": "m", "timestamps_ms": [NOW], "values": [1]}]) + b" x",
+}
+
+
+@pytest.mark.parametrize("data", UNUSUAL.values(), ids=UNUSUAL.keys())
+def test_a_body_with_anything_to_refuse_or_an_unusual_spelling_is_left_to_the_python_path(data):
+    assert encode_usual(data, NOW, "acme") is None
+
+
+def _random_usual_body(rng: random.Random) -> bytes:
+    """Bodies in the usual shapes with every point acceptable, varied in every way those allow."""
+    names = ["cpu", "mem_used", "Ünïcode", "a" * 40]
+    keys = ["host", "dc", "_x", "service_name", "simulation_id"]
+
+    def labels() -> dict[str, str]:
+        picked = rng.sample(keys, rng.randrange(0, len(keys) + 1))
+        return {k: rng.choice(["", "a", "b", "été", str(rng.randrange(1000))]) for k in picked}
+
+    def value() -> float | int:
+        return rng.choice(
+            [
+                rng.randrange(-(2**53), 2**53),
+                rng.uniform(-1e6, 1e6),
+                rng.random() * 10 ** rng.randrange(-300, 300),
+                0,
+            ]
+        )
+
+    def when() -> int:
+        return rng.choice([rng.randrange(0, NOW + DAY_MS), NOW - rng.randrange(0, 10**7)])
+
+    body: dict = {}
+    if rng.random() < 0.7:
+        body["datasource"] = rng.choice(["", "tsbs", "platform_metrics", "a.b-c"])
+    if rng.random() < 0.7:
+        body["series"] = [
+            {
+                "name": rng.choice(names),
+                "labels": labels(),
+                "timestamps_ms": [when() for _ in range(n)],
+                "values": [value() for _ in range(n)],
+            }
+            for n in (rng.randrange(0, 30) for _ in range(rng.randrange(1, 20)))
+        ]
+    if rng.random() < 0.7 or not body.get("series"):
+        series = [(rng.choice(names), labels()) for _ in range(rng.randrange(1, 8))]
+        points = []
+        for _ in range(rng.randrange(1, 60)):
+            name, ls = rng.choice(series)
+            ls = dict(rng.sample(list(ls.items()), len(ls)))  # the same labels in any order
+            point = {"name": name, "value": value(), "timestamp_ms": when() or 1}
+            if ls or rng.random() < 0.5:
+                point["labels"] = ls
+            points.append(dict(rng.sample(list(point.items()), len(point))))
+        body["points"] = points
+    return json.dumps(body, ensure_ascii=rng.random() < 0.5).encode()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_usual_bodies_give_the_python_paths_batch(seed):
+    _assert_same_batch(_random_usual_body(random.Random(seed)))
