@@ -13,9 +13,16 @@
 # tools (grpcio-tools, buf-bin) from its `dev` extra, in the builder only.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# The builder is the same Python on the full image (gcc, the linker Rust needs); the runtime stays
+# slim and takes the builder's /opt/venv, whose interpreter is at the same path in both.
+ARG BUILDER_IMAGE=python:3.11.14-bookworm
+# Rust's toolchain for the compiled helpers (native/), copied into the builder only.
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+
+FROM ${RUST_IMAGE} AS rust
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS builder
+FROM ${BUILDER_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,8 +32,8 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone, so a source change does not reinstall them:
 # /opt/venv is the runtime's environment; /opt/gen-tools holds the code generators (the `dev`
 # extra's grpcio-tools and buf-bin at their pinned versions) and stays in this stage.
-# No compiler here: every dependency is a wheel for CPython 3.11 on x86_64/glibc but pydruid, a
-# pure-Python sdist; a new dependency that needs compiling fails the build at this step.
+# Every dependency is a wheel for CPython 3.11 on x86_64/glibc but pydruid, a pure-Python sdist;
+# the one compiled part is the project's own native/, built below.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > /tmp/requirements.txt \
  && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(d for d in p['optional-dependencies']['dev'] if d.split('==')[0] in ('grpcio-tools', 'buf-bin')))" > /tmp/gen-tools.txt \
@@ -34,6 +41,15 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
  && /opt/venv/bin/pip install -r /tmp/requirements.txt \
  && python -m venv /opt/gen-tools \
  && /opt/gen-tools/bin/pip install --only-binary=:all: -r /tmp/gen-tools.txt
+
+# The compiled helpers (native/: the REST ingest body's fast path), as `make` builds them: maturin
+# (pinned in native/pyproject.toml) with the crates pinned by native/Cargo.lock.
+COPY --from=rust /usr/local/cargo /usr/local/cargo
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+COPY native/ native/
+RUN RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH="/usr/local/cargo/bin:$PATH" \
+      MATURIN_PEP517_ARGS=--locked /opt/venv/bin/pip install ./native \
+ && rm -rf native/target
 
 COPY buf.yaml ./
 COPY protos/ protos/

