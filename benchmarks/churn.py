@@ -9,8 +9,9 @@ Series carry `simulation_id` and `service_name` (10 services a simulation) and 1
 apart; simulations start one after another over two hours and stop after their 10 points, so old
 series stop and new ones start all along (churn). VictoriaMetrics then gets the same series through
 `/api/v1/import` (JSON lines) in the same session, alone on the machine. Ours is timed from after a
-warm-up body of another datasource, which starts the REST body worker process, and WORKER_START_SECONDS
-for it to come up (a running server has its worker).
+warm-up body of another datasource and WORKER_START_SECONDS, the time a REST body worker process
+takes to start for a body the compiled fast path leaves to the Python parsers (these bodies it
+takes, so none starts; a running server would have it).
 
 Per N, per system: ingest points/s (first send to last acknowledgement; VictoriaMetrics' force_flush
 included), resident memory after ingest, metadata latency (ours: GetMetadata; VictoriaMetrics: the
@@ -53,7 +54,7 @@ SECTION = "## High cardinality and churn"
 DATASOURCE = "bench_churn"
 WARMUP_DATASOURCE = "bench_churn_warmup"
 WORKER_START_SECONDS = 3.0
-"""Time given to the service's JSON worker process to start before the clock starts."""
+"""Time given to the service's JSON worker process (if a body started one) before the clock starts."""
 METRIC = "sim_load"
 SERVICES = 10
 POINTS = 10
@@ -229,10 +230,10 @@ async def run_ours(data: Churn, work: Path) -> dict[str, Any]:
     await stack.start()
     try:
         idle_kib = tree_rss_kib(stack.services_pid())
-        # One body of another datasource first: it starts the service's JSON worker process
-        # (INGEST_JSON_WORKERS), which takes about a second to come up, bodies meanwhile being parsed
-        # in the serving process. A server that has been running has its worker: the clock starts
-        # once this one is up.
+        # One body of another datasource first. A body the compiled fast path leaves to the Python
+        # parsers would also start the service's JSON worker process (INGEST_JSON_WORKERS), which
+        # takes about a second to come up (a running server has it): the clock starts after that
+        # time. These bodies the fast path takes, so no worker starts.
         warm = Churn(SERIES_PER_BODY, data.start_ms).ours_bodies(WARMUP_DATASOURCE)
         await _post_all(f"{stack.base}/api/v1/metrics/ingest", warm, check=True)
         await asyncio.sleep(WORKER_START_SECONDS)
@@ -243,7 +244,7 @@ async def run_ours(data: Churn, work: Path) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ingest_points_per_s": data.n_series * POINTS / seconds,
             "ingest_failures": failures,
-            # The serving process and its JSON worker process (Envoy apart).
+            # The serving process and any JSON worker process (Envoy apart).
             "rss_mib": tree_rss_kib(pid) / 1024,
             "hwm_mib": (proc_status_kib(pid, "VmHWM") or 0) / 1024,
             "idle_rss_mib": idle_kib / 1024,
@@ -432,9 +433,10 @@ def render(r: dict[str, Any]) -> str:
         f"({SERIES_PER_BODY:,} series a body, {CONCURRENCY} connections), then to VictoriaMetrics through "
         "`/api/v1/import` in the same session, one system at a time. Per system: ingest points/s (VM's "
         "force_flush included; ours timed from after one warm-up body of another datasource and "
-        f"{WORKER_START_SECONDS:g} s for the REST body worker process it starts to come up, as a running "
-        "server has it), resident memory after ingest (our services process and its JSON worker "
-        "process, Envoy apart; in brackets what the ingest added to the idle process), "
+        f"{WORKER_START_SECONDS:g} s, the time a REST body worker process takes to start for a body the "
+        "compiled fast path leaves to Python: these it takes, so none starts), resident memory after "
+        "ingest (our services process and any JSON worker process, Envoy apart; in brackets what the "
+        "ingest added to the idle process), "
         "metadata p50 (ours: GetMetadata with per-metric series and point counts and label "
         "cardinalities; VM: the values of `simulation_id`; the first call in brackets), `sum by "
         "service_name` over the two hours in 60 s steps, and one series' 10 s averages; p50 of "
