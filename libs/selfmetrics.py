@@ -33,6 +33,7 @@ from libs.selfmetrics_collectors import (
     Counted,
     GatewayRefusalCollector,
     ModelQualityCollector,
+    StorageCollector,
 )
 
 SELF_CACHE_NAMESPACE = "self"
@@ -84,6 +85,8 @@ class SelfMetrics:
             r.register(BusCollector(bus))
         self.model_quality = ModelQualityCollector()
         r.register(self.model_quality)
+        self.storage = StorageCollector()
+        r.register(self.storage)
         self.gateway_refusals = GatewayRefusalCollector()
         r.register(self.gateway_refusals)
         self.query_duration = Histogram(

@@ -1,6 +1,6 @@
 """Custom collectors of the self-metrics: figures other objects already keep (the cache's hit and
-miss counts, the bus's event counts and backlog, the anomaly store's feedback tallies, Envoy's counts
-of the requests it refused), read when the registry is collected rather than mirrored into counters
+miss counts, the bus's event counts and backlog, the anomaly store's feedback tallies, the embedded
+store's series, unflushed points and segments, Envoy's counts of the requests it refused), read when the registry is collected rather than mirrored into counters
 on every event."""
 
 from __future__ import annotations
@@ -152,6 +152,59 @@ class ModelQualityCollector:
             if tally.precision is not None:
                 precision.add_metric([method], tally.precision)
         yield from (precision, verdicts, stored)
+
+
+class PartitionFigures(Protocol):
+    """What the storage collector needs of a partition's state (libs.storage.PartitionState)."""
+
+    tenant: str
+    datasource: str
+    series: int
+    hot_points: int
+    segments: int
+
+
+class StorageCollector:
+    """The embedded store of this process, by tenant and datasource: `analytics_storage_series`,
+    `analytics_storage_hot_points` (acknowledged, durable in the WAL, not yet in segments: what a
+    flush will write) and `analytics_storage_segments`. The process that opens a store attaches its
+    `state`; unattached (no store in this process) the families have no samples."""
+
+    def __init__(self) -> None:
+        self._source: Callable[[], list[PartitionFigures]] | None = None
+
+    def attach(self, source: Callable[[], list[PartitionFigures]]) -> None:
+        """Read partitions from `source` (called on every collection, possibly from a worker thread)."""
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        """The families this collector writes, without samples (for the registry's name checks)."""
+        return list(self._families())
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["tenant", "datasource"]
+        return (
+            GaugeMetricFamily(
+                "analytics_storage_series", "Series stored, by tenant and datasource.", labels=labels
+            ),
+            GaugeMetricFamily(
+                "analytics_storage_hot_points",
+                "Points acknowledged (durable in the WAL, queryable) and not yet written to segments.",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "analytics_storage_segments", "Live segment files, downsampled ones included.", labels=labels
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        """The attached store's partitions now."""
+        series, hot, segments = self._families()
+        for p in self._source() if self._source is not None else []:
+            series.add_metric([p.tenant, p.datasource], p.series)
+            hot.add_metric([p.tenant, p.datasource], p.hot_points)
+            segments.add_metric([p.tenant, p.datasource], p.segments)
+        yield from (series, hot, segments)
 
 
 # Envoy's own counters of what it refused before any service saw the request, and their reasons.

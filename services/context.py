@@ -113,6 +113,7 @@ class ServiceContext:
         if self.store is not None:
             self.store.open()
             await self.store.start()
+            self.metrics.storage.attach(self.store.state)
             if self.distributed:
                 await self.bus.subscribe(
                     METRICS_TOPICS,

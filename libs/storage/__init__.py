@@ -9,7 +9,8 @@ The services use this package's public surface only (tests/unit/test_storage_sur
 - reading: `MetricStore.snapshot` (a `Snapshot`: the series catalog, the hot points (`HotPoints`:
   an Arrow table, or some series' points picked by their batches' series indexes) and the live
   `Segment`s at one instant), `MetricStore.datasources`, `MetricStore.partitions`,
-  `MetricStore.segments_root` (the one directory DuckDB and Trino may read);
+  `MetricStore.segments_root` (the one directory DuckDB and Trino may read), `MetricStore.state`
+  (a `PartitionState` per partition: series, unflushed points, segments; for the self-metrics);
   `MetricStore.series_files` and `Segment.read_points` (for external engines: the series files
   Trino reads as a table, a segment's raw points to copy into Druid);
 - series lookup: `SeriesCatalog` (select, group, label values), `SeriesKey`, `series_id`;
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     )
     from libs.storage.segments import Segment
     from libs.storage.series import SeriesCatalog
-    from libs.storage.store import DEFAULT_TENANT, MetricStore, Snapshot, StoreConfig
+    from libs.storage.store import DEFAULT_TENANT, MetricStore, PartitionState, Snapshot, StoreConfig
 
 _HOME = {
     **dict.fromkeys(["AcceptedSeries", "EncodedBatch", "SeriesMemo"], "libs.storage.batches"),
@@ -72,7 +73,9 @@ _HOME = {
     ),
     **dict.fromkeys(["Segment"], "libs.storage.segments"),
     **dict.fromkeys(["SeriesCatalog"], "libs.storage.series"),
-    **dict.fromkeys(["DEFAULT_TENANT", "MetricStore", "Snapshot", "StoreConfig"], "libs.storage.store"),
+    **dict.fromkeys(
+        ["DEFAULT_TENANT", "MetricStore", "PartitionState", "Snapshot", "StoreConfig"], "libs.storage.store"
+    ),
 }
 """The module of each public name."""
 
@@ -89,6 +92,7 @@ __all__ = [
     "MappedReader",
     "MetricStore",
     "Partials",
+    "PartitionState",
     "Segment",
     "SeriesCatalog",
     "SeriesKey",

@@ -87,6 +87,20 @@ class Snapshot:
     downsampled: tuple[Segment, ...] = ()
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    """What one (tenant, datasource) holds now (`MetricStore.state`)."""
+
+    tenant: str
+    datasource: str
+    series: int
+    """Series in its catalog."""
+    hot_points: int
+    """Points acknowledged (durable in the WAL, queryable) and not yet written to segments."""
+    segments: int
+    """Live segment files, downsampled ones included."""
+
+
 class MetricStore:
     """Durable, queryable metric storage for every tenant and datasource."""
 
@@ -110,6 +124,20 @@ class MetricStore:
         self._task: asyncio.Task[None] | None = None
         self._memo = SeriesMemo()
         self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
+
+    def state(self) -> list[PartitionState]:
+        """Series, unflushed points and segments of every partition now; with `stats` (ingested
+        points, flushes, compactions since open), what the self-metrics export of the store reads.
+        Safe to call from another thread (it copies what it reads)."""
+        segments: dict[PartitionKey, int] = {}
+        for seg in list(self.segments.segments):
+            key = (seg.tenant, seg.datasource)
+            segments[key] = segments.get(key, 0) + 1
+        hot = {key: part.points for key, part in list(self.hot.partitions.items())}
+        return [
+            PartitionState(key[0], key[1], len(catalog), hot.get(key, 0), segments.get(key, 0))
+            for key, catalog in sorted(list(self.catalogs.items()))
+        ]
 
     @property
     def segments_root(self) -> Path:

@@ -1,5 +1,5 @@
 """The per-process self-metrics: what the registry exports (no `_created`, process metrics,
-cache, bus and model-quality collectors), and how the writer turns samples into an ingest batch."""
+cache, bus, model-quality and storage collectors), and how the writer turns samples into an ingest batch."""
 
 import asyncio
 import math
@@ -14,6 +14,7 @@ from libs.cache import TtlCache
 from libs.config import SERVICE_NAMES
 from libs.selfmetrics import SELF_DATASOURCE, SelfMetrics, SelfSample, sample_families
 from libs.selfmetrics_writer import ingest_request, process_labels
+from libs.storage import AcceptedSeries, MetricStore, SeriesKey, StoreConfig
 from platformq.analytics.v1 import common_pb2, events_pb2
 from services.ml.anomaly_store import AnomalyStore
 from services.ml.history import HistoryClient
@@ -206,3 +207,39 @@ def test_self_metrics_writes_do_not_drop_cached_sql_answers():
     assert (cache.get("query", "sql"), cache.get("self", "q")) == (1, None)
     assert cache.invalidate("default", "platform_metrics", 5_000, 6_000) == 1  # users' writes drop SQL
     assert cache.get("query", "sql") is None
+
+
+async def test_the_store_reports_its_series_unflushed_points_and_segments_by_partition(tmp_path):
+    store = MetricStore(StoreConfig(data_dir=tmp_path, wal_fsync=False, hot_flush_seconds=3600.0))
+    store.open()
+    metrics = SelfMetrics()
+    assert not [s for s in metrics.samples() if s.name.startswith("analytics_storage_")]  # no store yet
+    metrics.storage.attach(store.state)
+    ts = np.arange(1_000, 61_000, 1_000, dtype=np.int64)
+    await store.ingest(
+        "acme", "ds", [AcceptedSeries(SeriesKey.of("cpu", {"h": str(h)}), ts, np.ones(60)) for h in range(3)]
+    )
+    await store.ingest("default", "other", [AcceptedSeries(SeriesKey.of("m", {}), ts[:5], np.ones(5))])
+
+    def figures() -> dict:
+        values = by_name(metrics.samples())
+        return {
+            (name.removeprefix("analytics_storage_"), dict(labels)["datasource"]): value
+            for (name, labels), value in values.items()
+            if name.startswith("analytics_storage_")
+        }
+
+    assert figures() == {
+        ("series", "ds"): 3,
+        ("hot_points", "ds"): 180,
+        ("segments", "ds"): 0,
+        ("series", "other"): 1,
+        ("hot_points", "other"): 5,
+        ("segments", "other"): 0,
+    }
+    await store.flush()
+    after = figures()
+    assert after[("hot_points", "ds")] == after[("hot_points", "other")] == 0
+    assert after[("segments", "ds")] >= 1 and after[("segments", "other")] >= 1
+    assert after[("series", "ds")] == 3
+    await store.close()
