@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -263,9 +264,35 @@ async def run_ours(data: Churn, work: Path) -> dict[str, Any]:
             except RuntimeError as exc:
                 # A query the service refused or gave up on (its deadline): reported as such.
                 out["query_error"] = str(exc)[:200]
+            # VictoriaMetrics' RSS is taken after its force_flush; ours also once the hot tier has
+            # written this datasource's points to segments (the store's own gauge says when).
+            waited = await _until_flushed(session, stack.base)
+            if waited is not None:
+                out["flushed_rss_mib"] = tree_rss_kib(pid) / 1024
+                out["flushed_after_s"] = waited
     finally:
         stack.stop()
     return out
+
+
+FLUSH_WAIT_S = 90.0
+"""How long to wait for the service to flush the ingested points (HOT_FLUSH_SECONDS is 30)."""
+
+
+async def _until_flushed(session: aiohttp.ClientSession, base: str) -> float | None:
+    """Seconds until `analytics_storage_hot_points` of the datasource reads 0 in the service's
+    Prometheus export (polled), or None after FLUSH_WAIT_S."""
+    t0 = time.perf_counter()
+    line = re.compile(
+        r'^analytics_storage_hot_points\{[^}]*datasource="' + re.escape(DATASOURCE) + r'"[^}]*\} (\S+)$', re.M
+    )
+    while time.perf_counter() - t0 < FLUSH_WAIT_S:
+        async with session.get(f"{base}/api/v1/export/prometheus") as resp:
+            found = line.search(await resp.text())
+        if found and float(found.group(1)) == 0:
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.5)
+    return None
 
 
 async def _ours_queries(session: aiohttp.ClientSession, base: str, data: Churn, out: dict[str, Any]) -> None:
@@ -414,9 +441,14 @@ def _fig(x: dict[str, Any]) -> str:
     notes = ("" if checks else " (answer check failed)") + (
         f" ({x['query_error']})" if "query_error" in x else ""
     )
+    flushed = (
+        f"; {x['flushed_rss_mib']:,.0f} MiB (+{x['flushed_rss_mib'] - x['idle_rss_mib']:,.0f}) once flushed"
+        if "flushed_rss_mib" in x
+        else ""
+    )
     return (
         f"{x['ingest_points_per_s'] / 1000:,.0f} K/s, {x['rss_mib']:,.0f} MiB "
-        f"(+{x['rss_mib'] - x['idle_rss_mib']:,.0f}), {x['metadata']:,.1f} ms "
+        f"(+{x['rss_mib'] - x['idle_rss_mib']:,.0f}{flushed}), {x['metadata']:,.1f} ms "
         f"(first {x['metadata_first_ms']:,.0f}), {_ms(x, 'sum_by')}, {_ms(x, 'one_series')}{notes}"
     )
 
@@ -436,7 +468,8 @@ def render(r: dict[str, Any]) -> str:
         f"{WORKER_START_SECONDS:g} s, the time a REST body worker process takes to start for a body the "
         "compiled fast path leaves to Python: these it takes, so none starts), resident memory after "
         "ingest (our services process and any JSON worker process, Envoy apart; in brackets what the "
-        "ingest added to the idle process), "
+        "ingest added to the idle process; ours also once the hot tier has written the points to segments, "
+        "as VictoriaMetrics' is taken after its force_flush), "
         "metadata p50 (ours: GetMetadata with per-metric series and point counts and label "
         "cardinalities; VM: the values of `simulation_id`; the first call in brackets), `sum by "
         "service_name` over the two hours in 60 s steps, and one series' 10 s averages; p50 of "

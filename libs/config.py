@@ -159,9 +159,10 @@ class Settings(BaseSettings):
     """MAX_REQUEST_BYTES: the largest REST body the gateway accepts (413 above); gRPC messages may be 4x."""
 
     ingest_json_workers: int = Field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0)
-    """INGEST_JSON_WORKERS: worker processes that parse REST ingest bodies of 64 KiB and more, so the
-    serving process keeps its core for the WAL, the hot tier and gRPC (default 1 on a machine with
-    more than one core, else 0: bodies are parsed in a thread of the serving process)."""
+    """INGEST_JSON_WORKERS: worker processes that parse REST ingest bodies of 64 KiB and more that
+    the compiled fast path leaves to the Python parsers (a point to refuse, an unusual spelling), so
+    the serving process keeps its core for the WAL, the hot tier and gRPC (default 1 on a machine
+    with more than one core, else 0: such bodies are parsed in a thread of the serving process)."""
 
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     """REQUEST_TIMEOUT_SECONDS: the gateway's timeout for a unary call."""
