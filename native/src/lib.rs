@@ -121,15 +121,35 @@ impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
     }
 }
 
+/// A struct read from a JSON object only: serde's derived structs also take an array of their
+/// fields in order, which the Python path refuses (or protobuf's parser reads otherwise).
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Obj<T>, M::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(m)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Body<'a> {
     #[serde(borrow, default)]
     datasource: Str<'a>,
     #[serde(borrow, default)]
-    series: Vec<JsonSeries<'a>>,
+    series: Vec<Obj<JsonSeries<'a>>>,
     #[serde(borrow, default)]
-    points: Vec<JsonPoint<'a>>,
+    points: Vec<Obj<JsonPoint<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -156,8 +176,14 @@ struct JsonPoint<'a> {
     timestamp: Str<'a>,
     #[serde(default)]
     timestamp_ms: i64,
-    #[serde(borrow, default)]
+    /// As written; a `null` stays "null" (not absent), which the label parse below then refuses.
+    #[serde(borrow, default, deserialize_with = "present")]
     labels: Option<&'a RawValue>,
+}
+
+/// A field's raw JSON, `null` included (serde's Option would read `null` as absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// A series: its metric and its labels sorted by key (as `SeriesKey`).
@@ -223,7 +249,7 @@ fn accept<'a>(body: Body<'a>, now_ms: i64) -> Option<(Cow<'a, str>, Vec<Accepted
         return None;
     }
     let mut out = Vec::with_capacity(body.series.len());
-    for s in body.series {
+    for Obj(s) in body.series {
         if s.timestamps_ms.is_empty() && s.values.is_empty() {
             continue;
         }
@@ -241,7 +267,7 @@ fn accept<'a>(body: Body<'a>, now_ms: i64) -> Option<(Cow<'a, str>, Vec<Accepted
     let first_row_series = out.len();
     let mut by_raw: HashMap<(Cow<'a, str>, &'a str), usize> = HashMap::default();
     let mut by_key: HashMap<Key<'a>, usize> = HashMap::default();
-    for p in body.points {
+    for Obj(p) in body.points {
         if !p.timestamp.0.is_empty() || p.timestamp_ms == 0 || !time_ok(p.timestamp_ms, now_ms) || !p.value.0.is_finite() {
             return None;
         }
@@ -354,7 +380,7 @@ struct Encoded<'a> {
 
 fn encode(data: &[u8], now_ms: i64) -> Option<Encoded<'_>> {
     let text = std::str::from_utf8(data).ok()?;
-    let body: Body = serde_json::from_str(text).ok()?;
+    let Obj(body): Obj<Body> = serde_json::from_str(text).ok()?;
     let (datasource, series) = accept(body, now_ms)?;
     let accepted = series.iter().map(|s| s.ts.len()).sum();
     let mut e = Encoded {

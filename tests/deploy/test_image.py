@@ -252,7 +252,9 @@ def test_python_base_is_the_one_pyproject_asks_for(items):
     assert arg_default(items, "BUILDER_IMAGE") == image.replace("-slim-", "-")
     assert re.fullmatch(r"rust:\d+\.\d+\.\d+-" + match.group(2), arg_default(items, "RUST_IMAGE"))
     froms = {i.stage: i.args.split()[0] for i in items if i.keyword == "FROM"}
-    assert froms == {"rust": "${RUST_IMAGE}", "builder": "${BUILDER_IMAGE}", "runtime": "${PYTHON_IMAGE}"}, froms
+    assert froms == {"rust": "${RUST_IMAGE}", "builder": "${BUILDER_IMAGE}", "runtime": "${PYTHON_IMAGE}"}, (
+        froms
+    )
 
 
 def test_dependencies_and_build_tools_come_from_pyproject(items):

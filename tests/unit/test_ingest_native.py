@@ -120,7 +120,6 @@ USUAL = {
         ]
     ),
     "a value left out": f'{{"points": [{{"name": "z", "timestamp_ms": {NOW - 1}}}]}}'.encode(),
-    "labels null in a row": f'{{"points": [{{"name": "m", "value": 1, "timestamp_ms": {NOW}, "labels": null}}]}}'.encode(),
     "datasource with dots and dashes, 64 labels": _body(
         datasource="team-a.prod_1",
         series=[
@@ -177,10 +176,17 @@ UNUSUAL = {
         points=[{"name": "m", "value": 1, "timestamp": "2026-11-28T07:00:00Z"}]
     ),
     "a row without a time": _body(points=[{"name": "m", "value": 1}]),
+    # The Python path reads it through protobuf's parser (labels absent).
+    "labels null in a row": f'{{"points": [{{"name": "m", "value": 1, "timestamp_ms": {NOW}, "labels": null}}]}}'.encode(),
     "a row with a value null": f'{{"points": [{{"name": "m", "value": null, "timestamp_ms": {NOW}}}]}}'.encode(),
     "a bad datasource": _body(datasource="9x", series=[{"name": "m", "timestamps_ms": [NOW], "values": [1]}]),
     "no points": _body(series=[{"name": "m", "timestamps_ms": [], "values": []}]),
     "not an object": b"[]",
+    # serde's derived structs would also read an array of the fields in order; the Python path does not.
+    "the body as an array of its fields": f'["tsbs", [["m", {{}}, [{NOW}], [1]]]]'.encode(),
+    "a series as an array": f'{{"series": [["m", {{}}, [{NOW}], [1]]]}}'.encode(),
+    "an empty array for a series": f'{{"series": [[], {{"name": "m", "timestamps_ms": [{NOW}], "values": [1]}}]}}'.encode(),
+    "a row as an array": f'{{"points": [["m", 1, "", {NOW}]]}}'.encode(),
     "not JSON": b'{"series": [',
     "not UTF-8": b'{"series": [{"name": "\xff", "timestamps_ms": [1], "values": [1]}]}',
     "trailing bytes": _body(series=[{"name": "m", "timestamps_ms": [NOW], "values": [1]}]) + b" x",
