@@ -189,7 +189,7 @@ class StorageCollector:
             ),
             GaugeMetricFamily(
                 "analytics_storage_hot_points",
-                "Points acknowledged (durable in the WAL, queryable) and not yet written to segments.",
+                "Points held in the hot tier: acknowledged (durable in the WAL, queryable), not yet in segments.",
                 labels=labels,
             ),
             GaugeMetricFamily(

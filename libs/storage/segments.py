@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +53,14 @@ WEEK_MS = 7 * DAY_MS
 WEEK_OFFSET_MS = 3 * DAY_MS
 ROW_GROUP_ROWS = 65_536
 BLOCK_MS = 3_600_000  # points files are sorted by (hour, series, ts)
+
+
+class Points(NamedTuple):
+    """Points as columns: series ids, timestamps, values (a segment's order: by series, then time)."""
+
+    series_ids: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -347,16 +356,21 @@ class SegmentStore:
         ]
 
     def without_points(
-        self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray
-    ) -> tuple[list[Segment], list[Segment]]:
-        """Rewrite the live segments that hold any of the keys (series id, ts) without them.
+        self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray, move_max_rows: int = 0
+    ) -> tuple[list[Segment], list[Segment], list[Points]]:
+        """The live segments that hold any of the keys (series id, ts), without them: a segment of at
+        most `move_max_rows` rows gives its other points back (`moved`, for the hot tier, the
+        caller's to make durable), a larger one is rewritten (up to `move_max_rows` rows in all
+        are moved; 0 rewrites every one).
 
-        Returns (added, removed), not yet committed: the store commits them together with the
-        hot-tier insert of the newer points, so no snapshot sees a key twice or not at all."""
+        Returns (added, removed, moved), not yet committed: the store commits them together with
+        the hot-tier insert of the newer points, so no snapshot sees a key twice or not at all."""
         lo, hi = int(ts.min()), int(ts.max())
         wanted = np.unique(series_ids)
         added: list[Segment] = []
         removed: list[Segment] = []
+        moved: list[Points] = []
+        room = move_max_rows
         for seg in self.overlapping(tenant, datasource, lo, hi + 1):
             if not seg.raw:
                 continue  # downsampled: older than the raw retention, its rollups stay as they are
@@ -373,9 +387,14 @@ class SegmentStore:
             ids, seg_ts, values = (arrowbuf.numpy(table[c]) for c in ("series_id", "ts", "value"))
             keep = ~keys_in(ids, seg_ts, series_ids, ts)
             removed.append(seg)
-            if keep.any():
+            if not keep.any():
+                continue
+            if seg.rows <= room:
+                room -= seg.rows
+                moved.append(Points(ids[keep], seg_ts[keep], values[keep]))
+            else:
                 added += self.write_points(tenant, datasource, ids[keep], seg_ts[keep], values[keep])
-        return added, removed
+        return added, removed, moved
 
     def read_series(self, tenant: str, datasource: str) -> list[tuple[int, SeriesKey]]:
         """Every series saved for a datasource."""

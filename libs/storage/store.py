@@ -20,6 +20,7 @@ import dataclasses
 import heapq
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,12 @@ import numpy as np
 import pyarrow as pa
 
 from libs import arrowbuf
+from libs.bus.events import encode_event, series_header
 from libs.errors import ResourceExhausted
 from libs.storage.batches import AcceptedSeries, BatchColumns, EncodedBatch, SeriesMemo
 from libs.storage.hot import Chunk, HotPoints, HotTier, PartitionKey
-from libs.storage.keys import last_wins
-from libs.storage.segments import DAY_MS, WEEK_MS, WEEK_OFFSET_MS, Segment, SegmentStore
+from libs.storage.keys import SeriesKey, last_wins
+from libs.storage.segments import DAY_MS, WEEK_MS, WEEK_OFFSET_MS, Points, Segment, SegmentStore
 from libs.storage.series import SeriesCatalog
 from libs.storage.wal import WriteAheadLog
 from platformq.analytics.v1 import events_pb2
@@ -96,7 +98,8 @@ class PartitionState:
     series: int
     """Series in its catalog."""
     hot_points: int
-    """Points acknowledged (durable in the WAL, queryable) and not yet written to segments."""
+    """Points held in the hot tier: acknowledged (durable in the WAL, queryable) and not yet
+    written to segments (points a later write replaced count until the flush drops them)."""
     segments: int
     """Live segment files, downsampled ones included."""
 
@@ -175,7 +178,8 @@ class MetricStore:
                 key = (event.tenant, event.datasource)
                 chunk, may_repeat = self._chunk(lsn, key, columns)
                 if may_repeat:
-                    added, removed = self._unshadow(key, chunk)
+                    # Segments are rewritten here, never moved: replay writes no WAL record.
+                    added, removed, _ = self._unshadow(key, chunk)
                     self._insert(key, chunk, added, removed, may_repeat=True)
                 else:
                     self._insert(key, chunk, [], [], may_repeat=False)
@@ -259,8 +263,18 @@ class MetricStore:
             if may_repeat:
                 # Under the flush lock, so no flush or compaction moves the older copies meanwhile.
                 async with self._flush_lock:
-                    added, removed = await asyncio.to_thread(self._unshadow, key, chunk)
-                    self._insert(key, chunk, added, removed, may_repeat=True)
+                    room = min(
+                        self.config.hot_flush_points, max(0, self.config.hot_max_points - self.hot.points)
+                    )
+                    added, removed, moved = await asyncio.to_thread(self._unshadow, key, chunk, room)
+                    back = await self._log_moved(key, moved) if moved else None
+                    try:
+                        self._insert(key, chunk, added, removed, may_repeat=True, back=back)
+                        if back is not None:
+                            self._hot_batches[back[0]] = back[1].lsn
+                    finally:
+                        if back is not None:  # as for every appended record, or flushes stall
+                            self._mark_done(back[1].lsn)
             else:
                 self._insert(key, chunk, [], [], may_repeat=False)
             self._hot_batches[batch_id] = lsn
@@ -328,16 +342,47 @@ class MetricStore:
             self._last_ts[key] = newest = grown
         return newest
 
-    def _unshadow(self, key: PartitionKey, chunk: Chunk) -> tuple[list[Segment], list[Segment]]:
-        """Segments rewritten without the keys `chunk` writes again: (added, removed), uncommitted."""
-        return self.segments.without_points(*key, chunk.series_ids, chunk.ts)
+    def _unshadow(
+        self, key: PartitionKey, chunk: Chunk, move_max_rows: int = 0
+    ) -> tuple[list[Segment], list[Segment], list[Points]]:
+        """The segments holding keys `chunk` writes again, without them: (added, removed, moved),
+        uncommitted. Segments of up to `move_max_rows` rows in all give their other points back
+        (`moved`, for the hot tier, through the WAL: `_log_moved`); larger ones are rewritten."""
+        return self.segments.without_points(*key, chunk.series_ids, chunk.ts, move_max_rows)
+
+    async def _log_moved(self, key: PartitionKey, moved: list[Points]) -> tuple[str, Chunk]:
+        """The points of segments going back to the hot tier as one WAL record (durable when this
+        returns): its batch id, and the hot chunk at its position. Until the segments' removal is committed
+        they are read from the segments alone; if the process dies before that commit, replaying
+        the record rewrites them without these keys instead (`_load`), so no point is lost or
+        counted twice. A later resend of these keys then supersedes them in the hot tier (a few
+        milliseconds) instead of rewriting a file, and the next flush writes the range once."""
+        ids = np.concatenate([m.series_ids for m in moved])
+        ts = np.concatenate([m.ts for m in moved])
+        values = np.concatenate([m.values for m in moved])
+        # Each segment is sorted by series: a series' points are one run per segment.
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        keys = self._catalog(key).keys_of(ids[starts])
+        batch_id = uuid.uuid4().hex
+        payload = await asyncio.to_thread(_moved_record, key, batch_id, keys, starts, ts, values)
+        return batch_id, Chunk(await self.wal.append(payload), ids, ts, values)
 
     def _insert(
-        self, key: PartitionKey, chunk: Chunk, added: list[Segment], removed: list[Segment], may_repeat: bool
+        self,
+        key: PartitionKey,
+        chunk: Chunk,
+        added: list[Segment],
+        removed: list[Segment],
+        may_repeat: bool,
+        back: tuple[str, Chunk] | None = None,
     ) -> None:
         # No await from the segment commit to the hot insert: a snapshot sees each key once.
         if added or removed:
             self.segments.commit(added, {}, removed=removed)
+        if back is not None:
+            # The removed segments' other points (durable in the WAL at their chunk's position;
+            # none of `chunk`'s keys among them).
+            self.hot.insert(key, back[1])
         if may_repeat:
             keep = last_wins(chunk.series_ids, chunk.ts)
             if len(keep) < len(chunk):
@@ -562,3 +607,26 @@ class MetricStore:
             self.segments.commit(kept, {}, removed=expired + downsampled)
             log.info("retention applied", extra={"removed": len(expired), "downsampled": len(downsampled)})
         return len(expired) + len(downsampled)
+
+
+def _moved_record(
+    key: PartitionKey,
+    batch_id: str,
+    keys: list[SeriesKey],
+    starts: np.ndarray,
+    ts: np.ndarray,
+    values: np.ndarray,
+) -> bytes:
+    """The WAL record of points going back from segments to the hot tier: one series entry per run
+    (`starts`, the first index of each; `keys`, its series)."""
+    ends = np.r_[starts[1:], len(ts)].tolist()
+    return encode_event(
+        key[0],
+        key[1],
+        batch_id,
+        int(time.time() * 1000),
+        [
+            (series_header(k.metric, k.labels), ts[a:b], values[a:b])
+            for k, a, b in zip(keys, starts.tolist(), ends, strict=True)
+        ],
+    )
