@@ -12,16 +12,16 @@ acknowledgement on (docs/storage.md). This measures what that costs, through the
    `benchmarks.ingest_rest`);
 2. resend, recent: every `--every`-th body again, at once (ours holds those points in its hot tier);
 3. resend, stored: the stack is stopped (a clean stop flushes the hot tier into segments) and
-   started again on the same DATA_DIR, and the same bodies are sent once more (ours rewrites the
-   segments that hold the keys).
+   started again on the same DATA_DIR, and the same bodies are sent once more (ours moves the
+   segments that hold the keys back to the hot tier, or rewrites those larger than a flush).
 
 VictoriaMetrics takes the same bodies as `/api/v1/import` JSON lines in the same phases (its
 `/internal/force_flush` before phase 3, and each phase's time ends after one), twice: with its
 default flags, and with `-dedup.minScrapeInterval=1ms` (one sample per series and millisecond). After each phase the
 sum of one metric over the whole range is asked of each system (ours: `POST /api/v1/query`;
 VictoriaMetrics: `sum(sum_over_time(...))`) and compared with the sum of the distinct points. The
-first body of each of our phases 1 and 3 is sent before the clock starts (it starts the service's
-JSON worker process).
+first body of each of our phases 1 and 3 is sent before the clock starts (connection set-up, and
+the time a REST body worker would take to start).
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ async def _timed(
 
 async def _ours_phase(stack: OurStack, data: Data, phase: str, bodies: list[bytes], warm: bool) -> Phase:
     """One timed phase through the stack; with `warm`, its first body is sent before the clock
-    starts (it starts the service's JSON worker process)."""
+    starts, and the clock waits the time a JSON worker process takes to start, for a body the
+    compiled fast path would leave to the Python parsers (these it takes)."""
     url = f"{stack.base}/api/v1/metrics/ingest"
     if warm:
         await post_all(url, bodies[:1], 1)
