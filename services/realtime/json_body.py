@@ -6,8 +6,8 @@ all the rest of ingest, worst for the row form's one object per point. The body 
 of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted it:
 
 - a body in the usual shapes with every point acceptable (what well-behaved clients send) is
-  parsed, checked and encoded by compiled code (`encode_usual`: native/, Rust, without the GIL, in a
-  thread of the serving process, whatever its size): about a third of the Python path's CPU for
+  parsed, checked and encoded by compiled code (`encode_usual`: native/, Rust, without the GIL; on
+  the event loop under NATIVE_INLINE_MAX_BYTES, else in a thread of the serving process): about a third of the Python path's CPU for
   columnar bodies, 40% for rows; it gives exactly the Python path's batch
   (tests/unit/test_ingest_native.py) and takes no other body, so it words no error;
 - any other body goes to the Python path (`validate_and_encode`), which is the reference. There the
@@ -217,6 +217,13 @@ def encode_usual(data: bytes, now_ms: int, tenant: str) -> ParsedBody | None:
     )
 
 
+NATIVE_INLINE_MAX_BYTES = 128 * 1024
+"""Bodies under this go through the compiled fast path on the event loop itself (at most about 0.4
+ms of work); larger ones in a thread, the loop free meanwhile. The thread's hand-off cost more than
+the parse of a TSBS columnar body of 97 KB: `benchmarks.ingest_rest`'s columnar load through the
+stack (a probe, three runs alternated) went 2.29, 1.71, 1.72 -> 2.44, 2.78, 2.42 M points/s and
+the serving process's CPU 0.51-0.67 -> 0.38-0.50 µs a point."""
+
 INLINE_MAX_BYTES = 64 * 1024
 """Bodies under this are parsed in a thread of the serving process: the hop to a worker process
 (about half a millisecond) costs more than parsing them."""
@@ -348,7 +355,10 @@ class JsonBodies:
     async def validate(self, data: bytes, tenant: str) -> ParsedBody:
         """`validate_and_encode` of a JSON body, for `tenant`."""
         now_ms = int(time.time() * 1000)
-        usual = await asyncio.to_thread(encode_usual, data, now_ms, tenant)
+        if len(data) < NATIVE_INLINE_MAX_BYTES:
+            usual = encode_usual(data, now_ms, tenant)
+        else:
+            usual = await asyncio.to_thread(encode_usual, data, now_ms, tenant)
         if usual is not None:
             return usual
         if self.workers > 0 and len(data) >= INLINE_MAX_BYTES and self._started():
