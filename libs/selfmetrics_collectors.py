@@ -1,7 +1,7 @@
 """Custom collectors of the self-metrics: figures other objects already keep (the cache's hit and
 miss counts, the bus's event counts and backlog, the anomaly store's feedback tallies, the embedded
-store's series, unflushed points and segments, Envoy's counts of the requests it refused), read when the registry is collected rather than mirrored into counters
-on every event."""
+store's series, unflushed points and segments, Envoy's counts of the requests it refused), read
+when the registry is collected rather than mirrored into counters on every event."""
 
 from __future__ import annotations
 
@@ -166,8 +166,8 @@ class PartitionFigures(Protocol):
 
 class StorageCollector:
     """The embedded store of this process, by tenant and datasource: `analytics_storage_series`,
-    `analytics_storage_hot_points` (acknowledged, durable in the WAL, not yet in segments: what a
-    flush will write) and `analytics_storage_segments`. The process that opens a store attaches its
+    `analytics_storage_hot_points` (held in the hot tier: acknowledged, durable in the WAL, not yet
+    in segments) and `analytics_storage_segments`. The process that opens a store attaches its
     `state`; unattached (no store in this process) the families have no samples."""
 
     def __init__(self) -> None:

@@ -89,6 +89,11 @@ class Snapshot:
     downsampled: tuple[Segment, ...] = ()
 
 
+MOVE_BACK_MAX_POINTS = 4_000_000
+"""At most this many points of segments a resent batch touches go back to the hot tier (one WAL
+record of about 17 bytes a point: well under the WAL's record bound); beyond it they are rewritten."""
+
+
 @dataclass(frozen=True)
 class PartitionState:
     """What one (tenant, datasource) holds now (`MetricStore.state`)."""
@@ -264,7 +269,9 @@ class MetricStore:
                 # Under the flush lock, so no flush or compaction moves the older copies meanwhile.
                 async with self._flush_lock:
                     room = min(
-                        self.config.hot_flush_points, max(0, self.config.hot_max_points - self.hot.points)
+                        self.config.hot_flush_points,
+                        MOVE_BACK_MAX_POINTS,
+                        max(0, self.config.hot_max_points - self.hot.points),
                     )
                     added, removed, moved = await asyncio.to_thread(self._unshadow, key, chunk, room)
                     back = await self._log_moved(key, moved) if moved else None
