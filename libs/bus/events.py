@@ -61,13 +61,15 @@ def _label_entry(key: str, value: str) -> bytes:
     return _SERIES_LABEL + varint(len(entry)) + entry
 
 
-def event_head(tenant: str, datasource: str, batch_id: str, accepted_at_ms: int) -> bytes:
-    """The scalar fields of a serialised `MetricsBatchEvent` (source = datasource): with the
-    series' entries after them, the whole event."""
+def event_head(
+    tenant: str, datasource: str, batch_id: str, accepted_at_ms: int, source: str | None = None
+) -> bytes:
+    """The scalar fields of a serialised `MetricsBatchEvent` (source = datasource unless given):
+    with the series' entries after them, the whole event."""
     return events_pb2.MetricsBatchEvent(
         tenant=tenant,
         datasource=datasource,
-        source=datasource,
+        source=datasource if source is None else source,
         batch_id=batch_id,
         accepted_at_ms=accepted_at_ms,
     ).SerializeToString()
@@ -79,10 +81,11 @@ def encode_event(
     batch_id: str,
     accepted_at_ms: int,
     series: Sequence[SeriesColumns | bytes],
+    source: str | None = None,
 ) -> bytes:
-    """A serialised `MetricsBatchEvent` (source = datasource) of series given as (header,
-    timestamps, values) with at least one point each, or as an already serialised `Series`."""
-    head = event_head(tenant, datasource, batch_id, accepted_at_ms)
+    """A serialised `MetricsBatchEvent` (source = datasource unless given) of series given as
+    (header, timestamps, values) with at least one point each, or as an already serialised `Series`."""
+    head = event_head(tenant, datasource, batch_id, accepted_at_ms, source)
     columns = [s for s in series if not isinstance(s, bytes)]
     if columns:
         # Every series' timestamps and values encoded at once; each series takes its byte range.

@@ -139,9 +139,18 @@ class Chunk:
     arrived: float = field(default_factory=time.monotonic)
     live: np.ndarray | None = None
     _batch: HotBatch | None = field(default=None, repr=False, compare=False)
+    moved: bool = False
+    """Points a segment gave back (`MetricStore._log_moved`): older than every other write, so any
+    other copy of one of their keys wins over them, whatever the WAL positions."""
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    @property
+    def precedence(self) -> int:
+        """Of two copies of a key, the one of higher precedence wins: the WAL position, below every
+        position for moved points."""
+        return -1 if self.moved else self.lsn
 
     @cached_property
     def span(self) -> tuple[int, int]:
@@ -188,7 +197,8 @@ class HotPartition:
 
     def supersede(self, chunk: Chunk) -> None:
         """Keep one point per (series, ts) between `chunk` and the partition: of two writes of a key,
-        the one with the higher WAL position wins (replay applies records in that order too).
+        the one with the higher WAL position wins (replay applies records in that order too), and
+        points a segment gave back lose to any other write (`Chunk.precedence`).
         Only the chunks whose time range meets `chunk`'s are searched: a client's retry meets the
         few chunks of its own time, not the whole tier."""
         wanted = np.unique(chunk.series_ids)
@@ -202,7 +212,7 @@ class HotPartition:
             if not candidates.any():
                 continue
             idx = np.flatnonzero(candidates)
-            if old.lsn < chunk.lsn:
+            if old.precedence < chunk.precedence:
                 hit = keys_in(old.series_ids[idx], old.ts[idx], chunk.series_ids, chunk.ts)
                 if hit.any():
                     mask = np.zeros(len(old), dtype=bool)

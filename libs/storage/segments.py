@@ -375,11 +375,7 @@ class SegmentStore:
             if not seg.raw:
                 continue  # downsampled: older than the raw retention, its rollups stay as they are
             # A cheap probe first (two columns, row groups pruned by time) before any rewrite.
-            probe = pq.read_table(
-                seg.path, columns=["series_id", "ts"], filters=[("ts", ">=", lo), ("ts", "<=", hi)]
-            )
-            probe_ids = arrowbuf.numpy(probe["series_id"])
-            probe_ts = arrowbuf.numpy(probe["ts"])
+            probe_ids, probe_ts = _probe(seg, lo, hi)
             near = ids_in(probe_ids, wanted)
             if not near.any() or not keys_in(probe_ids[near], probe_ts[near], series_ids, ts).any():
                 continue
@@ -395,6 +391,19 @@ class SegmentStore:
             else:
                 added += self.write_points(tenant, datasource, ids[keep], seg_ts[keep], values[keep])
         return added, removed, moved
+
+    def holding(self, tenant: str, datasource: str, series_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Boolean mask over the keys (series id, ts): True where a live segment with raw points
+        holds the key."""
+        found = np.zeros(len(ts), dtype=bool)
+        if not len(ts):
+            return found
+        lo, hi = int(ts.min()), int(ts.max())
+        for seg in self.overlapping(tenant, datasource, lo, hi + 1):
+            if seg.raw:
+                probe_ids, probe_ts = _probe(seg, lo, hi)
+                found |= keys_in(series_ids, ts, probe_ids, probe_ts)
+        return found
 
     def read_series(self, tenant: str, datasource: str) -> list[tuple[int, SeriesKey]]:
         """Every series saved for a datasource."""
@@ -413,3 +422,10 @@ class SegmentStore:
     def partitions(self) -> set[tuple[str, str]]:
         """Every (tenant, datasource) with saved series."""
         return set(self.series_files)
+
+
+def _probe(seg: Segment, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(series ids, timestamps) of a segment's points in [lo, hi]: two columns, row groups pruned
+    by time."""
+    probe = pq.read_table(seg.path, columns=["series_id", "ts"], filters=[("ts", ">=", lo), ("ts", "<=", hi)])
+    return arrowbuf.numpy(probe["series_id"]), arrowbuf.numpy(probe["ts"])

@@ -89,6 +89,9 @@ class Snapshot:
     downsampled: tuple[Segment, ...] = ()
 
 
+MOVED_SOURCE = "storage:moved"
+"""The `source` of the WAL record of points a segment gave back to the hot tier (never published)."""
+
 MOVE_BACK_MAX_POINTS = 4_000_000
 """At most this many points of segments a resent batch touches go back to the hot tier (one WAL
 record of about 17 bytes a point: well under the WAL's record bound); beyond it they are rewritten."""
@@ -182,7 +185,9 @@ class MetricStore:
             if columns is not None:
                 key = (event.tenant, event.datasource)
                 chunk, may_repeat = self._chunk(lsn, key, columns)
-                if may_repeat:
+                if event.source == MOVED_SOURCE:
+                    self._replay_moved(key, chunk)
+                elif may_repeat:
                     # Segments are rewritten here, never moved: replay writes no WAL record.
                     added, removed, _ = self._unshadow(key, chunk)
                     self._insert(key, chunk, added, removed, may_repeat=True)
@@ -357,12 +362,27 @@ class MetricStore:
         (`moved`, for the hot tier, through the WAL: `_log_moved`); larger ones are rewritten."""
         return self.segments.without_points(*key, chunk.series_ids, chunk.ts, move_max_rows)
 
+    def _replay_moved(self, key: PartitionKey, chunk: Chunk) -> None:
+        """Replay points a segment gave back: only the keys no segment and no hot chunk holds, as
+        every other copy of a key is a later write (or, if the segment's removal never committed,
+        the same point in that segment)."""
+        held = self.segments.holding(*key, chunk.series_ids, chunk.ts)
+        if held.all():
+            return
+        back = Chunk(chunk.lsn, chunk.series_ids[~held], chunk.ts[~held], chunk.values[~held], moved=True)
+        part = self.hot.partitions.get(key)
+        if part is not None:
+            part.supersede(back)
+        self.hot.insert(key, back)
+
     async def _log_moved(self, key: PartitionKey, moved: list[Points]) -> tuple[str, Chunk]:
         """The points of segments going back to the hot tier as one WAL record (durable when this
-        returns): its batch id, and the hot chunk at its position. Until the segments' removal is committed
-        they are read from the segments alone; if the process dies before that commit, replaying
-        the record rewrites them without these keys instead (`_load`), so no point is lost or
-        counted twice. A later resend of these keys then supersedes them in the hot tier (a few
+        returns, marked MOVED_SOURCE): its batch id, and the hot chunk at its position. Until the
+        segments' removal is committed they are read from the segments alone. Moved points lose
+        to every other copy of their keys (`Chunk.moved`): a batch appended to the WAL before this
+        record but applied after it is newer. Replay (`_replay_moved`) takes only the keys no
+        segment and no hot chunk holds, so a crash before or after the removal's commit loses and
+        doubles nothing. A later resend of these keys then supersedes them in the hot tier (a few
         milliseconds) instead of rewriting a file, and the next flush writes the range once."""
         ids = np.concatenate([m.series_ids for m in moved])
         ts = np.concatenate([m.ts for m in moved])
@@ -372,7 +392,7 @@ class MetricStore:
         keys = self._catalog(key).keys_of(ids[starts])
         batch_id = uuid.uuid4().hex
         payload = await asyncio.to_thread(_moved_record, key, batch_id, keys, starts, ts, values)
-        return batch_id, Chunk(await self.wal.append(payload), ids, ts, values)
+        return batch_id, Chunk(await self.wal.append(payload), ids, ts, values, moved=True)
 
     def _insert(
         self,
@@ -388,7 +408,11 @@ class MetricStore:
             self.segments.commit(added, {}, removed=removed)
         if back is not None:
             # The removed segments' other points (durable in the WAL at their chunk's position;
-            # none of `chunk`'s keys among them).
+            # none of `chunk`'s keys among them). A batch appended to the WAL before them but
+            # applied after (it waited for the flush lock) still wins over them (`Chunk.moved`).
+            part = self.hot.partitions.get(key)
+            if part is not None:
+                part.supersede(back[1])
             self.hot.insert(key, back[1])
         if may_repeat:
             keep = last_wins(chunk.series_ids, chunk.ts)
@@ -636,4 +660,5 @@ def _moved_record(
             (series_header(k.metric, k.labels), ts[a:b], values[a:b])
             for k, a, b in zip(keys, starts.tolist(), ends, strict=True)
         ],
+        source=MOVED_SOURCE,
     )

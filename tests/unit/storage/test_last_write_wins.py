@@ -4,6 +4,7 @@ restart."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,27 @@ async def test_a_crash_between_the_moved_points_record_and_the_segments_removal_
     assert await _sum_and_count(reopened) == (299 + 5.0, 300)
     await reopened.flush()
     assert await _sum_and_count(reopened) == (299 + 5.0, 300)
+    await reopened.close()
+
+
+async def test_a_correction_logged_before_the_moved_points_but_applied_after_them_wins(tmp_path):
+    """Two corrections into one segment, sent together: both reach the WAL before either holds the
+    flush lock, so the first one's moved points are logged after the second correction. The second
+    still wins over them, before and after a crash."""
+    store = _opened(tmp_path)
+    await store.ingest("default", "ds", _three_series())
+    await store.flush()
+    await asyncio.gather(
+        store.ingest("default", "ds", _point(T0, 5.0)),  # host a
+        store.ingest("default", "ds", _point(T0, 9.0, host="b")),
+    )
+    expected = (298 + 5.0 + 9.0, 300)
+    assert await _sum_and_count(store) == expected
+    await store.wal.close()
+    reopened = _opened(tmp_path)
+    assert await _sum_and_count(reopened) == expected
+    await reopened.flush()
+    assert await _sum_and_count(reopened) == expected
     await reopened.close()
 
 
