@@ -8,8 +8,10 @@ after that position, so an acknowledged point is found once, whatever the crash.
 
 One point per (series, timestamp), last write wins, from acknowledgement on: a batch whose points
 may repeat a stored key (a client's retry, a corrected value) is applied under the flush lock, and
-the older copy is marked dead in the hot tier or its segment is rewritten without it, committed in
-the same step as the hot insert. Batches that only append (every series' timestamps after its last
+the older copy is marked dead in the hot tier, or its segment is taken out in the same step as the
+hot insert: a segment of up to a flush's size gives its other points back to the hot tier through
+one WAL record (moved points, which lose to every other copy of their keys), a larger one is
+rewritten without the older copies. Batches that only append (every series' timestamps after its last
 stored one, the usual case) are recognised by a vectorised check and skip all of that.
 """
 
