@@ -105,6 +105,11 @@ class Service:
                 await asyncio.sleep(0.05)
         raise AssertionError(f"the service did not serve within {timeout} s: {self.log.read_text()}")
 
+    def stop(self) -> None:
+        """SIGTERM, and a clean exit."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=20) == 0, self.log.read_text()
+
     def kill_everything(self) -> None:
         """SIGKILL the service and anything it started; safe to call more than once."""
         for pid in descendants(self.proc.pid):
@@ -127,13 +132,20 @@ async def _ingest(
                 return
             request, points = _batch(client, n)
             attempted.update(points)
-            try:
-                reply = await stub.IngestMetrics(request, timeout=15)
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            if not await _sent(stub, request):
                 return
-            assert (reply.accepted, reply.rejected) == (BATCH_POINTS, 0), reply
             acked.update(points)
+
+
+async def _sent(stub: realtime_service_pb2_grpc.RealtimeServiceStub, request) -> bool:
+    """One batch sent: True once acknowledged whole, False when the service died meanwhile."""
+    try:
+        reply = await stub.IngestMetrics(request, timeout=15)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        return False
+    assert (reply.accepted, reply.rejected) == (BATCH_POINTS, 0), reply
+    return True
 
 
 async def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -172,68 +184,74 @@ async def _stored_points(address: str) -> list[tuple[str, int, float]]:
     ]
 
 
+@pytest.fixture
+def services():
+    """The services a test starts (append them): killed, with anything they started, at its end."""
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.kill_everything()
+        assert not alive(service.proc.pid)
+
+
+async def _restarted_points(service: Service) -> dict[Key, float]:
+    """Every stored point of the datasource, once `service` (restarted on the DATA_DIR) serves;
+    fails if any key is stored twice."""
+    await service.wait_serving()
+    rows = await _stored_points(service.address)
+    copies = Counter((k, ts) for k, ts, _ in rows)
+    doubled = [key for key, n in copies.items() if n > 1]
+    assert not doubled, f"{len(doubled)} points stored more than once, e.g. {doubled[:5]}"
+    return {(k, ts): value for k, ts, value in rows}
+
+
 @pytest.mark.timeout(90)
-async def test_acknowledged_points_survive_sigkill_of_the_service_exactly_once(tmp_path):
+async def test_acknowledged_points_survive_sigkill_of_the_service_exactly_once(tmp_path, services):
     attempted: dict[Key, float] = {}
     acked: dict[Key, float] = {}
-    services: list[Service] = []
-    try:
-        first = Service(tmp_path, tmp_path / "first.log")
-        services.append(first)
-        await first.wait_serving()
+    first = Service(tmp_path, tmp_path / "first.log")
+    services.append(first)
+    await first.wait_serving()
 
-        stop = asyncio.Event()
-        clients = [
-            asyncio.create_task(_ingest(first.address, c, stop, attempted, acked)) for c in range(CLIENTS)
-        ]
+    stop = asyncio.Event()
+    clients = [asyncio.create_task(_ingest(first.address, c, stop, attempted, acked)) for c in range(CLIENTS)]
 
-        def ready_to_kill() -> bool:
-            # Enough acknowledged points, a committed flush, and acknowledged points after it.
-            flushed = _committed_segments(tmp_path)
-            return len(acked) >= ACKED_BEFORE_KILL and bool(flushed) and len(acked) > _rows(flushed)
-
-        await _wait_for(
-            lambda: ready_to_kill() or all(c.done() for c in clients), 30, "acknowledged points and a flush"
-        )
-        in_flight = sum(not c.done() for c in clients)  # each is awaiting an IngestMetrics call
-        first.proc.send_signal(signal.SIGKILL)  # no handler, no flush, no close
-        stop.set()
-        await asyncio.gather(*clients)
-        first.kill_everything()
-        assert first.proc.returncode == -signal.SIGKILL, "the service was not running when it was killed"
+    def ready_to_kill() -> bool:
+        # Enough acknowledged points, a committed flush, and acknowledged points after it.
         flushed = _committed_segments(tmp_path)
-        assert len(acked) >= ACKED_BEFORE_KILL and flushed, (
-            f"the clients ran out of batches after {len(acked)} acknowledged points "
-            f"and {len(flushed)} committed segments"
-        )
-        assert in_flight >= 1, "no call was in flight when the service was killed"
-        # Both recovery paths are exercised: acknowledged points in segments, and more (than the
-        # segments hold) to replay from the WAL.
-        assert _rows(flushed) < len(acked)
+        return len(acked) >= ACKED_BEFORE_KILL and bool(flushed) and len(acked) > _rows(flushed)
 
-        second = Service(tmp_path, tmp_path / "second.log")
-        services.append(second)
-        await second.wait_serving()
-        rows = await _stored_points(second.address)
+    await _wait_for(
+        lambda: ready_to_kill() or all(c.done() for c in clients), 30, "acknowledged points and a flush"
+    )
+    in_flight = sum(not c.done() for c in clients)  # each is awaiting an IngestMetrics call
+    first.proc.send_signal(signal.SIGKILL)  # no handler, no flush, no close
+    stop.set()
+    await asyncio.gather(*clients)
+    first.kill_everything()
+    assert first.proc.returncode == -signal.SIGKILL, "the service was not running when it was killed"
+    flushed = _committed_segments(tmp_path)
+    assert len(acked) >= ACKED_BEFORE_KILL and flushed, (
+        f"the clients ran out of batches after {len(acked)} acknowledged points "
+        f"and {len(flushed)} committed segments"
+    )
+    assert in_flight >= 1, "no call was in flight when the service was killed"
+    # Both recovery paths are exercised: acknowledged points in segments, and more (than the
+    # segments hold) to replay from the WAL.
+    assert _rows(flushed) < len(acked)
 
-        copies = Counter((k, ts) for k, ts, _ in rows)
-        doubled = [key for key, n in copies.items() if n > 1]
-        assert not doubled, f"{len(doubled)} points stored more than once, e.g. {doubled[:5]}"
-        stored = {(k, ts): value for k, ts, value in rows}
-        missing = [key for key in acked if key not in stored]
-        assert not missing, f"{len(missing)} of {len(acked)} acknowledged points lost, e.g. {missing[:5]}"
-        wrong = [key for key, value in acked.items() if stored[key] != value]
-        assert not wrong, f"acknowledged points with other values, e.g. {wrong[:5]}"
-        # In-flight batches may or may not have made it, but nothing else may appear.
-        foreign = [key for key in stored if attempted.get(key) != stored[key]]
-        assert not foreign, f"points nobody sent, e.g. {foreign[:5]}"
+    second = Service(tmp_path, tmp_path / "second.log")
+    services.append(second)
+    stored = await _restarted_points(second)
+    missing = [key for key in acked if key not in stored]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged points lost, e.g. {missing[:5]}"
+    wrong = [key for key, value in acked.items() if stored[key] != value]
+    assert not wrong, f"acknowledged points with other values, e.g. {wrong[:5]}"
+    # In-flight batches may or may not have made it, but nothing else may appear.
+    foreign = [key for key in stored if attempted.get(key) != stored[key]]
+    assert not foreign, f"points nobody sent, e.g. {foreign[:5]}"
 
-        second.proc.send_signal(signal.SIGTERM)
-        assert second.proc.wait(timeout=20) == 0, second.log.read_text()
-    finally:
-        for service in services:
-            service.kill_everything()
-            assert not alive(service.proc.pid)
+    second.stop()
 
 
 async def _correct(
@@ -259,73 +277,55 @@ async def _correct(
                 values = {key: v + 1_000_000 * r for key, v in points.items()}
                 for key, value in values.items():
                     possible[key].add(value)
-                try:
-                    reply = await stub.IngestMetrics(request, timeout=15)
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                if not await _sent(stub, request):
                     return
-                assert (reply.accepted, reply.rejected) == (BATCH_POINTS, 0), reply
                 for key, value in values.items():
                     possible[key] = {value}
                 corrections.append(n)
 
 
 @pytest.mark.timeout(120)
-async def test_acknowledged_corrections_of_flushed_points_survive_sigkill_exactly_once(tmp_path):
+async def test_acknowledged_corrections_of_flushed_points_survive_sigkill_exactly_once(tmp_path, services):
     """Corrections of points already in segments (a segment a correction touches goes back to the
     hot tier through the WAL, or is rewritten): after a SIGKILL in the middle of them and a
     restart, each key is stored once, with its last acknowledged value or one sent after it."""
     attempted: dict[Key, float] = {}
     acked: dict[Key, float] = {}
-    services: list[Service] = []
-    try:
-        first = Service(tmp_path, tmp_path / "first.log")
-        services.append(first)
-        await first.wait_serving()
-        batches = 60
-        # Appends first, every one acknowledged and flushed into segments.
-        await asyncio.gather(
-            *(_ingest_n(first.address, c, batches, attempted, acked) for c in range(CLIENTS))
-        )
-        assert len(acked) == CLIENTS * batches * BATCH_POINTS
-        await _wait_for(lambda: _rows(_committed_segments(tmp_path)) >= len(acked), 30, "the appends flushed")
-        possible: dict[Key, set[float]] = {key: {value} for key, value in acked.items()}
-        corrections: list[int] = []
-        stop = asyncio.Event()
-        clients = [
-            asyncio.create_task(_correct(first.address, c, batches, stop, possible, corrections))
-            for c in range(CLIENTS)
-        ]
-        await _wait_for(
-            lambda: len(corrections) >= 150 or all(c.done() for c in clients), 60, "acknowledged corrections"
-        )
-        in_flight = sum(not c.done() for c in clients)
-        first.proc.send_signal(signal.SIGKILL)
-        stop.set()
-        await asyncio.gather(*clients)
-        first.kill_everything()
-        assert first.proc.returncode == -signal.SIGKILL, "the service was not running when it was killed"
-        assert len(corrections) >= 150 and in_flight >= 1
+    first = Service(tmp_path, tmp_path / "first.log")
+    services.append(first)
+    await first.wait_serving()
+    batches = 60
+    # Appends first, every one acknowledged and flushed into segments.
+    await asyncio.gather(*(_ingest_n(first.address, c, batches, attempted, acked) for c in range(CLIENTS)))
+    assert len(acked) == CLIENTS * batches * BATCH_POINTS
+    await _wait_for(lambda: _rows(_committed_segments(tmp_path)) >= len(acked), 30, "the appends flushed")
+    possible: dict[Key, set[float]] = {key: {value} for key, value in acked.items()}
+    corrections: list[int] = []
+    stop = asyncio.Event()
+    clients = [
+        asyncio.create_task(_correct(first.address, c, batches, stop, possible, corrections))
+        for c in range(CLIENTS)
+    ]
+    await _wait_for(
+        lambda: len(corrections) >= 150 or all(c.done() for c in clients), 60, "acknowledged corrections"
+    )
+    in_flight = sum(not c.done() for c in clients)
+    first.proc.send_signal(signal.SIGKILL)
+    stop.set()
+    await asyncio.gather(*clients)
+    first.kill_everything()
+    assert first.proc.returncode == -signal.SIGKILL, "the service was not running when it was killed"
+    assert len(corrections) >= 150 and in_flight >= 1
 
-        second = Service(tmp_path, tmp_path / "second.log")
-        services.append(second)
-        await second.wait_serving()
-        rows = await _stored_points(second.address)
-        copies = Counter((k, ts) for k, ts, _ in rows)
-        doubled = [key for key, n in copies.items() if n > 1]
-        assert not doubled, f"{len(doubled)} points stored more than once, e.g. {doubled[:5]}"
-        stored = {(k, ts): value for k, ts, value in rows}
-        assert set(stored) == set(acked), "points lost or appearing"
-        wrong = [key for key, value in stored.items() if value not in possible[key]]
-        assert not wrong, (
-            f"{len(wrong)} points with a value older than their last acknowledged one, e.g. {wrong[:3]}"
-        )
-        second.proc.send_signal(signal.SIGTERM)
-        assert second.proc.wait(timeout=20) == 0, second.log.read_text()
-    finally:
-        for service in services:
-            service.kill_everything()
-            assert not alive(service.proc.pid)
+    second = Service(tmp_path, tmp_path / "second.log")
+    services.append(second)
+    stored = await _restarted_points(second)
+    assert set(stored) == set(acked), "points lost or appearing"
+    wrong = [key for key, value in stored.items() if value not in possible[key]]
+    assert not wrong, (
+        f"{len(wrong)} points with a value older than their last acknowledged one, e.g. {wrong[:3]}"
+    )
+    second.stop()
 
 
 async def _ingest_n(
