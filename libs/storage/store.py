@@ -139,9 +139,8 @@ class MetricStore:
         self.stats = {"ingested_points": 0, "flushes": 0, "compactions": 0}
 
     def state(self) -> list[PartitionState]:
-        """Series, unflushed points and segments of every partition now; with `stats` (ingested
-        points, flushes, compactions since open), what the self-metrics export of the store reads.
-        Safe to call from another thread (it copies what it reads)."""
+        """Series, unflushed points and segments of every partition now: what the self-metrics
+        export of the store reads. Safe to call from another thread (it copies what it reads)."""
         segments: dict[PartitionKey, int] = {}
         for seg in list(self.segments.segments):
             key = (seg.tenant, seg.datasource)
@@ -281,14 +280,14 @@ class MetricStore:
                         max(0, self.config.hot_max_points - self.hot.points),
                     )
                     added, removed, moved = await asyncio.to_thread(self._unshadow, key, chunk, room)
-                    back = await self._log_moved(key, moved) if moved else None
+                    moved_id, back = await self._log_moved(key, moved) if moved else ("", None)
                     try:
                         self._insert(key, chunk, added, removed, may_repeat=True, back=back)
                         if back is not None:
-                            self._hot_batches[back[0]] = back[1].lsn
+                            self._hot_batches[moved_id] = back.lsn
                     finally:
                         if back is not None:  # as for every appended record, or flushes stall
-                            self._mark_done(back[1].lsn)
+                            self._mark_done(back.lsn)
             else:
                 self._insert(key, chunk, [], [], may_repeat=False)
             self._hot_batches[batch_id] = lsn
@@ -369,9 +368,15 @@ class MetricStore:
         every other copy of a key is a later write (or, if the segment's removal never committed,
         the same point in that segment)."""
         held = self.segments.holding(*key, chunk.series_ids, chunk.ts)
-        if held.all():
-            return
-        back = Chunk(chunk.lsn, chunk.series_ids[~held], chunk.ts[~held], chunk.values[~held], moved=True)
+        if not held.all():
+            self._insert_moved(
+                key,
+                Chunk(chunk.lsn, chunk.series_ids[~held], chunk.ts[~held], chunk.values[~held], moved=True),
+            )
+
+    def _insert_moved(self, key: PartitionKey, back: Chunk) -> None:
+        """Put points a segment gave back into the hot tier, each losing to any hot copy of its key
+        (`Chunk.moved`)."""
         part = self.hot.partitions.get(key)
         if part is not None:
             part.supersede(back)
@@ -403,7 +408,7 @@ class MetricStore:
         added: list[Segment],
         removed: list[Segment],
         may_repeat: bool,
-        back: tuple[str, Chunk] | None = None,
+        back: Chunk | None = None,
     ) -> None:
         # No await from the segment commit to the hot insert: a snapshot sees each key once.
         if added or removed:
@@ -411,11 +416,8 @@ class MetricStore:
         if back is not None:
             # The removed segments' other points (durable in the WAL at their chunk's position;
             # none of `chunk`'s keys among them). A batch appended to the WAL before them but
-            # applied after (it waited for the flush lock) still wins over them (`Chunk.moved`).
-            part = self.hot.partitions.get(key)
-            if part is not None:
-                part.supersede(back[1])
-            self.hot.insert(key, back[1])
+            # applied after (it waited for the flush lock) still wins over them.
+            self._insert_moved(key, back)
         if may_repeat:
             keep = last_wins(chunk.series_ids, chunk.ts)
             if len(keep) < len(chunk):

@@ -7,9 +7,9 @@ of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted
 
 - a body in the usual shapes with every point acceptable (what well-behaved clients send) is
   parsed, checked and encoded by compiled code (`encode_usual`: native/, Rust, without the GIL; on
-  the event loop under NATIVE_INLINE_MAX_BYTES, else in a thread of the serving process): about a third of the Python path's CPU for
-  columnar bodies, 40% for rows; it gives exactly the Python path's batch
-  (tests/unit/test_ingest_native.py) and takes no other body, so it words no error;
+  the event loop under NATIVE_INLINE_MAX_BYTES, else in a thread of the serving process): about a
+  third of the Python path's CPU for columnar bodies, 40% for rows; it gives exactly the Python
+  path's batch (tests/unit/test_ingest_native.py) and takes no other body, so it words no error;
 - any other body goes to the Python path (`validate_and_encode`), which is the reference. There the
   usual shapes (snake_case fields, numbers as JSON numbers, int64 times also as strings) are
   decoded by msgspec straight into typed structs, labels of rows kept as raw JSON and decoded once
@@ -20,8 +20,8 @@ of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted
 - what none accepts is a 400 naming the field: `series[0].timestamps_ms[2]: expected int, got str`.
 
 `JsonBodies` says where a body the fast path leaves is parsed: bodies of INLINE_MAX_BYTES and more
-in worker processes (INGEST_JSON_WORKERS, `json_worker.py`), so parsing uses another core than the serving process's
-event loop, WAL and hot tier (a body reaches its worker through a reused memory file, `BodySlots`,
+in worker processes (INGEST_JSON_WORKERS, `json_worker.py`), so parsing uses another core than the
+serving process's event loop, WAL and hot tier (a body reaches its worker through a reused memory file, `BodySlots`,
 and the worker's answer comes back through the same file); smaller bodies, or all with
 INGEST_JSON_WORKERS=0, in a thread. Either way the accepted points are also encoded there
 (`validate_and_encode`: series ids and the WAL record, an `EncodedBatch`), which is what a worker
