@@ -1,6 +1,6 @@
 """The Prometheus export through the real Envoy: the self-metrics in the text exposition format
 checked by Debian's real `promtool check metrics`, `match[]` (form-encoded as Prometheus sends it)
-returning an ingested series' latest value, a bad selector as a 400 naming `match[]`, and the
+returning an ingested series' latest value (and the store's gauges counting it), a bad selector as a 400 naming `match[]`, and the
 self-metrics queried back from datasource analytics_self with POST /api/v1/query."""
 
 from __future__ import annotations
@@ -90,6 +90,15 @@ def test_match_returns_the_latest_value_of_an_ingested_series(stack):
     assert headers["content-type"] == CONTENT_TYPE
     samples = [line for line in body.splitlines() if not line.startswith("#")]
     assert samples == [f'e2e_export_temp{{datasource="e2e_export",room="a b"}} 21.25 {now - 1000}']
+    # The store's own gauges count the new datasource's series (and its points, still hot or not).
+    _, _, body = get_text(stack, EXPORT)
+    storage = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("analytics_storage_") and 'datasource="e2e_export"' in line
+    }
+    assert storage["analytics_storage_series"] == 1
+    assert storage["analytics_storage_hot_points"] + storage["analytics_storage_segments"] >= 1
 
 
 @pytest.mark.parametrize(
