@@ -14,7 +14,15 @@ hand-off to the JSON worker make of it) sit between the two: at 128 KiB the serv
 1.19 to 1.41 CPU s on 199 such bodies, at 4 MiB 0.74 to 0.95 (rows 571-611 -> 699-707 K points/s,
 benchmarks.ingest_rest's row load, 2026-11-30). benchmarks.churn's memory moved within its noise
 (after ingest at 200,000 and 1,000,000 series: 444 and 654 MiB at 128 KiB, 450 and 673 at 4 MiB).
-The trim threshold stays at 128 KiB: a free top of the heap beyond it goes back at once.
+The trim threshold is 16 MiB: a free top of a heap smaller than that stays, so the next bodies reuse
+its pages, and one beyond it goes back (all but glibc's 128 KiB pad). At glibc's own 128 KiB every
+freed body at the top went back and
+the next one was faulted in again, on this machine (transparent huge pages on) a 2 MiB page zeroed
+at a time: in benchmarks.ingest_rest's row load the serving process spent 1.29 to 1.63 CPU s on
+199 bodies at 128 KiB, 0.99 to 1.10 at 16 MiB (rows 736-918 -> 1,016-1,129 K points/s, three
+alternated runs each, 2026-12-01; 8 MiB: 1.06 to 1.41 s, 32 MiB: 0.94 to 1.14 s). benchmarks.churn's
+memory once flushed moved within its noise (265, 350 and 725 MiB at 20,000, 200,000 and 1,000,000
+series at 16 MiB; 260 to 274, 327 to 332 and 581 to 727 at 128 KiB).
 """
 
 from __future__ import annotations
@@ -26,13 +34,13 @@ import ctypes.util
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 4 << 20
-TRIM_THRESHOLD_BYTES = 128 << 10  # glibc's own starting value
+TRIM_THRESHOLD_BYTES = 16 << 20
 
 
 def return_freed_memory() -> bool:
     """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES (blocks at least this big are mmapped
-    and unmapped when freed) and its trim threshold at TRIM_THRESHOLD_BYTES (free heap tops beyond
-    it are trimmed). True when applied, False where the C library is not glibc."""
+    and unmapped when freed) and its trim threshold at TRIM_THRESHOLD_BYTES (a free heap top beyond
+    it is trimmed). True when applied, False where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     if not name:
         return False

@@ -40,3 +40,38 @@ def _kept_mib(mode: str) -> float:
 def test_fixed_thresholds_return_freed_blocks_that_glibc_would_keep():
     assert _kept_mib("default") > 100, "glibc keeps the freed blocks (the case being fixed)"
     assert _kept_mib("fixed") < 20
+
+
+TOP_SCRIPT = """
+import sys
+import numpy as np
+from libs.memory import MMAP_THRESHOLD_BYTES, return_freed_memory
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+
+assert return_freed_memory()
+before = rss_mib()
+# Blocks just under the mmap threshold come from the heap, one after another at its top.
+size = MMAP_THRESHOLD_BYTES - (64 << 10)
+blocks = [np.ones(size, dtype=np.uint8) for _ in range((int(sys.argv[1]) << 20) // size)]
+del blocks
+print(rss_mib() - before)
+"""
+
+
+def _kept_at_top(mib: int) -> float:
+    """MiB still resident after `mib` MiB of blocks were freed at the heap's top."""
+    out = subprocess.run(
+        [sys.executable, "-c", TOP_SCRIPT, str(mib)], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout)
+
+
+def test_a_freed_heap_top_stays_for_reuse_below_the_trim_threshold_and_goes_back_above_it():
+    """REST bodies of a megabyte come and go at the heap's top: below the trim threshold (16 MiB)
+    their pages stay for the next ones, not faulted in and zeroed again (glibc's own 128 KiB gives
+    them back); a free top beyond it goes back."""
+    assert _kept_at_top(12) >= 10
+    assert _kept_at_top(64) < 8
