@@ -14,8 +14,9 @@ without decoding. Each column is stored in the narrowest type that gives its val
 as small integers or float32 when they round-trip, else float64), and the rows a read gathers are
 widened back (`MappedFile.take`): 5 bytes a point instead of 16 for whole-number values. Sorted by
 series then time, each file has one run of rows per series: the run-end encoded series column is
-the series -> row-range index of an opened file, and the reader binary-searches time within a run,
-so a query touches only the rows of the series and time it asks for. Each file's footer also holds
+the series -> row-range index of an opened file, and the reader binary-searches time within a run
+(`platformq_native.search_runs`, every run in one call), so a query touches only the rows of the
+series and time it asks for. Each file's footer also holds
 a time index (the ts of every TS_INDEX_ROWS-th row), and the reader copies small series indexes
 into the process's memory (INDEX_MEMORY_BYTES): from memory alone it knows which rows a read can
 touch, asks the kernel for all of them in every file at once (MADV_WILLNEED; maps are advised
@@ -32,7 +33,6 @@ Parquet file; DuckDB reads the Parquet file for SQL.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import threading
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import platformq_native
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -304,8 +305,6 @@ class Partials:
 EMPTY_PARTIALS = Partials.of_points(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 PREFETCH_GAP_BYTES = 64 * 1024
 """Row ranges closer than this are asked of the kernel as one range."""
 SCAN_SERIES = 256
@@ -412,15 +411,13 @@ class MappedFile:
             out += self.offsets[column]
         return out
 
-    def stored_time(self, value: int) -> int | np.uint32:
-        """Epoch ms `value` as a search key of the stored ts column: an offset from the base,
-        clipped to the uint32 range (every stored offset is below its top, so a value past the
-        file's last time finds the end)."""
-        if self.columns[0].dtype != np.uint32:
+    def stored_time(self, value: int) -> int:
+        """Epoch ms `value` as a search key of the stored ts column: an offset from the file's base
+        for a column stored as uint32 offsets (`_searchsorted_runs` takes keys past that type's
+        range: a key past the file's last time finds the end of every run)."""
+        if self.columns[0].dtype == self.kinds[0]:
             return value
-        # A numpy scalar of the column's type: numpy's search takes a Python int for a uint32
-        # array at twice the cost (it works out a common type each call).
-        return np.uint32(min(max(value - self.offsets[0], 0), _UINT32_SPAN))
+        return value - self.offsets[0]
 
     @property
     def index_nbytes(self) -> int:
@@ -451,22 +448,12 @@ class MappedFile:
         The whole runs for a file without one."""
         if self.ts_index is None:
             return self.runs_for(lo, hi, values)
-        shape = (len(values), len(lo))
         k = TS_INDEX_ROWS
         first, end = -(-lo // k), -(-hi // k)  # the indexed rows inside each run: first*k .. end*k
-        at = np.asarray(values, dtype=np.int64)
-        if len(lo) <= 8:  # a few runs: numpy's own search a run, every value at once
-            q = np.empty(shape, dtype=np.int64)
-            for i, (f, e) in enumerate(zip(first.tolist(), end.tolist(), strict=True)):
-                q[:, i] = f + self.ts_index[f:e].searchsorted(at)
-        else:
-            # Every run's indexed rows side by side; per value and run, how many are below it.
-            n = end - first
-            offsets = np.cumsum(n) - n
-            below = self.ts_index[np.repeat(first - offsets, n) + np.arange(int(n.sum()))] < at[:, None]
-            counts = np.zeros((len(values), below.shape[1] + 1), dtype=np.int64)
-            np.cumsum(below, axis=1, out=counts[:, 1:])
-            q = first + counts[:, offsets + n] - counts[:, offsets]
+        # Per value and run, the first indexed row >= the value.
+        q = np.empty((len(values), len(lo)), dtype=np.int64)
+        for j, value in enumerate(values):
+            platformq_native.search_runs(self.ts_index, first, end, value, q[j])
         return np.where(q > first, (q - 1) * k, lo), np.where(q < end, q * k, hi)
 
     def runs(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -478,32 +465,27 @@ class MappedFile:
 
     def prefetch(self, column: int, lo: np.ndarray, hi: np.ndarray) -> None:
         """Ask the kernel to read rows [lo, hi) of `column` ahead (MADV_WILLNEED): one call per group
-        of ranges less than PREFETCH_GAP_BYTES apart. Costs microseconds when the pages are already
-        in memory."""
+        of ranges less than PREFETCH_GAP_BYTES apart, unless every page of the ranges is in memory
+        already (one mincore per range, over its own pages: a few microseconds)."""
         if self.mm is None or not len(lo) or self.in_memory():
             return
         array = self.columns[column]
         offset, size = array.ctypes.data - self.base, array.itemsize
-        if len(lo) <= 16:  # a few series: plain Python costs less than numpy's set-up
-            ranges = sorted(
-                zip(
-                    (offset + a * size for a in lo.tolist()),
-                    (offset + b * size for b in hi.tolist()),
-                    strict=True,
-                )
-            )
+        first, last = offset + lo * size, offset + hi * size
+        some = last > first
+        first, last = first[some], last[some]
+        if not len(first) or platformq_native.pages_resident(self.mm, first, last, mmap.PAGESIZE):
+            return  # a warm read asks the kernel for nothing
+        if len(first) <= 16:  # a few series: plain Python costs less than numpy's set-up
             groups: list[list[int]] = []
-            for a, b in ranges:
+            for a, b in sorted(zip(first.tolist(), last.tolist(), strict=True)):
                 if groups and a <= groups[-1][1] + PREFETCH_GAP_BYTES:
                     groups[-1][1] = max(groups[-1][1], b)
                 else:
                     groups.append([a - a % mmap.PAGESIZE, b])
         else:
-            order = np.argsort(lo, kind="stable")
-            first, last = offset + lo[order] * size, offset + hi[order] * size
-            first, last = first[last > first], last[last > first]
-            if not len(first) or self._resident(first, last):
-                return  # a warm read pays one mincore, not a madvise per range
+            order = np.argsort(first, kind="stable")
+            first, last = first[order], last[order]
             first -= first % mmap.PAGESIZE
             # A new group starts where a range begins past the furthest end so far plus the gap.
             reach = np.maximum.accumulate(last)
@@ -537,21 +519,11 @@ class MappedFile:
         """Look whether the whole file is in memory now (one mincore over it: 0.16 to 0.33 ms for
         48 MiB here, which is why queries do not) and remember it for `in_memory`."""
         assert self.mm is not None
-        state = np.empty(-(-len(self.mm) // mmap.PAGESIZE), dtype=np.uint8)
-        whole = _LIBC.mincore(self.base, len(self.mm), state.ctypes.data) == 0 and bool((state & 1).all())
+        whole = platformq_native.pages_resident(
+            self.mm, np.zeros(1, np.int64), np.array([len(self.mm)], np.int64), mmap.PAGESIZE
+        )
         self.memory[0] = whole
         return whole
-
-    def _resident(self, first: np.ndarray, last: np.ndarray) -> bool:
-        """True when every page of the byte ranges [first, last) of the map is in memory (one
-        mincore over their span; False when it cannot tell)."""
-        page = mmap.PAGESIZE
-        lo, hi = int(first.min()) // page, (int(last.max()) - 1) // page + 1
-        state = np.empty(hi - lo, dtype=np.uint8)
-        if _LIBC.mincore(self.base + lo * page, (hi - lo) * page, state.ctypes.data) != 0:
-            return False
-        absent = np.concatenate(([0], np.cumsum((state & 1) == 0)))
-        return not (absent[(last - 1) // page - lo + 1] - absent[first // page - lo]).any()
 
 
 @dataclass(frozen=True)
@@ -773,19 +745,8 @@ def _check(stop: Callable[[], bool] | None) -> None:
 
 
 def _searchsorted_runs(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int) -> np.ndarray:
-    """For each sorted run ts[lo[i]:hi[i]], the index of the first element >= value (vectorised
-    binary search over every run at once; a loop of numpy's own for a few runs, which is faster)."""
-    if len(lo) <= 64:
-        return np.array(
-            [a + int(ts[a:b].searchsorted(value)) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)],
-            dtype=np.int64,
-        )
-    left, right = lo.copy(), hi.copy()
-    while True:
-        active = left < right
-        if not active.any():
-            return left
-        mid = (left + right) // 2
-        below = active & (ts[np.minimum(mid, len(ts) - 1)] < value)
-        left = np.where(below, mid + 1, left)
-        right = np.where(active & ~below, mid, right)
+    """For each sorted run ts[lo[i]:hi[i]], the index of the first element >= value (compiled: one
+    call for every run, where numpy's search costs a microsecond a run)."""
+    out = np.empty(len(lo), dtype=np.int64)
+    platformq_native.search_runs(ts, np.ascontiguousarray(lo), np.ascontiguousarray(hi), int(value), out)
+    return out

@@ -1,4 +1,7 @@
-//! The REST ingest body's fast path (`services/realtime/json_body.py`, `encode_usual`).
+//! The service's compiled helpers: the REST ingest body's fast path (here:
+//! `services/realtime/json_body.py`, `encode_usual`) and kernels of the metrics read path (`maps`).
+//!
+//! The fast path:
 //!
 //! `encode_json_body` takes the body of `POST /api/v1/metrics/ingest` (the proto3 JSON of
 //! `IngestMetricsRequest`) and, when every series and point in it is acceptable and written in the
@@ -12,6 +15,8 @@
 //!
 //! The parse, checks and encoding run without the GIL; only the Python objects of the answer are
 //! built with it, strings and label pairs once per distinct value.
+
+mod maps;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -459,5 +464,5 @@ fn encode_json_body<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i6
 #[pymodule]
 fn platformq_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_json_body, m)?)?;
-    Ok(())
+    maps::register(m)
 }

@@ -20,6 +20,7 @@ from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.core import Limits, QueryRouter
 from services.query_router.spec import query_from_proto
+from tests.unit.storage.advised import advised_map
 from tests.unit.storage.test_rollups import HOUR, T0, _loaded, _map_files, _rollup_files
 
 REQUEST = pb.QueryRequest(
@@ -149,28 +150,13 @@ def test_an_open_file_holds_views_of_its_map_not_copies(tmp_path):
     assert starts.tolist() == [0, 21, 2997] and ends.tolist() == [3, 24, 3000]
 
 
-class _Advice:
-    """Stands in for the map's mmap: records the ranges asked for."""
-
-    def __init__(self, size: int = 8 * 10**6) -> None:
-        self.ranges: list[tuple[int, int]] = []
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def madvise(self, option: int, start: int, length: int) -> None:
-        assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
-        self.ranges.append((start, start + length))
-
-
 @pytest.mark.parametrize("series", [3, 16, 17, 500])
 def test_prefetch_asks_for_every_row_wanted_in_few_ranges(series):
     # Both ways of grouping (plain Python up to 16 ranges, numpy above) cover every wanted byte.
     rng = np.random.default_rng(series)
     values = np.zeros(1_000_000)
     base = values.ctypes.data - 3 * mmap.PAGESIZE  # the column starts inside the map
-    advice = _Advice()
+    advice = advised_map()
     mapped = rollups_module.MappedFile(np.arange(1), np.array([1]), (values,), advice, base)
     lo = np.sort(rng.choice(990_000, series, replace=False))
     hi = lo + rng.integers(1, 5_000, series)
@@ -188,18 +174,34 @@ def test_prefetch_asks_for_every_row_wanted_in_few_ranges(series):
     assert len(advice.ranges) == 1
 
 
-def test_a_file_wholly_in_memory_is_asked_nothing(tmp_path):
-    # Just written, so in the page cache: once the reader's background round has looked (one mincore
-    # over the file, out of the queries' way), reads pay no advice at all.
+def test_a_read_of_pages_in_memory_asks_the_kernel_nothing(tmp_path):
+    # Just written, so in the page cache: the reader looks at the pages of the ranges it is about to
+    # read (a mincore per cluster of them) and asks for none, before and after its background round
+    # has looked at the whole file.
     mapped = _map_of_1000_series(tmp_path, 50)
-    assert mapped.mm is not None
-    advice = _Advice(len(mapped.mm))
+    advice = advised_map(tmp_path / "m.arrow")
     quiet = dataclasses.replace(mapped, mm=advice)
     lo, hi = quiet.runs(np.arange(0, 1000, 3))
     quiet.prefetch(1, lo[:4], hi[:4])
-    assert advice.ranges  # not looked at yet: asked
-    advice.ranges.clear()
+    quiet.prefetch(0, lo, hi)
+    assert advice.ranges == []
     assert quiet.look_at_memory() and quiet.in_memory()
     quiet.prefetch(0, lo, hi)
-    quiet.prefetch(1, lo[:4], hi[:4])
+    assert advice.ranges == []
+
+
+def test_a_file_seen_wholly_in_memory_is_not_looked_at_again_by_reads(tmp_path):
+    # Pages not in memory (an untouched anonymous map) are asked for; once the background round has
+    # seen the whole file in memory, reads do not look (the round looks again in its next pass).
+    mapped = _map_of_1000_series(tmp_path, 50)
+    lo, hi = mapped.runs(np.arange(0, 1000, 3))
+    advice = advised_map(size=len(mapped.mm))
+    cold = dataclasses.replace(mapped, mm=advice, memory=[False])
+    cold.prefetch(1, lo[:4], hi[:4])
+    cold.prefetch(0, lo, hi)
+    assert len(advice.ranges) >= 2
+    advice.ranges.clear()
+    seen = dataclasses.replace(cold, memory=[True])
+    seen.prefetch(1, lo[:4], hi[:4])
+    seen.prefetch(0, lo, hi)
     assert advice.ranges == []

@@ -21,6 +21,7 @@ from libs.storage import rollups as rollups_module
 from libs.storage.rollups import TS_INDEX_ROWS, MappedFile, MappedReader, MapRead
 from libs.storage.wal import WalError
 from tests.helpers import opened_store
+from tests.unit.storage.advised import AdvisedMap, advised_map
 from tests.unit.storage.test_rollups import _loaded, _map_files
 
 
@@ -107,30 +108,16 @@ def test_one_read_of_rollups_and_points_answers_as_the_points_say(tmp_path, with
         assert int(rollup_read.count.sum()) == int(keep.sum())
 
 
-class _Advice:
-    """Stands in for a map's mmap: records the byte ranges asked for."""
-
-    def __init__(self, size: int) -> None:
-        self.ranges: list[tuple[int, int]] = []
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def madvise(self, option: int, start: int = 0, length: int = 0) -> None:
-        if option == mmap.MADV_WILLNEED:
-            self.ranges.append((start, start + length))
-
-
-def _advised(monkeypatch: pytest.MonkeyPatch) -> list[_Advice]:
-    """MappedFile.open gives files whose advice to the kernel is recorded (one _Advice a file)."""
-    advice: list[_Advice] = []
+def _advised(monkeypatch: pytest.MonkeyPatch, cold: bool) -> list[AdvisedMap]:
+    """MappedFile.open gives files whose advice to the kernel is recorded (one AdvisedMap a file);
+    `cold`: as after the kernel reclaimed the file's pages (none in memory)."""
+    advice: list[AdvisedMap] = []
     real = MappedFile.open
 
     def recorded(p: Path) -> MappedFile:
         mapped = real(p)
         assert mapped.mm is not None
-        advice.append(_Advice(len(mapped.mm)))
+        advice.append(advised_map(size=len(mapped.mm)) if cold else advised_map(p))
         return dataclasses.replace(mapped, mm=advice[-1])
 
     monkeypatch.setattr(MappedFile, "open", staticmethod(recorded))
@@ -148,7 +135,7 @@ def _series_20(tmp_path: Path) -> tuple[Path, int, int]:
 
 def test_a_read_of_a_few_series_asks_the_kernel_for_little_more_than_the_rows_it_reads(tmp_path, monkeypatch):
     path, start, end = _series_20(tmp_path)
-    advice = _advised(monkeypatch)  # as after the kernel reclaimed the pages: nobody looked yet
+    advice = _advised(monkeypatch, cold=True)  # as after the kernel reclaimed the pages
     (got,) = MappedReader().read([MapRead.points([path], [(start, end)])], np.array([20], np.uint64))
     assert len(got.ts) == 360
     asked = sum(b - a for a, b in advice[0].ranges)
@@ -161,7 +148,7 @@ def test_files_the_background_round_found_in_memory_are_read_without_advice(tmp_
     # Just written, so wholly in the page cache: keep_open looks (mincore, out of the queries'
     # way) and reads then pay no advice at all.
     path, start, end = _series_20(tmp_path)
-    advice = _advised(monkeypatch)
+    advice = _advised(monkeypatch, cold=False)
     reader = MappedReader()
     assert reader.keep_open([path]) == 1
     (got,) = reader.read([MapRead.points([path], [(start, end)])], np.array([20], np.uint64))
