@@ -466,7 +466,7 @@ class MappedFile:
     def prefetch(self, column: int, lo: np.ndarray, hi: np.ndarray) -> None:
         """Ask the kernel to read rows [lo, hi) of `column` ahead (MADV_WILLNEED): one call per group
         of ranges less than PREFETCH_GAP_BYTES apart, unless every page of the ranges is in memory
-        already (one mincore per range, over its own pages: a few microseconds)."""
+        already (`pages_resident`: a mincore per cluster of ranges, over their own pages)."""
         if self.mm is None or not len(lo) or self.in_memory():
             return
         array = self.columns[column]
