@@ -451,11 +451,51 @@ def example_results() -> dict[str, Any]:
     }
 
 
+HAND_NOTES = "<!-- Notes by hand below this line: a benchmark's --docs keeps them under its new figures. -->"
+"""Put in a section of docs/benchmarks.md, above the notes written by hand after a run's figures."""
+
+
+def _pieces(text: str) -> list[str]:
+    """`text` cut before each `## ` heading: what precedes the first heading, then each section."""
+    return re.split(r"(?m)^(?=## )", text)
+
+
+def _heading(piece: str) -> str:
+    return piece.split("\n", 1)[0].strip()
+
+
+def _with_notes(section: str, old: str) -> str:
+    """The new `section` followed by the notes by hand of the `old` one (from its HAND_NOTES line)."""
+    _, marker, notes = old.partition(HAND_NOTES)
+    return section.rstrip() + ("\n\n" + marker + notes.rstrip() if marker else "")
+
+
+def _joined(pieces: list[str]) -> str:
+    return "\n\n".join(p.strip("\n") for p in pieces if p.strip()) + "\n"
+
+
 def write_docs_section(docs: Path, heading: str, section: str) -> None:
-    """Replace the section under `heading` (up to the next `## `) in `docs`, or append it."""
-    text = docs.read_text() if docs.exists() else ""
-    text = re.sub(rf"\n{re.escape(heading)}.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
-    docs.write_text(text + "\n\n" + section)
+    """Replace the section under `heading` (up to the next `## `) in `docs` where it stands, keeping
+    its notes by hand (after a HAND_NOTES line), or append it."""
+    pieces = _pieces(docs.read_text()) if docs.exists() else [""]
+    for i, piece in enumerate(pieces):
+        if _heading(piece) == heading:
+            pieces[i] = _with_notes(section, piece)
+            break
+    else:
+        pieces.append(section)
+    docs.write_text(_joined(pieces))
+
+
+def write_docs_report(docs: Path, report: str) -> None:
+    """Put benchmarks.run's whole report at the top of `docs` (its title, then its sections, each
+    keeping its notes by hand), and every other benchmark's section after it, in their order."""
+    old = _pieces(docs.read_text())[1:] if docs.exists() else []
+    by_heading = {_heading(p): p for p in old}
+    new = _pieces(report)
+    ours = {_heading(p) for p in new[1:]}
+    pieces = [new[0], *(_with_notes(p, by_heading.get(_heading(p), "")) for p in new[1:])]
+    docs.write_text(_joined(pieces + [p for p in old if _heading(p) not in ours]))
 
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
