@@ -384,7 +384,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         "`benchmarks/setup.sh` installs the TSBS generator into `benchmarks/.bin/` and Debian's "
         "`victoria-metrics`; data are cached under `benchmarks/.data/`, results written to "
-        "`benchmarks/results/` (`--docs` also copies the report to `docs/benchmarks.md`).",
+        "`benchmarks/results/` (`--docs` also puts the report at the top of `docs/benchmarks.md`, keeping the other benchmarks' sections and every section's notes by hand).",
         "",
     ]
     return "\n".join(lines)
