@@ -26,8 +26,9 @@ fn elements<'a, T: Element>(buffer: &'a PyBuffer<T>, name: &str) -> PyResult<&'a
     }
 }
 
-/// For each run i, lo[i] plus the number of sorted[lo[i]..hi[i]] below `value`.
-fn lower_bounds<T: Copy + PartialOrd>(sorted: &[T], lo: &[i64], hi: &[i64], value: Option<T>, below_all: bool) -> PyResult<Vec<i64>> {
+/// For each run i, lo[i] plus the number of sorted[lo[i]..hi[i]] below `value` (compared as i64,
+/// so a key past the stored type's range finds the end of every run, or its start).
+fn lower_bounds<T: Copy + Into<i64>>(sorted: &[T], lo: &[i64], hi: &[i64], value: i64) -> PyResult<Vec<i64>> {
     let mut out = Vec::with_capacity(lo.len());
     for (i, (&a, &b)) in lo.iter().zip(hi).enumerate() {
         if a < 0 || a > b || b as usize > sorted.len() {
@@ -36,11 +37,7 @@ fn lower_bounds<T: Copy + PartialOrd>(sorted: &[T], lo: &[i64], hi: &[i64], valu
                 sorted.len()
             )));
         }
-        out.push(match value {
-            Some(v) => a + sorted[a as usize..b as usize].partition_point(|&x| x < v) as i64,
-            // A value past the type's range: every value of the run is below it, or none is.
-            None => if below_all { b } else { a },
-        });
+        out.push(a + sorted[a as usize..b as usize].partition_point(|&x| x.into() < value) as i64);
     }
     Ok(out)
 }
@@ -64,10 +61,9 @@ fn search_runs(sorted: &Bound<'_, PyAny>, lo: PyBuffer<i64>, hi: PyBuffer<i64>, 
         return Err(PyValueError::new_err("out is read-only"));
     }
     let found = if let Ok(s) = PyBuffer::<u32>::get(sorted) {
-        let v = u32::try_from(value).ok();
-        lower_bounds(elements(&s, "sorted")?, lo_s, hi_s, v, value > 0)?
+        lower_bounds(elements(&s, "sorted")?, lo_s, hi_s, value)?
     } else if let Ok(s) = PyBuffer::<i64>::get(sorted) {
-        lower_bounds(elements(&s, "sorted")?, lo_s, hi_s, Some(value), false)?
+        lower_bounds(elements(&s, "sorted")?, lo_s, hi_s, value)?
     } else {
         return Err(PyTypeError::new_err("sorted must be a uint32 or int64 array"));
     };
