@@ -147,6 +147,19 @@ async def _sum_and_count(store: MetricStore) -> tuple[float, float]:
     return row.values[0].number_value, row.values[1].number_value
 
 
+async def _crashed_and_flushed(
+    store: MetricStore, data_dir: Path, expected: tuple[float, float]
+) -> MetricStore:
+    """Stop `store` as a crash would (its WAL closed, nothing flushed) and reopen it: it answers
+    `expected`, and again after a flush. Returns the reopened store, flushed and open."""
+    await store.wal.close()
+    reopened = _opened(data_dir)
+    assert await _sum_and_count(reopened) == expected
+    await reopened.flush()
+    assert await _sum_and_count(reopened) == expected
+    return reopened
+
+
 async def test_a_resend_into_a_segment_gives_its_other_points_back_to_the_hot_tier_durably(tmp_path):
     store = _opened(tmp_path)
     await store.ingest("default", "ds", _three_series())
@@ -163,12 +176,8 @@ async def test_a_resend_into_a_segment_gives_its_other_points_back_to_the_hot_ti
     expected = (298 + 6.0 + 7.0, 300)
     assert await _sum_and_count(store) == expected
     # A crash before the next flush: the moved points come back from the WAL, once.
-    await store.wal.close()
-    reopened = _opened(tmp_path)
-    assert await _sum_and_count(reopened) == expected
-    await reopened.flush()
+    reopened = await _crashed_and_flushed(store, tmp_path, expected)
     assert _figures(reopened) == (0, 1)
-    assert await _sum_and_count(reopened) == expected
     await reopened.close()
 
 
@@ -187,13 +196,9 @@ async def test_a_crash_between_the_moved_points_record_and_the_segments_removal_
     monkeypatch.setattr(store.segments, "commit", crash)
     with pytest.raises(OSError):
         await store.ingest("default", "ds", _point(T0, 5.0))
-    await store.wal.close()
-    reopened = _opened(tmp_path)
     # Replay rewrites the segment without the correction's key, then without the moved points:
     # every point once, the correction (in the WAL, though never acknowledged) winning.
-    assert await _sum_and_count(reopened) == (299 + 5.0, 300)
-    await reopened.flush()
-    assert await _sum_and_count(reopened) == (299 + 5.0, 300)
+    reopened = await _crashed_and_flushed(store, tmp_path, (299 + 5.0, 300))
     await reopened.close()
 
 
@@ -210,11 +215,7 @@ async def test_a_correction_logged_before_the_moved_points_but_applied_after_the
     )
     expected = (298 + 5.0 + 9.0, 300)
     assert await _sum_and_count(store) == expected
-    await store.wal.close()
-    reopened = _opened(tmp_path)
-    assert await _sum_and_count(reopened) == expected
-    await reopened.flush()
-    assert await _sum_and_count(reopened) == expected
+    reopened = await _crashed_and_flushed(store, tmp_path, expected)
     await reopened.close()
 
 
