@@ -1,4 +1,7 @@
-"""Renders a benchmark run's results (a JSON-able dict built by benchmarks.run) as Markdown."""
+"""Renders a benchmark run's results (a JSON-able dict built by benchmarks.run) as Markdown, and puts
+benchmarks' sections into docs/benchmarks.md: the run's report at the top (`write_docs_report`),
+every other benchmark's section where it stands (`write_docs_section`), each keeping the notes
+written by hand below its HAND_NOTES line."""
 
 from __future__ import annotations
 
