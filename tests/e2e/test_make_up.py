@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -75,6 +77,7 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
         assert {s["metric"] for s in series} == {"cpu_usage", "memory_usage"}
         _injected_spikes_are_listed(port)
         _monitoring_shows_the_demo(port, {s["group"]["service_name"] for s in series})
+        _the_readme_reads_answer(port)
         stop_and_check_nothing_left(process, signal.SIGTERM)
         reader.join(timeout=10)
         banner = "".join(lines)
@@ -116,6 +119,27 @@ def _monitoring_shows_the_demo(port: int, services: set[str]) -> None:
     assert {"request_rate", "error_rate", "latency_p95", "cpu_usage", "memory_usage"} <= set(panels)
     assert {s["group"]["service_name"] for s in panels["request_rate"]["series"]} == services
     assert all(len(s["points"]) > 10 for s in panels["request_rate"]["series"])
+
+
+def _the_readme_reads_answer(port: int) -> None:
+    """The README's curl examples that only read (every GET, and the query, timeseries and explain
+    POSTs), run by curl as a reader copies them, answer 200 on the demo stack."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    commands = [
+        c
+        for c in re.findall(r"`(curl [^`]+)`", readme)
+        if "<id>" not in c and "$(" not in c and (" -X " not in c or "/api/v1/query" in c)
+    ]
+    assert len(commands) >= 20
+    for command in commands:
+        args = shlex.split(command.replace("localhost:8080", f"127.0.0.1:{port}"))
+        done = subprocess.run(
+            [args[0], "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", *args[1:]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (done.returncode, done.stdout) == (0, "200"), command
 
 
 def _anomalies(port: int, **query: str) -> list[dict]:
