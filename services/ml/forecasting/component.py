@@ -66,6 +66,12 @@ def forecast_configs() -> dict[str, Callable[[], dict[str, object]]]:
     return {forecast_model(m): (lambda m=m: forecast_config(m)) for m in METHODS}
 
 
+def _series_text(metric: str, labels: dict[str, str]) -> str:
+    """A series as Prometheus writes it: cpu_usage{host="a",service_name="auth"}."""
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{metric}{{{inner}}}"
+
+
 @dataclass(frozen=True)
 class Regular:
     """One series on a regular grid: what a worker fits."""
@@ -322,9 +328,11 @@ class Forecasting:
             try:
                 return await future
             except TooShort as exc:
+                # A stored selection can match series of very different lengths: say which is short.
+                which = f" {_series_text(s.metric, s.labels)}" if s.labels else ""
                 raise InvalidArgument(
-                    f"{exc.method} needs at least {exc.minimum} points of history at this step; the series has "
-                    f"{exc.got}",
+                    f"{exc.method} needs at least {exc.minimum} points of history at this step; the series"
+                    f"{which} has {exc.got}",
                     s.field,
                 ) from None
 

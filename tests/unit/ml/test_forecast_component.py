@@ -169,3 +169,28 @@ def test_the_ml_service_imports_no_forecasting_library_at_start_up() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+class UnevenHistory(FakeHistory):
+    """Ten days of one host, and one point of another (a stray write under the same labels)."""
+
+    async def raw(self, datasource, metrics, filters, start_ms, end_ms, timeout=None):
+        (long, _) = await super().raw(datasource, metrics, filters, start_ms, end_ms, timeout)
+        stray = StoredSeries("cpu", {"service_name": "auth"}, np.array([0]), np.array([42.5]))
+        return [long, stray]
+
+
+async def test_a_stored_series_too_short_is_named_by_its_labels() -> None:
+    tracking = FakeTracking()
+    versions = ConfigVersions(tracking, forecast_configs())
+    forecasting = Forecasting(
+        UnevenHistory(), RecordingBus(), TtlCache(), 300.0, tracking, workers=1, versions=versions
+    )
+    request = pb.ForecastRequest(metric="cpu", labels={"service_name": "auth"}, horizon=6, step="1h")
+    try:
+        with pytest.raises(InvalidArgument) as err:
+            await forecasting.forecast(forecast_from_proto(request, 100), "default", 60)
+    finally:
+        await forecasting.close()
+    assert err.value.field == "metric"
+    assert 'the series cpu{service_name="auth"} has 1' in err.value.reason
