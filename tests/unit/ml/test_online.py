@@ -8,7 +8,7 @@ import pytest
 
 from libs.errors import InvalidArgument
 from platformq.analytics.v1 import ml_service_pb2 as pb
-from services.ml.online.models import OnlineModel
+from services.ml.online.models import MAX_TREE_DEPTH, OnlineModel
 from services.ml.online.spec import check_targets, resolve_kind_task, train_from_proto
 
 
@@ -151,3 +151,13 @@ def test_kind_and_task_default_and_an_existing_model_keeps_its_own():
     with pytest.raises(InvalidArgument) as err:
         resolve_kind_task("adaptive_random_forest", "", ("hoeffding_tree", "regression"))
     assert err.value.field == "kind"
+
+
+def test_a_hoeffding_tree_on_a_growing_feature_stays_within_the_depth_bound() -> None:
+    # A feature that only grows (a time) makes an unbounded Hoeffding tree a chain: 139 levels
+    # after 5,000 samples, each sample walking all of it (22 s for those 5,000 here, 0.9 s bounded).
+    model = OnlineModel.new("t", "hoeffding_tree", "regression")
+    i = np.arange(2000)
+    model.learn([{"t": float(v)} for v in i], (10 * np.sin(i / 40)).tolist(), 0)
+    (tree,) = [s for name, s in model.estimator.regressor.steps.items() if "Tree" in name]
+    assert 5 < tree.height <= MAX_TREE_DEPTH + 1  # river counts the leaves' level

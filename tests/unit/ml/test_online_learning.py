@@ -4,6 +4,8 @@ binding and a redelivered batch is learned once."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from libs.errors import ConfigError, InvalidArgument, NotFound
 from platformq.analytics.v1 import events_pb2
 from platformq.analytics.v1 import ml_service_pb2 as pb
 from services.ml.online.bindings import StreamTrainer, parse_bindings
-from services.ml.online.learning import OnlineConfig, OnlineLearning
+from services.ml.online.learning import LEARN_CHUNK_ROWS, OnlineConfig, OnlineLearning
 from services.ml.online.spec import PredictSpec, train_from_proto
 from services.ml.tracking import ModelTracking
 
@@ -158,3 +160,21 @@ async def test_models_beyond_the_memory_bound_are_dropped_and_reloaded_without_l
         reply = await again.train(_train(name, _samples(10, seed=99)))
         assert not reply.created and reply.samples_seen == 210
     await again.stop()
+
+
+async def test_a_prediction_waits_for_one_chunk_of_a_binding_s_backlog_not_the_whole_batch(tmp_path):
+    # A batch of three chunks' rows: a prediction asked while the first chunk learns is answered
+    # between the first and the second, with the first chunk's samples only.
+    learning = OnlineLearning(OnlineConfig(tmp_path))
+    await learning.train(_train("lat", _samples(1)))
+    n = 3 * LEARN_CHUNK_ROWS
+    rng = np.random.default_rng(5)
+    rows = [(f"h{i % 7}", i, {"a": float(v)}, float(2 * v)) for i, v in enumerate(rng.uniform(0, 10, n))]
+    batch = asyncio.ensure_future(learning.learn_rows("lat", "linear_regression", "regression", rows))
+    for _ in range(5):  # the batch starts: it takes the lock and learns its first chunk in a thread
+        await asyncio.sleep(0)
+    answer = await learning.predict(PredictSpec("lat", ({"a": 1.0},)))
+    assert not batch.done()
+    assert answer.samples_seen == 1 + LEARN_CHUNK_ROWS
+    assert await batch == n
+    assert (await learning.predict(PredictSpec("lat", ({"a": 1.0},)))).samples_seen == 1 + n
