@@ -78,6 +78,7 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
         _injected_spikes_are_listed(port)
         _monitoring_shows_the_demo(port, {s["group"]["service_name"] for s in series})
         _the_readme_reads_answer(port)
+        _the_readme_forecast_answers(port)
         stop_and_check_nothing_left(process, signal.SIGTERM)
         reader.join(timeout=10)
         banner = "".join(lines)
@@ -140,6 +141,19 @@ def _the_readme_reads_answer(port: int) -> None:
             check=False,
         )
         assert (done.returncode, done.stdout) == (0, "200"), command
+
+
+def _the_readme_forecast_answers(port: int) -> None:
+    """The README's first forecast example, on the demo's backfill alone: a forecast per host."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `POST /api/v1/ml/forecast`")]
+    body = re.findall(r"-d '([^']*)'", row)[0]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/ml/forecast", data=body.encode())
+    # The first forecast starts the worker processes (statsforecast, compiled on first use).
+    with urllib.request.urlopen(request, timeout=180) as reply:
+        answer = json.loads(reply.read())
+    assert {s["labels"]["host"] for s in answer["series"]} == {"auth-service-1", "auth-service-2"}
+    assert all(len(s["points"]) == 24 for s in answer["series"])
 
 
 def _anomalies(port: int, **query: str) -> list[dict]:
