@@ -17,6 +17,7 @@
 //! built with it, strings and label pairs once per distinct value.
 
 mod maps;
+mod proto;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -387,6 +388,11 @@ fn encode(data: &[u8], now_ms: i64) -> Option<Encoded<'_>> {
     let text = std::str::from_utf8(data).ok()?;
     let Obj(body): Obj<Body> = serde_json::from_str(text).ok()?;
     let (datasource, series) = accept(body, now_ms)?;
+    Some(encode_accepted(datasource, series))
+}
+
+/// The columns and WAL records of accepted series.
+fn encode_accepted<'a>(datasource: Cow<'a, str>, series: Vec<Accepted<'a>>) -> Encoded<'a> {
     let accepted = series.iter().map(|s| s.ts.len()).sum();
     let mut e = Encoded {
         datasource,
@@ -411,7 +417,7 @@ fn encode(data: &[u8], now_ms: i64) -> Option<Encoded<'_>> {
         put_series_record(&mut e.records, s, &mut scratch);
     }
     e.series = series;
-    Some(e)
+    e
 }
 
 /// The body's batch when the fast path takes it, else None:
@@ -421,9 +427,30 @@ fn encode(data: &[u8], now_ms: i64) -> Option<Encoded<'_>> {
 #[pyfunction]
 fn encode_json_body<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
     let bytes = data.as_bytes();
-    let Some(e) = py.detach(|| encode(bytes, now_ms)) else {
-        return Ok(None);
-    };
+    match py.detach(|| encode(bytes, now_ms)) {
+        Some(e) => Ok(Some(answer(py, e)?)),
+        None => Ok(None),
+    }
+}
+
+/// `encode_json_body` for a serialised `IngestMetricsRequest` (gRPC's IngestMetrics): the batch
+/// when it holds columnar `series` only, every point acceptable; else None (rows, `json_body`,
+/// an unknown field, anything to reject: the Python path, `validate`, takes the request).
+#[pyfunction]
+fn encode_ingest_request<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let bytes = data.as_bytes();
+    let found = py.detach(|| {
+        let (datasource, series) = proto::accept_request(bytes, now_ms)?;
+        Some(encode_accepted(datasource, series))
+    });
+    match found {
+        Some(e) => Ok(Some(answer(py, e)?)),
+        None => Ok(None),
+    }
+}
+
+/// The Python tuple of an encoded batch (see `encode_json_body`).
+fn answer<'py>(py: Python<'py>, e: Encoded<'_>) -> PyResult<Bound<'py, PyTuple>> {
     let mut strings: HashMap<&str, Bound<'py, PyString>> = HashMap::default();
     let mut pairs: HashMap<(&str, &str), Bound<'py, PyTuple>> = HashMap::default();
     let mut keys = Vec::with_capacity(e.series.len());
@@ -458,11 +485,12 @@ fn encode_json_body<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i6
             PyBytes::new(py, &e.records).into_any(),
         ],
     )?;
-    Ok(Some(out))
+    Ok(out)
 }
 
 #[pymodule]
 fn platformq_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_json_body, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_ingest_request, m)?)?;
     maps::register(m)
 }

@@ -7,7 +7,7 @@ of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted
 
 - a body in the usual shapes with every point acceptable (what well-behaved clients send) is
   parsed, checked and encoded by compiled code (`encode_usual`: native/, Rust, without the GIL; on
-  the event loop under NATIVE_INLINE_MAX_BYTES, else in a thread of the serving process): about a
+  the event loop under `native.INLINE_MAX_BYTES`, else in a thread of the serving process): about a
   third of the Python path's CPU for columnar bodies, 40% for rows; it gives exactly the Python
   path's batch (tests/unit/test_ingest_native.py) and takes no other body, so it words no error;
 - any other body goes to the Python path (`validate_and_encode`), which is the reference. There the
@@ -32,14 +32,12 @@ the parsing.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import multiprocessing
 import os
 import pickle
 import re
 import time
-import uuid
 from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, NamedTuple
@@ -49,11 +47,12 @@ import numpy as np
 import platformq_native
 from google.protobuf import json_format
 
-from libs.bus.events import event_head
 from libs.errors import InvalidArgument
-from libs.storage import EncodedBatch, SeriesKey, SeriesMemo
+from libs.storage import EncodedBatch, SeriesMemo
 from platformq.analytics.v1 import realtime_service_pb2
+from services.realtime import native
 from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
+from services.realtime.native import ParsedBatch, batch_of
 
 log = logging.getLogger(__name__)
 _NO_LABELS = msgspec.Raw(b"{}")
@@ -171,7 +170,6 @@ class JsonIngestDecoder:
         return request
 
 
-ParsedBody = tuple[ValidatedBatch, EncodedBatch | None]
 """A body's validated batch and its accepted points encoded for the store (None when none was)."""
 
 
@@ -182,7 +180,7 @@ def validate_and_encode(
     data: bytes,
     now_ms: int,
     tenant: str,
-) -> ParsedBody:
+) -> ParsedBatch:
     """The validated batch of a JSON body (InvalidArgument naming the field for a bad one) and its
     accepted points encoded for the store (None when none was accepted). The batch's `series` are
     left out: they live on in the encoded batch's columns, which a worker process sends back at a
@@ -193,36 +191,14 @@ def validate_and_encode(
     return batch, encoded
 
 
-def encode_usual(data: bytes, now_ms: int, tenant: str) -> ParsedBody | None:
+def encode_usual(data: bytes, now_ms: int, tenant: str) -> ParsedBatch | None:
     """`validate_and_encode` of a body in the usual shapes, every point of it acceptable, by the
-    compiled fast path (native/, `platformq_native.encode_json_body`: parsed, checked and encoded
-    without the GIL); None for any other body, which `validate_and_encode` then takes (and says
-    what is wrong with it). Both give the same batch (tests/unit/test_ingest_native.py)."""
+    compiled fast path (services/realtime/native.py: parsed, checked and encoded without the GIL);
+    None for any other body, which `validate_and_encode` then takes (and says what is wrong with
+    it). Both give the same batch (tests/unit/test_ingest_native.py)."""
     found = platformq_native.encode_json_body(data, now_ms)
-    if found is None:
-        return None
-    datasource, accepted, keys, lengths, ts, values, sids, records = found
-    batch_id = uuid.uuid4().hex
-    payload = event_head(tenant, datasource, batch_id, int(time.time() * 1000)) + records
-    return ValidatedBatch(datasource, accepted=accepted), EncodedBatch.of_columns(
-        tenant,
-        datasource,
-        batch_id,
-        payload,
-        list(itertools.starmap(SeriesKey, keys)),
-        np.frombuffer(lengths, dtype=np.int64),
-        np.frombuffer(ts, dtype=np.int64),
-        np.frombuffer(values, dtype=np.float64),
-        np.frombuffer(sids, dtype=np.uint64),
-    )
+    return None if found is None else batch_of(found, tenant)
 
-
-NATIVE_INLINE_MAX_BYTES = 128 * 1024
-"""Bodies under this go through the compiled fast path on the event loop itself (at most about 0.4
-ms of work); larger ones in a thread, the loop free meanwhile. The thread's hand-off cost more than
-the parse of a TSBS columnar body of 97 KB: `benchmarks.ingest_rest`'s columnar load through the
-stack (a probe, three runs alternated) went 2.29, 1.71, 1.72 -> 2.44, 2.78, 2.42 M points/s and
-the serving process's CPU 0.51-0.67 -> 0.38-0.50 µs a point."""
 
 INLINE_MAX_BYTES = 64 * 1024
 """Bodies under this are parsed in a thread of the serving process: the hop to a worker process
@@ -248,7 +224,7 @@ class BodyInSlot(NamedTuple):
             raise OSError(f"read {len(data)} of a {self.length}-byte body from its slot")
         return data
 
-    def answer(self, parsed: ParsedBody) -> ParsedBody | AnswerInSlot:
+    def answer(self, parsed: ParsedBatch) -> ParsedBatch | AnswerInSlot:
         """Write the body's parsed batch (pickled) over it in the slot (in the worker process), and
         say how long it is; when the slot cannot be written, the batch itself (for the pool's pipe)."""
         data = pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL)
@@ -264,16 +240,16 @@ class BodyInSlot(NamedTuple):
 
 
 class AnswerInSlot(NamedTuple):
-    """A worker's answer left in the body's slot: its first `length` bytes, a pickled ParsedBody."""
+    """A worker's answer left in the body's slot: its first `length` bytes, a pickled ParsedBatch."""
 
     length: int
 
-    def read(self, slot: int) -> ParsedBody:
+    def read(self, slot: int) -> ParsedBatch:
         """The parsed body (in the serving process, which owns the slot)."""
         data = os.pread(slot, self.length, 0)
         if len(data) != self.length:
             raise OSError(f"read {len(data)} of a {self.length}-byte answer from its slot")
-        parsed: ParsedBody = pickle.loads(data)
+        parsed: ParsedBatch = pickle.loads(data)
         return parsed
 
 
@@ -352,10 +328,10 @@ class JsonBodies:
         # Kept when a pool breaks; dropped for good when a slot cannot be written or read.
         self._slots = BodySlots(keep=4 * workers) if workers > 0 and BodySlots.available() else None
 
-    async def validate(self, data: bytes, tenant: str) -> ParsedBody:
+    async def validate(self, data: bytes, tenant: str) -> ParsedBatch:
         """`validate_and_encode` of a JSON body, for `tenant`."""
         now_ms = int(time.time() * 1000)
-        if len(data) < NATIVE_INLINE_MAX_BYTES:
+        if len(data) < native.INLINE_MAX_BYTES:
             usual = encode_usual(data, now_ms, tenant)
         else:
             usual = await asyncio.to_thread(encode_usual, data, now_ms, tenant)
@@ -381,7 +357,7 @@ class JsonBodies:
 
     async def _in_worker(
         self, pool: ProcessPoolExecutor, data: bytes, now_ms: int, tenant: str
-    ) -> ParsedBody:
+    ) -> ParsedBatch:
         """The body parsed in a worker: given through a slot where there are slots, and answered
         through the same slot, which is released once the answer is read from it (even if this
         request was cancelled meanwhile)."""
@@ -397,9 +373,9 @@ class JsonBodies:
             slots.release(slot)
             raise
         loop = asyncio.get_running_loop()
-        answer: Future[ParsedBody] = Future()
+        answer: Future[ParsedBatch] = Future()
 
-        def read_answer(done: Future[ParsedBody | AnswerInSlot]) -> None:
+        def read_answer(done: Future[ParsedBatch | AnswerInSlot]) -> None:
             # In the pool's thread, as the pool reads answers from its pipe: the slot is read
             # before it is given back.
             try:
@@ -437,7 +413,7 @@ class JsonBodies:
             self._slots = None
 
 
-def _settle(future: Future[ParsedBody], outcome: ParsedBody | BaseException) -> None:
+def _settle(future: Future[ParsedBatch], outcome: ParsedBatch | BaseException) -> None:
     """Give `future` its result or exception, unless its request was cancelled meanwhile."""
     try:
         if isinstance(outcome, BaseException):

@@ -18,9 +18,9 @@ from services.realtime.json_body import (
     AnswerInSlot,
     BodyInSlot,
     JsonIngestDecoder,
-    ParsedBody,
     validate_and_encode,
 )
+from services.realtime.native import ParsedBatch
 
 PR_SET_PDEATHSIG = 1
 
@@ -39,7 +39,7 @@ def _decoder() -> tuple[JsonIngestDecoder, KnownGoodSeries, SeriesMemo]:
     return JsonIngestDecoder(), KnownGoodSeries(), SeriesMemo()
 
 
-def validate_in_worker(body: bytes | BodyInSlot, now_ms: int, tenant: str) -> ParsedBody | AnswerInSlot:
+def validate_in_worker(body: bytes | BodyInSlot, now_ms: int, tenant: str) -> ParsedBatch | AnswerInSlot:
     """`validate_and_encode` of a JSON body with this worker's decoder and memos. A body given in
     a slot of the serving process is answered in that slot (`BodyInSlot.answer`): the pool's pipe
     then carries a few bytes instead of the pickled batch, 64 KiB at a time with a switch between

@@ -1,0 +1,143 @@
+//! gRPC's IngestMetrics request, read from its protobuf bytes: the columnar `series` of an
+//! `IngestMetricsRequest` accepted as the JSON path accepts them (`super::accept`), so both encode
+//! the same batch. Only the shapes protobuf writers produce for this message are read (fields 1 and
+//! 3; a series' fields 1 to 4, times and values packed or not); anything else returns None and the
+//! Python path (`services/realtime/ingest.py`, `validate`) takes the request and words its errors.
+
+use std::borrow::Cow;
+
+use super::{datasource_ok, key_of, time_ok, Accepted, Labels, Str, DEFAULT_DATASOURCE};
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+
+/// A cursor over protobuf wire bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut out = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            out |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// (field number, wire type) of the next field.
+    fn key(&mut self) -> Option<(u64, u8)> {
+        let k = self.varint()?;
+        Some((k >> 3, (k & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        let end = self.pos.checked_add(n)?;
+        let out = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    fn fixed64(&mut self) -> Option<u64> {
+        let end = self.pos.checked_add(8)?;
+        let out = u64::from_le_bytes(self.buf.get(self.pos..end)?.try_into().ok()?);
+        self.pos = end;
+        Some(out)
+    }
+
+    fn text(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+}
+
+/// One `common.Series`: name, labels (map entries in order; a repeated key makes `key_of` refuse),
+/// times and values.
+fn series(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, Vec<i64>, Vec<f64>)> {
+    let mut r = Reader::new(data);
+    let (mut name, mut labels, mut ts, mut values) = ("", Vec::new(), Vec::new(), Vec::new());
+    while !r.done() {
+        match r.key()? {
+            (1, LEN) => name = r.text()?,
+            (2, LEN) => {
+                let mut entry = Reader::new(r.bytes()?);
+                let (mut k, mut v) = ("", "");
+                while !entry.done() {
+                    match entry.key()? {
+                        (1, LEN) => k = entry.text()?,
+                        (2, LEN) => v = entry.text()?,
+                        _ => return None,
+                    }
+                }
+                labels.push((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(v))));
+            }
+            (3, LEN) => {
+                let mut packed = Reader::new(r.bytes()?);
+                while !packed.done() {
+                    ts.push(packed.varint()? as i64);
+                }
+            }
+            (3, VARINT) => ts.push(r.varint()? as i64),
+            (4, LEN) => {
+                let packed = r.bytes()?;
+                if packed.len() % 8 != 0 {
+                    return None;
+                }
+                values.extend(packed.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))));
+            }
+            (4, FIXED64) => values.push(f64::from_bits(r.fixed64()?)),
+            _ => return None,
+        }
+    }
+    Some((Str(Cow::Borrowed(name)), Labels(labels), ts, values))
+}
+
+/// The request's datasource and accepted series, in request order; None unless it holds columnar
+/// series only and every point is accepted.
+pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, Vec<Accepted<'_>>)> {
+    let mut r = Reader::new(data);
+    let mut datasource = DEFAULT_DATASOURCE;
+    let mut out = Vec::new();
+    while !r.done() {
+        match r.key()? {
+            (1, LEN) => datasource = r.text()?,
+            (3, LEN) => {
+                let (name, labels, ts, values) = series(r.bytes()?)?;
+                if ts.is_empty() && values.is_empty() {
+                    continue;
+                }
+                if ts.len() != values.len()
+                    || !ts.iter().all(|&t| time_ok(t, now_ms))
+                    || !values.iter().all(|v| v.is_finite())
+                {
+                    return None;
+                }
+                out.push(Accepted { key: key_of(name, labels)?, ts, values });
+            }
+            // Rows (2), a REST body (4) and anything unknown: the Python path.
+            _ => return None,
+        }
+    }
+    if datasource.is_empty() {
+        datasource = DEFAULT_DATASOURCE;
+    }
+    if !datasource_ok(datasource) || out.is_empty() {
+        return None;
+    }
+    Some((Cow::Borrowed(datasource), out))
+}
