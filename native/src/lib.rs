@@ -1,5 +1,6 @@
-//! The service's compiled helpers: the REST ingest body's fast path (here:
-//! `services/realtime/json_body.py`, `encode_usual`) and kernels of the metrics read path (`maps`).
+//! The service's compiled helpers: ingest's fast paths (here: the REST body, called by
+//! `services/realtime/json_body.py`'s `encode_usual`; `proto`: a gRPC request, called by
+//! `services/realtime/native.py`) and kernels of the metrics read path (`maps`).
 //!
 //! The fast path:
 //!
