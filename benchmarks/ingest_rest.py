@@ -6,7 +6,8 @@ What a new user does: `POST /api/v1/metrics/ingest` on the gateway of the stack 
 it (`analytics up`: Envoy and `serve all`, demo off), with bodies encoded before the clock starts,
 over a few keep-alive connections on loopback. Two body forms of the same points: columnar
 (`series`: per series its labels once, then `timestamps_ms` and `values`) and rows (`points`: one
-object per point with its name and labels). Each form goes to a fresh stack (fresh DATA_DIR). In the
+object per point with its name and labels); the same two as gRPC `IngestMetrics` requests through
+the same Envoy, for reference. Each form goes to a fresh stack (fresh DATA_DIR). In the
 same run VictoriaMetrics takes the same series as `/api/v1/import` JSON lines (one line per series
 and body, its own columnar format), into a fresh instance; its time ends after
 `/internal/force_flush` (then the points are searchable), ours at the last answer (then they are
@@ -194,27 +195,25 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-def grpc_requests(data: Data, bodies: int) -> list[bytes]:
-    """The columnar bodies as serialised `IngestMetricsRequest`s, for the gRPC reference load."""
+def grpc_requests(data: Data, bodies: int, rows: bool = False) -> list[bytes]:
+    """The bodies as serialised `IngestMetricsRequest`s, for the gRPC loads: columnar `series`, or
+    with `rows` one `Point` a point."""
     from platformq.analytics.v1 import common_pb2, realtime_service_pb2
 
     out = []
     for group, span in _slices(data, bodies):
         ts = data.ts[span].tolist()
-        series = [
-            common_pb2.Series(
-                name=data.names[i],
-                labels=data.labels[i],
-                timestamps_ms=ts,
-                values=data.values[i, span].tolist(),
-            )
-            for i in group
-        ]
-        out.append(
-            realtime_service_pb2.IngestMetricsRequest(
-                datasource=DATASOURCE, series=series
-            ).SerializeToString()
-        )
+        request = realtime_service_pb2.IngestMetricsRequest(datasource=DATASOURCE)
+        for i in group:
+            values = data.values[i, span].tolist()
+            if rows:
+                request.points.extend(
+                    common_pb2.Point(name=data.names[i], labels=data.labels[i], timestamp_ms=t, value=v)
+                    for t, v in zip(ts, values, strict=True)
+                )
+            else:
+                request.series.add(name=data.names[i], labels=data.labels[i], timestamps_ms=ts, values=values)
+        out.append(request.SerializeToString())
     return out
 
 
@@ -393,10 +392,10 @@ async def load_grpc(requests: list[bytes], points: int, connections: int, work: 
     finally:
         stop_process(process, 30)
     first = realtime_service_pb2.IngestMetricsRequest.FromString(requests[0])
-    timed = points - sum(len(s.values) for s in first.series)
+    timed = points - sum(len(s.values) for s in first.series) - len(first.points)
     return Load(
         "ours (IngestMetrics, native gRPC through Envoy)",
-        "columnar (protobuf)",
+        "rows (protobuf)" if first.points else "columnar (protobuf)",
         timed,
         len(requests) - 1,
         sum(len(r) for r in requests[1:]) / 2**20,
@@ -467,6 +466,8 @@ async def run(
         encoded["vm"] = vm_bodies(data, bodies)
     if "grpc" in forms:
         encoded["grpc"] = grpc_requests(data, bodies)
+    if "grpc-rows" in forms:
+        encoded["grpc-rows"] = grpc_requests(data, bodies, rows=True)
     encode_s = time.perf_counter() - t0
     load_start = os.getloadavg()[0]
     loads: list[Load] = []
@@ -478,7 +479,7 @@ async def run(
                 loads.append(await load_vm(encoded["vm"], data.points, connections, work))
                 print(f"round {round_ + 1}: vm: {loads[-1].points_per_s:,.0f} points/s", flush=True)
             for form in forms:
-                if form == "grpc":
+                if form.startswith("grpc"):
                     loads.append(await load_grpc(encoded[form], data.points, connections, work))
                 else:
                     loads.append(await load_ours(form, encoded[form], data.points, connections, work))
@@ -580,8 +581,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument(
         "--forms",
-        default="columnar,rows,grpc",
-        help="loads of ours: columnar, rows (REST), grpc (the reference)",
+        default="columnar,rows,grpc,grpc-rows",
+        help="loads of ours: columnar, rows (REST), grpc (the reference), grpc-rows (gRPC, one Point a point)",
     )
     parser.add_argument("--skip-vm", action="store_true", help="leave VictoriaMetrics out")
     parser.add_argument("--rounds", type=int, default=3, help="loads of each system and form, alternated")

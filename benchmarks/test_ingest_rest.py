@@ -20,9 +20,13 @@ def _points(bodies: list[bytes], form: str) -> list[tuple]:
                     (name, labels, t, float(v)) for t, v in zip(doc["timestamps"], doc["values"], strict=True)
                 ]
         elif form == "grpc":
-            for s in realtime_service_pb2.IngestMetricsRequest.FromString(body).series:
+            request = realtime_service_pb2.IngestMetricsRequest.FromString(body)
+            for s in request.series:
                 labels = tuple(sorted(s.labels.items()))
                 out += [(s.name, labels, t, v) for t, v in zip(s.timestamps_ms, s.values, strict=True)]
+            out += [
+                (p.name, tuple(sorted(p.labels.items())), p.timestamp_ms, p.value) for p in request.points
+            ]
         else:
             doc = json.loads(body)
             for p in doc.get("points", []):
@@ -48,3 +52,4 @@ def test_every_form_carries_the_same_points():
     assert _points(row_bodies(data, 8), "rows") == expected
     assert _points(vm_bodies(data, 8), "vm") == expected
     assert _points(grpc_requests(data, 8), "grpc") == expected
+    assert _points(grpc_requests(data, 8, rows=True), "grpc") == expected

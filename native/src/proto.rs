@@ -1,12 +1,15 @@
-//! gRPC's IngestMetrics request, read from its protobuf bytes: the columnar `series` of an
-//! `IngestMetricsRequest` accepted as the JSON path accepts them (`super::accept`), so both encode
-//! the same batch. Only the shapes protobuf writers produce for this message are read (fields 1 and
-//! 3; a series' fields 1 to 4, times and values packed or not); anything else returns None and the
-//! Python path (`services/realtime/ingest.py`, `validate`) takes the request and words its errors.
+//! gRPC's IngestMetrics request, read from its protobuf bytes: the columnar `series` and the rows
+//! (`points`) of an `IngestMetricsRequest` accepted as the JSON path accepts them (`super::accept`),
+//! so both encode the same batch. Only the shapes protobuf writers produce for this message are
+//! read (fields 1 to 3; a series' fields 1 to 4, times and values packed or not; a point's 1 to 5
+//! with an empty RFC 3339 `timestamp`); anything else returns None and the Python path
+//! (`services/realtime/ingest.py`, `validate`) takes the request and words its errors.
 
 use std::borrow::Cow;
 
-use super::{datasource_ok, key_of, time_ok, Accepted, Labels, Str, DEFAULT_DATASOURCE};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{datasource_ok, key_of, time_ok, Accepted, Key, Labels, Str, DEFAULT_DATASOURCE};
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -74,18 +77,7 @@ fn series(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, Vec<i64>, Vec<f64>)> {
     while !r.done() {
         match r.key()? {
             (1, LEN) => name = r.text()?,
-            (2, LEN) => {
-                let mut entry = Reader::new(r.bytes()?);
-                let (mut k, mut v) = ("", "");
-                while !entry.done() {
-                    match entry.key()? {
-                        (1, LEN) => k = entry.text()?,
-                        (2, LEN) => v = entry.text()?,
-                        _ => return None,
-                    }
-                }
-                labels.push((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(v))));
-            }
+            (2, LEN) => labels.push(label(r.bytes()?)?),
             (3, LEN) => {
                 let mut packed = Reader::new(r.bytes()?);
                 while !packed.done() {
@@ -107,15 +99,50 @@ fn series(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, Vec<i64>, Vec<f64>)> {
     Some((Str(Cow::Borrowed(name)), Labels(labels), ts, values))
 }
 
-/// The request's datasource and accepted series, in request order; None unless it holds columnar
-/// series only and every point is accepted.
+/// A map entry (`labels`): its key and value.
+fn label(data: &[u8]) -> Option<(Str<'_>, Str<'_>)> {
+    let mut entry = Reader::new(data);
+    let (mut k, mut v) = ("", "");
+    while !entry.done() {
+        match entry.key()? {
+            (1, LEN) => k = entry.text()?,
+            (2, LEN) => v = entry.text()?,
+            _ => return None,
+        }
+    }
+    Some((Str(Cow::Borrowed(k)), Str(Cow::Borrowed(v))))
+}
+
+/// One `common.Point` with an epoch-millisecond time (an RFC 3339 `timestamp` is the Python
+/// path's): name, labels, time, value.
+fn point(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, i64, f64)> {
+    let mut r = Reader::new(data);
+    let (mut name, mut labels, mut ts, mut value) = ("", Vec::new(), 0i64, 0f64);
+    while !r.done() {
+        match r.key()? {
+            (1, LEN) => name = r.text()?,
+            (2, FIXED64) => value = f64::from_bits(r.fixed64()?),
+            (3, LEN) if r.bytes()?.is_empty() => {}
+            (4, VARINT) => ts = r.varint()? as i64,
+            (5, LEN) => labels.push(label(r.bytes()?)?),
+            _ => return None,
+        }
+    }
+    Some((Str(Cow::Borrowed(name)), Labels(labels), ts, value))
+}
+
+/// The request's datasource and accepted series, in the Python path's order (columnar series in
+/// request order, then the rows' series in order of their first row, a series' rows in row order);
+/// None unless every point is accepted.
 pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, Vec<Accepted<'_>>)> {
     let mut r = Reader::new(data);
     let mut datasource = DEFAULT_DATASOURCE;
     let mut out = Vec::new();
+    let mut rows = Vec::new();
     while !r.done() {
         match r.key()? {
             (1, LEN) => datasource = r.text()?,
+            (2, LEN) => rows.push(r.bytes()?),
             (3, LEN) => {
                 let (name, labels, ts, values) = series(r.bytes()?)?;
                 if ts.is_empty() && values.is_empty() {
@@ -129,9 +156,34 @@ pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, 
                 }
                 out.push(Accepted { key: key_of(name, labels)?, ts, values });
             }
-            // Rows (2), a REST body (4) and anything unknown: the Python path.
+            // A REST body (4) and anything unknown: the Python path.
             _ => return None,
         }
+    }
+    // Rows by series (a series' key is its sorted labels: two orders of one label set are one
+    // series), apart from the columnar series as the Python path keeps them.
+    let mut by_key: HashMap<Key<'_>, usize> = HashMap::default();
+    for row in rows {
+        let (name, labels, ts, value) = point(row)?;
+        if ts == 0 || !time_ok(ts, now_ms) || !value.is_finite() {
+            return None;
+        }
+        let key = key_of(name, labels)?;
+        let i = match by_key.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = out.len();
+                out.push(Accepted {
+                    key: Key { name: key.name.clone(), labels: key.labels.clone() },
+                    ts: Vec::new(),
+                    values: Vec::new(),
+                });
+                by_key.insert(key, i);
+                i
+            }
+        };
+        out[i].ts.push(ts);
+        out[i].values.push(value);
     }
     if datasource.is_empty() {
         datasource = DEFAULT_DATASOURCE;

@@ -50,7 +50,8 @@ def batch_of(found: tuple, tenant: str) -> ParsedBatch:
 
 
 def encode_usual_request(data: bytes, now_ms: int, tenant: str) -> ParsedBatch | None:
-    """A serialised `IngestMetricsRequest` of columnar series only, every point acceptable, encoded
-    for the store; None for any other request (rows, a REST body, a point to refuse)."""
+    """A serialised `IngestMetricsRequest` with every point acceptable (rows with epoch-millisecond
+    times), encoded for the store; None for any other request (an RFC 3339 `timestamp`, a REST
+    body, a point to refuse)."""
     found = platformq_native.encode_ingest_request(data, now_ms)
     return None if found is None else batch_of(found, tenant)

@@ -396,15 +396,40 @@ def test_random_usual_requests_give_the_python_paths_batch(seed):
     request = json_format.Parse(
         _random_usual_body(random.Random(seed)), realtime_service_pb2.IngestMetricsRequest()
     )
-    del request.points[:]
-    if any(len(s.values) for s in request.series):
-        _assert_same_request(request.SerializeToString())
+    _assert_same_request(request.SerializeToString())
+
+
+def _rows(*points: common_pb2.Point, series=()) -> bytes:
+    return realtime_service_pb2.IngestMetricsRequest(points=points, series=series).SerializeToString()
+
+
+def _point(name="cpu", value=1.0, ts=NOW, labels=None, **fields) -> common_pb2.Point:
+    return common_pb2.Point(name=name, value=value, timestamp_ms=ts, labels=labels or {}, **fields)
+
+
+def test_usual_rows_give_the_python_paths_batch():
+    # Rows by series in order of their first row, a label set in two orders one series, a value left
+    # out (0), and a columnar series of the same key kept apart, as the Python path keeps it.
+    one = common_pb2.Point(name="cpu", value=2.0, timestamp_ms=NOW)
+    one.labels["b"] = "2"
+    one.labels["a"] = "1"
+    request = _rows(
+        _point(labels={"a": "1", "b": "2"}, ts=NOW - 1),
+        _point("mem", 3.0),
+        one,
+        common_pb2.Point(name="z", timestamp_ms=NOW - 5),
+        _point(labels={"a": "1", "b": "2"}, ts=NOW - 7, value=-0.0),
+        series=[_series(labels={"a": "1", "b": "2"}, ts=[NOW - 9])],
+    )
+    assert _assert_same_request(request) == 6
 
 
 REFUSED_REQUESTS = {
-    "rows": realtime_service_pb2.IngestMetricsRequest(
-        points=[common_pb2.Point(name="cpu", value=1, timestamp_ms=NOW)]
-    ).SerializeToString(),
+    "a row with an RFC 3339 time": _rows(_point(ts=0, timestamp="2026-11-28T08:00:00Z")),
+    "a row without a time": _rows(_point(ts=0)),
+    "a row with NaN": _rows(_point(value=float("nan"))),
+    "a row with a bad label key": _rows(_point(labels={"a-b": "1"})),
+    "a good row and a bad one": _rows(_point(), _point(ts=-5)),
     "a REST body": realtime_service_pb2.IngestMetricsRequest(
         series=[_series()], json_body={"data": b"{}"}
     ).SerializeToString(),
@@ -426,7 +451,7 @@ REFUSED_REQUESTS = {
 
 
 @pytest.mark.parametrize("data", REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS.keys())
-def test_a_request_with_rows_or_anything_to_refuse_is_left_to_the_python_path(data):
+def test_a_request_with_anything_to_refuse_is_left_to_the_python_path(data):
     assert encode_usual_request(data, NOW, "acme") is None
 
 
@@ -436,7 +461,6 @@ def test_a_damaged_request_the_fast_path_takes_gives_the_python_paths_batch(seed
     takes must be the Python path's batch; what the parser refuses gRPC refuses first."""
     rng = random.Random(20_000 + seed)
     request = json_format.Parse(_random_usual_body(rng), realtime_service_pb2.IngestMetricsRequest())
-    del request.points[:]
     data = bytearray(request.SerializeToString())
     for _ in range(rng.randrange(1, 4)):
         if not data:
