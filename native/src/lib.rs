@@ -194,7 +194,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 /// A series: its metric and its labels sorted by key (as `SeriesKey`).
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Key<'a> {
     name: Cow<'a, str>,
     labels: Vec<(Cow<'a, str>, Cow<'a, str>)>,
@@ -251,23 +251,14 @@ struct Accepted<'a> {
 /// the rows' series in order of their first row, a series' rows in row order); None unless every
 /// point is accepted.
 fn accept<'a>(body: Body<'a>, now_ms: i64) -> Option<(Cow<'a, str>, Vec<Accepted<'a>>)> {
-    let datasource = if body.datasource.0.is_empty() { Cow::Borrowed(DEFAULT_DATASOURCE) } else { body.datasource.0 };
-    if !datasource_ok(&datasource) {
-        return None;
-    }
+    let datasource = datasource_of(body.datasource.0)?;
     let mut out = Vec::with_capacity(body.series.len());
     for Obj(s) in body.series {
         if s.timestamps_ms.is_empty() && s.values.is_empty() {
             continue;
         }
-        if s.timestamps_ms.len() != s.values.len() {
-            return None;
-        }
-        let key = key_of(s.name, s.labels)?;
-        if !s.timestamps_ms.iter().all(|&t| time_ok(t, now_ms)) || !s.values.iter().all(|v| v.0.is_finite()) {
-            return None;
-        }
-        out.push(Accepted { key, ts: s.timestamps_ms, values: s.values.into_iter().map(|v| v.0).collect() });
+        let values = s.values.into_iter().map(|v| v.0).collect();
+        out.push(columns(s.name, s.labels, s.timestamps_ms, values, now_ms)?);
     }
     // Rows: grouped by (name, labels as written), each distinct one parsed once; two spellings of
     // one label set are one series.
@@ -275,7 +266,7 @@ fn accept<'a>(body: Body<'a>, now_ms: i64) -> Option<(Cow<'a, str>, Vec<Accepted
     let mut by_raw: HashMap<(Cow<'a, str>, &'a str), usize> = HashMap::default();
     let mut by_key: HashMap<Key<'a>, usize> = HashMap::default();
     for Obj(p) in body.points {
-        if !p.timestamp.0.is_empty() || p.timestamp_ms == 0 || !time_ok(p.timestamp_ms, now_ms) || !p.value.0.is_finite() {
+        if !p.timestamp.0.is_empty() || !row_ok(p.timestamp_ms, p.value.0, now_ms) {
             return None;
         }
         let raw = p.labels.map_or("{}", |r| r.get());
@@ -283,16 +274,7 @@ fn accept<'a>(body: Body<'a>, now_ms: i64) -> Option<(Cow<'a, str>, Vec<Accepted
             Some(&i) => i,
             None => {
                 let labels: Labels<'a> = serde_json::from_str(raw).ok()?;
-                let key = key_of(p.name.clone(), labels)?;
-                let i = match by_key.get(&key) {
-                    Some(&i) => i,
-                    None => {
-                        let i = out.len();
-                        out.push(Accepted { key: Key { name: key.name.clone(), labels: key.labels.clone() }, ts: Vec::new(), values: Vec::new() });
-                        by_key.insert(key, i);
-                        i
-                    }
-                };
+                let i = row_series(&mut out, &mut by_key, key_of(p.name.clone(), labels)?);
                 by_raw.insert((p.name.0, raw), i);
                 i
             }
@@ -305,6 +287,34 @@ fn accept<'a>(body: Body<'a>, now_ms: i64) -> Option<(Cow<'a, str>, Vec<Accepted
         return None;
     }
     Some((datasource, out))
+}
+
+/// A batch's datasource: the default when empty; None when it would be refused.
+fn datasource_of(name: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    let name = if name.is_empty() { Cow::Borrowed(DEFAULT_DATASOURCE) } else { name };
+    datasource_ok(&name).then_some(name)
+}
+
+/// A columnar series with points, accepted whole; None when any of it would be refused.
+fn columns<'a>(name: Str<'a>, labels: Labels<'a>, ts: Vec<i64>, values: Vec<f64>, now_ms: i64) -> Option<Accepted<'a>> {
+    if ts.len() != values.len() || !ts.iter().all(|&t| time_ok(t, now_ms)) || !values.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    Some(Accepted { key: key_of(name, labels)?, ts, values })
+}
+
+/// Whether a row is acceptable: an epoch-millisecond time (0: none given) in range, a finite value.
+fn row_ok(ts: i64, value: f64, now_ms: i64) -> bool {
+    ts != 0 && time_ok(ts, now_ms) && value.is_finite()
+}
+
+/// The position in `out` of the rows' series of `key`, added on its first row (rows' series are
+/// kept apart from the columnar ones, as the Python path keeps them).
+fn row_series<'a>(out: &mut Vec<Accepted<'a>>, by_key: &mut HashMap<Key<'a>, usize>, key: Key<'a>) -> usize {
+    *by_key.entry(key).or_insert_with_key(|key| {
+        out.push(Accepted { key: key.clone(), ts: Vec::new(), values: Vec::new() });
+        out.len() - 1
+    })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

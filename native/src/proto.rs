@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{datasource_ok, key_of, time_ok, Accepted, Key, Labels, Str, DEFAULT_DATASOURCE};
+use super::{columns, datasource_of, key_of, row_ok, row_series, Accepted, Key, Labels, Str};
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -136,7 +136,7 @@ fn point(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, i64, f64)> {
 /// None unless every point is accepted.
 pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, Vec<Accepted<'_>>)> {
     let mut r = Reader::new(data);
-    let mut datasource = DEFAULT_DATASOURCE;
+    let mut datasource = "";
     let mut out = Vec::new();
     let mut rows = Vec::new();
     while !r.done() {
@@ -148,13 +148,7 @@ pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, 
                 if ts.is_empty() && values.is_empty() {
                     continue;
                 }
-                if ts.len() != values.len()
-                    || !ts.iter().all(|&t| time_ok(t, now_ms))
-                    || !values.iter().all(|v| v.is_finite())
-                {
-                    return None;
-                }
-                out.push(Accepted { key: key_of(name, labels)?, ts, values });
+                out.push(columns(name, labels, ts, values, now_ms)?);
             }
             // A REST body (4) and anything unknown: the Python path.
             _ => return None,
@@ -165,31 +159,15 @@ pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, 
     let mut by_key: HashMap<Key<'_>, usize> = HashMap::default();
     for row in rows {
         let (name, labels, ts, value) = point(row)?;
-        if ts == 0 || !time_ok(ts, now_ms) || !value.is_finite() {
+        if !row_ok(ts, value, now_ms) {
             return None;
         }
-        let key = key_of(name, labels)?;
-        let i = match by_key.get(&key) {
-            Some(&i) => i,
-            None => {
-                let i = out.len();
-                out.push(Accepted {
-                    key: Key { name: key.name.clone(), labels: key.labels.clone() },
-                    ts: Vec::new(),
-                    values: Vec::new(),
-                });
-                by_key.insert(key, i);
-                i
-            }
-        };
+        let i = row_series(&mut out, &mut by_key, key_of(name, labels)?);
         out[i].ts.push(ts);
         out[i].values.push(value);
     }
-    if datasource.is_empty() {
-        datasource = DEFAULT_DATASOURCE;
-    }
-    if !datasource_ok(datasource) || out.is_empty() {
+    if out.is_empty() {
         return None;
     }
-    Some((Cow::Borrowed(datasource), out))
+    Some((datasource_of(Cow::Borrowed(datasource))?, out))
 }
