@@ -3,7 +3,6 @@ subscriptions from the process's stream hub. No gRPC here."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -83,10 +82,7 @@ class RealtimeCore:
         acceptable, rows with epoch-millisecond times; in a thread when large), else by `validate`."""
         now_ms = int(time.time() * 1000)
         data = request.SerializeToString()
-        if len(data) < native.INLINE_MAX_BYTES:
-            usual = native.encode_usual_request(data, now_ms, tenant)
-        else:
-            usual = await asyncio.to_thread(native.encode_usual_request, data, now_ms, tenant)
+        usual = await native.off_the_loop_when_large(native.encode_usual_request, data, now_ms, tenant)
         if usual is not None:
             return usual
         batch = validate(request, now_ms, known=self.known_series)

@@ -52,7 +52,7 @@ from libs.storage import EncodedBatch, SeriesMemo
 from platformq.analytics.v1 import realtime_service_pb2
 from services.realtime import native
 from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
-from services.realtime.native import ParsedBatch, batch_of
+from services.realtime.native import ParsedBatch
 
 log = logging.getLogger(__name__)
 _NO_LABELS = msgspec.Raw(b"{}")
@@ -170,9 +170,6 @@ class JsonIngestDecoder:
         return request
 
 
-"""A body's validated batch and its accepted points encoded for the store (None when none was)."""
-
-
 def validate_and_encode(
     decoder: JsonIngestDecoder,
     known: KnownGoodSeries,
@@ -197,7 +194,7 @@ def encode_usual(data: bytes, now_ms: int, tenant: str) -> ParsedBatch | None:
     None for any other body, which `validate_and_encode` then takes (and says what is wrong with
     it). Both give the same batch (tests/unit/test_ingest_native.py)."""
     found = platformq_native.encode_json_body(data, now_ms)
-    return None if found is None else batch_of(found, tenant)
+    return None if found is None else native.batch_of(found, tenant)
 
 
 INLINE_MAX_BYTES = 64 * 1024
@@ -331,10 +328,7 @@ class JsonBodies:
     async def validate(self, data: bytes, tenant: str) -> ParsedBatch:
         """`validate_and_encode` of a JSON body, for `tenant`."""
         now_ms = int(time.time() * 1000)
-        if len(data) < native.INLINE_MAX_BYTES:
-            usual = encode_usual(data, now_ms, tenant)
-        else:
-            usual = await asyncio.to_thread(encode_usual, data, now_ms, tenant)
+        usual = await native.off_the_loop_when_large(encode_usual, data, now_ms, tenant)
         if usual is not None:
             return usual
         if self.workers > 0 and len(data) >= INLINE_MAX_BYTES and self._started():

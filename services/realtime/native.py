@@ -8,9 +8,11 @@ with the Python path on generated batches (tests/unit/test_ingest_native.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import platformq_native
@@ -20,6 +22,7 @@ from libs.storage import EncodedBatch, SeriesKey
 from services.realtime.ingest import ValidatedBatch
 
 ParsedBatch = tuple[ValidatedBatch, EncodedBatch | None]
+"""A batch's validated form and its accepted points encoded for the store (None when none was)."""
 
 INLINE_MAX_BYTES = 128 * 1024
 """Batches under this go through a compiled fast path on the event loop itself (at most about 0.4
@@ -47,6 +50,15 @@ def batch_of(found: tuple, tenant: str) -> ParsedBatch:
         np.frombuffer(values, dtype=np.float64),
         np.frombuffer(sids, dtype=np.uint64),
     )
+
+
+async def off_the_loop_when_large(
+    encode: Callable[[bytes, int, str], ParsedBatch | None], data: bytes, now_ms: int, tenant: str
+) -> ParsedBatch | None:
+    """A fast path's `encode` of `data`: on the event loop under INLINE_MAX_BYTES, else in a thread."""
+    if len(data) < INLINE_MAX_BYTES:
+        return encode(data, now_ms, tenant)
+    return await asyncio.to_thread(encode, data, now_ms, tenant)
 
 
 def encode_usual_request(data: bytes, now_ms: int, tenant: str) -> ParsedBatch | None:
