@@ -1,9 +1,11 @@
-"""Helpers shared by the test suites: free ports, polling, process trees, a quiet store."""
+"""Helpers shared by the test suites: free ports, polling, process trees, a quiet store, the
+README's examples."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -12,6 +14,18 @@ from pathlib import Path
 from libs.storage import MetricStore, StoreConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_bodies(path: str) -> list[str]:
+    """The `-d '...'` bodies of the README's endpoint row for `POST path`, verbatim."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `POST {path}`")]
+    return re.findall(r"-d '([^']*)'", row)
+
+
+def curl_examples(text: str) -> list[str]:
+    """The curl commands a page shows inline (`curl ...`)."""
+    return re.findall(r"`(curl [^`]+)`", text)
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ on series ingested through the REST ingest endpoint, and bad input as 400 naming
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.error
 import urllib.request
@@ -14,17 +13,10 @@ import pytest
 
 from tests.e2e.conftest import own_stack, stack_env
 from tests.e2e.test_gateway import http
-from tests.helpers import REPO_ROOT
+from tests.helpers import readme_bodies
 
-README = (REPO_ROOT / "README.md").read_text()
 FORECAST = "/api/v1/ml/forecast"
 HOUR = 3_600_000
-
-
-def _readme_bodies(path: str) -> list[str]:
-    """The `-d '...'` bodies of the README's endpoint row for `POST path`, verbatim."""
-    (row,) = [line for line in README.splitlines() if line.startswith(f"| `POST {path}`")]
-    return re.findall(r"-d '([^']*)'", row)
 
 
 def _post(stack, body: str) -> tuple[int, dict]:
@@ -74,7 +66,7 @@ def own(tmp_path_factory):
 def test_the_readme_examples_forecast(own):
     stack = own
     _ingest_hourly(stack)
-    seed, grouped, inline = _readme_bodies(FORECAST)
+    seed, grouped, inline = readme_bodies(FORECAST)
     status, reply = _post(stack, seed)
     assert status == 200, reply
     assert len(reply["points"]) == 24 and reply["step_ms"] == str(HOUR) and reply["levels"] == [80, 95]

@@ -4,22 +4,14 @@ verbatim (train, then the seed body), and bad input as 400 and 404 naming what i
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 
 from tests.e2e.test_gateway import http
-from tests.helpers import REPO_ROOT
+from tests.helpers import readme_bodies
 
-README = (REPO_ROOT / "README.md").read_text()
 TRAIN = "/api/v1/ml/predict-maintenance/train"
 PREDICT = "/api/v1/ml/predict-maintenance"
-
-
-def _readme_bodies(path: str) -> list[str]:
-    """The `-d '...'` bodies of the README's endpoint row for `POST path`, verbatim."""
-    (row,) = [line for line in README.splitlines() if line.startswith(f"| `POST {path}`")]
-    return re.findall(r"-d '([^']*)'", row)
 
 
 def _train(stack, body: str) -> tuple[int, dict, dict]:
@@ -36,14 +28,14 @@ def _train(stack, body: str) -> tuple[int, dict, dict]:
 
 
 def test_the_readme_examples_train_and_predict(stack):
-    inline, stored = _readme_bodies(TRAIN)
+    inline, stored = readme_bodies(TRAIN)
     status, headers, reply = _train(stack, inline)
     assert status == 200 and headers["content-type"] == "application/json", reply
     assert reply["model_version"].startswith("rul-default/")
     assert reply["entities"] == 3 and reply["unit"] == "cycles"
     assert set(reply["sensors"]) == {"s2", "s3"}
 
-    seed = _readme_bodies(PREDICT)[0]
+    seed = readme_bodies(PREDICT)[0]
     status, _, answer = http(stack, "POST", PREDICT, seed)
     assert status == 200, answer
     assert answer["model_version"] == reply["model_version"] and answer["unit"] == "cycles"

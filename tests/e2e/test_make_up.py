@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import urllib.request
 
 from services.demo.simulation import HOUR_MS, MINUTE_MS, SimulatedPlatform
 from tests.e2e.conftest import healthy, stack_env, stop_and_check_nothing_left
-from tests.helpers import REPO_ROOT, wait_until
+from tests.helpers import REPO_ROOT, curl_examples, readme_bodies, wait_until
 
 DEMO_SEED = 7  # the demo feed's seed (services/demo/feed.py)
 
@@ -125,10 +124,9 @@ def _monitoring_shows_the_demo(port: int, services: set[str]) -> None:
 def _the_readme_reads_answer(port: int) -> None:
     """The README's curl examples that only read (every GET, and the query, timeseries and explain
     POSTs), run by curl as a reader copies them, answer 200 on the demo stack."""
-    readme = (REPO_ROOT / "README.md").read_text()
     commands = [
         c
-        for c in re.findall(r"`(curl [^`]+)`", readme)
+        for c in curl_examples((REPO_ROOT / "README.md").read_text())
         if "<id>" not in c and "$(" not in c and (" -X " not in c or "/api/v1/query" in c)
     ]
     assert len(commands) >= 20
@@ -145,9 +143,7 @@ def _the_readme_reads_answer(port: int) -> None:
 
 def _the_readme_forecast_answers(port: int) -> None:
     """The README's first forecast example, on the demo's backfill alone: a forecast per host."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    (row,) = [line for line in readme.splitlines() if line.startswith("| `POST /api/v1/ml/forecast`")]
-    body = re.findall(r"-d '([^']*)'", row)[0]
+    body = readme_bodies("/api/v1/ml/forecast")[0]
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/ml/forecast", data=body.encode())
     # The first forecast starts the worker processes (statsforecast, compiled on first use).
     with urllib.request.urlopen(request, timeout=180) as reply:

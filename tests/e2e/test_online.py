@@ -4,22 +4,13 @@ verbatim, predictions, and bad input as 400 and 404 naming what is wrong."""
 from __future__ import annotations
 
 import json
-import re
 
 from tests.e2e.test_gateway import http
-from tests.helpers import REPO_ROOT
-
-README = (REPO_ROOT / "README.md").read_text()
-
-
-def _readme_bodies(path: str) -> list[str]:
-    """The `-d '...'` bodies of the README's endpoint row for `POST path`, verbatim."""
-    (row,) = [line for line in README.splitlines() if line.startswith(f"| `POST {path}`")]
-    return re.findall(r"-d '([^']*)'", row)
+from tests.helpers import readme_bodies
 
 
 def test_the_readme_examples_train_and_predict(stack):
-    seed, classes = _readme_bodies("/api/v1/ml/train-online")
+    seed, classes = readme_bodies("/api/v1/ml/train-online")
     status, headers, reply = http(stack, "POST", "/api/v1/ml/train-online", seed)
     assert status == 200 and headers["content-type"] == "application/json", reply
     assert reply["model_name"] == "latency" and int(reply["samples_seen"]) >= 1
@@ -37,7 +28,7 @@ def test_the_readme_examples_train_and_predict(stack):
     (p,) = reply["predictions"]
     assert p["index"] == 2 and p["label"] in {"high", "low"} and set(p["probabilities"]) == {"high", "low"}
 
-    (predict,) = _readme_bodies("/api/v1/ml/predict-online")
+    (predict,) = readme_bodies("/api/v1/ml/predict-online")
     status, _, reply = http(stack, "POST", "/api/v1/ml/predict-online", predict)
     assert status == 200, reply
     assert reply["model_name"] == "latency" and len(reply["predictions"]) == 1

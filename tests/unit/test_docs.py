@@ -12,7 +12,7 @@ from platformq.analytics.v1 import (
     query_service_pb2,
     realtime_service_pb2,
 )
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, curl_examples
 
 README = (REPO_ROOT / "README.md").read_text()
 
@@ -41,7 +41,7 @@ def _curl_commands() -> list[tuple[str, str]]:
     found = []
     for page in pages:
         text = page.read_text()
-        commands = re.findall(r"`(curl [^`]+)`", text)
+        commands = curl_examples(text)
         commands += re.findall(r"^\s*(curl .+)$", text, flags=re.MULTILINE)
         found += [(page.name, c) for c in commands]
     return found
