@@ -15,7 +15,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from platformq.analytics.v1 import query_service_pb2, query_service_pb2_grpc
+from platformq.analytics.v1 import (
+    common_pb2,
+    query_service_pb2,
+    query_service_pb2_grpc,
+    realtime_service_pb2,
+    realtime_service_pb2_grpc,
+)
 from tests.e2e.conftest import ANALYTICS
 
 SEED_EXAMPLES = [
@@ -210,6 +216,40 @@ def test_native_grpc_through_the_gateway(stack):
         assert err.value.details().startswith("mode: ")
         capabilities = stub.GetCapabilities(query_service_pb2.GetCapabilitiesRequest(), timeout=5)
         assert "duckdb" in capabilities.engines
+
+
+def test_native_grpc_ingest_through_the_gateway_is_queryable_and_names_a_bad_point(stack):
+    # A request every point of which is acceptable (the compiled fast path), then one with a bad
+    # row (the Python path, which names it): both through Envoy, the accepted points queryable.
+    now = int(time.time() * 1000) // 1000 * 1000
+    labels = {"host": "grpc-e2e"}
+    good = realtime_service_pb2.IngestMetricsRequest(
+        series=[
+            common_pb2.Series(
+                name="grpc_e2e", labels=labels, timestamps_ms=[now - 2000, now - 1000], values=[1, 2]
+            )
+        ],
+        points=[common_pb2.Point(name="grpc_e2e", labels=labels, timestamp_ms=now - 3000, value=4)],
+    )
+    bad = realtime_service_pb2.IngestMetricsRequest(
+        points=[
+            common_pb2.Point(name="grpc_e2e", labels=labels, timestamp_ms=now, value=8),
+            common_pb2.Point(name="grpc_e2e", labels=labels, timestamp_ms=now - 500, value=float("nan")),
+        ]
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
+        stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
+        first = stub.IngestMetrics(good, timeout=10)
+        second = stub.IngestMetrics(bad, timeout=10)
+    assert (first.accepted, first.rejected, list(first.errors)) == (3, 0, [])
+    assert (second.accepted, second.rejected) == (1, 1)
+    assert [(e.field, e.reason) for e in second.errors] == [
+        ("points[1].value", "NaN and infinite values are not accepted")
+    ]
+    body = json.dumps({"metrics": ["grpc_e2e"], "time_range": "1h", "aggregation": "sum", "step": "1h"})
+    status, _, answer = http(stack, "POST", "/api/v1/query", body)
+    assert status == 200, answer
+    assert sum(p["value"] for s in answer["series"] for p in s["points"]) == 15
 
 
 def test_reflection_through_the_gateway_lists_the_four_services(stack):
