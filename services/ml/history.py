@@ -73,7 +73,10 @@ class HistoryClient:
             aggregation="raw",
             start=format_time_ms(start_ms),
             end=format_time_ms(end_ms),
-            mode="auto",
+            # batch: no query-cache read or entry. A window ending about now never repeats, so each
+            # read would be a miss (the live scorer's warm-up of a few hundred series set off
+            # LowCacheHitRate on a fresh demo) and an entry that only evicts users' answers.
+            mode="batch",
         )
         try:
             response = await self._stub().Query(

@@ -17,6 +17,8 @@ from libs.config import SERVICE_NAMES, load_settings
 from libs.selfmetrics import SelfMetrics, exposition
 from libs.selfmetrics_writer import SelfMetricsWriter
 from platformq.analytics.v1 import (
+    ml_service_pb2,
+    ml_service_pb2_grpc,
     monitoring_service_pb2,
     monitoring_service_pb2_grpc,
     query_service_pb2,
@@ -43,6 +45,7 @@ class Client:
     """Stubs of one server."""
 
     def __init__(self, channel: aio.Channel) -> None:
+        self.ml = ml_service_pb2_grpc.MLServiceStub(channel)
         self.monitoring = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
         self.query = query_service_pb2_grpc.QueryServiceStub(channel)
         self.realtime = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
@@ -113,6 +116,33 @@ async def test_the_export_counts_queries_ingests_failures_and_the_cache(client):
     assert value_of(text, "analytics_ingest_batches_total", datasource="exportcase") == 1
     assert value_of(text, "process_resident_memory_bytes", **own) > 0
     assert "_created" not in text
+
+
+def _query_cache_lookups(text: str) -> float:
+    return sum(
+        value_of(text, "analytics_cache_requests_total", namespace="query", result=result) or 0
+        for result in ("hit", "miss")
+    )
+
+
+async def test_the_ml_service_s_reads_of_stored_history_are_not_query_cache_lookups(client):
+    # Windows ending about now never repeat: counted, each read was a miss, and the live scorer's
+    # warm-up set off LowCacheHitRate on a fresh demo. The service's other background reads
+    # (dashboard panels, exports, alert rules) skip the query cache too.
+    now = _now()
+    await client.ingest(
+        "historycase", *[("temp", {"host": "h1"}, now - i * 10_000, 20.0 + i % 3) for i in range(200)]
+    )
+    before = _query_cache_lookups(await client.export())
+    for minutes in (20, 25, 30):  # three windows: three reads (the ml service answers repeats itself)
+        reply = await client.ml.DetectAnomalies(
+            ml_service_pb2.DetectAnomaliesRequest(
+                selection={"datasource": "historycase", "metrics": ["temp"], "time_range": f"{minutes}m"},
+                config={"method": "mad"},
+            )
+        )
+        assert len(reply.series) == 1 and not reply.cached
+    assert _query_cache_lookups(await client.export()) == before
 
 
 async def test_match_returns_the_newest_stored_value_of_each_selected_series(client):
