@@ -444,15 +444,19 @@ fn encode_json_body<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i6
     }
 }
 
-/// `encode_json_body` for a serialised `IngestMetricsRequest` (gRPC's IngestMetrics): the batch
-/// when it holds columnar `series` only, every point acceptable; else None (rows, `json_body`,
-/// an unknown field, anything to reject: the Python path, `validate`, takes the request).
+/// `encode_json_body` for a serialised `IngestMetricsRequest` (IngestMetrics, over gRPC or REST):
+/// the batch when it holds columnar `series` and rows, or a REST body in `json_body` alone, every
+/// point acceptable; else None (an unknown field, a row with an RFC 3339 time, anything to reject:
+/// the Python path takes the request).
 #[pyfunction]
 fn encode_ingest_request<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
     let bytes = data.as_bytes();
-    let found = py.detach(|| {
-        let (datasource, series) = proto::accept_request(bytes, now_ms)?;
-        Some(encode_accepted(datasource, series))
+    let found = py.detach(|| match proto::json_body(bytes) {
+        Some(body) => encode(body, now_ms),
+        None => {
+            let (datasource, series) = proto::accept_request(bytes, now_ms)?;
+            Some(encode_accepted(datasource, series))
+        }
     });
     match found {
         Some(e) => Ok(Some(answer(py, e)?)),

@@ -1,6 +1,7 @@
 //! gRPC's IngestMetrics request, read from its protobuf bytes: the columnar `series` and the rows
 //! (`points`) of an `IngestMetricsRequest` accepted as the JSON path accepts them (`super::accept`),
-//! so both encode the same batch. Only the shapes protobuf writers produce for this message are
+//! so both encode the same batch; or, for a REST call, the JSON body the gateway put in `json_body`
+//! (`json_body`), which the JSON path reads. Only the shapes protobuf writers produce for this message are
 //! read (fields 1 to 3; a series' fields 1 to 4, times and values packed or not; a point's 1 to 5
 //! with an empty RFC 3339 `timestamp`); anything else returns None and the Python path
 //! (`services/realtime/ingest.py`, `validate`) takes the request and words its errors.
@@ -129,6 +130,32 @@ fn point(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, i64, f64)> {
         }
     }
     Some((Str(Cow::Borrowed(name)), Labels(labels), ts, value))
+}
+
+/// The REST body of a request that holds `json_body` alone (a `google.api.HttpBody`: its content
+/// type, read past, and its data; no extensions); None for any other request, which
+/// `accept_request` reads, or the Python path.
+pub(crate) fn json_body(data: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader::new(data);
+    let mut body = None;
+    while !r.done() {
+        match r.key()? {
+            (4, LEN) if body.is_none() => body = Some(r.bytes()?),
+            _ => return None,
+        }
+    }
+    let mut r = Reader::new(body?);
+    let mut out: &[u8] = &[];
+    while !r.done() {
+        match r.key()? {
+            (1, LEN) => {
+                r.bytes()?;
+            }
+            (2, LEN) => out = r.bytes()?,
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// The request's datasource and accepted series, in the Python path's order (columnar series in

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from grpc import aio
 
 from libs.identity import current_identity
+from libs.interceptor import SerializedRequest, takes_serialized
 from libs.streams import STREAM_TYPES, parse_subscription
 from platformq.analytics.v1 import realtime_service_pb2 as pb
 from platformq.analytics.v1 import realtime_service_pb2_grpc
@@ -22,10 +23,12 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
     def __init__(self, core: RealtimeCore) -> None:
         self.core = core
 
+    @takes_serialized
     async def IngestMetrics(
-        self, request: pb.IngestMetricsRequest, context: aio.ServicerContext
+        self, request: SerializedRequest, context: aio.ServicerContext
     ) -> pb.IngestMetricsResponse:
-        return await self.core.ingest(request, current_identity().tenant)
+        # The bytes as they came: the compiled reader takes most batches without a message built.
+        return await self.core.ingest_serialized(request.data, request.message, current_identity().tenant)
 
     async def IngestMetricsStream(
         self, request_iterator: AsyncIterator[pb.IngestMetricsStreamRequest], context: aio.ServicerContext

@@ -1,6 +1,6 @@
 """The shared interceptor maps domain errors to their status, and bugs to INTERNAL without a trace;
-it decodes requests itself (bytes that are not the message are a 400) and holds a tenant to its
-concurrent-query limit."""
+it decodes requests itself (bytes that are not the message are a 400), hands a method marked
+`takes_serialized` its request's bytes, and holds a tenant to its concurrent-query limit."""
 
 import asyncio
 
@@ -10,6 +10,7 @@ from grpc import aio
 
 from libs.errors import NotFound, ResourceExhausted
 from libs.grpc_server import ServiceBinding, start_server
+from libs.interceptor import SerializedRequest, takes_serialized
 from libs.limits import TenantLimits
 from platformq.analytics.v1 import query_service_pb2 as pb
 from platformq.analytics.v1 import query_service_pb2_grpc
@@ -58,15 +59,54 @@ async def test_errors_map_to_statuses(stub, datasource, code, message):
     assert "secret" not in err.value.details()
 
 
-async def test_bytes_that_are_not_the_request_message_are_a_400_naming_it(channel):
+@pytest.mark.parametrize(
+    ("method", "corrupt"),
+    [
+        # Field 2 (a map entry) whose value is truncated.
+        ("MLService/PredictOnline", b"\x12\x07\x0a\x01x\x12\x02\xff\xff"),
+        # Field 2 (a point) longer than the request: IngestMetrics takes its request serialized.
+        ("RealtimeService/IngestMetrics", b"\x12\x10\x0a\x01x"),
+    ],
+)
+async def test_bytes_that_are_not_the_request_message_are_a_400_naming_it(channel, method, corrupt):
     # Envoy's transcoder writes such bytes for some JSON (an object where a map wants a number);
     # grpc's own decoding answered UNKNOWN, which the gateway made a 500.
-    corrupt = b"\x12\x07\x0a\x01x\x12\x02\xff\xff"  # field 2 (a map entry) whose value is truncated
-    call = channel.unary_unary("/platformq.analytics.v1.MLService/PredictOnline")
+    call = channel.unary_unary(f"/platformq.analytics.v1.{method}")
     with pytest.raises(aio.AioRpcError) as err:
         await call(corrupt)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("body: the request is not a valid PredictOnline request")
+    name = method.rsplit("/", 1)[1]
+    assert err.value.details().startswith(f"body: the request is not a valid {name} request")
+
+
+class SerializedMetadata(query_service_pb2_grpc.QueryServiceServicer):
+    """GetMetadata taking its request serialized: answers with what it was given."""
+
+    @takes_serialized
+    async def GetMetadata(self, request, context):
+        assert isinstance(request, SerializedRequest)
+        return pb.GetMetadataResponse(datasource=f"{len(request.data)} bytes: {request.message().datasource}")
+
+
+async def test_a_method_that_takes_its_request_serialized_gets_the_bytes_and_parses_them_on_demand():
+    servicer = SerializedMetadata()
+    binding = ServiceBinding(
+        "query-router",
+        "platformq.analytics.v1.QueryService",
+        lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
+    )
+    running = await start_server([binding], "127.0.0.1", 0, 1 << 20)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = query_service_pb2_grpc.QueryServiceStub(channel)
+            reply = await stub.GetMetadata(pb.GetMetadataRequest(datasource="lab"))
+            assert reply.datasource == "5 bytes: lab"
+            with pytest.raises(aio.AioRpcError) as err:
+                await channel.unary_unary("/platformq.analytics.v1.QueryService/GetMetadata")(b"\x0a\x09la")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("body: the request is not a valid GetMetadata request")
+    finally:
+        await running.stop(0)
 
 
 class SlowQueries(query_service_pb2_grpc.QueryServiceServicer):

@@ -450,6 +450,39 @@ REFUSED_REQUESTS = {
 }
 
 
+def _rest(body: bytes, **fields) -> bytes:
+    """A REST call's request as the gateway sends it: the JSON body in `json_body`."""
+    request = realtime_service_pb2.IngestMetricsRequest(**fields)
+    request.json_body.content_type = "application/json"
+    request.json_body.data = body
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("data", USUAL.values(), ids=USUAL.keys())
+def test_a_usual_rest_body_read_from_its_request_gives_the_python_paths_batch(data):
+    fast = encode_usual_request(_rest(data), NOW, "acme")
+    assert fast is not None
+    _assert_same(fast, _python(data))
+
+
+@pytest.mark.parametrize("data", UNUSUAL.values(), ids=UNUSUAL.keys())
+def test_a_rest_body_the_fast_path_leaves_is_left_when_read_from_its_request(data):
+    assert encode_usual_request(_rest(data), NOW, "acme") is None
+
+
+_REST_BODY = next(iter(USUAL.values()))
+_WITH_EXTENSION = realtime_service_pb2.IngestMetricsRequest.FromString(_rest(_REST_BODY))
+_WITH_EXTENSION.json_body.extensions.add()
+REFUSED_REQUESTS |= {
+    # Each the Python path takes: it refuses a body beside fields, and merges repeated messages.
+    "a REST body and a datasource": _rest(_REST_BODY, datasource="x"),
+    "a REST body and a series": _rest(_REST_BODY, series=[_series()]),
+    "a REST body twice": _rest(_REST_BODY) + _rest(_REST_BODY),
+    "a REST body with an extension": _WITH_EXTENSION.SerializeToString(),
+    "an empty REST body": _rest(b""),
+}
+
+
 @pytest.mark.parametrize("data", REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS.keys())
 def test_a_request_with_anything_to_refuse_is_left_to_the_python_path(data):
     assert encode_usual_request(data, NOW, "acme") is None
