@@ -320,6 +320,7 @@ def render(settings: Settings, descriptor: Path = DEFAULT_DESCRIPTOR) -> str:
         max_request_bytes=settings.max_request_bytes,
         train_timeout=f"{settings.train_timeout_seconds:g}s",
         headers_timeout=f"{settings.gateway_headers_timeout_seconds:g}s",
+        max_connections=settings.gateway_max_connections,
         service_routes=_service_routes(request_timeout, _streaming_services(descriptor)),
         transcoded_services="\n".join(f"                        - {s.full_name}" for s in SERVICES),
         clusters="\n".join(clusters),

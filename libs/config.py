@@ -186,6 +186,11 @@ class Settings(BaseSettings):
     """GATEWAY_HEADERS_TIMEOUT_SECONDS: how long the gateway waits for a request's headers (a
     slowloris-style client, or a WebSocket upgrade sent a byte at a time, is cut off after it)."""
 
+    gateway_max_connections: int = Field(default=10_000, gt=0)
+    """GATEWAY_MAX_CONNECTIONS: client connections the gateway holds open at once; one more is closed
+    as soon as it is accepted (Envoy's global downstream connection limit), so idle connections
+    cannot use up the gateway's file descriptors."""
+
     train_timeout_seconds: float = Field(default=1800.0, gt=0)
     """TRAIN_TIMEOUT_SECONDS: the gateway's timeout for a model training call (TrainMaintenance)."""
 

@@ -213,12 +213,14 @@ GATEWAY_REFUSALS = {
     "http.gateway.downstream_rq_too_large": "body_too_large",
     "http.gateway.downstream_rq_header_timeout": "headers_timeout",
     "http.gateway.downstream_cx_protocol_error": "bad_request",
+    "listener.gateway.downstream_global_cx_overflow": "connections",
 }
 
 
 class GatewayRefusalCollector:
     """`analytics_gateway_refusals_total{reason}`: requests Envoy refused itself (a token it could not
-    verify, a body over MAX_REQUEST_BYTES, headers too slow or malformed or over 60 KiB), read from
+    verify, a body over MAX_REQUEST_BYTES, headers too slow or malformed or over 60 KiB, a connection
+    over GATEWAY_MAX_CONNECTIONS), read from
     Envoy's admin endpoint on loopback when the registry is collected. The process hosting the ws
     bridge (the gateway's neighbour) attaches the admin address; unattached, or with Envoy not
     running, it writes no samples."""

@@ -1,6 +1,7 @@
 """Refusals at the gateway itself: a client dripping its headers (slowloris, also on a WebSocket
 upgrade) is cut off after GATEWAY_HEADERS_TIMEOUT_SECONDS; oversized headers get 431; a body over
-MAX_REQUEST_BYTES gets 413; each is counted in the self-metrics."""
+MAX_REQUEST_BYTES gets 413; a connection over GATEWAY_MAX_CONNECTIONS is closed; each is counted in
+the self-metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from tests.e2e.conftest import own_stack, stack_env
 pytestmark = pytest.mark.e2e
 
 
+MAX_CONNECTIONS = 6
+
+
 @pytest.fixture(scope="module")
 def quick_stack(tmp_path_factory):
     env = stack_env(
@@ -23,6 +27,7 @@ def quick_stack(tmp_path_factory):
         DEMO="0",
         GATEWAY_HEADERS_TIMEOUT_SECONDS="1",
         MAX_REQUEST_BYTES="65536",
+        GATEWAY_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
     )
     with own_stack(env) as started:
         yield started
@@ -92,3 +97,34 @@ def test_refusals_are_counted_in_the_self_metrics(quick_stack):
     assert after["body_too_large"] >= before.get("body_too_large", 0) + 1, (before, after)
     assert after["bad_request"] >= before.get("bad_request", 0) + 1, (before, after)
     assert after["headers_timeout"] >= before.get("headers_timeout", 0) + 1, (before, after)
+
+
+def _answers(port: int) -> bytes:
+    """What the gateway sends back to a GET /health on a new connection (b"" when it hangs up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        try:
+            return conn.recv(4096)
+        except ConnectionResetError:
+            return b""
+
+
+def test_a_connection_over_the_limit_is_closed_and_counted_and_the_next_one_served(quick_stack):
+    before = _refusals(quick_stack).get("connections", 0)
+    port = quick_stack.gateway_port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.5)  # accepted by Envoy's worker
+        assert _answers(port) == b""
+        # Envoy's admin port stays reachable (the ws bridge reads the refusal counters there).
+        admin = f"http://127.0.0.1:{quick_stack.env['ENVOY_ADMIN_PORT']}/ready"
+        with urllib.request.urlopen(admin, timeout=5) as reply:
+            assert reply.status == 200
+    finally:
+        for conn in idle:
+            conn.close()
+    deadline = time.monotonic() + 10
+    while not _answers(port).startswith(b"HTTP/1.1 200") and time.monotonic() < deadline:
+        time.sleep(0.2)  # until Envoy has seen the idle ones go
+    assert _answers(port).startswith(b"HTTP/1.1 200")
+    assert _refusals(quick_stack)["connections"] >= before + 1
