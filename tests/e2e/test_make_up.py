@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -78,6 +79,7 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
         _monitoring_shows_the_demo(port, {s["group"]["service_name"] for s in series})
         _the_readme_reads_answer(port)
         _the_readme_forecast_answers(port)
+        _the_streams_tail_prints_frames(port)
         stop_and_check_nothing_left(process, signal.SIGTERM)
         reader.join(timeout=10)
         banner = "".join(lines)
@@ -150,6 +152,31 @@ def _the_readme_forecast_answers(port: int) -> None:
         answer = json.loads(reply.read())
     assert {s["labels"]["host"] for s in answer["series"]} == {"auth-service-1", "auth-service-2"}
     assert all(len(s["points"]) == 24 for s in answer["series"])
+
+
+def _the_streams_tail_prints_frames(port: int) -> None:
+    """docs/streams.md's shell example, run as a reader copies it: the hello frame, then data frames
+    of the demo's auth-service CPU as the feed writes them."""
+    text = (REPO_ROOT / "docs" / "streams.md").read_text()
+    (command,) = [block for block in re.findall(r"```sh\n(.*?)```", text, re.S) if "ws_connect" in block]
+    command = command.replace("localhost:8080", f"127.0.0.1:{port}")
+    tail = subprocess.Popen(
+        ["bash", "-c", command], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        frames = []
+        deadline = time.monotonic() + 60
+        assert tail.stdout is not None
+        while len(frames) < 2 and time.monotonic() < deadline:
+            line = tail.stdout.readline()
+            if not line:
+                break
+            frames.append(json.loads(line))
+    finally:
+        tail.kill()
+        _, errors = tail.communicate()
+    assert [f["type"] for f in frames] == ["hello", "data"], (frames, errors)
+    assert frames[1]["series"][0]["group"]["service_name"] == "auth-service"
 
 
 def _anomalies(port: int, **query: str) -> list[dict]:
