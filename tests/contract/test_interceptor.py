@@ -3,6 +3,8 @@ it decodes requests itself (bytes that are not the message are a 400), hands a m
 `takes_serialized` its request's bytes, and holds a tenant to its concurrent-query limit."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -25,18 +27,28 @@ class FaultyQueries(query_service_pb2_grpc.QueryServiceServicer):
         raise RuntimeError("secret internal detail")
 
 
-@pytest.fixture
-async def stub():
-    servicer = FaultyQueries()
+@contextlib.asynccontextmanager
+async def _serving(
+    servicer: query_service_pb2_grpc.QueryServiceServicer, **options
+) -> AsyncIterator[aio.Channel]:
+    """A channel to `servicer` as the query-router, on a server of libs/grpc_server (the interceptor)."""
     binding = ServiceBinding(
         "query-router",
         "platformq.analytics.v1.QueryService",
         lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
     )
-    running = await start_server([binding], "127.0.0.1", 0, 1 << 20)
-    async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    running = await start_server([binding], "127.0.0.1", 0, 1 << 20, **options)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield channel
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture
+async def stub():
+    async with _serving(FaultyQueries()) as channel:
         yield query_service_pb2_grpc.QueryServiceStub(channel)
-    await running.stop(0)
 
 
 @pytest.mark.parametrize(
@@ -89,24 +101,14 @@ class SerializedMetadata(query_service_pb2_grpc.QueryServiceServicer):
 
 
 async def test_a_method_that_takes_its_request_serialized_gets_the_bytes_and_parses_them_on_demand():
-    servicer = SerializedMetadata()
-    binding = ServiceBinding(
-        "query-router",
-        "platformq.analytics.v1.QueryService",
-        lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
-    )
-    running = await start_server([binding], "127.0.0.1", 0, 1 << 20)
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = query_service_pb2_grpc.QueryServiceStub(channel)
-            reply = await stub.GetMetadata(pb.GetMetadataRequest(datasource="lab"))
-            assert reply.datasource == "5 bytes: lab"
-            with pytest.raises(aio.AioRpcError) as err:
-                await channel.unary_unary("/platformq.analytics.v1.QueryService/GetMetadata")(b"\x0a\x09la")
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert err.value.details().startswith("body: the request is not a valid GetMetadata request")
-    finally:
-        await running.stop(0)
+    async with _serving(SerializedMetadata()) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        reply = await stub.GetMetadata(pb.GetMetadataRequest(datasource="lab"))
+        assert reply.datasource == "5 bytes: lab"
+        with pytest.raises(aio.AioRpcError) as err:
+            await channel.unary_unary("/platformq.analytics.v1.QueryService/GetMetadata")(b"\x0a\x09la")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("body: the request is not a valid GetMetadata request")
 
 
 class SlowQueries(query_service_pb2_grpc.QueryServiceServicer):
@@ -124,37 +126,28 @@ class SlowQueries(query_service_pb2_grpc.QueryServiceServicer):
 
 async def test_a_tenant_at_its_concurrent_query_limit_gets_resource_exhausted_with_retry_after():
     servicer = SlowQueries()
-    binding = ServiceBinding(
-        "query-router",
-        "platformq.analytics.v1.QueryService",
-        lambda s: query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, s),
-    )
     limits = TenantLimits.of(0, 1, max_queries=2, max_streams=0)
-    running = await start_server([binding], "127.0.0.1", 0, 1 << 20, limits=limits)
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = query_service_pb2_grpc.QueryServiceStub(channel)
-            acme = (("x-platformq-tenant", "acme"), ("x-platformq-scopes", "read"))
-            held = [asyncio.ensure_future(stub.Query(pb.QueryRequest(), metadata=acme)) for _ in range(2)]
-            await wait_for(lambda: servicer.started == 2)
-            with pytest.raises(aio.AioRpcError) as refused:
-                await stub.Query(pb.QueryRequest(), metadata=acme)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "tenant 'acme' already has 2 queries running" in refused.value.details()
-            assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
-            # Another tenant is not held back by acme's queries.
-            other = asyncio.ensure_future(
-                stub.Query(
-                    pb.QueryRequest(),
-                    metadata=(("x-platformq-tenant", "globex"), ("x-platformq-scopes", "read")),
-                )
+    async with _serving(servicer, limits=limits) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        acme = (("x-platformq-tenant", "acme"), ("x-platformq-scopes", "read"))
+        held = [asyncio.ensure_future(stub.Query(pb.QueryRequest(), metadata=acme)) for _ in range(2)]
+        await wait_for(lambda: servicer.started == 2)
+        with pytest.raises(aio.AioRpcError) as refused:
+            await stub.Query(pb.QueryRequest(), metadata=acme)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "tenant 'acme' already has 2 queries running" in refused.value.details()
+        assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
+        # Another tenant is not held back by acme's queries.
+        other = asyncio.ensure_future(
+            stub.Query(
+                pb.QueryRequest(),
+                metadata=(("x-platformq-tenant", "globex"), ("x-platformq-scopes", "read")),
             )
-            await wait_for(lambda: servicer.started == 3)
-            servicer.release.set()
-            await asyncio.gather(*held, other)
-            assert limits.queries.running("acme") == 0
-    finally:
-        await running.stop(0)
+        )
+        await wait_for(lambda: servicer.started == 3)
+        servicer.release.set()
+        await asyncio.gather(*held, other)
+        assert limits.queries.running("acme") == 0
 
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:
