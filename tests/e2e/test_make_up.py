@@ -78,6 +78,7 @@ def test_make_up_serves_then_stops_cleanly_on_sigterm(tmp_path):
         _injected_spikes_are_listed(port)
         _monitoring_shows_the_demo(port, {s["group"]["service_name"] for s in series})
         _the_readme_reads_answer(port)
+        _the_readme_ingest_example_lands(port)
         _the_readme_forecast_answers(port)
         _the_streams_tail_prints_frames(port)
         stop_and_check_nothing_left(process, signal.SIGTERM)
@@ -143,8 +144,18 @@ def _the_readme_reads_answer(port: int) -> None:
         assert (done.returncode, done.stdout) == (0, "200"), command
 
 
+def _the_readme_ingest_example_lands(port: int) -> None:
+    """The README's ingest example, run by curl as a reader copies it: its point is accepted (and,
+    run before the forecast example as the README orders them, does not make that one refuse)."""
+    (command,) = [c for c in curl_examples((REPO_ROOT / "README.md").read_text()) if "/metrics/ingest" in c]
+    args = shlex.split(command.replace("localhost:8080", f"127.0.0.1:{port}"))
+    done = subprocess.run([*args, "-s", "--max-time", "30"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout)["accepted"] == "1", done.stdout
+
+
 def _the_readme_forecast_answers(port: int) -> None:
-    """The README's first forecast example, on the demo's backfill alone: a forecast per host."""
+    """The README's first forecast example, on the demo's backfill (and the README's ingest
+    example's point): a forecast per host."""
     body = readme_bodies("/api/v1/ml/forecast")[0]
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/ml/forecast", data=body.encode())
     # The first forecast starts the worker processes (statsforecast, compiled on first use).
