@@ -136,7 +136,7 @@ def run_local_stack(settings: Settings) -> int:
     ensure_dev_keys(settings.data_dir)
     config = write_envoy_config(settings, settings.data_dir / "gateway" / "envoy.yaml")
     serve = [sys.executable, "-m", "services.cli", "serve", "all", *(["--demo"] if settings.demo else [])]
-    return _supervise({"services": (serve, {}), "envoy": (_envoy_command(config), {})}, settings, "all")
+    return supervise({"services": (serve, {}), "envoy": (_envoy_command(config), {})}, settings, "all")
 
 
 REPLICAS = {"realtime": 2}
@@ -189,18 +189,26 @@ def run_distributed_stack(settings: Settings) -> int:
             {**env, "SERVICE_NAME": "ws-bridge"},
         )
         children["envoy"] = (_envoy_command(config), {})
+        later: dict[str, tuple[list[str], dict[str, str]]] = {}
         if settings.demo:
             target = f"127.0.0.1:{settings.gateway_port}"  # through Envoy, shared by the replicas
-            children["demo"] = ([sys.executable, "-m", "services.cli", "demo", "--target", target], env)
-        return _supervise(children, routed, "distributed")
+            # Once every service answers: before, its first batches met replicas still starting.
+            later["demo"] = ([sys.executable, "-m", "services.cli", "demo", "--target", target], env)
+        return supervise(children, routed, "distributed", once_healthy=later)
     finally:
         if started_pulsar:
             pulsar.stop()
 
 
-def _supervise(
-    children_spec: dict[str, tuple[list[str], dict[str, str]]], settings: Settings, mode: str
+def supervise(
+    children_spec: dict[str, tuple[list[str], dict[str, str]]],
+    settings: Settings,
+    mode: str,
+    once_healthy: dict[str, tuple[list[str], dict[str, str]]] | None = None,
 ) -> int:
+    """Run `children_spec` (name -> (command, extra environment)) until SIGTERM or SIGINT, or until
+    one exits or the gateway is not healthy within 90 s; start `once_healthy` when the gateway's
+    /health first answers 200 (and print the banner then). Stops every child; the exit code."""
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -209,10 +217,13 @@ def _supervise(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    children = {
-        name: subprocess.Popen(cmd, preexec_fn=die_with_parent, env={**os.environ, **extra})
-        for name, (cmd, extra) in children_spec.items()
-    }
+    def start(spec: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, subprocess.Popen[bytes]]:
+        return {
+            name: subprocess.Popen(cmd, preexec_fn=die_with_parent, env={**os.environ, **extra})
+            for name, (cmd, extra) in spec.items()
+        }
+
+    children = start(children_spec)
     announced = False
     exit_code = 0
     deadline = time.monotonic() + 90
@@ -226,6 +237,7 @@ def _supervise(
             if gateway_healthy(settings.gateway_port, tls=settings.tls_cert is not None):
                 print(_banner(settings, mode), flush=True)
                 announced = True
+                children |= start(once_healthy or {})
             elif time.monotonic() > deadline:
                 log.error("the stack did not become healthy within 90 s; stopping")
                 exit_code = 1
