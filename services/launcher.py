@@ -217,6 +217,7 @@ def supervise(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+
     def start(spec: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, subprocess.Popen[bytes]]:
         return {
             name: subprocess.Popen(cmd, preexec_fn=die_with_parent, env={**os.environ, **extra})
