@@ -152,7 +152,8 @@ class SegmentStore:
         return self.root / "manifest.json"
 
     def load(self) -> None:
-        """Read the manifest and delete files it does not list (left by a crash mid-write)."""
+        """Read the manifest and delete files it does not list (left by a crash: a write the
+        manifest never took, or files it had dropped that were still kept for readers)."""
         self.root.mkdir(parents=True, exist_ok=True)
         if self.manifest_path.exists():
             state = json.loads(self.manifest_path.read_text())

@@ -212,11 +212,14 @@ class MetricStore:
         self._task = asyncio.create_task(self._flush_loop(), name="store-flusher")
 
     async def close(self) -> None:
-        """Stop the flusher, flush every hot point into segments, close the WAL."""
+        """Stop the flusher, flush every hot point into segments, delete the files compaction and
+        retention replaced (kept a minute for readers, who are gone now), close the WAL. A restart
+        after a clean stop then finds only the manifest's files."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
+        self.segments.delete_doomed(grace_s=0)
         await self.wal.close()
 
     # ---- ingest --------------------------------------------------------------------------
