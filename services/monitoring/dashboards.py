@@ -22,7 +22,6 @@ from services.monitoring.dashboard_refresh import DashboardRefresher
 from services.monitoring.dashboard_store import DashboardStore, store_path
 from services.monitoring.panels import (
     BUILTIN_PREFIX,
-    CATALOG_SQL,
     DASHBOARD_TYPES,
     DEFAULT_DATASOURCE,
     DEFAULT_REFRESH_SECONDS,
@@ -32,7 +31,6 @@ from services.monitoring.panels import (
     builtin_dashboards,
     effective,
     format_step,
-    known_from_rows,
     plan_panels,
     query_for,
 )
@@ -218,7 +216,7 @@ class Dashboards:
         """The dashboard's panels, computed now through the query-router (no cache). A panel whose
         query the query-router refuses carries the reason; an unreachable query-router raises."""
         datasource = dashboard.config.datasource or DEFAULT_DATASOURCE
-        known = known_from_rows(await self.reader.sql(CATALOG_SQL, [datasource], timeout))
+        known = await self.reader.known(datasource, timeout)
         plans = plan_panels(dashboard, known)
         gate = asyncio.Semaphore(PANEL_QUERY_CONCURRENCY)
 

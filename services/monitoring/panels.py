@@ -9,7 +9,7 @@ simulations, metrics, time range, step, aggregation). Each layout turns into one
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from libs.timeparse import parse_duration_ms, round_step_ms
@@ -99,24 +99,17 @@ class Known:
 
 # The labels the layouts group and split by.
 LAYOUT_LABELS = ("service_name", "host", "simulation_id", "resource")
-# What a datasource holds, read from the query-router's `series` view: the series catalog only, no
-# point is scanned (GetMetadata counts every point, too dear to run at every refresh). The text
-# is built from the constants above; the datasource is a bound parameter.
-CATALOG_SQL = (
-    "SELECT metric, "
-    + ", ".join(f"bool_or(labels['{key}'] IS NOT NULL) AS {key}" for key in LAYOUT_LABELS)
-    + " FROM series WHERE datasource = ? GROUP BY metric"
-)
 
 
-def known_from_rows(rows: Sequence[Mapping[str, object]]) -> Known | None:
-    """Known from the rows of CATALOG_SQL; None when the datasource holds no series."""
-    if not rows:
+def known_from_metadata(meta: query_service_pb2.GetMetadataResponse) -> Known | None:
+    """Known from the query-router's GetMetadata (its series catalog and per-segment point counts:
+    milliseconds at a million series, where SQL over the `series` view started DuckDB in a process
+    that might not otherwise need it); None when the datasource holds no series."""
+    metrics = frozenset(m.name for m in meta.metrics if m.series_count)
+    if not metrics:
         return None
-    return Known(
-        frozenset(str(row["metric"]) for row in rows),
-        frozenset(key for key in LAYOUT_LABELS if any(row.get(key) for row in rows)),
-    )
+    keys = {k.key for k in meta.label_keys}
+    return Known(metrics, frozenset(key for key in LAYOUT_LABELS if key in keys))
 
 
 @dataclass(frozen=True)

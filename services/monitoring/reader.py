@@ -23,6 +23,7 @@ from platformq.analytics.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
+from services.monitoring.panels import Known, known_from_metadata
 
 
 def _domain_error(exc: aio.AioRpcError, peer: str) -> Exception:
@@ -102,6 +103,14 @@ class PeerReader:
             )
         except aio.AioRpcError as exc:
             raise _domain_error(exc, "query-router") from None
+
+    async def known(self, datasource: str, timeout: float | None = None) -> Known | None:
+        """What a datasource holds for the layouts (its metrics, which layout labels its series
+        carry), from the query-router's catalog; None when it holds no series or does not exist."""
+        try:
+            return known_from_metadata(await self.metadata(datasource, timeout))
+        except NotFound:
+            return None
 
     async def anomalies(
         self, request: ml_service_pb2.ListAnomaliesRequest, timeout: float | None = None

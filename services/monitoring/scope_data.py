@@ -11,7 +11,7 @@ from libs.errors import AnalyticsError
 from libs.identity import current_identity
 from platformq.analytics.v1 import common_pb2, events_pb2, ml_service_pb2, query_service_pb2
 from services.monitoring.health import Points
-from services.monitoring.panels import CATALOG_SQL, LAYOUT_LABELS, Known, format_step, known_from_rows
+from services.monitoring.panels import LAYOUT_LABELS, Known, format_step
 from services.monitoring.reader import PeerReader
 
 # The newest anomalies read per scope: per-entity counts cover at most these.
@@ -72,7 +72,7 @@ class ScopeData:
 
     async def known(self, datasource: str) -> Known | None:
         """The datasource's metrics and layout labels; None when it holds no series."""
-        return known_from_rows(await self.reader.sql(CATALOG_SQL, [datasource], self.timeout))
+        return await self.reader.known(datasource, self.timeout)
 
     async def catalog(
         self,

@@ -26,6 +26,9 @@ class UnreachableReader(StandInReader):
     async def sql(self, sql, params, timeout=None):
         raise Unavailable("the query-router did not answer: UNAVAILABLE")
 
+    async def metadata(self, datasource, timeout=None):
+        raise Unavailable("the query-router did not answer: UNAVAILABLE")
+
 
 async def make(tmp_path, reader=None, **settings) -> Dashboards:
     context = ServiceContext(load_settings(data_dir=tmp_path, **settings))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import json_format
 
-from platformq.analytics.v1 import common_pb2
+from platformq.analytics.v1 import common_pb2, query_service_pb2
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from services.monitoring.panels import (
     DASHBOARD_TYPES,
@@ -15,7 +15,7 @@ from services.monitoring.panels import (
     builtin_dashboards,
     choose_step_ms,
     format_step,
-    known_from_rows,
+    known_from_metadata,
     plan_panels,
     query_for,
 )
@@ -213,18 +213,14 @@ def test_a_failed_panel_query_keeps_the_reason():
     ]
 
 
-def test_known_from_catalog_rows():
-    rows = [
-        {
-            "metric": "cpu_usage",
-            "service_name": True,
-            "host": False,
-            "simulation_id": True,
-            "resource": False,
-        },
-        {"metric": "x", "service_name": False, "host": True, "simulation_id": False, "resource": False},
-    ]
-    assert known_from_rows(rows) == Known(
+def test_known_from_the_query_routers_metadata():
+    meta = query_service_pb2.GetMetadataResponse(datasource="ds")
+    meta.metrics.add(name="cpu_usage", series_count=3)
+    meta.metrics.add(name="x", series_count=1)
+    meta.metrics.add(name="gone", series_count=0)  # every series expired
+    for key in ("service_name", "simulation_id", "host", "region"):
+        meta.label_keys.add(key=key, cardinality=2)
+    assert known_from_metadata(meta) == Known(
         frozenset({"cpu_usage", "x"}), frozenset({"service_name", "host", "simulation_id"})
     )
-    assert known_from_rows([]) is None
+    assert known_from_metadata(query_service_pb2.GetMetadataResponse(datasource="ds")) is None

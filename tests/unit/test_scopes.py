@@ -1,11 +1,13 @@
 """Monitor scopes over a stand-in query-router and ml service: `StandInReader` is a real
 PeerReader whose calls answer from points held in memory, with the query-router's semantics for
-what the scopes use (label filters, group_by, avg per step, raw, the series-catalog SQL)."""
+what the scopes use (label filters, group_by, avg per step, raw, GetMetadata's catalog, the
+entities' SQL)."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 
 import pytest
 
@@ -16,7 +18,6 @@ from platformq.analytics.v1 import common_pb2, ml_service_pb2, query_service_pb2
 from platformq.analytics.v1 import monitoring_service_pb2 as pb
 from services.context import ServiceContext
 from services.monitoring.health import HealthRules, combine_hosts, compare, increase, status_of, worst
-from services.monitoring.panels import CATALOG_SQL, LAYOUT_LABELS
 from services.monitoring.reader import PeerReader
 from services.monitoring.scopes import Scopes, _self_figures
 
@@ -49,15 +50,23 @@ class StandInReader(PeerReader):
         self.health_of = health or {}
         self.queries: list[query_service_pb2.QueryRequest] = []
 
+    async def metadata(self, datasource, timeout=None):
+        if datasource not in self.data:
+            raise NotFound(f"{datasource!r} does not exist", "datasource")
+        reply = query_service_pb2.GetMetadataResponse(datasource=datasource)
+        per_metric = Counter(metric for metric, _, _ in self.data[datasource])
+        for metric, count in sorted(per_metric.items()):
+            reply.metrics.add(name=metric, series_count=count)
+        values: dict[str, set[str]] = {}
+        for _, labels, _ in self.data[datasource]:
+            for k, v in labels.items():
+                values.setdefault(k, set()).add(v)
+        for k in sorted(values):
+            reply.label_keys.add(key=k, cardinality=len(values[k]))
+        return reply
+
     async def sql(self, sql, params, timeout=None):
         series = self.data.get(params[0], [])
-        if sql == CATALOG_SQL:
-            rows: dict[str, dict] = {}
-            for metric, labels, _ in series:
-                row = rows.setdefault(metric, {"metric": metric, **dict.fromkeys(LAYOUT_LABELS, False)})
-                for key in LAYOUT_LABELS:
-                    row[key] = row[key] or key in labels
-            return list(rows.values())
         key = re.search(r"labels\['(\w+)'\] AS entity", sql).group(1)
         where = re.search(r"AND s.labels\['(\w+)'\] = \?", sql)
         sub = re.search(r"coalesce\(s.labels\['(\w+)'\], ''\) AS sub", sql)
