@@ -30,6 +30,16 @@ class UnreachableReader(StandInReader):
         raise Unavailable("the query-router did not answer: UNAVAILABLE")
 
 
+class SqlCountingReader(StandInReader):
+    """The stand-in, counting SQL reads."""
+
+    sql_reads = 0
+
+    async def sql(self, sql, params, timeout=None):
+        self.sql_reads += 1
+        return await super().sql(sql, params, timeout)
+
+
 async def make(tmp_path, reader=None, **settings) -> Dashboards:
     context = ServiceContext(load_settings(data_dir=tmp_path, **settings))
     boards = Dashboards(context, reader or StandInReader({"platform_metrics": platform_data()}))
@@ -55,6 +65,19 @@ async def test_a_builtin_type_answers_with_panels_of_every_service(boards):
     assert [s.group["service_name"] for s in cpu.series] == ["api-gateway", "auth-service", "billing-service"]
     assert cpu.step == "30s" and cpu.aggregation == "avg" and not cpu.warning
     assert reply.computed_at_ms > 0
+
+
+async def test_computing_a_dashboard_reads_no_sql(tmp_path):
+    # Panels are metrics queries and the datasource's contents come from GetMetadata: the background
+    # refresh must not start DuckDB in a process that serves metrics only.
+    reader = SqlCountingReader({"platform_metrics": platform_data()})
+    boards = await make(tmp_path, reader)
+    try:
+        for kind in ("platform-overview", "service-metrics", "resource-utilization", "simulation"):
+            assert (await boards.get(kind)).panels
+        assert reader.sql_reads == 0
+    finally:
+        await boards.stop()
 
 
 async def test_the_seed_body_creates_a_dashboard_with_warnings(boards):
