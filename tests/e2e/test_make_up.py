@@ -124,6 +124,19 @@ def _monitoring_shows_the_demo(port: int, services: set[str]) -> None:
     assert all(len(s["points"]) > 10 for s in panels["request_rate"]["series"])
 
 
+def _retargeted(command: str, port: int) -> str:
+    """A command of the docs as a reader copies it, pointed at this stack's gateway."""
+    return command.replace("localhost:8080", f"127.0.0.1:{port}")
+
+
+def _curl(command: str, port: int, *options: str) -> subprocess.CompletedProcess[str]:
+    """A curl command of the docs run against this stack, with `options` and a 30 s limit added."""
+    args = shlex.split(_retargeted(command, port))
+    return subprocess.run(
+        [args[0], *options, "--max-time", "30", *args[1:]], capture_output=True, text=True, check=False
+    )
+
+
 def _the_readme_reads_answer(port: int) -> None:
     """The README's curl examples that only read (every GET, and the query, timeseries and explain
     POSTs), run by curl as a reader copies them, answer 200 on the demo stack."""
@@ -134,13 +147,7 @@ def _the_readme_reads_answer(port: int) -> None:
     ]
     assert len(commands) >= 20
     for command in commands:
-        args = shlex.split(command.replace("localhost:8080", f"127.0.0.1:{port}"))
-        done = subprocess.run(
-            [args[0], "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", *args[1:]],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = _curl(command, port, "-s", "-o", "/dev/null", "-w", "%{http_code}")
         assert (done.returncode, done.stdout) == (0, "200"), command
 
 
@@ -148,8 +155,7 @@ def _the_readme_ingest_example_lands(port: int) -> None:
     """The README's ingest example, run by curl as a reader copies it: its point is accepted (and,
     run before the forecast example as the README orders them, does not make that one refuse)."""
     (command,) = [c for c in curl_examples((REPO_ROOT / "README.md").read_text()) if "/metrics/ingest" in c]
-    args = shlex.split(command.replace("localhost:8080", f"127.0.0.1:{port}"))
-    done = subprocess.run([*args, "-s", "--max-time", "30"], capture_output=True, text=True, check=False)
+    done = _curl(command, port, "-s")
     assert done.returncode == 0 and json.loads(done.stdout)["accepted"] == "1", done.stdout
 
 
@@ -170,9 +176,12 @@ def _the_streams_tail_prints_frames(port: int) -> None:
     of the demo's auth-service CPU as the feed writes them."""
     text = (REPO_ROOT / "docs" / "streams.md").read_text()
     (command,) = [block for block in re.findall(r"```sh\n(.*?)```", text, re.S) if "ws_connect" in block]
-    command = command.replace("localhost:8080", f"127.0.0.1:{port}")
     tail = subprocess.Popen(
-        ["bash", "-c", command], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["bash", "-c", _retargeted(command, port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         frames = []
