@@ -102,9 +102,9 @@ LAYOUT_LABELS = ("service_name", "host", "simulation_id", "resource")
 
 
 def known_from_metadata(meta: query_service_pb2.GetMetadataResponse) -> Known | None:
-    """Known from the query-router's GetMetadata (its series catalog and per-segment point counts:
-    milliseconds at a million series, where SQL over the `series` view started DuckDB in a process
-    that might not otherwise need it); None when the datasource holds no series."""
+    """Known from the query-router's GetMetadata (its series catalog, with point counts kept per
+    segment: milliseconds at a million series, and no DuckDB); None when the datasource holds no
+    series."""
     metrics = frozenset(m.name for m in meta.metrics if m.series_count)
     if not metrics:
         return None
