@@ -1,5 +1,7 @@
 """`analytics up`: Envoy plus `analytics serve all` in the foreground, stopped together (and the
-development key pair for AUTH_MODE=jwt made on first start, docs/security.md).
+development key pair for AUTH_MODE=jwt made on first start, docs/security.md). `analytics
+up-distributed`: Pulsar, each service in its own process (realtime twice), the ws bridge and Envoy,
+and the demo feed once the gateway is healthy (`supervise`).
 
 Children get PR_SET_PDEATHSIG, and so does this process, so a Ctrl-C, a SIGTERM to `make`, or
 the death of any one of them leaves no process behind.
