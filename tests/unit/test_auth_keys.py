@@ -16,9 +16,9 @@ import yaml
 
 from gateway.envoy_config import render
 from libs.auth_keys import ensure_dev_keys, load_private_key, mint_token
-from libs.config import load_settings
+from libs.config import load_settings, refuse_open_exposure
 from libs.errors import ConfigError
-from services.launcher import envoy_binary, refuse_open_exposure
+from services.launcher import envoy_binary
 from tests.helpers import REPO_ROOT
 
 ANALYTICS = str(Path(sys.executable).with_name("analytics"))
