@@ -34,11 +34,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
-
-import duckdb
+from typing import TYPE_CHECKING, TypeVar
 
 from libs.errors import DeadlineExceeded
+
+if TYPE_CHECKING:
+    import duckdb
 
 T = TypeVar("T")
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -25,7 +24,14 @@ from libs.storage import DEFAULT_TENANT, MetricStore, Segment, SeriesCatalog, Sn
 from libs.timeparse import format_time_ms
 from platformq.analytics.v1 import query_service_pb2 as pb
 from services.query_router.cancel import Deadline, run_interruptible
-from services.query_router.engine import Bucketing, EngineUnreachable, Fragment, FragmentResult, QueryEngine
+from services.query_router.engine import (
+    Bucketing,
+    EngineUnreachable,
+    Fragment,
+    FragmentResult,
+    QueryEngine,
+    unreadable_data_errors,
+)
 from services.query_router.planner import Plan, Window, plan, resolve_window
 from services.query_router.remote import RemoteEngines
 from services.query_router.rows import encode_point_runs, encode_rows, encode_series
@@ -475,7 +481,7 @@ class QueryRouter:
             return await run_interruptible(
                 lambda token: self.engine.run(fragment, selection, aggregation, bucketing, token), deadline
             )
-        except (duckdb.IOException, duckdb.ConnectionException, OSError):
+        except unreadable_data_errors():
             # The engine could not reach its data (a segment file, or a remote engine later).
             self.telemetry.engine_unreachable(fragment.engine)
             raise

@@ -7,9 +7,10 @@ A fragment the planner gave a rollup resolution ("1h", "1m") does not use DuckDB
 segments' memory-mapped rollup files, takes the raw points of the rollup buckets the window cuts
 at its ends from the segments' points maps, and the hot tier's raw points as one-point partials,
 then merges the partial aggregates per group and bucket with numpy (libs/storage/rollups.py).
-A "points" fragment (few series at a step no rollup fits) does the same from the points maps
-alone. Either keeps the tier's engine name ("duckdb" for segments, "hot"); the plan's reason
-names what was read. Small ones run on the caller's thread (`runs_inline`).
+A "points" fragment (few series at a step no rollup fits, or their raw points: `last` per
+timestamp) does the same from the points maps alone. Either keeps the tier's engine name
+("duckdb" for segments, "hot"); the plan's reason names what was read. Small ones run on the
+caller's thread (`runs_inline`). DuckDB itself is imported by the first fragment that runs in it.
 
 Every other fragment runs the same SQL shape, whatever its sources, so every path gives the same
 numbers: the points of the selected series in [start, end), joined to their group, bucketed by
@@ -21,13 +22,14 @@ bound parameters.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +37,9 @@ import pyarrow.compute as pc
 from libs import arrowbuf
 from libs.storage import NEEDS, RESOLUTIONS, HotPoints, MappedReader, MapRead, Partials, Segment, cover
 from services.query_router.cancel import CancelToken
+
+if TYPE_CHECKING:
+    import duckdb
 
 AGGREGATE_SQL = {
     "avg": "avg(value)",
@@ -60,6 +65,14 @@ HOT_INLINE_MAX_BATCHES = 256
 batches it runs in a worker thread, whatever its size."""
 RESULT_SCHEMA = pa.schema([("gid", pa.int32()), ("bucket", pa.int64()), ("value", pa.float64())])
 CALENDAR_UNITS = {"month", "quarter", "year"}
+
+
+def unreadable_data_errors() -> tuple[type[Exception], ...]:
+    """The errors by which an embedded engine says it could not read its data: OSError (a segment's
+    rollup or points map), and DuckDB's I/O and connection errors once DuckDB is imported (only a
+    fragment that ran in it can raise them, and the first such fragment imports it)."""
+    duckdb = sys.modules.get("duckdb")
+    return (OSError,) if duckdb is None else (OSError, duckdb.IOException, duckdb.ConnectionException)
 
 
 class EngineUnreachable(Exception):
@@ -230,6 +243,8 @@ class QueryEngine:
         `serve all` the monitoring service's dashboard refresh sends at start)."""
         with self._db_lock:
             if self._db is None:
+                import duckdb  # imported by the first fragment that runs in it (or SQL query)
+
                 db = duckdb.connect()
                 root = str(self._root).replace("'", "''")
                 db.execute(f"SET allowed_directories = ['{root}/']")

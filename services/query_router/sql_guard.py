@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from libs.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import duckdb
 
 # Scalar functions and macros a tenant must not call, even though they are not table functions:
 # - getenv reads the server's environment (DuckDB builds with the shell extension have it);
@@ -100,6 +101,8 @@ _PARSER_LOCK = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _parser() -> duckdb.DuckDBPyConnection:
+    import duckdb  # imported by the first SQL query (sql_views)
+
     return duckdb.connect(":memory:")
 
 
@@ -166,6 +169,8 @@ def run_user_sql(
     and "sql" otherwise. Errors that are not the caller's doing (I/O, permission, out of memory,
     interrupts, internal errors) propagate unchanged.
     """
+    import duckdb
+
     if max_rows < 0:
         raise ValueError(f"max_rows must not be negative, got {max_rows}")
     checked = sql if isinstance(sql, CheckedSql) else _checked_statement(sql, allowed_tables)
@@ -195,6 +200,8 @@ def run_user_sql(
 
 @lru_cache(maxsize=256)  # dashboards and benchmarks repeat the same text with other parameters
 def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
+    import duckdb
+
     if not sql.strip():
         raise InvalidArgument("must not be empty", "sql")
     with _PARSER_LOCK:

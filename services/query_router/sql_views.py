@@ -34,8 +34,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -44,6 +44,9 @@ from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.storage import SeriesCatalog, Snapshot
 from services.query_router.cancel import CancelToken
 from services.query_router.sql_guard import check_user_sql, harden, redact_paths, run_user_sql
+
+if TYPE_CHECKING:
+    import duckdb
 
 VIEWS = frozenset({"metrics", "points", "series"})
 # Cursors kept with their views per tenant, and for how long at most when unused.
@@ -151,6 +154,8 @@ class TenantDatabases:
             if tenant not in self._databases:
                 tenant_dir = self.segments_root / f"tenant={tenant}"
                 tenant_dir.mkdir(parents=True, exist_ok=True)
+                import duckdb  # imported by the first SQL query (docs/architecture.md, start-up)
+
                 con = duckdb.connect()
                 # Let a hash join push its (small) build side into the points scan as an IN filter, so
                 # a query over a few series skips the row groups of the others (segments are sorted
@@ -296,6 +301,8 @@ def run_tenant_sql(
     `token` lets the caller interrupt the query (cancel.run_interruptible passes one). Over the memory
     limit: ResourceExhausted; a data file that cannot be read: Unavailable; neither names a path.
     """
+    import duckdb  # loaded with the tenant's database (TenantDatabases.of)
+
     started = time.perf_counter()
     token = CancelToken() if token is None else token
     live = {ds: snap for ds, snap in snapshots.items() if snap is not None}
