@@ -9,8 +9,8 @@ unless Trino is configured: then batch splits the same way and the cold fragment
 Parquet on the Trino server, `_remote`), for the aggregations Trino computes with equal numbers.
 
 Every fragment also says how its segments are read: from their 1-hour or 1-minute rollups where
-those answer the aggregation exactly, from their points maps for a mergeable aggregation over few
-series at any other step, else raw points through DuckDB (`plan`).
+those answer the aggregation exactly, from their points maps for a mergeable aggregation (or raw
+points) over few series at any other step, else raw points through DuckDB (`plan`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from libs.storage import (
 )
 from libs.timeparse import round_step_ms
 from services.query_router.engine import Bucketing, Fragment
+from services.query_router.spec import RAW
 
 DEFAULT_LOOKBACK_MS = 3_600_000
 TARGET_POINTS = 300
@@ -133,7 +134,8 @@ def plan(
     if (
         rollup is None
         and n_series is not None
-        and aggregation in ROLLUP_AGGREGATIONS
+        # Raw is `last` per timestamp (one group per series): mergeable too.
+        and (aggregation in ROLLUP_AGGREGATIONS or aggregation == RAW)
         and bucketing.calendar is None
         and n_series * ((window.end - window.start) // ASSUMED_INTERVAL_MS + 1) <= POINTS_READ_MAX
     ):

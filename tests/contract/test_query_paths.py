@@ -616,6 +616,8 @@ async def test_raw_returns_every_point_of_every_series_from_hot_and_segments(wor
         inside = [(t, v) for t, v in points if BASE <= t < END]
         assert got[key] == inside, key
     assert {s.aggregation for s in reply.series} == {"raw"}
+    # Few series: their raw points come from the points maps and the hot tier, without DuckDB.
+    assert "points maps" in reply.metadata.plan.reason
 
 
 @pytest.mark.parametrize("field", ["step", "group_by"])

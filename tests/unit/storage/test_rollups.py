@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -374,16 +375,16 @@ async def test_few_series_at_a_step_no_rollup_fits_read_the_points_maps_with_the
 
 async def test_the_duckdb_connection_is_made_by_the_first_fragment_that_needs_it(tmp_path, monkeypatch):
     # A connection costs about 25 MiB resident at first use: ingest, flushes, rollup and points-map
-    # answers and metadata make none; a percentile (raw points through DuckDB) makes one, and later
-    # ones reuse it.
+    # answers (raw points of few series too) and metadata make none; a percentile (raw points
+    # through DuckDB) makes one, and later ones reuse it.
     connects = []
-    real = engine_module.duckdb.connect
+    real = duckdb.connect
 
     def counted(*args, **kwargs):
         connects.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module.duckdb, "connect", counted)
+    monkeypatch.setattr(duckdb, "connect", counted)
     store = await _loaded(tmp_path)
     router = QueryRouter(store, TtlCache(), Limits(cache_ttl_seconds=0))
 
@@ -400,8 +401,9 @@ async def test_the_duckdb_connection_is_made_by_the_first_fragment_that_needs_it
 
     rolled = await router.query(query_from_proto(request("max", "1h")))
     from_points = await router.query(query_from_proto(request("avg", "10s")))
+    raw = await router.query(query_from_proto(request("raw", "")))
     await router.metadata("ds")
-    assert rolled.series and from_points.series and connects == []
+    assert rolled.series and from_points.series and raw.series and connects == []
     for _ in range(2):
         percentile = await router.query(query_from_proto(request("p99", "1h")))
         assert percentile.series and len(connects) == 1
