@@ -259,6 +259,7 @@ async def run_ours(data: Churn, work: Path) -> dict[str, Any]:
             if waited is not None:
                 out["flushed_rss_mib"] = tree_rss_kib(pid) / 1024
                 out["flushed_after_s"] = waited
+            out["anon_mib"] = tree_rss_kib(pid, "RssAnon") / 1024
             url = f"{stack.base}/api/v1/analytics/metadata/{DATASOURCE}"
             first, meta = await _timed_json(session, "GET", url)
             out["metadata_first_ms"] = first * 1000
@@ -363,6 +364,7 @@ async def run_vm(data: Churn, work: Path) -> dict[str, Any]:
                 "rss_mib": (proc_status_kib(vm.pid, "VmRSS") or 0) / 1024,
                 "hwm_mib": (proc_status_kib(vm.pid, "VmHWM") or 0) / 1024,
                 "idle_rss_mib": idle_kib / 1024,
+                "anon_mib": (proc_status_kib(vm.pid, "RssAnon") or 0) / 1024,
             }
             start_s, end_s = data.start_ms / 1000, data.end_ms / 1000
             url = f"{vm.url}/api/v1/label/simulation_id/values"
@@ -447,7 +449,7 @@ def _fig(x: dict[str, Any]) -> str:
         f"; {x['flushed_rss_mib']:,.0f} MiB (+{x['flushed_rss_mib'] - x['idle_rss_mib']:,.0f}) once flushed"
         if "flushed_rss_mib" in x
         else ""
-    )
+    ) + (f"; anonymous {x['anon_mib']:,.0f} MiB" if "anon_mib" in x else "")
     return (
         f"{x['ingest_points_per_s'] / 1000:,.0f} K/s, {x['rss_mib']:,.0f} MiB "
         f"(+{x['rss_mib'] - x['idle_rss_mib']:,.0f}{flushed}), {x['metadata']:,.1f} ms "
@@ -471,7 +473,9 @@ def render(r: dict[str, Any]) -> str:
         "compiled fast path leaves to Python: these it takes, so none starts), resident memory after "
         "ingest (our services process and any JSON worker process, Envoy apart; in brackets what the "
         "ingest added to the idle process; ours also once the hot tier has written the points to segments, "
-        "as VictoriaMetrics' is taken after its force_flush; the queries below run after that on both), "
+        "as VictoriaMetrics' is taken after its force_flush, and of that the anonymous memory, RssAnon: "
+        "what is not pages of mapped files, which the kernel can drop and read again; the queries below "
+        "run after that on both), "
         "metadata p50 (ours: GetMetadata with per-metric series and point counts and label "
         "cardinalities; VM: the values of `simulation_id`; the first call in brackets), `sum by "
         "service_name` over the two hours in 60 s steps, and one series' 10 s averages; p50 of "

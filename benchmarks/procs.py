@@ -56,12 +56,13 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def tree_rss_kib(pid: int) -> int:
-    """VmRSS of pid plus all its descendants (a service may fork helpers)."""
+def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (or another /proc status figure: RssAnon, say) of pid plus all its descendants (a
+    service may fork helpers)."""
     total, stack = 0, [pid]
     while stack:
         current = stack.pop()
-        total += proc_status_kib(current, "VmRSS") or 0
+        total += proc_status_kib(current, field) or 0
         stack.extend(_children(current))
     return total
 
