@@ -101,7 +101,7 @@ _PARSER_LOCK = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _parser() -> duckdb.DuckDBPyConnection:
-    import duckdb  # imported by the first SQL query (sql_views)
+    import duckdb
 
     return duckdb.connect(":memory:")
 

@@ -25,6 +25,9 @@ ResourceExhausted instead of spilling to the server's disk or taking the process
 cursor is watched by a CancelToken (cancel.py), so a deadline or a departed client interrupts it in
 DuckDB. Errors never quote a server path (sql_guard.redact_paths); an unreadable data file is
 Unavailable.
+
+DuckDB is imported by the first SQL query (here and in sql_guard), not at start: a serving process
+that answers only metrics queries from rollups and points maps does not load it (14 MiB resident).
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class TenantDatabases:
             if tenant not in self._databases:
                 tenant_dir = self.segments_root / f"tenant={tenant}"
                 tenant_dir.mkdir(parents=True, exist_ok=True)
-                import duckdb  # imported by the first SQL query (docs/architecture.md, start-up)
+                import duckdb
 
                 con = duckdb.connect()
                 # Let a hash join push its (small) build side into the points scan as an IN filter, so
@@ -301,7 +304,7 @@ def run_tenant_sql(
     `token` lets the caller interrupt the query (cancel.run_interruptible passes one). Over the memory
     limit: ResourceExhausted; a data file that cannot be read: Unavailable; neither names a path.
     """
-    import duckdb  # loaded with the tenant's database (TenantDatabases.of)
+    import duckdb
 
     started = time.perf_counter()
     token = CancelToken() if token is None else token
