@@ -143,7 +143,8 @@ format: gen
 # ingest through Envoy beside VictoriaMetrics' JSON import right after the gRPC one), and
 # anomaly detection's accuracy (SKAB, the demo's incidents) and speed (beside pyod and river alone), and
 # the live streams at scale (1,000 WebSocket clients through Envoy, beside the bridge alone);
-# high cardinality with churn (20k to 1M series through REST) and growth over 1, 7 and 30 days of
+# high cardinality with churn (20k to 1M series through REST), the memory `make up` takes idle and
+# with its demo feed (beside VictoriaMetrics idle), and growth over 1, 7 and 30 days of
 # TSBS data, both beside VictoriaMetrics, and one-hour queries over pages the kernel reclaimed
 # beside the same queries warm; the cost of going through Trino, Druid and Ignite beside
 # the embedded engines; the web console's load, drawing and live redraw in
@@ -154,6 +155,7 @@ bench: gen
 	$(BIN)/python -m benchmarks.rpc_floor --docs
 	$(BIN)/python -m benchmarks.ingest_rest --docs
 	$(BIN)/python -m benchmarks.churn --docs
+	$(BIN)/python -m benchmarks.footprint --docs
 	$(BIN)/python -m benchmarks.resend --docs
 	$(BIN)/python -m benchmarks.growth --docs
 	$(BIN)/python -m benchmarks.cold_reads --docs

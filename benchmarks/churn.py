@@ -45,6 +45,7 @@ from benchmarks.procs import (
     free_port,
     launch_stack,
     proc_status_kib,
+    services_pid,
     tree_rss_kib,
     wait_http_ok,
 )
@@ -195,14 +196,7 @@ class Stack:
     def services_pid(self) -> int:
         """The Python process serving the four services (the launcher's non-Envoy child)."""
         assert self.proc is not None
-        out = subprocess.run(
-            ["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
-        )
-        for line in out.stdout.splitlines():
-            pid, _, args = line.strip().partition(" ")
-            if "envoy" not in args:
-                return int(pid)
-        raise RuntimeError("no services process under the launcher")
+        return services_pid(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

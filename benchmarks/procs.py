@@ -46,7 +46,7 @@ def proc_status_kib(pid: int, key: str) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Direct children of pid, from /proc/<pid>/task/*/children."""
     kids: list[int] = []
     with contextlib.suppress(FileNotFoundError, PermissionError):
@@ -56,6 +56,15 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def services_pid(launcher: int) -> int:
+    """The process serving the services under an `analytics up` launcher (its child not Envoy)."""
+    for pid in children(launcher):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if b"envoy" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    raise RuntimeError("no services process under the launcher")
+
+
 def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
     """VmRSS (or another /proc status figure: RssAnon, say) of pid plus all its descendants (a
     service may fork helpers)."""
@@ -63,7 +72,7 @@ def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
     while stack:
         current = stack.pop()
         total += proc_status_kib(current, field) or 0
-        stack.extend(_children(current))
+        stack.extend(children(current))
     return total
 
 

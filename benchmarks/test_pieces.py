@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import report
+from benchmarks import footprint, report
 from benchmarks.answers import SeriesAnswer, diff
 from benchmarks.duckdb_floor import RawDuckDB
 from benchmarks.segments_dev import write_segments
@@ -173,6 +173,15 @@ def test_report_renders_unavailable_columns() -> None:
     results = report.example_results()
     text = report.render(results)
     assert "not available" in text and "| single-groupby-1-1-1 |" in text
+
+
+def test_the_footprint_table_has_a_row_a_sample_and_says_when_victoria_metrics_is_missing() -> None:
+    sample = {"at_s": 30.0, "rss_mib": 120.4, "anon_mib": 90.2, "envoy_mib": 60.0, "loaded": []}
+    results = {"idle": [sample], "demo": [{**sample, "at_s": 90.0, "loaded": ["pandas"]}], "vm": None}
+    text = footprint.render({**results, "machine": "x86_64, 2 cores", "when": "now"})
+    assert "| `make up`, no demo feed | 30 s | 120 MiB | 90 MiB | 60 MiB | neither |" in text
+    assert "| `make up`, demo feed | 90 s | 120 MiB | 90 MiB | 60 MiB | pandas |" in text
+    assert "not installed" in text and "VictoriaMetrics, idle |" not in text
 
 
 def test_the_rounds_table_gives_each_round_and_the_ratio_of_the_medians() -> None:
