@@ -14,9 +14,9 @@ takes to start for a body the compiled fast path leaves to the Python parsers (t
 takes, so none starts; a running server would have it).
 
 Per N, per system: ingest points/s (first send to last acknowledgement; VictoriaMetrics' force_flush
-included), resident memory after ingest, metadata latency (ours: GetMetadata; VictoriaMetrics: the
-values of `simulation_id` over the data span), `sum by service_name` over the whole span (60 s
-steps) and one series' 10 s averages over its lifetime; p50 of several runs, each uncached (ours:
+included), resident memory after ingest and settled (SETTLE_S after the data is stored), metadata
+latency (ours: GetMetadata; VictoriaMetrics: the values of `simulation_id` over the data span),
+`sum by service_name` over the whole span (60 s steps) and one series' 10 s averages over its lifetime; p50 of several runs, each uncached (ours:
 a distinct window per run; VictoriaMetrics: nocache=1). The sum-by answer is checked against the
 total of what was sent, on both systems.
 """
@@ -50,12 +50,16 @@ from benchmarks.procs import (
     wait_http_ok,
 )
 from benchmarks.report import add_docs_flag, machine, publish
+from libs.memory import TRIM_INTERVAL_SECONDS
 from libs.timeparse import format_time_ms
 
 SECTION = "## High cardinality and churn"
 DATASOURCE = "bench_churn"
 WARMUP_DATASOURCE = "bench_churn_warmup"
 WORKER_START_SECONDS = 3.0
+SETTLE_S = TRIM_INTERVAL_SECONDS + 2
+"""How long after the data is stored memory is read again: a heap-trim round of the serving process
+(libs/memory.py) later; VictoriaMetrics gets the same time."""
 """Time given to the service's JSON worker process (if a body started one) before the clock starts."""
 METRIC = "sim_load"
 SERVICES = 10
@@ -251,9 +255,10 @@ async def run_ours(data: Churn, work: Path) -> dict[str, Any]:
             # the ingest a flush had reached when the clock stopped.
             waited = await _until_flushed(session, stack.base)
             if waited is not None:
-                out["flushed_rss_mib"] = tree_rss_kib(pid) / 1024
                 out["flushed_after_s"] = waited
-            out["anon_mib"] = tree_rss_kib(pid, "RssAnon") / 1024
+                await asyncio.sleep(SETTLE_S)
+                out["settled_rss_mib"] = tree_rss_kib(pid) / 1024
+                out["anon_mib"] = tree_rss_kib(pid, "RssAnon") / 1024
             url = f"{stack.base}/api/v1/analytics/metadata/{DATASOURCE}"
             first, meta = await _timed_json(session, "GET", url)
             out["metadata_first_ms"] = first * 1000
@@ -358,8 +363,10 @@ async def run_vm(data: Churn, work: Path) -> dict[str, Any]:
                 "rss_mib": (proc_status_kib(vm.pid, "VmRSS") or 0) / 1024,
                 "hwm_mib": (proc_status_kib(vm.pid, "VmHWM") or 0) / 1024,
                 "idle_rss_mib": idle_kib / 1024,
-                "anon_mib": (proc_status_kib(vm.pid, "RssAnon") or 0) / 1024,
             }
+            await asyncio.sleep(SETTLE_S)
+            out["settled_rss_mib"] = (proc_status_kib(vm.pid, "VmRSS") or 0) / 1024
+            out["anon_mib"] = (proc_status_kib(vm.pid, "RssAnon") or 0) / 1024
             start_s, end_s = data.start_ms / 1000, data.end_ms / 1000
             url = f"{vm.url}/api/v1/label/simulation_id/values"
             params = {"start": f"{start_s:.0f}", "end": f"{end_s:.0f}"}
@@ -439,14 +446,15 @@ def _fig(x: dict[str, Any]) -> str:
     notes = ("" if checks else " (answer check failed)") + (
         f" ({x['query_error']})" if "query_error" in x else ""
     )
-    flushed = (
-        f"; {x['flushed_rss_mib']:,.0f} MiB (+{x['flushed_rss_mib'] - x['idle_rss_mib']:,.0f}) once flushed"
-        if "flushed_rss_mib" in x
+    settled = (
+        f"; settled {x['settled_rss_mib']:,.0f} MiB (+{x['settled_rss_mib'] - x['idle_rss_mib']:,.0f}), "
+        f"anonymous {x['anon_mib']:,.0f} MiB"
+        if "settled_rss_mib" in x
         else ""
-    ) + (f"; anonymous {x['anon_mib']:,.0f} MiB" if "anon_mib" in x else "")
+    )
     return (
         f"{x['ingest_points_per_s'] / 1000:,.0f} K/s, {x['rss_mib']:,.0f} MiB "
-        f"(+{x['rss_mib'] - x['idle_rss_mib']:,.0f}{flushed}), {x['metadata']:,.1f} ms "
+        f"(+{x['rss_mib'] - x['idle_rss_mib']:,.0f}{settled}), {x['metadata']:,.1f} ms "
         f"(first {x['metadata_first_ms']:,.0f}), {_ms(x, 'sum_by')}, {_ms(x, 'one_series')}{notes}"
     )
 
@@ -465,11 +473,11 @@ def render(r: dict[str, Any]) -> str:
         "force_flush included; ours timed from after one warm-up body of another datasource and "
         f"{WORKER_START_SECONDS:g} s, the time a REST body worker process takes to start for a body the "
         "compiled fast path leaves to Python: these it takes, so none starts), resident memory after "
-        "ingest (our services process and any JSON worker process, Envoy apart; in brackets what the "
-        "ingest added to the idle process; ours also once the hot tier has written the points to segments, "
-        "as VictoriaMetrics' is taken after its force_flush, and of that the anonymous memory, RssAnon: "
-        "what is not pages of mapped files, which the kernel can drop and read again; the queries below "
-        "run after that on both), "
+        "ingest (our services process and any JSON worker process, Envoy apart; VictoriaMetrics' after "
+        "its force_flush; in brackets what the ingest added to the idle process, and the settled memory: "
+        f"{SETTLE_S:g} s after our hot tier has written the points to segments and after VictoriaMetrics' "
+        "force_flush, with the anonymous part of it, RssAnon: what is not pages of mapped files, which "
+        "the kernel can drop and read again; the queries below run after that on both), "
         "metadata p50 (ours: GetMetadata with per-metric series and point counts and label "
         "cardinalities; VM: the values of `simulation_id`; the first call in brackets), `sum by "
         "service_name` over the two hours in 60 s steps, and one series' 10 s averages; p50 of "

@@ -23,18 +23,27 @@ at a time: in benchmarks.ingest_rest's row load the serving process spent 1.29 t
 alternated runs each, 2026-12-01; 8 MiB: 1.06 to 1.41 s, 32 MiB: 0.94 to 1.14 s). benchmarks.churn's
 memory once flushed moved within its noise (265, 350 and 725 MiB at 20,000, 200,000 and 1,000,000
 series at 16 MiB; 260 to 274, 327 to 332 and 581 to 727 at 128 KiB).
+
+Neither threshold returns pages freed between blocks still in use (what a flush frees among the
+catalog's long-lived objects), so a serving process also trims its heaps every
+TRIM_INTERVAL_SECONDS (`trim_heap_periodically`, started by `services.runner.serve`): in
+benchmarks.churn the settled memory at 1,000,000 series fell from 547-565 to 341-363 MiB
+(docs/storage.md, Memory).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import sys
 
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 4 << 20
 TRIM_THRESHOLD_BYTES = 16 << 20
+TRIM_INTERVAL_SECONDS = 10.0
 
 
 def return_freed_memory() -> bool:
@@ -51,3 +60,25 @@ def return_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
+
+
+def give_back_freed_heap() -> bool:
+    """Return the free pages inside glibc's heaps to the operating system (malloc_trim(0): every
+    arena, and free blocks between used ones, which the trim threshold never reaches: it only
+    trims a free top), and the free pages of Arrow's memory pool when this process uses Arrow.
+    True when glibc's malloc_trim ran (False where the C library has none)."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+async def trim_heap_periodically(interval_s: float = TRIM_INTERVAL_SECONDS) -> None:
+    """give_back_freed_heap every `interval_s`, in a worker thread, until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(give_back_freed_heap)

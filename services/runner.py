@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from libs.config import SERVICE_NAMES, Settings, service_info
 from libs.grpc_server import RunningServer, ServiceBinding, start_server
+from libs.memory import trim_heap_periodically
 from libs.selfmetrics_writer import SelfMetricsWriter, process_labels
 from services.context import ServiceContext
 
@@ -102,10 +103,14 @@ async def serve(target: str, settings: Settings, with_demo: bool = False) -> Non
     # before a collection promotes them, so full collections come less often.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    # Freed heap pages go back to the system every few seconds (libs/memory.py).
+    trimmer = asyncio.create_task(trim_heap_periodically(), name="heap-trim")
     log.info("serving", extra={"target": target, "grpc_port": server.port})
     await until_stop_signal()
 
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_seconds})
+    trimmer.cancel()
+    await asyncio.gather(trimmer, return_exceptions=True)
     if demo is not None:
         demo_stop.set()
         await asyncio.gather(demo, return_exceptions=True)

@@ -75,3 +75,47 @@ def test_a_freed_heap_top_stays_for_reuse_below_the_trim_threshold_and_goes_back
     them back); a free top beyond it goes back."""
     assert _kept_at_top(12) >= 10
     assert _kept_at_top(64) < 8
+
+
+HOLES_SCRIPT = """
+import sys
+import numpy as np
+from libs.memory import MMAP_THRESHOLD_BYTES, give_back_freed_heap, return_freed_memory
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+
+assert return_freed_memory()
+before = rss_mib()
+# 200 MiB of heap blocks (under the mmap threshold), each followed by a small array that stays: the
+# freed blocks are holes below the heap's top, which neither threshold returns.
+size = MMAP_THRESHOLD_BYTES - (64 << 10)
+blocks, kept = [], []
+for _ in range((200 << 20) // size):
+    blocks.append(np.ones(size, dtype=np.uint8))
+    kept.append(np.ones(1024, dtype=np.uint8))
+del blocks
+held = rss_mib() - before
+if sys.argv[1] == "trim":
+    assert give_back_freed_heap()
+print(held, rss_mib() - before)
+"""
+
+
+def _holes(mode: str) -> tuple[float, float]:
+    """MiB resident after 200 MiB of heap blocks were freed between kept ones, then after `mode`."""
+    out = subprocess.run(
+        [sys.executable, "-c", HOLES_SCRIPT, mode], capture_output=True, text=True, check=True
+    )
+    held, after = out.stdout.split()
+    return float(held), float(after)
+
+
+def test_freed_holes_inside_the_heap_go_back_when_the_heap_is_trimmed():
+    """What a flush or a merge frees between long-lived objects stays resident under both
+    thresholds; give_back_freed_heap (every TRIM_INTERVAL_SECONDS in a serving process) returns it."""
+    held, after = _holes("keep")
+    assert held > 150 and after > 150
+    held, after = _holes("trim")
+    assert held > 150 and after < 20
