@@ -5,15 +5,26 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SCRIPT = """
+PRELUDE = """
 import sys
 import numpy as np
-from libs.memory import MMAP_THRESHOLD_BYTES, return_freed_memory
+from libs.memory import MMAP_THRESHOLD_BYTES, give_back_freed_heap, return_freed_memory
 
 def rss_mib():
     with open("/proc/self/status") as f:
         return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+"""
 
+
+def _run(script: str, arg: str) -> str:
+    """What `script`, after PRELUDE, prints when run with `arg` in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", PRELUDE + script, arg], capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+SCRIPT = """
 if sys.argv[1] == "fixed":
     assert return_freed_memory()
 big = np.ones(16 << 20, dtype=np.uint8)  # freeing a 16 MiB block raises glibc's dynamic threshold
@@ -33,8 +44,7 @@ print(rss_mib() - before)
 
 
 def _kept_mib(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
+    return float(_run(SCRIPT, mode))
 
 
 def test_fixed_thresholds_return_freed_blocks_that_glibc_would_keep():
@@ -43,14 +53,6 @@ def test_fixed_thresholds_return_freed_blocks_that_glibc_would_keep():
 
 
 TOP_SCRIPT = """
-import sys
-import numpy as np
-from libs.memory import MMAP_THRESHOLD_BYTES, return_freed_memory
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
-
 assert return_freed_memory()
 before = rss_mib()
 # Blocks just under the mmap threshold come from the heap, one after another at its top.
@@ -63,10 +65,7 @@ print(rss_mib() - before)
 
 def _kept_at_top(mib: int) -> float:
     """MiB still resident after `mib` MiB of blocks were freed at the heap's top."""
-    out = subprocess.run(
-        [sys.executable, "-c", TOP_SCRIPT, str(mib)], capture_output=True, text=True, check=True
-    )
-    return float(out.stdout)
+    return float(_run(TOP_SCRIPT, str(mib)))
 
 
 def test_a_freed_heap_top_stays_for_reuse_below_the_trim_threshold_and_goes_back_above_it():
@@ -78,14 +77,6 @@ def test_a_freed_heap_top_stays_for_reuse_below_the_trim_threshold_and_goes_back
 
 
 HOLES_SCRIPT = """
-import sys
-import numpy as np
-from libs.memory import MMAP_THRESHOLD_BYTES, give_back_freed_heap, return_freed_memory
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
-
 assert return_freed_memory()
 before = rss_mib()
 # 200 MiB of heap blocks (under the mmap threshold), each followed by a small array that stays: the
@@ -105,10 +96,7 @@ print(held, rss_mib() - before)
 
 def _holes(mode: str) -> tuple[float, float]:
     """MiB resident after 200 MiB of heap blocks were freed between kept ones, then after `mode`."""
-    out = subprocess.run(
-        [sys.executable, "-c", HOLES_SCRIPT, mode], capture_output=True, text=True, check=True
-    )
-    held, after = out.stdout.split()
+    held, after = _run(HOLES_SCRIPT, mode).split()
     return float(held), float(after)
 
 
