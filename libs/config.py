@@ -1,6 +1,7 @@
 """Configuration from the environment, with the seed's variable names.
 
-A missing or bad value stops start-up with a message that names the variable.
+A missing or bad value stops start-up with a message that names the variable; so does an
+unauthenticated bind others can reach (`refuse_open_exposure`, docs/security.md).
 """
 
 from __future__ import annotations
