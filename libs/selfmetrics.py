@@ -126,6 +126,13 @@ class SelfMetrics:
             ["datasource"],
             registry=r,
         )
+        self.ingest_parsers = Counter(
+            "analytics_ingest_parser_batches",
+            "Ingest requests by the parser that read them: compiled (the fast path, from the "
+            "request's bytes) or python (protobuf, then the Python checks).",
+            ["parser"],
+            registry=r,
+        )
         self.stream_lag = Gauge(
             "analytics_stream_lag_seconds",
             "Age of the newest batch a stream consumer has processed when it processed it.",

@@ -134,28 +134,31 @@ fn point(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, i64, f64)> {
 
 /// The REST body of a request that holds `json_body` alone (a `google.api.HttpBody`: its content
 /// type, read past, and its data; no extensions); None for any other request, which
-/// `accept_request` reads, or the Python path.
+/// `accept_request` reads, or the Python path. Envoy's transcoder writes the field more than once
+/// (an empty `json_body`, then the one with the body): occurrences merge as protobuf's parsers merge
+/// them, the last `data` written wins.
 pub(crate) fn json_body(data: &[u8]) -> Option<&[u8]> {
     let mut r = Reader::new(data);
-    let mut body = None;
+    let mut out: Option<&[u8]> = None;
     while !r.done() {
         match r.key()? {
-            (4, LEN) if body.is_none() => body = Some(r.bytes()?),
-            _ => return None,
-        }
-    }
-    let mut r = Reader::new(body?);
-    let mut out: &[u8] = &[];
-    while !r.done() {
-        match r.key()? {
-            (1, LEN) => {
-                r.bytes()?;
+            (4, LEN) => {
+                let mut body = Reader::new(r.bytes()?);
+                while !body.done() {
+                    match body.key()? {
+                        (1, LEN) => {
+                            body.bytes()?;
+                        }
+                        (2, LEN) => out = Some(body.bytes()?),
+                        _ => return None,
+                    }
+                }
+                out.get_or_insert(&[]);
             }
-            (2, LEN) => out = r.bytes()?,
             _ => return None,
         }
     }
-    Some(out)
+    out
 }
 
 /// The request's datasource and accepted series, in the Python path's order (columnar series in

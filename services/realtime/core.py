@@ -67,6 +67,8 @@ class RealtimeCore:
         what is wrong with it."""
         now_ms = int(time.time() * 1000)
         parsed = await native.off_the_loop_when_large(native.encode_usual_request, data, now_ms, tenant)
+        if self.metrics is not None:
+            self.metrics.ingest_parsers.labels("python" if parsed is None else "compiled").inc()
         batch, encoded = parsed if parsed is not None else await self._validate(message(), tenant, now_ms)
         if encoded is None:  # no point accepted
             return self._acknowledged(batch)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import own_stack, stack_env
 from tests.e2e.test_gateway import http
+from tests.e2e.test_prometheus import EXPORT, get_text
 from tests.helpers import descendants
 
 HOSTS = ("h1", "h2", "h3")
@@ -87,6 +88,37 @@ def test_both_body_forms_store_the_same_points(stack):
     columns, rows = _stored(stack, "e2e_rest_cols"), _stored(stack, "e2e_rest_rows")
     assert [r[1:] for r in columns] == [[h, ts, v] for _, h, ts, v in _expected(series)]
     assert rows == columns
+
+
+def _parsed(stack) -> dict[str, float]:
+    """analytics_ingest_parser_batches_total by parser, from the export through the gateway."""
+    status, _, text = get_text(stack, EXPORT)
+    assert status == 200, text
+    counts = {"compiled": 0.0, "python": 0.0}
+    for line in text.splitlines():
+        if line.startswith("analytics_ingest_parser_batches_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('parser="', 1)[1].split('"', 1)[0]] += float(value)
+    return counts
+
+
+def test_usual_bodies_through_the_gateway_take_the_compiled_parser(stack):
+    # Envoy's transcoder writes json_body twice (empty, then with the body): the fast path must
+    # still read it, or every REST batch pays protobuf's parse and the Python path.
+    now = int(time.time() * 1000) // 1000 * 1000
+    series = _series(now, "parser_probe")
+    usual_rows = [{**r, "timestamp_ms": int(r["timestamp_ms"])} for r in _rows(series) if "timestamp_ms" in r]
+    bodies = [{"series": series}, {"points": usual_rows}, {"points": _rows(series)}]
+    before = _parsed(stack)
+    for body in bodies:
+        status, _, reply = http(
+            stack, "POST", "/api/v1/metrics/ingest", json.dumps({"datasource": "e2e_rest_parser", **body})
+        )
+        assert status == 200, reply
+    after = _parsed(stack)
+    # The third body has RFC 3339 times, which only the Python path reads.
+    assert after["python"] - before["python"] == 1, (before, after)
+    assert after["compiled"] - before["compiled"] >= 2, (before, after)
 
 
 def test_proto3_json_spellings_the_transcoder_took_are_still_accepted(stack):

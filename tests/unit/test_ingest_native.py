@@ -477,10 +477,29 @@ REFUSED_REQUESTS |= {
     # Each the Python path takes: it refuses a body beside fields, and merges repeated messages.
     "a REST body and a datasource": _rest(_REST_BODY, datasource="x"),
     "a REST body and a series": _rest(_REST_BODY, series=[_series()]),
-    "a REST body twice": _rest(_REST_BODY) + _rest(_REST_BODY),
     "a REST body with an extension": _WITH_EXTENSION.SerializeToString(),
     "an empty REST body": _rest(b""),
 }
+
+
+_OTHER_REST_BODY = list(USUAL.values())[1]
+REPEATED_REST_BODIES = {
+    # What Envoy's transcoder sends: an empty json_body, then the one holding the body.
+    "an empty json_body, then the body": b'"\x00' + _rest(_REST_BODY),
+    "a REST body twice": _rest(_REST_BODY) + _rest(_REST_BODY),
+    "two REST bodies": _rest(_OTHER_REST_BODY) + _rest(_REST_BODY),
+    "a body, then a json_body with a content type only": _rest(_REST_BODY)
+    + realtime_service_pb2.IngestMetricsRequest(json_body={"content_type": "text/plain"}).SerializeToString(),
+}
+
+
+@pytest.mark.parametrize("data", REPEATED_REST_BODIES.values(), ids=REPEATED_REST_BODIES.keys())
+def test_a_json_body_written_more_than_once_is_merged_as_protobufs_parser_merges_it(data):
+    merged = realtime_service_pb2.IngestMetricsRequest.FromString(data).json_body.data
+    assert merged
+    fast = encode_usual_request(data, NOW, "acme")
+    assert fast is not None
+    _assert_same(fast, _python(merged))
 
 
 @pytest.mark.parametrize("data", REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS.keys())
