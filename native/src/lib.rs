@@ -1,18 +1,20 @@
-//! The service's compiled helpers: ingest's fast paths (here: the REST body, called by
-//! `services/realtime/json_body.py`'s `encode_usual`; `proto`: a gRPC request, called by
-//! `services/realtime/native.py`) and kernels of the metrics read path (`maps`).
+//! The service's compiled helpers: ingest's fast path (`encode_ingest_request`, called by
+//! `services/realtime/native.py` for every `IngestMetrics` request, gRPC's and the REST body the
+//! gateway puts in `json_body`) and kernels of the metrics read path (`maps`).
 //!
 //! The fast path:
 //!
-//! `encode_json_body` takes the body of `POST /api/v1/metrics/ingest` (the proto3 JSON of
-//! `IngestMetricsRequest`) and, when every series and point in it is acceptable and written in the
-//! usual shapes (snake_case fields, numbers as JSON numbers, no RFC 3339 `timestamp`), returns the
-//! batch already encoded for the store: series keys, ids and points as columns, and the WAL
-//! record's series. Anything else (a point to reject, an unknown field, a number as a string, an
-//! integer value past 2^53, a repeated label key) returns None and the Python path, which is the
-//! reference (`validate_and_encode`), takes the body and says what is wrong with it. So this code
-//! never words an error, and its answers equal the Python path's wherever it gives one
-//! (tests/unit/test_ingest_native.py compares the two on generated bodies).
+//! `encode_ingest_request` takes a serialised `IngestMetricsRequest` (`proto`: the protobuf read by
+//! hand, no message built) and, when it holds columnar `series` and rows, or a REST body (the
+//! proto3 JSON of `IngestMetricsRequest`: `encode`, rows in their plainest shape by `rows`, any
+//! other body by serde_json), every series and point in it acceptable and written in the usual
+//! shapes (snake_case fields, numbers as JSON numbers, no RFC 3339 `timestamp`), returns the batch
+//! already encoded for the store: series keys, ids and points as columns, and the WAL record's
+//! series. Anything else (a point to reject, an unknown field, a number as a string, an integer
+//! value past 2^53, a repeated label key) returns None and the Python path, which is the reference
+//! (`ingest.validate`, `json_body.validate_and_encode`), takes the request and says what is wrong
+//! with it. So this code never words an error, and its answers equal the Python path's wherever it
+//! gives one (tests/unit/test_ingest_native.py compares the two on generated requests and bodies).
 //!
 //! The parse, checks and encoding run without the GIL; only the Python objects of the answer are
 //! built with it, strings and label pairs once per distinct value.
@@ -436,23 +438,13 @@ fn encode_accepted<'a>(datasource: Cow<'a, str>, series: Vec<Accepted<'a>>) -> E
     e
 }
 
-/// The body's batch when the fast path takes it, else None:
-/// (datasource, accepted points, keys as (metric, ((key, value), ...)) tuples, then bytearrays of
-/// native int64 lengths, int64 times, float64 values and uint64 series ids, and the bytes of the
-/// WAL record's `series` entries, which follow the record's head).
-#[pyfunction]
-fn encode_json_body<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
-    let bytes = data.as_bytes();
-    match py.detach(|| encode(bytes, now_ms)) {
-        Some(e) => Ok(Some(answer(py, e)?)),
-        None => Ok(None),
-    }
-}
-
-/// `encode_json_body` for a serialised `IngestMetricsRequest` (IngestMetrics, over gRPC or REST):
-/// the batch when it holds columnar `series` and rows, or a REST body in `json_body` alone, every
-/// point acceptable; else None (an unknown field, a row with an RFC 3339 time, anything to reject:
-/// the Python path takes the request).
+/// The batch of a serialised `IngestMetricsRequest` (IngestMetrics, over gRPC or REST) when the fast
+/// path takes it, else None: it takes columnar `series` and rows, or a REST body in `json_body`
+/// alone, every point acceptable (an unknown field, a row with an RFC 3339 time, anything to
+/// reject: None, and the Python path takes the request). The batch: (datasource, accepted points,
+/// keys as (metric, ((key, value), ...)) tuples, then bytearrays of native int64 lengths, int64
+/// times, float64 values and uint64 series ids, and the bytes of the WAL record's `series`
+/// entries, which follow the record's head).
 #[pyfunction]
 fn encode_ingest_request<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_ms: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
     let bytes = data.as_bytes();
@@ -469,7 +461,7 @@ fn encode_ingest_request<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, now_m
     }
 }
 
-/// The Python tuple of an encoded batch (see `encode_json_body`).
+/// The Python tuple of an encoded batch (see `encode_ingest_request`).
 fn answer<'py>(py: Python<'py>, e: Encoded<'_>) -> PyResult<Bound<'py, PyTuple>> {
     let mut strings: HashMap<&str, Bound<'py, PyString>> = HashMap::default();
     let mut pairs: HashMap<(&str, &str), Bound<'py, PyTuple>> = HashMap::default();
@@ -510,7 +502,6 @@ fn answer<'py>(py: Python<'py>, e: Encoded<'_>) -> PyResult<Bound<'py, PyTuple>>
 
 #[pymodule]
 fn platformq_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(encode_json_body, m)?)?;
     m.add_function(wrap_pyfunction!(encode_ingest_request, m)?)?;
     maps::register(m)
 }

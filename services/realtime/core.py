@@ -92,8 +92,6 @@ class RealtimeCore:
                 raise InvalidArgument(
                     "give the batch either in json_body or in its fields, not both", "json_body"
                 )
-            # Tries the compiled JSON reader again (refused bodies only: a few hundred µs beside
-            # the Python parse), as it does for any caller.
             return await self.json_bodies.validate(request.json_body.data, tenant)
         batch = validate(request, now_ms, known=self.known_series)
         return batch, EncodedBatch.encode(tenant, batch.datasource, batch.series, self.series_memo)

@@ -6,11 +6,12 @@ all the rest of ingest, worst for the row form's one object per point. The body 
 of `IngestMetricsRequest`, and it is accepted exactly as the transcoder accepted it:
 
 - a body in the usual shapes with every point acceptable (what well-behaved clients send) is
-  parsed, checked and encoded by compiled code (`encode_usual`: native/, Rust, without the GIL; on
-  the event loop under `native.INLINE_MAX_BYTES`, else in a thread of the serving process): about a
-  third of the Python path's CPU for columnar bodies, 40% for rows; it gives exactly the Python
-  path's batch (tests/unit/test_ingest_native.py) and takes no other body, so it words no error;
-- any other body goes to the Python path (`validate_and_encode`), which is the reference. There the
+  parsed, checked and encoded by compiled code, read from the request's bytes as they arrived
+  (`native.encode_usual_request`: native/, Rust, without the GIL; on the event loop under
+  `native.INLINE_MAX_BYTES`, else in a thread of the serving process): about a third of the Python
+  path's CPU for columnar bodies, a fifth for rows; it gives exactly the Python path's batch
+  (tests/unit/test_ingest_native.py) and takes no other body, so it words no error;
+- any other body comes here (`JsonBodies`, `validate_and_encode`), which is the reference. There the
   usual shapes (snake_case fields, numbers as JSON numbers, int64 times also as strings) are
   decoded by msgspec straight into typed structs, labels of rows kept as raw JSON and decoded once
   per distinct label set, then validated column-wise (`ingest.validate_parts`); anything else the
@@ -44,13 +45,11 @@ from typing import Annotated, NamedTuple
 
 import msgspec
 import numpy as np
-import platformq_native
 from google.protobuf import json_format
 
 from libs.errors import InvalidArgument
 from libs.storage import EncodedBatch, SeriesMemo
 from platformq.analytics.v1 import realtime_service_pb2
-from services.realtime import native
 from services.realtime.ingest import KnownGoodSeries, RowColumns, ValidatedBatch, validate, validate_parts
 from services.realtime.native import ParsedBatch
 
@@ -188,15 +187,6 @@ def validate_and_encode(
     return batch, encoded
 
 
-def encode_usual(data: bytes, now_ms: int, tenant: str) -> ParsedBatch | None:
-    """`validate_and_encode` of a body in the usual shapes, every point of it acceptable, by the
-    compiled fast path (services/realtime/native.py: parsed, checked and encoded without the GIL);
-    None for any other body, which `validate_and_encode` then takes (and says what is wrong with
-    it). Both give the same batch (tests/unit/test_ingest_native.py)."""
-    found = platformq_native.encode_json_body(data, now_ms)
-    return None if found is None else native.batch_of(found, tenant)
-
-
 INLINE_MAX_BYTES = 64 * 1024
 """Bodies under this are parsed in a thread of the serving process: the hop to a worker process
 (about half a millisecond) costs more than parsing them."""
@@ -326,11 +316,8 @@ class JsonBodies:
         self._slots = BodySlots(keep=4 * workers) if workers > 0 and BodySlots.available() else None
 
     async def validate(self, data: bytes, tenant: str) -> ParsedBatch:
-        """`validate_and_encode` of a JSON body, for `tenant`."""
+        """`validate_and_encode` of a JSON body the compiled fast path left, for `tenant`."""
         now_ms = int(time.time() * 1000)
-        usual = await native.off_the_loop_when_large(encode_usual, data, now_ms, tenant)
-        if usual is not None:
-            return usual
         if self.workers > 0 and len(data) >= INLINE_MAX_BYTES and self._started():
             assert self._pool is not None
             try:

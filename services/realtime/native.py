@@ -1,12 +1,11 @@
-"""The compiled fast paths of ingest (native/, Rust through PyO3): a REST body's JSON
-(`platformq_native.encode_json_body`, called by `json_body.encode_usual`) and an IngestMetrics
-request's protobuf bytes as they arrived (`platformq_native.encode_ingest_request`,
-`encode_usual_request` here: its series and rows, or the REST body the gateway put in `json_body`,
-read in place; no message is built). Each takes a
-batch in its usual shape with every point acceptable, parses, checks and encodes it without the
-GIL, and gives what the Python path (`ingest.validate`, then `EncodedBatch.encode`) gives; any
-other batch returns None and the Python path takes it and words its errors. Both are compared
-with the Python path on generated batches (tests/unit/test_ingest_native.py)."""
+"""The compiled fast path of ingest (native/, Rust through PyO3): an IngestMetrics request's
+protobuf bytes as they arrived (`platformq_native.encode_ingest_request`, `encode_usual_request`
+here: its series and rows, or the REST body the gateway put in `json_body`, read in place; no
+message is built). It takes a batch in its usual shape with every point acceptable, parses, checks
+and encodes it without the GIL, and gives what the Python path (`ingest.validate` or
+`json_body.validate_and_encode`, then `EncodedBatch.encode`) gives; any other batch returns None and
+the Python path takes it and words its errors. Both are compared with the Python path on generated
+requests and bodies (tests/unit/test_ingest_native.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +64,7 @@ async def off_the_loop_when_large(
 
 def encode_usual_request(data: bytes, now_ms: int, tenant: str) -> ParsedBatch | None:
     """A serialised `IngestMetricsRequest` with every point acceptable (columnar series and rows
-    with epoch-millisecond times, or a REST body in `json_body` alone that `encode_json_body` takes),
+    with epoch-millisecond times, or a REST body in `json_body` alone in its usual shapes),
     encoded for the store; None for any other request (an RFC 3339 `timestamp`, a point to refuse,
     an unknown field)."""
     found = platformq_native.encode_ingest_request(data, now_ms)

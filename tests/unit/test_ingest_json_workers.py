@@ -16,12 +16,15 @@ import sys
 import time
 
 import pytest
+from google.api import httpbody_pb2
 
+from libs.bus import make_bus
 from libs.errors import InvalidArgument
 from libs.storage import EncodedBatch, SeriesMemo, series_id
 from libs.storage.keys import SeriesKey
 from libs.timeparse import format_time_ms
-from platformq.analytics.v1 import events_pb2
+from platformq.analytics.v1 import events_pb2, realtime_service_pb2
+from services.realtime.core import RealtimeCore
 from services.realtime.ingest import KnownGoodSeries
 from services.realtime.json_body import (
     INLINE_MAX_BYTES,
@@ -29,7 +32,6 @@ from services.realtime.json_body import (
     BodySlots,
     JsonBodies,
     JsonIngestDecoder,
-    validate_and_encode,
 )
 from tests.helpers import batch_summary
 
@@ -55,8 +57,8 @@ def _body(
         {"name": "mem", "value": 3.5, "timestamp_ms": now - k * 1000, "labels": {"host": "h0"}}
         for k in range(50)
     ]
-    # One row's time as RFC 3339, a spelling the compiled fast path (`encode_usual`) leaves to the
-    # parsers these tests are about.
+    # One row's time as RFC 3339, a spelling the compiled fast path (`native.encode_usual_request`)
+    # leaves to the parsers these tests are about.
     del rows[0]["timestamp_ms"]
     rows[0]["timestamp"] = format_time_ms(now)
     data = json.dumps({"datasource": "ds", "series": out, "points": rows}).encode()
@@ -131,28 +133,24 @@ async def test_a_large_body_is_parsed_in_a_worker_process_with_the_same_batch(bo
     assert _workers() - before == started  # the same worker serves every body
 
 
-async def test_a_large_body_in_the_usual_shapes_is_encoded_here_by_the_fast_path_without_a_worker(bodies):
+async def test_a_large_body_in_the_usual_shapes_is_taken_by_the_fast_path_without_a_worker():
     data = json.loads(_body(name="usual"))
     row = data["points"][0]
     row["timestamp_ms"] = int(time.time() * 1000) - 99_000
     del row["timestamp"]
-    usual = json.dumps(data).encode()
-    before = _workers()
-    batch, encoded = await bodies.validate(usual, "t")
-    assert batch.accepted == 120 * 60 + 50 and not batch.errors
-    # Neither the Python parsers here (they would know its series) nor a worker (none started).
-    assert not _parsed_here(bodies, "usual") and _workers() <= before
-    assert encoded is not None
-    assert _encoded_summary(encoded)[1:] == _encoded_summary(_python_encoded(usual))[1:]
-
-
-def _python_encoded(data: bytes) -> EncodedBatch:
-    """The Python path's encoding of `data`, for comparison."""
-    _, encoded = validate_and_encode(
-        JsonIngestDecoder(), KnownGoodSeries(), SeriesMemo(), data, int(time.time() * 1000), "t"
+    request = realtime_service_pb2.IngestMetricsRequest(
+        json_body=httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps(data).encode())
     )
-    assert encoded is not None
-    return encoded
+    core = RealtimeCore(None, make_bus("", "public", "default"), json_workers=1)
+    before = _workers()
+    try:
+        reply = await core.ingest_serialized(request.SerializeToString(), lambda: request)
+    finally:
+        core.close()
+    assert (reply.accepted, reply.rejected) == (120 * 60 + 50, 0)
+    # Neither the Python parsers (they would know its series) nor a worker (none started).
+    assert SeriesKey.of("usual", {"host": "h0", "dc": "eu"}) not in core.known_series
+    assert _workers() <= before
 
 
 async def test_a_small_body_is_parsed_here_without_a_worker(bodies):

@@ -1,7 +1,8 @@
-"""The REST ingest body's compiled fast path (native/, `json_body.encode_usual`): for every body it
-takes, the batch the Python path (`validate_and_encode`) gives, column for column and record for
-record; every body it does not take (anything to reject, an unusual spelling) is left to the Python
-path, which words the errors."""
+"""Ingest's compiled fast path (native/, `native.encode_usual_request`), on REST bodies (in
+`json_body`, as the gateway sends them) and gRPC requests: for every one it takes, the batch the
+Python path (`validate_and_encode`, `validate`) gives, column for column and record for record;
+every one it does not take (anything to reject, an unusual spelling) is left to the Python path,
+which words the errors."""
 
 from __future__ import annotations
 
@@ -18,11 +19,24 @@ from libs.storage import EncodedBatch, SeriesMemo
 from libs.wire import varint
 from platformq.analytics.v1 import common_pb2, events_pb2, realtime_service_pb2
 from services.realtime.ingest import KnownGoodSeries, validate
-from services.realtime.json_body import JsonIngestDecoder, encode_usual, validate_and_encode
+from services.realtime.json_body import JsonIngestDecoder, validate_and_encode
 from services.realtime.native import encode_usual_request
 
 NOW = 1_795_852_800_000  # 2026-11-28T08:00:00Z
 DAY_MS = 86_400_000
+
+
+def _rest(body: bytes, **fields) -> bytes:
+    """A REST call's request as the gateway sends it: the JSON body in `json_body`."""
+    request = realtime_service_pb2.IngestMetricsRequest(**fields)
+    request.json_body.content_type = "application/json"
+    request.json_body.data = body
+    return request.SerializeToString()
+
+
+def _fast(data: bytes):
+    """The fast path's batch of a REST body, or None."""
+    return encode_usual_request(_rest(data), NOW, "acme")
 
 
 def _python(data: bytes):
@@ -31,7 +45,7 @@ def _python(data: bytes):
 
 def _assert_same_batch(data: bytes) -> int:
     """The fast path takes `data` and gives the Python path's batch; the points accepted."""
-    fast = encode_usual(data, NOW, "acme")
+    fast = _fast(data)
     assert fast is not None, data[:200]
     return _assert_same(fast, _python(data))
 
@@ -207,7 +221,7 @@ UNUSUAL = {
 
 @pytest.mark.parametrize("data", UNUSUAL.values(), ids=UNUSUAL.keys())
 def test_a_body_with_anything_to_refuse_or_an_unusual_spelling_is_left_to_the_python_path(data):
-    assert encode_usual(data, NOW, "acme") is None
+    assert _fast(data) is None
 
 
 def _random_usual_body(rng: random.Random, series_chance: float = 0.7) -> bytes:
@@ -329,7 +343,7 @@ def test_a_mutated_body_the_fast_path_takes_gives_the_python_paths_batch(seed):
     100 seeds mutate bodies of rows alone."""
     rng = random.Random(10_000 + seed)
     data = _mutated(_random_usual_body(rng, series_chance=0.7 if seed < 150 else 0), rng)
-    if encode_usual(data, NOW, "acme") is not None:
+    if _fast(data) is not None:
         _assert_same_batch(data)
 
 
@@ -456,26 +470,6 @@ REFUSED_REQUESTS = {
     "an unknown field": _request("", _series()) + b"\x48\x01",
     "an unknown series field": b"\x1a\x04\x28\x01\x0a\x00",
 }
-
-
-def _rest(body: bytes, **fields) -> bytes:
-    """A REST call's request as the gateway sends it: the JSON body in `json_body`."""
-    request = realtime_service_pb2.IngestMetricsRequest(**fields)
-    request.json_body.content_type = "application/json"
-    request.json_body.data = body
-    return request.SerializeToString()
-
-
-@pytest.mark.parametrize("data", USUAL.values(), ids=USUAL.keys())
-def test_a_usual_rest_body_read_from_its_request_gives_the_python_paths_batch(data):
-    fast = encode_usual_request(_rest(data), NOW, "acme")
-    assert fast is not None
-    _assert_same(fast, _python(data))
-
-
-@pytest.mark.parametrize("data", UNUSUAL.values(), ids=UNUSUAL.keys())
-def test_a_rest_body_the_fast_path_leaves_is_left_when_read_from_its_request(data):
-    assert encode_usual_request(_rest(data), NOW, "acme") is None
 
 
 _REST_BODY = next(iter(USUAL.values()))
