@@ -115,21 +115,62 @@ fn label(data: &[u8]) -> Option<(Str<'_>, Str<'_>)> {
 }
 
 /// One `common.Point` with an epoch-millisecond time (an RFC 3339 `timestamp` is the Python
-/// path's): name, labels, time, value.
-fn point(data: &[u8]) -> Option<(Str<'_>, Labels<'_>, i64, f64)> {
+/// path's): name, its labels' entries as written (the bytes from the first entry to the end of the
+/// last, which serialisers write together after the other fields), time, value.
+fn point(data: &[u8]) -> Option<Row<'_>> {
     let mut r = Reader::new(data);
-    let (mut name, mut labels, mut ts, mut value) = ("", Vec::new(), 0i64, 0f64);
+    let mut row = Row { name: "", labels: &[], ts: 0, value: 0.0 };
+    let (mut first, mut last) = (None, 0);
     while !r.done() {
+        let at = r.pos;
         match r.key()? {
-            (1, LEN) => name = r.text()?,
-            (2, FIXED64) => value = f64::from_bits(r.fixed64()?),
+            (1, LEN) => row.name = r.text()?,
+            (2, FIXED64) => row.value = f64::from_bits(r.fixed64()?),
             (3, LEN) if r.bytes()?.is_empty() => {}
-            (4, VARINT) => ts = r.varint()? as i64,
-            (5, LEN) => labels.push(label(r.bytes()?)?),
+            (4, VARINT) => row.ts = r.varint()? as i64,
+            (5, LEN) => {
+                r.bytes()?;
+                first.get_or_insert(at);
+                last = r.pos;
+                continue;
+            }
             _ => return None,
         }
     }
-    Some((Str(Cow::Borrowed(name)), Labels(labels), ts, value))
+    if let Some(first) = first {
+        row.labels = &data[first..last];
+    }
+    Some(row)
+}
+
+struct Row<'a> {
+    name: &'a str,
+    labels: &'a [u8],
+    ts: i64,
+    value: f64,
+}
+
+/// The label entries of a row, in order (`Row::labels`: its field 5 entries; another field written
+/// between two of them is read past).
+fn row_labels(labels: &[u8]) -> Option<Labels<'_>> {
+    let mut r = Reader::new(labels);
+    let mut out = Vec::new();
+    while !r.done() {
+        match r.key()? {
+            (5, LEN) => out.push(label(r.bytes()?)?),
+            (_, LEN) => {
+                r.bytes()?;
+            }
+            (_, VARINT) => {
+                r.varint()?;
+            }
+            (_, FIXED64) => {
+                r.fixed64()?;
+            }
+            _ => return None,
+        }
+    }
+    Some(Labels(out))
 }
 
 /// The REST body of a request that holds `json_body` alone (a `google.api.HttpBody`: its content
@@ -186,15 +227,26 @@ pub(crate) fn accept_request(data: &[u8], now_ms: i64) -> Option<(Cow<'_, str>, 
     }
     // Rows by series (a series' key is its sorted labels: two orders of one label set are one
     // series), apart from the columnar series as the Python path keeps them.
+    // A row's labels as written are looked up first: their entries are read, checked and sorted
+    // once per distinct name and labels bytes.
     let mut by_key: HashMap<Key<'_>, usize> = HashMap::default();
-    for row in rows {
-        let (name, labels, ts, value) = point(row)?;
-        if !row_ok(ts, value, now_ms) {
+    let mut by_raw: HashMap<(&str, &[u8]), usize> = HashMap::default();
+    for data in rows {
+        let row = point(data)?;
+        if !row_ok(row.ts, row.value, now_ms) {
             return None;
         }
-        let i = row_series(&mut out, &mut by_key, key_of(name, labels)?);
-        out[i].ts.push(ts);
-        out[i].values.push(value);
+        let i = match by_raw.get(&(row.name, row.labels)) {
+            Some(&i) => i,
+            None => {
+                let name = Str(Cow::Borrowed(row.name));
+                let i = row_series(&mut out, &mut by_key, key_of(name, row_labels(row.labels)?)?);
+                by_raw.insert((row.name, row.labels), i);
+                i
+            }
+        };
+        out[i].ts.push(row.ts);
+        out[i].values.push(row.value);
     }
     if out.is_empty() {
         return None;
