@@ -294,8 +294,8 @@ class QueryEngine:
         With a `token`, cancelling it interrupts the DuckDB statement or stops the rollup read
         between files (QueryInterrupted)."""
         started = time.perf_counter()
-        empty = arrowbuf.empty_table(RESULT_SCHEMA)
         if selection.num_rows == 0 or (not fragment.segments and fragment.hot is None):
+            empty = arrowbuf.empty_table(RESULT_SCHEMA)
             return FragmentResult(empty, 0, time.perf_counter() - started, fragment.engine)
         if fragment.rollup is not None:
             table, scanned = self._run_rollup(fragment, selection, aggregation, bucketing, token)
