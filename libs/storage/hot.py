@@ -68,6 +68,15 @@ class HotBatch:
         order = np.argsort(keys, kind="stable")
         return keys[order], starts[order], ends[order]
 
+    @cached_property
+    def series_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(series id, points) of each series in the batch, sorted by id (its runs summed)."""
+        keys, starts, ends = self._runs
+        if not len(keys):
+            return keys, _NO_ROWS
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        return keys[first], np.add.reduceat(ends - starts, first)
+
     def rows(self, wanted: np.ndarray, start: int, end: int) -> np.ndarray:
         """Indexes of the points of the series `wanted` (sorted uint64 ids) in [start, end)."""
         lo_ts, hi_ts = self.span
@@ -110,6 +119,14 @@ class HotPoints:
     def num_rows(self) -> int:
         """How many points."""
         return sum(len(b.ts) for b in self.batches)
+
+    def series_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(series id, points) pairs of every batch, a series once per batch that holds it: each
+        batch counts its points once (its batches are immutable), not on every call."""
+        if not self.batches:
+            return np.zeros(0, np.uint64), _NO_ROWS
+        parts = [b.series_points for b in self.batches]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def pick(self, wanted: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(series ids, timestamps, values) of the points of the series `wanted` (sorted uint64 ids)

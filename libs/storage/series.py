@@ -457,8 +457,8 @@ class SeriesCatalog:
         self, series_ids: pa.Array | pa.ChunkedArray | np.ndarray, counts: np.ndarray | None = None
     ) -> dict[str, int]:
         """How many points of each metric `series_ids` (series of this catalog) hold: one entry per
-        point, or distinct ids with their point `counts`. Costs one hash count over the points
-        (none with `counts`) plus one lookup per distinct series."""
+        point, or ids with their point `counts` (an id given twice counts twice). Costs one hash
+        count over the points (none with `counts`) plus one lookup per id."""
         if len(series_ids) == 0:
             return {}
         if len(self._metrics.names) == 1:

@@ -316,8 +316,9 @@ class QueryRouter:
     async def metadata(self, datasource: str, tenant: str = DEFAULT_TENANT) -> pb.GetMetadataResponse:
         """Metrics, label keys with cardinality, time range and point count of a datasource.
 
-        Costs one pass over the catalog's columns, the hot points, and each segment's points map
-        index once (its points per series; per metric kept while it is live: segments are immutable)."""
+        Costs one pass over the catalog's columns, the hot tier's series (each hot batch counts its
+        points per series once), and each segment's points map index once (its points per series;
+        per metric kept while it is live: segments are immutable)."""
         snapshot = self._snapshot(tenant, datasource)
         counts = await asyncio.to_thread(self._point_counts, tenant, datasource, snapshot)
         catalog = snapshot.catalog
@@ -337,7 +338,8 @@ class QueryRouter:
         return response
 
     def _point_counts(self, tenant: str, datasource: str, snapshot: Snapshot) -> dict[str, int]:
-        """Points per metric: hot points counted on each call, each live segment once."""
+        """Points per metric: the hot tier from its batches' points per series (each batch counted
+        once), each live segment once."""
         catalog = snapshot.catalog
         known = self._segment_points.get((tenant, datasource), {})
         live = {}
@@ -350,7 +352,7 @@ class QueryRouter:
         self._segment_points[(tenant, datasource)] = live
         parts = list(live.values())
         if snapshot.hot is not None:
-            parts.append(catalog.points_per_metric(snapshot.hot.table["series_id"]))
+            parts.append(catalog.points_per_metric(*snapshot.hot.series_points()))
         totals: dict[str, int] = {}
         for part in parts:
             for metric, points in part.items():

@@ -1,6 +1,7 @@
 """The hot tier's reads by series and time (`HotPoints.pick`, each batch's series index): the same
 points as filtering the whole table, for any layout of a batch, and a snapshot's view unchanged by
-later writes."""
+later writes; its points per series (`HotPoints.series_points`, what GetMetadata counts) the same
+as counting the whole table's live points."""
 
 from __future__ import annotations
 
@@ -23,9 +24,7 @@ def _picked(part: HotPartition, wanted: np.ndarray, start: int, end: int) -> lis
     return sorted(zip(sids.tolist(), ts.tolist(), values.tolist(), strict=True))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_pick_gives_the_points_the_whole_table_filter_gives(seed):
-    rng = np.random.default_rng(seed)
+def _random_partition(rng: np.random.Generator, seed: int) -> HotPartition:
     part = HotPartition()
     for lsn in range(1, 13):
         n_series = int(rng.integers(1, 40))
@@ -40,6 +39,13 @@ def test_a_pick_gives_the_points_the_whole_table_filter_gives(seed):
         if lsn % 4 == 0:
             part.supersede(chunk)  # as the store applies a batch that may repeat keys: earlier points die
         part.add(chunk)
+    return part
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_pick_gives_the_points_the_whole_table_filter_gives(seed):
+    rng = np.random.default_rng(seed)
+    part = _random_partition(rng, seed)
     for _ in range(40):
         wanted = np.unique(rng.choice(np.arange(0, 70, dtype=np.uint64), int(rng.integers(1, 12))))
         start = int(rng.integers(-100, 9_000))
@@ -63,3 +69,14 @@ def test_a_view_taken_before_a_rewrite_keeps_its_points():
     new = part.view().pick(wanted, 0, 100)
     assert sorted(zip(new[1].tolist(), new[2].tolist(), strict=True)) == [(10, 1.0), (20, 9.0)]
     assert part.view() is part.view()  # kept until the partition changes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_points_per_series_count_the_live_points_of_the_whole_table(seed):
+    part = _random_partition(np.random.default_rng(100 + seed), seed)
+    sids, counts = part.view().series_points()
+    summed: dict[int, int] = {}
+    for sid, n in zip(sids.tolist(), counts.tolist(), strict=True):
+        summed[sid] = summed.get(sid, 0) + n
+    ids, expected = np.unique(part.view().table["series_id"].to_numpy(), return_counts=True)
+    assert summed == dict(zip(ids.tolist(), expected.tolist(), strict=True))
