@@ -72,6 +72,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 #[derive(Default, Clone, Copy)]
 struct Value(f64);
 
+impl Value {
+    /// A double, unless a negative zero: serde_json gives -0.0 for "-0" too, which msgspec reads as
+    /// the integer 0.
+    fn of_double(v: f64) -> Option<Value> {
+        (!(v == 0.0 && v.is_sign_negative())).then_some(Value(v))
+    }
+
+    /// An integer a double holds exactly (at most 2^53 either side of zero).
+    fn of_integer(magnitude: u64, v: f64) -> Option<Value> {
+        (magnitude <= EXACT_INT).then_some(Value(v))
+    }
+}
+
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -81,26 +94,13 @@ impl<'de> Deserialize<'de> for Value {
                 f.write_str("a number")
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-                // serde_json gives -0.0 for "-0" too, which msgspec reads as the integer 0.
-                if v == 0.0 && v.is_sign_negative() {
-                    Err(E::custom("a negative zero"))
-                } else {
-                    Ok(Value(v))
-                }
+                Value::of_double(v).ok_or_else(|| E::custom("a negative zero"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-                if v <= EXACT_INT {
-                    Ok(Value(v as f64))
-                } else {
-                    Err(E::custom("an integer past 2^53"))
-                }
+                Value::of_integer(v, v as f64).ok_or_else(|| E::custom("an integer past 2^53"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-                if v.unsigned_abs() <= EXACT_INT {
-                    Ok(Value(v as f64))
-                } else {
-                    Err(E::custom("an integer past 2^53"))
-                }
+                Value::of_integer(v.unsigned_abs(), v as f64).ok_or_else(|| E::custom("an integer past 2^53"))
             }
         }
         d.deserialize_f64(V)

@@ -10,7 +10,7 @@
 //! double holds exactly, labels an object of strings. Anything else gives None and serde_json, the
 //! reference, reads the body (tests/unit/test_ingest_native.py compares both with the Python path).
 
-use crate::{Body, JsonPoint, Obj, Str, Value, EXACT_INT};
+use crate::{Body, JsonPoint, Obj, Str, Value};
 use std::borrow::Cow;
 
 /// Label texts remembered, most recent first.
@@ -147,20 +147,23 @@ impl<'a> Reader<'a> {
         t.parse().ok()
     }
 
-    /// A point's value as `Value` reads it: an integer a double holds exactly, or a finite double
-    /// that is not a negative zero.
+    /// A point's value as `Value` reads it ("-0" reaches it as -0.0 from serde_json); a double past
+    /// the finite range, which serde_json refuses, is None too.
     fn value(&mut self) -> Option<Value> {
         let t = self.number()?;
+        if t == "-0" {
+            return Value::of_double(-0.0);
+        }
         let digits = t.strip_prefix('-').unwrap_or(t);
         if digits.bytes().all(|c| c.is_ascii_digit()) {
-            if digits.len() > 16 || t == "-0" {
-                return None;
+            if digits.len() > 16 {
+                return None; // serde's reading of long integers is the reference
             }
             let v: i64 = t.parse().ok()?;
-            return (v.unsigned_abs() <= EXACT_INT).then_some(Value(v as f64));
+            return Value::of_integer(v.unsigned_abs(), v as f64);
         }
         let v: f64 = t.parse().ok()?;
-        (v.is_finite() && !(v == 0.0 && v.is_sign_negative())).then_some(Value(v))
+        Value::of_double(v).filter(|v| v.0.is_finite())
     }
 
     fn points(&mut self) -> Option<Vec<Obj<JsonPoint<'a>>>> {
