@@ -1,7 +1,7 @@
 """REST bodies of INLINE_MAX_BYTES and more that the compiled fast path leaves to the Python parsers
 are parsed in a worker process (JsonBodies, INGEST_JSON_WORKERS): the same batch as in the serving
 process, the same 400 naming the field, and no request lost when a worker dies. A body the fast
-path takes is encoded here, in a thread, whatever its size."""
+path takes (`RealtimeCore.ingest_serialized`) starts no worker, whatever its size."""
 
 from __future__ import annotations
 
