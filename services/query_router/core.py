@@ -103,8 +103,9 @@ class QueryRouter:
         # Points per metric of each live segment, per (tenant, datasource): GetMetadata reads a file once.
         self._segment_points: dict[tuple[str, str], dict[Segment, dict[str, int]]] = {}
         self.engine = QueryEngine(store.segments_root)
+        # SQL narrowed to a few series reads their points from the maps the metrics API keeps open.
         self.sql_databases = TenantDatabases(
-            store.segments_root, limits.query_memory_limit, limits.query_threads
+            store.segments_root, limits.query_memory_limit, limits.query_threads, self.engine.maps
         )
         self.telemetry = QueryTelemetry(metrics)
         # Trino (TRINO_HOST) and Druid (DRUID_BROKER_URL) when configured, with their fallback (remote.py).

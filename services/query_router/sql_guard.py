@@ -108,12 +108,18 @@ def _parser() -> duckdb.DuckDBPyConnection:
 
 @dataclass(frozen=True)
 class CheckedSql:
-    """User SQL that passed check_user_sql: the text, its parsed statement, and the allowed tables
-    it reads (lower-case), so a caller can provide only those."""
+    """User SQL that passed check_user_sql: the text, its parsed statement, the allowed tables
+    it reads (lower-case), so a caller can provide only those; then, for a caller that reads the
+    query's shape (sql_narrow), the outermost query node of json_serialize_sql's tree (shared by every
+    caller of the same text: read it, never change it), each reference to an allowed table in the
+    order met, and whether any query of it defines a CTE."""
 
     sql: str
     statement: duckdb.Statement
     tables: frozenset[str]
+    node: dict[str, Any]
+    reads: tuple[str, ...]
+    defines_cte: bool
 
 
 def check_user_sql(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
@@ -239,15 +245,16 @@ def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
             raise InvalidArgument(str(tree.get("error_message", "the query could not be parsed")), "sql")
         if len(tree["statements"]) != 1:
             raise InvalidArgument("multiple statements are not allowed", "sql")
+        node = tree["statements"][0]["node"]
         check = _TreeCheck(allowed_tables)
-        check.query_node(tree["statements"][0]["node"], frozenset())
+        check.query_node(node, frozenset())
     except RecursionError:
         # Python's json and the walk below recurse once per level; a few hundred chained operators
         # (1+1+1+...) are enough to exhaust the interpreter's limit.
         raise InvalidArgument(
             "the query is nested too deeply to check; split long expressions, e.g. with a CTE", "sql"
         ) from None
-    return CheckedSql(sql, statement, frozenset(check.used))
+    return CheckedSql(sql, statement, frozenset(check.used), node, tuple(check.reads), check.defines_cte)
 
 
 class _TreeCheck:
@@ -261,6 +268,8 @@ class _TreeCheck:
     def __init__(self, allowed_tables: frozenset[str]) -> None:
         self.allowed = frozenset(name.lower() for name in allowed_tables)
         self.used: set[str] = set()  # the allowed tables the query reads
+        self.reads: list[str] = []  # each reference to one of them
+        self.defines_cte = False
         names = ", ".join(sorted(self.allowed))
         self.choices = f"use one of: {names}" if names else "no tables are available"
 
@@ -291,6 +300,7 @@ class _TreeCheck:
                 f"only a single SELECT statement is allowed; got {verb} inside the query", "sql"
             )
         visible = ctes
+        self.defines_cte = self.defines_cte or bool((node.get("cte_map") or {}).get("map"))
         # DuckDB binds a CTE body with only the CTEs defined before it in view: a forward reference or a
         # non-recursive self-reference reaches the real table of that name, never the CTE (measured on
         # 2.0.1). So each body is checked with the earlier names only.
@@ -350,6 +360,7 @@ class _TreeCheck:
         if table.lower() not in self.allowed:
             raise InvalidArgument(f"table {table!r} is not available; {self.choices}", "sql")
         self.used.add(table.lower())
+        self.reads.append(table.lower())
 
     def _expression(self, node: dict[str, Any]) -> None:
         name = node.get("function_name")

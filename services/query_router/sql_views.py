@@ -14,6 +14,13 @@ carries only the fields a query reads through the join (3.5x faster on a TSBS la
 Only the tenant's own segment files and hot points are wired into the views, and the connection
 may read only the tenant's segment directory, so nothing of another tenant is reachable.
 
+A query whose WHERE narrows `metrics` to some series (sql_narrow: a label's or metric's values,
+and a ts range) gets a `metrics` view of only those series' points in that window: read from the
+segments' points maps by their series index and picked from the hot tier, at most
+NARROW_MAX_POINTS of them (more: the whole view, as below). DuckDB then runs the query as written
+over them: a day's Parquet file holds one host's series in nearly every row group, a points map in
+ten runs. Such views serve that one query and are not kept.
+
 A query is checked (sql_guard) before anything is built, and only the views it reads are created,
 as TEMP views on its cursor. The cursor is kept afterwards (IDLE_VIEWS_MAX per tenant, for at most
 IDLE_VIEWS_SECONDS): the next query over the same data (same segment files, hot tables and series)
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,9 +51,10 @@ import pyarrow as pa
 
 from libs import arrowbuf
 from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
-from libs.storage import SeriesCatalog, Snapshot
+from libs.storage import MappedReader, MapRead, SeriesCatalog, Snapshot
 from services.query_router.cancel import CancelToken
 from services.query_router.sql_guard import check_user_sql, harden, redact_paths, run_user_sql
+from services.query_router.sql_narrow import Narrowing, narrowing
 
 if TYPE_CHECKING:
     import duckdb
@@ -55,6 +63,11 @@ VIEWS = frozenset({"metrics", "points", "series"})
 # Cursors kept with their views per tenant, and for how long at most when unused.
 IDLE_VIEWS_MAX = 2
 IDLE_VIEWS_SECONDS = 60.0
+NARROW_MAX_POINTS = 2_000_000
+"""The most points (counted over the whole of each segment the window touches) a narrowed `metrics`
+view copies into memory per datasource; a narrowing that selects more reads the Parquet files, which
+DuckDB streams under its memory limit."""
+POINTS_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
 
 
 def _label_keys(snapshots: dict[str, Snapshot]) -> list[str]:
@@ -86,12 +99,20 @@ class TenantDatabases:
     connect costs about 30 ms.
 
     `memory_limit` is DuckDB's (e.g. "2GB", "50%"; per tenant database), `threads` its worker
-    threads (0: DuckDB's default, one per core)."""
+    threads (0: DuckDB's default, one per core); `maps` the reader of the segments' points maps that
+    narrowed `metrics` views read (None: no view is narrowed)."""
 
-    def __init__(self, segments_root: Path, memory_limit: str = "50%", threads: int = 0) -> None:
+    def __init__(
+        self,
+        segments_root: Path,
+        memory_limit: str = "50%",
+        threads: int = 0,
+        maps: MappedReader | None = None,
+    ) -> None:
         self.segments_root = segments_root
         self.memory_limit = memory_limit
         self.threads = threads
+        self.maps = maps
         self._lock = threading.Lock()
         self._databases: dict[str, duckdb.DuckDBPyConnection] = {}
         # Per tenant: cursors with their views, idle since (monotonic seconds), for the next query.
@@ -193,19 +214,25 @@ def _run(
     # Checked first: a refused query builds nothing, and only the views it reads are built (each
     # costs milliseconds to bind over the segment files).
     checked = check_user_sql(sql, VIEWS)
-    views = databases.views(tenant, live, struct_labels)
+    narrow = None
+    if databases.maps is not None and "metrics" in checked.tables:
+        narrow = narrowing(checked, params)
+    if narrow is None:
+        views = databases.views(tenant, live, struct_labels)
+    else:  # views of this query's series only: not for another query
+        views = _Views(databases.of(tenant).cursor(), live, struct_labels, (), narrow=narrow)
     ok = False
     try:
         with token.watch(views.con):
-            views.provide(databases, tenant, checked.tables)
+            views.provide(databases, tenant, checked.tables, lambda: token.cancelled)
             answer = run_user_sql(
                 views.con, checked, params, VIEWS, max_rows, hidden_paths=[databases.segments_root]
             )
         ok = True
         return answer
     finally:
-        # A cursor whose query failed or was interrupted is not reused.
-        databases.release(tenant, views, reusable=ok)
+        # A cursor whose query failed or was interrupted is not reused, nor one of narrowed views.
+        databases.release(tenant, views, reusable=ok and narrow is None)
 
 
 @dataclass
@@ -219,19 +246,30 @@ class _Views:
     struct_labels: bool
     state: tuple
     built: set[str] = field(default_factory=set)
+    narrow: Narrowing | None = None
+    """What the query's WHERE says of `metrics` (sql_narrow), when its view holds only that."""
 
     def matches(self, state: tuple, struct_labels: bool) -> bool:
         """True when the views show exactly the data of `state` (same files, hot tables, series)."""
         return struct_labels == self.struct_labels and state == self.state
 
-    def provide(self, databases: TenantDatabases, tenant: str, wanted: frozenset[str]) -> None:
-        """Create the views of `wanted` this cursor does not have yet."""
+    def provide(
+        self, databases: TenantDatabases, tenant: str, wanted: frozenset[str], stop: Callable[[], bool]
+    ) -> None:
+        """Create the views of `wanted` this cursor does not have yet (`stop` ends a narrowed view's
+        read of the points maps early: ReadStopped)."""
         missing = set(wanted) - self.built
         if not missing:
             return
         keys = _label_keys(self.live) if self.struct_labels else None
         every_series, series_of = _series_table(databases, tenant, self.live, keys)
-        _create_views(self.con, self.live, every_series, series_of, frozenset(missing))
+        narrowed = None
+        if self.narrow is not None and "metrics" in missing and databases.maps is not None:
+            narrowed = {
+                ds: _narrowed(databases.maps, ds, snap, self.narrow, keys, stop)
+                for ds, snap in self.live.items()
+            }
+        _create_views(self.con, self.live, every_series, series_of, frozenset(missing), narrowed)
         self.built |= missing
 
 
@@ -240,14 +278,76 @@ def _state(live: dict[str, Snapshot]) -> tuple:
     return tuple((ds, snap.segments, id(snap.hot), len(snap.catalog)) for ds, snap in sorted(live.items()))
 
 
+def _narrowed(
+    maps: MappedReader,
+    datasource: str,
+    snap: Snapshot,
+    narrow: Narrowing,
+    keys: list[str] | None,
+    stop: Callable[[], bool],
+) -> tuple[pa.Table, pa.Table, list[Path]] | None:
+    """The `metrics` view's sources for one datasource under `narrow`: (its points in the narrowed
+    series and window from the points maps and the hot tier, those series' rows of the `series`
+    table, the Parquet files of segments without a points map); None when the whole datasource is to
+    be read (the narrowing selects more than NARROW_MAX_POINTS)."""
+    catalog = snap.catalog
+    if narrow.empty or (narrow.datasources is not None and datasource not in narrow.datasources):
+        rows = np.zeros(0, dtype=np.int64)
+    else:
+        metrics = narrow.metrics if narrow.metrics is not None else catalog.series_per_metric()
+        present = list(catalog.label_values)
+        matchers = []
+        for key, values in narrow.labels:
+            # DuckDB matches a STRUCT's field names whatever their case (a MAP's keys exactly): a
+            # key that names a label only that way narrows nothing.
+            if [k for k in present if k.lower() == key.lower()] == [key]:
+                matchers.append((key, "in", tuple(sorted(values))))
+        rows = catalog.select_rows(sorted(metrics), matchers)
+    series = _with_datasource(datasource, catalog.arrow(keys, rows))
+    sids = np.sort(arrowbuf.numpy(series["series_id"]))
+    segments = [s for s in snap.segments if s.max_ts >= narrow.start and s.min_ts < narrow.end]
+    mapped = [s for s in segments if s.mapped]
+    if len(sids) and mapped:
+        points = 0
+        for s in mapped:
+            ids, counts = maps.series_points(s.map_path)
+            at = np.minimum(np.searchsorted(ids, sids), len(ids) - 1)
+            points += int(counts[at[ids[at] == sids]].sum()) if len(ids) else 0
+        if points > NARROW_MAX_POINTS:
+            return None
+    parts = []
+    if len(sids) and mapped:
+        # Clipped to the segments' span: a map stores times as offsets from its first.
+        start = max(narrow.start, min(s.min_ts for s in mapped))
+        end = min(narrow.end, max(s.max_ts for s in mapped) + 1)
+        if start < end:
+            read = maps.read([MapRead.points([s.map_path for s in mapped], [(start, end)])], sids, stop)[0]
+            parts.append((read.series_ids, read.ts, read.last))
+    if len(sids) and snap.hot is not None:
+        parts.append(snap.hot.pick(sids, narrow.start, narrow.end))
+    columns = [np.concatenate([p[i] for p in parts]) if parts else None for i in range(3)]
+    points_table = (
+        pa.Table.from_arrays(
+            [arrowbuf.array(c, f.type) for c, f in zip(columns, POINTS_SCHEMA, strict=True)],
+            schema=POINTS_SCHEMA,
+        )
+        if parts
+        else arrowbuf.empty_table(POINTS_SCHEMA)
+    )
+    unmapped = [s.path for s in segments if not s.mapped] if len(sids) else []
+    return points_table, series, unmapped
+
+
 def _create_views(
     con: duckdb.DuckDBPyConnection,
     live: dict[str, Snapshot],
     every_series: pa.Table,
     series_of: dict[str, pa.Table],
     wanted: frozenset[str],
+    narrowed: dict[str, tuple[pa.Table, pa.Table, list[Path]] | None] | None = None,
 ) -> None:
-    """The TEMP views `wanted` (of VIEWS) over the live snapshots, on the query's cursor."""
+    """The TEMP views `wanted` (of VIEWS) over the live snapshots, on the query's cursor; `metrics`
+    over each datasource's narrowed sources where `narrowed` gives them (`_narrowed`)."""
     if "series" in wanted:
         con.register("_series", every_series)
         con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
@@ -270,6 +370,20 @@ def _create_views(
         raw.append(
             f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
         )
+        narrow = narrowed.get(ds) if narrowed is not None else None
+        if narrow is not None:
+            points, series, unmapped = narrow
+            con.register(f"_narrow{i}", points)
+            con.register(f"_narrow_series{i}", series)
+            sources = [f"SELECT series_id, ts, value FROM _narrow{i}"]
+            if unmapped:
+                files = ", ".join(_quote(str(path)) for path in unmapped)
+                sources.append(f"SELECT series_id, ts, value FROM read_parquet([{files}])")
+            parts.append(
+                f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
+                f"FROM ({' UNION ALL '.join(sources)}) p JOIN _narrow_series{i} s USING (series_id)"
+            )
+            continue
         parts.append(
             f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
             f"FROM ({' UNION ALL '.join(sources)}) p JOIN _series{i} s USING (series_id)"
