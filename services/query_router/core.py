@@ -45,7 +45,15 @@ from services.query_router.spec import (
     TimeseriesSpec,
 )
 from services.query_router.sql_guard import check_user_sql
-from services.query_router.sql_views import VIEWS, TenantDatabases, run_tenant_sql
+from services.query_router.sql_narrow import narrowing
+from services.query_router.sql_views import (
+    NARROW_MAX_POINTS,
+    NARROWED_VIEWS,
+    VIEWS,
+    WHOLE_VIEWS,
+    TenantDatabases,
+    run_tenant_sql,
+)
 from services.query_router.telemetry import QueryTelemetry, QueryTrace
 
 if TYPE_CHECKING:  # the engines' modules (and their clients) load only when one is configured
@@ -219,11 +227,17 @@ class QueryRouter:
         """The plan a query would run, without running it."""
         if spec.sql:
             engine = self.remote.sql_engine
-            reason = (
-                "SQL runs on Trino over the tenant's flushed segments (DuckDB if Trino is unreachable)"
-                if engine == "trino"
-                else "SQL runs in one DuckDB pass"
-            )
+            if engine == "trino":
+                reason = (
+                    "SQL runs on Trino over the tenant's flushed segments (DuckDB if Trino is unreachable)"
+                )
+            elif narrowing(check_user_sql(spec.sql, VIEWS), spec.params) is not None:
+                reason = (
+                    f"{NARROWED_VIEWS} (from the Parquet files instead where those series hold more "
+                    f"than {NARROW_MAX_POINTS:,} points in a datasource)"
+                )
+            else:
+                reason = WHOLE_VIEWS
             return pb.ExplainResponse(
                 plan=pb.QueryPlan(mode="batch", reason=reason, fragments=[pb.PlanFragment(engine=engine)])
             )
@@ -569,7 +583,7 @@ class QueryRouter:
                 fallback = exc.reason
         try:
             # Interrupted in DuckDB when the deadline passes or the caller goes away (cancel.py).
-            columns, rows, seconds = await run_interruptible(
+            answer = await run_interruptible(
                 lambda token: run_tenant_sql(
                     self.sql_databases,
                     tenant,
@@ -584,15 +598,15 @@ class QueryRouter:
         except (Unavailable, OSError):
             self.telemetry.engine_unreachable("duckdb")
             raise
-        response = pb.QueryResponse(columns=columns)
-        response.MergeFromString(encode_rows(rows))
+        response = pb.QueryResponse(columns=answer.columns)
+        response.MergeFromString(encode_rows(answer.rows))
         meta = response.metadata
         meta.engines[:] = ["duckdb"]
-        meta.engine_time_ms["duckdb"] = seconds * 1000
+        meta.engine_time_ms["duckdb"] = answer.seconds * 1000
         meta.plan.CopyFrom(
             pb.QueryPlan(
                 mode="batch",
-                reason="SQL runs in one DuckDB pass over the tenant's views",
+                reason=NARROWED_VIEWS if answer.narrowed else WHOLE_VIEWS,
                 fragments=[pb.PlanFragment(engine="duckdb")],
             )
         )

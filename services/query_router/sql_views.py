@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +67,12 @@ NARROW_MAX_POINTS = 2_000_000
 """The most points (counted over the whole of each segment the window touches) a narrowed `metrics`
 view copies into memory per datasource; a narrowing that selects more reads the Parquet files, which
 DuckDB streams under its memory limit."""
+WHOLE_VIEWS = "SQL runs in one DuckDB pass over the tenant's views"
+NARROWED_VIEWS = (
+    "SQL runs in one DuckDB pass over the tenant's views; `metrics` holds only the points of the "
+    "series its WHERE names, in its ts range, read from the points maps and the hot tier"
+)
+"""The plan reasons of an answer (and of Explain) with and without a narrowed `metrics` view."""
 POINTS_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
 
 
@@ -91,6 +97,16 @@ def _with_datasource(datasource: str, table: pa.Table) -> pa.Table:
     # One string repeated by a vectorised take, not a Python list of n copies.
     column = arrowbuf.strings([datasource]).take(arrowbuf.array(np.zeros(len(table), dtype=np.int32)))
     return table.add_column(0, "datasource", column)
+
+
+class SqlAnswer(NamedTuple):
+    """What run_tenant_sql answers: the columns and rows, the seconds it took, and whether the
+    `metrics` view held only the points of the series the WHERE names (of at least one datasource)."""
+
+    columns: list[str]
+    rows: list[tuple]
+    seconds: float
+    narrowed: bool
 
 
 class TenantDatabases:
@@ -210,7 +226,7 @@ def _run(
     max_rows: int,
     struct_labels: bool,
     token: CancelToken,
-) -> tuple[list[str], list[tuple]]:
+) -> tuple[list[str], list[tuple], bool]:
     # Checked first: a refused query builds nothing, and only the views it reads are built (each
     # costs milliseconds to bind over the segment files).
     checked = check_user_sql(sql, VIEWS)
@@ -229,7 +245,7 @@ def _run(
                 views.con, checked, params, VIEWS, max_rows, hidden_paths=[databases.segments_root]
             )
         ok = True
-        return answer
+        return (*answer, views.read_maps)
     finally:
         # A cursor whose query failed or was interrupted is not reused, nor one of narrowed views.
         databases.release(tenant, views, reusable=ok and narrow is None)
@@ -248,6 +264,8 @@ class _Views:
     built: set[str] = field(default_factory=set)
     narrow: Narrowing | None = None
     """What the query's WHERE says of `metrics` (sql_narrow), when its view holds only that."""
+    read_maps: bool = False
+    """True once the `metrics` view of at least one datasource is narrowed (`narrow`)."""
 
     def matches(self, state: tuple, struct_labels: bool) -> bool:
         """True when the views show exactly the data of `state` (same files, hot tables, series)."""
@@ -269,6 +287,7 @@ class _Views:
                 ds: _narrowed(databases.maps, ds, snap, self.narrow, keys, stop)
                 for ds, snap in self.live.items()
             }
+            self.read_maps = any(n is not None for n in narrowed.values())
         _create_views(self.con, self.live, every_series, series_of, frozenset(missing), narrowed)
         self.built |= missing
 
@@ -412,8 +431,8 @@ def run_tenant_sql(
     params: Sequence[object],
     max_rows: int,
     token: CancelToken | None = None,
-) -> tuple[list[str], list[tuple], float]:
-    """Check and run user SQL over the tenant's views; (columns, rows, seconds).
+) -> SqlAnswer:
+    """Check and run user SQL over the tenant's views.
 
     `token` lets the caller interrupt the query (cancel.run_interruptible passes one). Over the memory
     limit: ResourceExhausted; a data file that cannot be read: Unavailable; neither names a path.
@@ -425,13 +444,13 @@ def run_tenant_sql(
     live = {ds: snap for ds, snap in snapshots.items() if snap is not None}
     try:
         try:
-            columns, rows = _run(databases, tenant, live, sql, params, max_rows, True, token)
+            columns, rows, narrowed = _run(databases, tenant, live, sql, params, max_rows, True, token)
         except InvalidArgument as exc:
             # A label key no series has yet: a MAP answers NULL for it, as users expect, where the
             # faster STRUCT cannot bind.
             if "Could not find key" not in exc.reason:
                 raise
-            columns, rows = _run(databases, tenant, live, sql, params, max_rows, False, token)
+            columns, rows, narrowed = _run(databases, tenant, live, sql, params, max_rows, False, token)
     except duckdb.OutOfMemoryException:
         raise ResourceExhausted(
             f"the query needs more memory than QUERY_MEMORY_LIMIT ({databases.memory_limit}) allows; "
@@ -444,4 +463,4 @@ def run_tenant_sql(
         # longer than QUERY_TIMEOUT_SECONDS' default, so only an outside hand causes this.
         reason = redact_paths(str(exc).strip().splitlines()[0], [databases.segments_root])
         raise Unavailable(f"a data file could not be read: {reason}") from None
-    return columns, rows, time.perf_counter() - started
+    return SqlAnswer(columns, rows, time.perf_counter() - started, narrowed)

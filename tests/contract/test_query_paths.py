@@ -27,6 +27,7 @@ from platformq.analytics.v1 import (
     realtime_service_pb2,
     realtime_service_pb2_grpc,
 )
+from services.query_router.sql_views import NARROWED_VIEWS, WHOLE_VIEWS
 from services.runner import start_services
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -479,6 +480,14 @@ async def test_sql_reads_hot_and_flushed_points_and_binds_params_as_values(world
     by_service = "SELECT count(*) AS n FROM metrics WHERE datasource = ? AND labels['service'] = ?"
     quoted = await world.query.Query(sql(by_service, DATASOURCE, QUOTED))
     assert quoted.rows[0].values[0].number_value == len(POINTS[("logins", (("service", QUOTED),))].ts)
+    # A WHERE naming a label gives `metrics` only that label's series (sql_narrow); the answer and
+    # Explain say so, and a WHERE naming only the datasource reads the whole view.
+    assert quoted.metadata.plan.reason == NARROWED_VIEWS
+    explained = await world.query.Explain(
+        query_service_pb2.ExplainRequest(query=sql(by_service, DATASOURCE, QUOTED))
+    )
+    assert explained.plan.reason.startswith(NARROWED_VIEWS)
+    assert counted.metadata.plan.reason == WHOLE_VIEWS
     # Spliced into the text, this value would match every row; bound, it matches none.
     injected = await world.query.Query(sql(by_service, DATASOURCE, "x' OR '1'='1"))
     assert injected.rows[0].values[0].number_value == 0

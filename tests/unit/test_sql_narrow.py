@@ -174,6 +174,18 @@ async def test_narrowed_views_answer_as_the_whole_view(store):
     assert [row[:3] for row in whole[0][1]] == [("ds", "a", 2 * 360 + 60), ("ds2", "a", 10)]
     maps = MappedReader()
     assert _answers(store, TenantDatabases(store.segments_root, maps=maps)) == whole
+    narrowed = [
+        run_tenant_sql(
+            TenantDatabases(store.segments_root, maps=maps),
+            "acme",
+            {"ds": store.snapshot("acme", "ds")},
+            sql,
+            params,
+            10,
+        ).narrowed
+        for sql, params in QUERIES
+    ]
+    assert narrowed == [True] * 9 + [False]  # the last reads `metrics` through a join
     # Segments without a points map (written by an earlier release) are read from their Parquet files.
     snapshots = {}
     for ds in store.datasources("acme"):

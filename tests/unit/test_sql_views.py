@@ -29,7 +29,7 @@ async def store(tmp_path):
 
 def _sql(store: MetricStore, tenant: str, sql: str, params=()):
     snapshots = {ds: store.snapshot(tenant, ds) for ds in store.datasources(tenant)}
-    columns, rows, _ = run_tenant_sql(
+    columns, rows, _, _ = run_tenant_sql(
         TenantDatabases(store.segments_root), tenant, snapshots, sql, list(params), 1000
     )
     return columns, rows
