@@ -15,7 +15,7 @@ as small integers or float32 when they round-trip, else float64), and the rows a
 widened back (`MappedFile.take`): 5 bytes a point instead of 16 for whole-number values. Sorted by
 series then time, each file has one run of rows per series: the run-end encoded series column is
 the series -> row-range index of an opened file, and the reader binary-searches time within a run
-(`platformq_native.search_runs`, every run in one call), so a query touches only the rows of the
+(`platformq_native.span_rows`: every run and span, and the rows they hold, in one call), so a query touches only the rows of the
 series and time it asks for. Each file's footer also holds
 a time index (the ts of every TS_INDEX_ROWS-th row), and the reader copies small series indexes
 into the process's memory (INDEX_MEMORY_BYTES): from memory alone it knows which rows a read can
@@ -413,8 +413,8 @@ class MappedFile:
 
     def stored_time(self, value: int) -> int:
         """Epoch ms `value` as a search key of the stored ts column: an offset from the file's base
-        for a column stored as uint32 offsets (`_searchsorted_runs` takes keys past that type's
-        range: a key past the file's last time finds the end of every run)."""
+        for a column stored as uint32 offsets (`platformq_native.span_rows` takes keys past that
+        type's range: a key past the file's last time finds the end of every run)."""
         if self.columns[0].dtype == self.kinds[0]:
             return value
         return value - self.offsets[0]
@@ -428,12 +428,14 @@ class MappedFile:
         """The same file with its series index copied into the process's memory."""
         return replace(self, series=self.series.copy(), ends=self.ends.copy(), index_copied=True)
 
-    def find(self, series_ids: np.ndarray) -> np.ndarray:
-        """Positions in `series` of those of the sorted `series_ids` that the file holds."""
-        at = np.searchsorted(self.series, series_ids)
-        found = at < len(self.series)
-        found[found] = self.series[at[found]] == series_ids[found]
-        return at[found]
+    def locate(self, series_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of the sorted uint64 `series_ids`, those the file holds: their positions in `series` and
+        the row range [start, end) of each one's run (compiled: one call, where numpy took a dozen)."""
+        raw = platformq_native.find_runs(
+            self.series, self.ends, np.ascontiguousarray(series_ids, dtype=np.uint64)
+        )
+        at, lo, hi = (np.frombuffer(b, dtype=np.int64) for b in raw)
+        return at, lo, hi
 
     @staticmethod
     def runs_for(lo: np.ndarray, hi: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -455,13 +457,6 @@ class MappedFile:
         for j, value in enumerate(values):
             platformq_native.search_runs(self.ts_index, first, end, value, q[j])
         return np.where(q > first, (q - 1) * k, lo), np.where(q < end, q * k, hi)
-
-    def runs(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[start, end) row ranges of the series at positions `at` of `series`."""
-        ends = self.ends[at].astype(np.int64)
-        starts = self.ends[np.maximum(at - 1, 0)].astype(np.int64)
-        starts[at == 0] = 0
-        return starts, ends
 
     def prefetch(self, column: int, lo: np.ndarray, hi: np.ndarray) -> None:
         """Ask the kernel to read rows [lo, hi) of `column` ahead (MADV_WILLNEED): one call per group
@@ -687,10 +682,9 @@ class MappedReader:
             for path in r.paths:
                 _check(stop)
                 mapped = self._file(path)
-                at = mapped.find(series_ids)
+                at, lo, hi = mapped.locate(series_ids)
                 if not len(at):
                     continue
-                lo, hi = mapped.runs(at)
                 scan = len(at) > SCAN_SERIES
                 # A file wholly in memory has nothing to ask the kernel for: its runs are searched whole.
                 asked = not scan and mapped.ts_index is not None and not mapped.in_memory()
@@ -709,27 +703,28 @@ class MappedReader:
             _check(stop)
             r, mapped = reads[f.read], f.mapped
             with mapped.scanning(f.scan):
-                # Within each series' run rows are sorted by time: narrow every run to each span.
-                ts, spans = mapped.columns[0], list(enumerate(r.spans))
-                key = mapped.stored_time
-                starts = [
-                    _searchsorted_runs(ts, f.left[2 * j], f.right[2 * j], key(t)) for j, (t, _) in spans
-                ]
-                ends = [
-                    _searchsorted_runs(ts, f.left[2 * j + 1], f.right[2 * j + 1], key(t))
-                    for j, (_, t) in spans
-                ]
-                a, b = np.concatenate(starts), np.concatenate(ends)
-                lengths = b - a
-                total = int(lengths.sum())
-                if not total:
+                # Within each series' run rows are sorted by time: every run narrowed to each span,
+                # and the rows of all of them with their series ids, in one compiled call.
+                keys = np.array([mapped.stored_time(t) for span in r.spans for t in span], dtype=np.int64)
+                a, b, rows, ids = (
+                    np.frombuffer(raw, dtype=kind)
+                    for raw, kind in zip(
+                        platformq_native.span_rows(
+                            mapped.columns[0],
+                            np.ascontiguousarray(f.left),
+                            np.ascontiguousarray(f.right),
+                            keys,
+                            np.ascontiguousarray(mapped.series[f.at], dtype=np.uint64),
+                        ),
+                        (np.int64, np.int64, np.int64, np.uint64),
+                        strict=True,
+                    )
+                )
+                if not len(rows):
                     continue
                 if not f.scan and not f.asked:
                     for i in r.wanted[1:]:
                         mapped.prefetch(i, a, b)
-                # Row numbers of every range, without a Python loop over series.
-                rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-                ids = np.repeat(np.tile(mapped.series[f.at], len(r.spans)), lengths)
                 parts[f.read].append((ids, *(mapped.take(i, rows) for i in r.wanted)))
         return [r.partials(p) for r, p in zip(reads, parts, strict=True)]
 
@@ -742,11 +737,3 @@ class MappedReader:
 def _check(stop: Callable[[], bool] | None) -> None:
     if stop is not None and stop():
         raise ReadStopped("the query was cancelled or passed its deadline")
-
-
-def _searchsorted_runs(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int) -> np.ndarray:
-    """For each sorted run ts[lo[i]:hi[i]], the index of the first element >= value (compiled: one
-    call for every run, where numpy's search costs a microsecond a run)."""
-    out = np.empty(len(lo), dtype=np.int64)
-    platformq_native.search_runs(ts, np.ascontiguousarray(lo), np.ascontiguousarray(hi), int(value), out)
-    return out

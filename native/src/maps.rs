@@ -12,6 +12,7 @@ use std::os::raw::{c_int, c_void};
 use pyo3::buffer::{Element, PyBuffer};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
 
 extern "C" {
     fn mincore(addr: *mut c_void, length: usize, vec: *mut u8) -> c_int;
@@ -69,6 +70,129 @@ fn search_runs(sorted: &Bound<'_, PyAny>, lo: PyBuffer<i64>, hi: PyBuffer<i64>, 
     };
     // Written after the search, so an `out` sharing memory with the inputs reads no half answer.
     out.copy_from_slice(sorted.py(), &found)
+}
+
+/// One file's rows of a read (`MappedReader.read`): for each span j (keys 2j and 2j + 1, its start
+/// and end as stored) and each series' run i, the rows [a, b) of the run whose ts lies in the span,
+/// found by binary search within the windows the caller narrowed the run to (row 2j of `left` and
+/// `right`, shape (keys, runs), for the start; 2j + 1 for the end). Returns the bytes of a and b
+/// (int64, span-major), of every row of every range in that order (int64) and of each row's series
+/// id (uint64, `ids[i]` for run i): what numpy did in a dozen calls per span.
+fn rows_in_spans<T: Copy + Into<i64>>(
+    sorted: &[T],
+    left: &[i64],
+    right: &[i64],
+    keys: &[i64],
+    ids: &[u64],
+) -> PyResult<(Vec<i64>, Vec<i64>, Vec<i64>, Vec<u64>)> {
+    let runs = ids.len();
+    let (mut a_out, mut b_out) = (Vec::with_capacity(keys.len() / 2 * runs), Vec::with_capacity(keys.len() / 2 * runs));
+    let (mut rows, mut row_ids) = (Vec::new(), Vec::new());
+    for j in 0..keys.len() / 2 {
+        let (s, e) = (2 * j * runs, (2 * j + 1) * runs);
+        let starts = lower_bounds(sorted, &left[s..s + runs], &right[s..s + runs], keys[2 * j])?;
+        let ends = lower_bounds(sorted, &left[e..e + runs], &right[e..e + runs], keys[2 * j + 1])?;
+        for (i, (&a, &b)) in starts.iter().zip(&ends).enumerate() {
+            if b > a {
+                rows.extend(a..b);
+                row_ids.extend(std::iter::repeat(ids[i]).take((b - a) as usize));
+            }
+        }
+        a_out.extend(starts);
+        b_out.extend(ends);
+    }
+    Ok((a_out, b_out, rows, row_ids))
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to(v)).collect()
+}
+
+/// `rows_in_spans` over a uint32 or int64 `sorted` (the stored ts column), as four bytes objects.
+#[pyfunction]
+fn span_rows<'py>(
+    py: Python<'py>,
+    sorted: &Bound<'py, PyAny>,
+    left: PyBuffer<i64>,
+    right: PyBuffer<i64>,
+    keys: PyBuffer<i64>,
+    ids: PyBuffer<u64>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (left, right) = (elements(&left, "left")?, elements(&right, "right")?);
+    let (keys, ids) = (elements(&keys, "keys")?, elements(&ids, "ids")?);
+    if keys.len() % 2 != 0 || left.len() != keys.len() * ids.len() || right.len() != left.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} keys (two a span), {} runs: left and right must hold keys x runs values, not {} and {}",
+            keys.len(),
+            ids.len(),
+            left.len(),
+            right.len()
+        )));
+    }
+    let (a, b, rows, row_ids) = if let Ok(s) = PyBuffer::<u32>::get(sorted) {
+        rows_in_spans(elements(&s, "sorted")?, left, right, keys, ids)?
+    } else if let Ok(s) = PyBuffer::<i64>::get(sorted) {
+        rows_in_spans(elements(&s, "sorted")?, left, right, keys, ids)?
+    } else {
+        return Err(PyTypeError::new_err("sorted must be a uint32 or int64 array"));
+    };
+    let out = [
+        le_bytes(&a, i64::to_le_bytes),
+        le_bytes(&b, i64::to_le_bytes),
+        le_bytes(&rows, i64::to_le_bytes),
+        le_bytes(&row_ids, u64::to_le_bytes),
+    ];
+    PyTuple::new(py, out.iter().map(|v| PyBytes::new(py, v)))
+}
+
+/// For the sorted `wanted` series ids, those a file holds: their positions in its sorted, distinct
+/// `series` and the row range [lo, hi) of each one's run (a run ends where `ends` says; the one
+/// before it ended where it starts). As numpy's searchsorted, compare and gather in one pass.
+fn find_in<E: Copy + Into<i64>>(series: &[u64], ends: &[E], wanted: &[u64]) -> PyResult<(Vec<i64>, Vec<i64>, Vec<i64>)> {
+    if series.len() != ends.len() {
+        return Err(PyValueError::new_err(format!(
+            "series and ends differ in length ({}, {})",
+            series.len(),
+            ends.len()
+        )));
+    }
+    let (mut at, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
+    let mut from = 0;
+    for &id in wanted {
+        // `wanted` is sorted: each search starts where the last one ended.
+        let k = from + series[from..].partition_point(|&s| s < id);
+        from = k;
+        if k < series.len() && series[k] == id {
+            at.push(k as i64);
+            lo.push(if k == 0 { 0 } else { ends[k - 1].into() });
+            hi.push(ends[k].into());
+        }
+    }
+    Ok((at, lo, hi))
+}
+
+/// `find_in` over a file's index (`series` uint64, `ends` int32 or int64) for the sorted uint64
+/// `wanted`: the bytes of its positions, run starts and run ends (int64 each).
+#[pyfunction]
+fn find_runs<'py>(
+    py: Python<'py>,
+    series: PyBuffer<u64>,
+    ends: &Bound<'py, PyAny>,
+    wanted: PyBuffer<u64>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (series, wanted) = (elements(&series, "series")?, elements(&wanted, "wanted")?);
+    if wanted.windows(2).any(|w| w[0] > w[1]) {
+        return Err(PyValueError::new_err("wanted is not sorted"));
+    }
+    let (at, lo, hi) = if let Ok(e) = PyBuffer::<i32>::get(ends) {
+        find_in(series, elements(&e, "ends")?, wanted)?
+    } else if let Ok(e) = PyBuffer::<i64>::get(ends) {
+        find_in(series, elements(&e, "ends")?, wanted)?
+    } else {
+        return Err(PyTypeError::new_err("ends must be an int32 or int64 array"));
+    };
+    let out = [le_bytes(&at, i64::to_le_bytes), le_bytes(&lo, i64::to_le_bytes), le_bytes(&hi, i64::to_le_bytes)];
+    PyTuple::new(py, out.iter().map(|v| PyBytes::new(py, v)))
 }
 
 /// Ranges whose pages are at most this many apart are looked at with one mincore: a system call
@@ -133,6 +257,8 @@ fn pages_resident(map: PyBuffer<u8>, first: PyBuffer<i64>, last: PyBuffer<i64>, 
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(search_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(span_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(find_runs, m)?)?;
     m.add_function(wrap_pyfunction!(pages_resident, m)?)?;
     Ok(())
 }

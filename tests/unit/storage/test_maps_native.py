@@ -56,6 +56,108 @@ def test_search_runs_refuses_runs_outside_the_values_and_arrays_it_cannot_read()
         )
 
 
+def _numpy_span_rows(values, left, right, keys, ids):
+    """The numpy the reader ran before span_rows: a search per span end, then the rows of every range."""
+    starts = [
+        [
+            a + int(np.searchsorted(values[a:b].astype(np.int64), k))
+            for a, b in zip(left[j], right[j], strict=True)
+        ]
+        for j, k in enumerate(keys)
+    ]
+    a = np.array(starts[0::2], dtype=np.int64).ravel()
+    b = np.array(starts[1::2], dtype=np.int64).ravel()
+    lengths = np.maximum(b - a, 0)
+    rows = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+    return a, b, rows, np.repeat(np.tile(ids, len(keys) // 2), lengths)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+@pytest.mark.parametrize("seed", range(8))
+def test_span_rows_equals_the_numpy_it_replaced(dtype, seed):
+    rng = np.random.default_rng(seed)
+    values, lo, hi = _runs(rng, dtype, int(rng.integers(1, 50)))
+    ids = rng.integers(0, 2**64 - 1, len(lo), dtype=np.uint64)
+    n_spans = int(rng.integers(1, 4))
+    keys = np.sort(rng.integers(-10, 5_100, 2 * n_spans)).astype(np.int64)  # spans [k0, k1), [k2, k3), ...
+    # Windows as the time index gives them: within each run, around where each key falls.
+    left = np.empty((len(keys), len(lo)), dtype=np.int64)
+    right = np.empty_like(left)
+    for j, k in enumerate(keys):
+        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+            at = a + int(np.searchsorted(values[a:b].astype(np.int64), k))
+            left[j, i] = max(a, at - int(rng.integers(0, 5)))
+            right[j, i] = min(b, at + int(rng.integers(0, 5)))
+    for l_, r_ in ((left, right), (np.broadcast_to(lo, left.shape), np.broadcast_to(hi, left.shape))):
+        raw = platformq_native.span_rows(
+            values, np.ascontiguousarray(l_), np.ascontiguousarray(r_), keys, ids
+        )
+        got = [
+            np.frombuffer(x, dtype=t)
+            for x, t in zip(raw, (np.int64, np.int64, np.int64, np.uint64), strict=True)
+        ]
+        expected = _numpy_span_rows(values, l_, r_, keys, ids)
+        for g, e in zip(got, expected, strict=True):
+            assert g.tolist() == e.tolist()
+    assert len(got[2]) == sum(
+        int(np.sum((values[a:b] >= keys[2 * j]) & (values[a:b] < keys[2 * j + 1])))
+        for j in range(n_spans)
+        for a, b in zip(lo, hi, strict=True)
+    ), "every row of every run in each span, no other"
+
+
+def test_span_rows_refuses_shapes_that_do_not_match():
+    values = np.arange(10, dtype=np.int64)
+    ids = np.array([7], dtype=np.uint64)
+    with pytest.raises(ValueError, match="keys x runs"):
+        platformq_native.span_rows(
+            values, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 5]), ids
+        )
+    with pytest.raises(ValueError, match="two a span"):
+        platformq_native.span_rows(
+            values, np.zeros(3, np.int64), np.zeros(3, np.int64), np.array([0, 5, 6]), ids
+        )
+    with pytest.raises(ValueError, match="outside the 10 sorted values"):
+        platformq_native.span_rows(values, np.array([0, 0]), np.array([11, 11]), np.array([0, 5]), ids)
+    with pytest.raises(TypeError, match="uint32 or int64"):
+        platformq_native.span_rows(
+            values.astype(np.float32), np.array([0, 0]), np.array([5, 5]), np.array([0, 5]), ids
+        )
+
+
+@pytest.mark.parametrize("ends_type", [np.int32, np.int64])
+@pytest.mark.parametrize("seed", range(6))
+def test_find_runs_equals_numpys_search_and_gather(ends_type, seed):
+    rng = np.random.default_rng(seed)
+    series = np.unique(rng.integers(0, 2**64 - 1, int(rng.integers(0, 300)), dtype=np.uint64))
+    ends = np.cumsum(rng.integers(1, 50, len(series))).astype(ends_type)
+    held = series[rng.random(len(series)) < 0.3]
+    wanted = np.unique(np.concatenate([held, rng.integers(0, 2**64 - 1, 20, dtype=np.uint64)]))
+    raw = platformq_native.find_runs(series, ends, wanted)
+    at, lo, hi = (np.frombuffer(b, dtype=np.int64) for b in raw)
+    # The numpy the reader ran before: searchsorted, keep the equal ones, gather their run bounds.
+    pos = np.searchsorted(series, wanted)
+    found = pos < len(series)
+    found[found] = series[pos[found]] == wanted[found]
+    expected = pos[found]
+    assert at.tolist() == expected.tolist()
+    assert set(series[at].tolist()) == set(held.tolist()) | (set(wanted.tolist()) & set(series.tolist()))
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    assert (
+        lo.tolist() == starts[expected].tolist() and hi.tolist() == ends[expected].astype(np.int64).tolist()
+    )
+
+
+def test_find_runs_refuses_what_it_cannot_search():
+    series = np.array([1, 5, 9], dtype=np.uint64)
+    with pytest.raises(ValueError, match="not sorted"):
+        platformq_native.find_runs(series, np.array([1, 2, 3], np.int32), np.array([9, 1], np.uint64))
+    with pytest.raises(ValueError, match="differ in length"):
+        platformq_native.find_runs(series, np.array([1, 2], np.int32), np.array([1], np.uint64))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        platformq_native.find_runs(series, np.array([1, 2, 3], np.uint8), np.array([1], np.uint64))
+
+
 def _map(pages: int, touched: list[int]) -> mmap.mmap:
     """An anonymous map of `pages` pages, of which only `touched` were ever written (in memory)."""
     m = mmap.mmap(-1, pages * PAGE)

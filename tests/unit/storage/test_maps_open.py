@@ -146,7 +146,8 @@ def test_an_open_file_holds_views_of_its_map_not_copies(tmp_path):
     mapped = _map_of_1000_series(tmp_path, 3)
     for array in (mapped.series, mapped.ends, *mapped.columns):
         assert not array.flags.owndata
-    starts, ends = mapped.runs(np.array([0, 7, 999]))
+    at, starts, ends = mapped.locate(mapped.series[[0, 7, 999]])
+    assert at.tolist() == [0, 7, 999]
     assert starts.tolist() == [0, 21, 2997] and ends.tolist() == [3, 24, 3000]
 
 
@@ -181,7 +182,7 @@ def test_a_read_of_pages_in_memory_asks_the_kernel_nothing(tmp_path):
     mapped = _map_of_1000_series(tmp_path, 50)
     advice = advised_map(tmp_path / "m.arrow")
     quiet = dataclasses.replace(mapped, mm=advice)
-    lo, hi = quiet.runs(np.arange(0, 1000, 3))
+    _, lo, hi = quiet.locate(quiet.series[::3])
     quiet.prefetch(1, lo[:4], hi[:4])
     quiet.prefetch(0, lo, hi)
     assert advice.ranges == []
@@ -194,7 +195,7 @@ def test_a_file_seen_wholly_in_memory_is_not_looked_at_again_by_reads(tmp_path):
     # Pages not in memory (an untouched anonymous map) are asked for; once the background round has
     # seen the whole file in memory, reads do not look (the round looks again in its next pass).
     mapped = _map_of_1000_series(tmp_path, 50)
-    lo, hi = mapped.runs(np.arange(0, 1000, 3))
+    _, lo, hi = mapped.locate(mapped.series[::3])
     advice = advised_map(size=len(mapped.mm))
     cold = dataclasses.replace(mapped, mm=advice, memory=[False])
     cold.prefetch(1, lo[:4], hi[:4])

@@ -52,7 +52,7 @@ def test_the_windows_hold_the_first_row_at_or_after_each_time_within_one_page_of
     ids, ts, values = _points(rng, lengths)
     mapped = MappedFile.open(_written(tmp_path, "m.arrow", rollups_module.points_map(ids, ts, values)))
     assert mapped.ts_index is not None and len(mapped.ts_index) == math.ceil(len(ts) / TS_INDEX_ROWS)
-    lo, hi = mapped.runs(np.arange(runs))
+    _, lo, hi = mapped.locate(mapped.series)
     times = [0, *rng.integers(ts.min() - 10, ts.max() + 10, 200).tolist(), 2**62]
     left, right = mapped.windows(lo, hi, times)
     assert left.shape == right.shape == (len(times), runs)
