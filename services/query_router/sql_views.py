@@ -315,13 +315,17 @@ def _narrowed(
     else:
         metrics = narrow.metrics if narrow.metrics is not None else catalog.series_per_metric()
         present = list(catalog.label_values)
-        matchers = []
+        matchers: list[tuple[str, str, tuple[str, ...]]] = []
+        absent = False
         for key, values in narrow.labels:
             # DuckDB matches a STRUCT's field names whatever their case (a MAP's keys exactly): a
-            # key that names a label only that way narrows nothing.
-            if [k for k in present if k.lower() == key.lower()] == [key]:
+            # key that names a label only that way narrows nothing; one no series here has in any
+            # case is NULL for all of them, which equals nothing.
+            variants = [k for k in present if k.lower() == key.lower()]
+            absent = absent or not variants
+            if variants == [key]:
                 matchers.append((key, "in", tuple(sorted(values))))
-        rows = catalog.select_rows(sorted(metrics), matchers)
+        rows = np.zeros(0, dtype=np.int64) if absent else catalog.select_rows(sorted(metrics), matchers)
     series = _with_datasource(datasource, catalog.arrow(keys, rows))
     sids = np.sort(arrowbuf.numpy(series["series_id"]))
     segments = [s for s in snap.segments if s.max_ts >= narrow.start and s.min_ts < narrow.end]
