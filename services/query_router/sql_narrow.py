@@ -12,22 +12,35 @@ a series are one run there) and from the hot tier, and DuckDB runs the query as 
 Only what is certain narrows: conjuncts at the top of the outermost WHERE (a row failing one of them
 is dropped by the WHERE whatever else the query does), each an equality or IN list of `datasource`,
 `metric` or a label (`labels['k']`, `labels.k`) against string constants or string parameters, or
-a comparison of `ts` with an integer constant or an integral parameter (optionally CAST). Anything
-else (OR, NOT, functions, other columns, casts of the column) narrows nothing and is left to DuckDB
-with the rest. The narrowed view holds a superset of the rows the WHERE keeps, so the answer is the
+a comparison of `ts` with an integer constant or an integral parameter (optionally CAST). A
+comparison of `ts` or `time` with any other expression without columns (`now() - INTERVAL 1
+HOUR`, `epoch_ms(?::TIMESTAMP)`) is kept pending and evaluated by `settle` in the transaction the
+query then runs in, so that now() is one instant for both; a `time` bound is widened by
+TIME_MARGIN_MS. Anything else (OR, NOT, BETWEEN, functions of columns, other columns) narrows
+nothing and is left to DuckDB with the rest. The narrowed view holds a superset of the rows the WHERE keeps, so the answer is the
 same. No narrowing at all (None) unless `metrics` is read exactly once, as the FROM of the outermost
 SELECT (no CTE, join, sample, PIVOT or column aliases), and something narrows the series.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from services.query_router.sql_guard import CheckedSql
 
+if TYPE_CHECKING:
+    import duckdb
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+TIME_MARGIN_MS = 86_400_000
+"""How far a window bound read from a `time` comparison is widened each way: DuckDB compares
+`time` (a TIMESTAMP) with a TIMESTAMPTZ such as now() in the session's time zone, whose offsets,
+daylight saving folds and microseconds stay well within a day."""
 _INTEGER_LITERALS = frozenset({"INTEGER", "BIGINT", "HUGEINT", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER"})
 _NUMERIC_CASTS = frozenset(
     {"BIGINT", "INT8", "LONG", "INTEGER", "INT", "INT4", "HUGEINT", "DOUBLE", "FLOAT8", "DECIMAL", "NUMERIC"}
@@ -59,6 +72,10 @@ class Narrowing:
     labels: tuple[tuple[str, frozenset[str]], ...] = ()
     start: int = INT64_MIN
     end: int = INT64_MAX
+    pending: tuple[tuple[str, str, str], ...] = ()
+    """Bounds still to evaluate (`settle`): (column "ts" or "time", the comparison with the column
+    on its left, such as COMPARE_GREATERTHAN, and the JSON of the expression without columns it
+    is compared with, such as `now() - INTERVAL 1 HOUR`)."""
 
     @property
     def empty(self) -> bool:
@@ -100,6 +117,7 @@ def narrowing(checked: CheckedSql, params: Sequence[object]) -> Narrowing | None
         tuple(sorted(found.labels.items())),
         found.start,
         found.end,
+        tuple(found.pending),
     )
 
 
@@ -112,6 +130,7 @@ class _Found:
         self.labels: dict[str, frozenset[str]] = {}
         self.start = INT64_MIN
         self.end = INT64_MAX
+        self.pending: list[tuple[str, str, str]] = []
 
     def add(self, conjunct: dict[str, Any], alias: str, params: Sequence[object]) -> None:
         kind = conjunct.get("type")
@@ -122,8 +141,11 @@ class _Found:
                 column, right, kind = _column(right, alias), left, _FLIPPED[kind]
             if column is None:
                 return
-            if column == ("ts",):
-                self._time(kind, right, params)
+            if column in (("ts",), ("time",)):
+                # An integer bounds ts at once; any other expression without columns later.
+                exact = column == ("ts",) and self._time(kind, right, params)
+                if not exact and right is not None and _constant(right):
+                    self.pending.append((column[0], kind, json.dumps(right)))
             elif kind == "COMPARE_EQUAL":
                 value = _string(right, params)
                 if value is not None:
@@ -132,7 +154,7 @@ class _Found:
             children = conjunct.get("children") or []
             column = _column(children[0], alias) if children else None
             values = [_string(c, params) for c in children[1:]]
-            if column is not None and column != ("ts",) and values and None not in values:
+            if column not in (None, ("ts",), ("time",)) and values and None not in values:
                 self._values(column, frozenset(v for v in values if v is not None))
 
     def _values(self, column: tuple[str, ...], values: frozenset[str]) -> None:
@@ -144,18 +166,20 @@ class _Found:
             key = column[1]
             self.labels[key] = self.labels[key] & values if key in self.labels else values
 
-    def _time(self, kind: str, value: dict[str, Any] | None, params: Sequence[object]) -> None:
+    def _time(self, kind: str, value: dict[str, Any] | None, params: Sequence[object]) -> bool:
+        """Narrow the window by `ts <kind> value` when value is an integer; False when it is not."""
         at = _integer(value, params)
         if at is None:
-            return
+            return False
         if kind == "COMPARE_EQUAL":
             self.start, self.end = max(self.start, at), min(self.end, at + 1)
-            return
+            return True
         bound, offset = _TS_BOUNDS[kind]
         if bound == "start":
             self.start = max(self.start, at + offset)
         else:
             self.end = min(self.end, at + offset)
+        return True
 
 
 def _conjuncts(where: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -175,7 +199,7 @@ def _column(expression: dict[str, Any] | None, alias: str) -> tuple[str, ...] | 
         names = [str(n) for n in expression.get("column_names") or []]
         if len(names) > 1 and names[0].lower() == alias:
             names = names[1:]
-        if len(names) == 1 and names[0].lower() in ("ts", "metric", "datasource"):
+        if len(names) == 1 and names[0].lower() in ("ts", "time", "metric", "datasource"):
             return (names[0].lower(),)
         if len(names) == 2 and names[0].lower() == "labels":
             return ("labels", names[1])
@@ -241,3 +265,131 @@ def _integer(expression: dict[str, Any] | None, params: Sequence[object]) -> int
         return None  # DuckDB may round it either way: narrow nothing
     number = int(value)
     return number if INT64_MIN < number < INT64_MAX else None
+
+
+def _constant(node: dict[str, Any]) -> bool:
+    """True for an expression of constants, parameters, casts and function calls only (no column,
+    subquery, aggregate filter or ordering): its value is the same for every row."""
+    kind = node.get("class")
+    if kind in ("CONSTANT", "PARAMETER"):
+        return True
+    if kind == "CAST":
+        child = node.get("child")
+        return isinstance(child, dict) and _constant(child)
+    if kind == "FUNCTION":
+        orders = (node.get("order_bys") or {}).get("orders") or []
+        children = node.get("children") or []
+        return (
+            not node.get("filter")
+            and not orders
+            and not node.get("distinct")
+            and all(isinstance(c, dict) and _constant(c) for c in children)
+        )
+    return False
+
+
+def settle(con: duckdb.DuckDBPyConnection, narrow: Narrowing, params: Sequence[object]) -> Narrowing:
+    """Begin a transaction on `con`, the query's own cursor, and evaluate `narrow`'s pending bounds
+    in it: the user's statement then runs in the same transaction, where now() and the other
+    transaction-time functions answer the same instant. A bound read from `time` is widened by
+    TIME_MARGIN_MS each way, one from `ts` to the whole milliseconds around it; an expression that
+    calls a volatile function (random(), uuid(), ...) or cannot be evaluated bounds nothing. The
+    narrowing that comes back has no pending bounds."""
+    import duckdb
+
+    con.execute("BEGIN TRANSACTION")
+    start, end = narrow.start, narrow.end
+    try:
+        for column, kind, expression in narrow.pending:
+            value = _evaluate(con, json.loads(expression), column, params)
+            if value is None:
+                continue
+            margin = TIME_MARGIN_MS if column == "time" else 0
+            bound = "both" if kind == "COMPARE_EQUAL" else _TS_BOUNDS[kind][0]
+            if bound in ("start", "both"):
+                start = max(start, int(value // 1) - margin)
+            if bound in ("end", "both"):
+                end = min(end, int(-(-value // 1)) + 1 + margin)
+    except duckdb.Error:
+        # The transaction is spoilt by the failed statement: a fresh one, and no bound from these.
+        con.execute("ROLLBACK")
+        con.execute("BEGIN TRANSACTION")
+        return replace(narrow, pending=())
+    return replace(narrow, start=start, end=end, pending=())
+
+
+def _evaluate(
+    con: duckdb.DuckDBPyConnection, node: dict[str, Any], column: str, params: Sequence[object]
+) -> float | None:
+    """The value of the constant expression `node` as the comparison with `column` reads it: epoch
+    ms of it as a TIMESTAMP for `time`, a number for `ts`; None when it calls a volatile function or
+    is NULL (an unreadable value too: `try`)."""
+    if _function_names(node) & _volatile_functions():
+        return None
+    # Its parameters renumbered $1, $2, ... in order of appearance, bound to their values.
+    node = copy.deepcopy(node)
+    values: list[object] = []
+    numbers: dict[str, str] = {}
+    for parameter in _parameters(node):
+        old = str(parameter.get("identifier", ""))
+        if not old.isdigit() or not 1 <= int(old) <= len(params):
+            return None
+        if old not in numbers:
+            numbers[old] = str(len(numbers) + 1)
+            values.append(params[int(old) - 1])
+        parameter["identifier"] = numbers[old]
+    statement = _select_template()
+    statement["statements"][0]["node"]["select_list"] = [node]
+    # fetchall: a result left unread keeps the cursor busy for the statements after it.
+    text = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(statement)]).fetchall()[0][0]
+    expression = text.removeprefix("SELECT ")
+    if column == "time":
+        sql = f"SELECT try(epoch_ms(CAST(({expression}) AS TIMESTAMP)))"
+    else:
+        sql = f"SELECT try(CAST(({expression}) AS DOUBLE))"
+    ((found,),) = con.execute(sql, values).fetchall()
+    if found is None:
+        return None
+    value = float(found)
+    return value if INT64_MIN < value < INT64_MAX else None
+
+
+def _parameters(node: object) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node] if node.get("class") == "PARAMETER" else []
+        return own + [p for v in node.values() for p in _parameters(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _parameters(v)]
+    return []
+
+
+def _function_names(node: object) -> set[str]:
+    if isinstance(node, dict):
+        own = {str(node["function_name"]).lower()} if node.get("class") == "FUNCTION" else set()
+        return own.union(*(_function_names(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_function_names(v) for v in node))
+    return set()
+
+
+@lru_cache(maxsize=1)
+def _volatile_functions() -> frozenset[str]:
+    """DuckDB's functions whose value may differ between two calls in one transaction."""
+    import duckdb
+
+    rows = duckdb.connect().execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'"
+    )
+    return frozenset(str(r[0]).lower() for r in rows.fetchall())
+
+
+def _select_template() -> dict[str, Any]:
+    """json_serialize_sql's tree of `SELECT 1`, a fresh copy each call (its select list is replaced)."""
+    return copy.deepcopy(_select_one())
+
+
+@lru_cache(maxsize=1)
+def _select_one() -> dict[str, Any]:
+    import duckdb
+
+    return json.loads(duckdb.connect().execute("SELECT json_serialize_sql('SELECT 1')").fetchone()[0])

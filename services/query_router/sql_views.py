@@ -54,7 +54,7 @@ from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.storage import MappedReader, MapRead, SeriesCatalog, Snapshot
 from services.query_router.cancel import CancelToken
 from services.query_router.sql_guard import check_user_sql, harden, redact_paths, run_user_sql
-from services.query_router.sql_narrow import Narrowing, narrowing
+from services.query_router.sql_narrow import Narrowing, narrowing, settle
 
 if TYPE_CHECKING:
     import duckdb
@@ -240,6 +240,9 @@ def _run(
     ok = False
     try:
         with token.watch(views.con):
+            if views.narrow is not None and views.narrow.pending:
+                # now() and the like: evaluated in the transaction the statement then runs in.
+                views.narrow = settle(views.con, views.narrow, params)
             views.provide(databases, tenant, checked.tables, lambda: token.cancelled)
             answer = run_user_sql(
                 views.con, checked, params, VIEWS, max_rows, hidden_paths=[databases.segments_root]

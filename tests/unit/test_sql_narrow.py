@@ -2,7 +2,9 @@
 points maps and the hot tier), and answers exactly as the whole view does."""
 
 import dataclasses
+from datetime import UTC, datetime
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -11,7 +13,14 @@ from libs.storage import AcceptedSeries, MappedReader, MetricStore, StoreConfig
 from libs.storage.keys import SeriesKey
 from services.query_router import sql_views
 from services.query_router.sql_guard import check_user_sql
-from services.query_router.sql_narrow import INT64_MAX, INT64_MIN, Narrowing, narrowing
+from services.query_router.sql_narrow import (
+    INT64_MAX,
+    INT64_MIN,
+    TIME_MARGIN_MS,
+    Narrowing,
+    narrowing,
+    settle,
+)
 from services.query_router.sql_views import VIEWS, TenantDatabases, run_tenant_sql
 
 HOUR = 3_600_000
@@ -110,6 +119,53 @@ def test_what_cannot_be_trusted_narrows_nothing(sql, params):
     assert _narrowing(sql, params) is None
 
 
+def test_expressions_without_columns_wait_to_be_evaluated():
+    n = _narrowing(
+        "SELECT * FROM metrics WHERE metric = 'm' AND time > now() - INTERVAL 1 HOUR "
+        "AND ts <= epoch_ms(?::TIMESTAMP) AND time < (SELECT TIMESTAMP '2027-01-01') AND ts > value",
+        ["2026-01-01"],
+    )
+    assert n is not None and (n.start, n.end) == (INT64_MIN, INT64_MAX)
+    assert [(column, kind) for column, kind, _ in n.pending] == [
+        ("time", "COMPARE_GREATERTHAN"),
+        ("ts", "COMPARE_LESSTHANOREQUALTO"),
+    ]  # not the subquery, not `value`
+
+
+def _settled(where: str, params=()) -> tuple[Narrowing, duckdb.DuckDBPyConnection]:
+    n = _narrowing(f"SELECT * FROM metrics WHERE metric = 'm' AND {where}", params)
+    assert n is not None and n.pending
+    con = duckdb.connect()
+    return settle(con, n, list(params)), con
+
+
+def test_settled_bounds_hold_every_row_the_comparison_keeps():
+    day = datetime(2026, 9, 22, tzinfo=UTC)
+    ms = int(day.timestamp() * 1000)
+    n, _ = _settled("time >= TIMESTAMP '2026-09-22 00:00:00'")
+    assert (n.start, n.end, n.pending) == (ms - TIME_MARGIN_MS, INT64_MAX, ())
+    n, _ = _settled("ts < CAST($1 AS DOUBLE) + 0.5 AND ts >= $1 - 10", [1000.0])
+    assert (n.start, n.end) == (990, 1002)  # ts < 1000.5: up to 1000; the bounds are whole ms around
+    between = _narrowing("SELECT * FROM metrics WHERE metric = 'm' AND time BETWEEN ? AND ?", ["a", "b"])
+    assert between is not None and between.pending == ()  # not a comparison: left to DuckDB
+
+
+def test_now_is_the_instant_of_the_transaction_the_statement_runs_in():
+    n, con = _settled("ts < epoch_ms(now())")
+    # The user's statement runs next, in the same transaction: now() has not moved.
+    assert con.execute("SELECT epoch_ms(now())").fetchall() == [(n.end - 1,)]
+
+
+def test_volatile_or_unreadable_expressions_bound_nothing():
+    n, con = _settled("ts < random() * 1000 AND time < now()")
+    assert n.start == INT64_MIN and n.end > int(datetime.now(UTC).timestamp() * 1000)  # now() alone bounds
+    n, con = _settled("ts < no_such_function(1)")
+    assert (n.start, n.end, n.pending) == (INT64_MIN, INT64_MAX, ())
+    assert con.execute("SELECT 1").fetchall() == [(1,)], "the cursor is usable, in a fresh transaction"
+    n, _ = _settled("time > 'not a time'")
+    assert (n.start, n.end) == (INT64_MIN, INT64_MAX)
+
+
 # ---- the same answers from fewer points ----------------------------------------------------------
 
 
@@ -160,6 +216,16 @@ QUERIES = [
     ("SELECT count(*) FROM metrics WHERE labels['zone'] = 'z'", []),  # no such label: NULL
     ("SELECT datasource, count(*) FROM metrics WHERE labels.pod = 'p1' GROUP BY 1", []),
     (
+        "SELECT datasource, count(*), min(time) FROM metrics WHERE metric = 'cpu' "
+        "AND time >= TIMESTAMP '2026-09-22 08:00:00' AND time < now() GROUP BY 1 ORDER BY 1",
+        [],
+    ),
+    (
+        "SELECT count(*) FROM metrics WHERE labels.host = 'b' AND ts >= epoch_ms(?::TIMESTAMP) "
+        "AND time > now() - INTERVAL 36500 DAY",
+        ["2026-09-23 12:00:00"],
+    ),
+    (
         "SELECT datasource, count(*) FROM metrics WHERE labels.pod IS NULL AND metric = 'cpu' GROUP BY 1 ORDER BY 1",
         [],
     ),
@@ -193,7 +259,7 @@ async def test_narrowed_views_answer_as_the_whole_view(store):
         ).narrowed
         for sql, params in QUERIES
     ]
-    assert narrowed == [True] * 11 + [False]  # the last reads `metrics` through a join
+    assert narrowed == [True] * 13 + [False]  # the last reads `metrics` through a join
     # Segments without a points map (written by an earlier release) are read from their Parquet files.
     snapshots = {}
     for ds in store.datasources("acme"):
@@ -228,3 +294,19 @@ async def test_a_narrowing_that_selects_too_many_points_reads_the_whole_view(sto
         run_tenant_sql(databases, "acme", snapshots, sql, params, 100)
     monkeypatch.setattr(sql_views, "NARROW_MAX_POINTS", 10_000)
     assert run_tenant_sql(databases, "acme", snapshots, sql, params, 100)[1] == before
+
+
+async def test_a_time_condition_narrows_the_window_read(store, monkeypatch):
+    # Two flushed days of 2,160 points for host a's two metrics; a bound past the first day's
+    # (with its margin of a day) reads only the second day and the hot hour.
+    databases = TenantDatabases(store.segments_root, maps=MappedReader())
+    snapshots = {"ds": store.snapshot("acme", "ds")}
+    since = "SELECT count(*) FROM metrics WHERE labels.host = 'a' AND time >= ?"
+    day2 = datetime.fromtimestamp((1_790_000_000_000 + 40 * HOUR) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    whole = run_tenant_sql(TenantDatabases(store.segments_root), "acme", snapshots, since, [day2], 10).rows
+    monkeypatch.setattr(sql_views, "NARROW_MAX_POINTS", 1_000)
+    for segment in store.snapshot("acme", "ds").segments:
+        segment.path.write_bytes(b"not parquet")
+    assert run_tenant_sql(databases, "acme", snapshots, since, [day2], 10).rows == whole
+    with pytest.raises(Unavailable):  # no window: both days, over the cap, from the Parquet files
+        run_tenant_sql(databases, "acme", snapshots, since.replace("time >= ?", "time IS NOT NULL"), [], 10)
