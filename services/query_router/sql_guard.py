@@ -110,16 +110,19 @@ def _parser() -> duckdb.DuckDBPyConnection:
 class CheckedSql:
     """User SQL that passed check_user_sql: the text, its parsed statement, the allowed tables
     it reads (lower-case), so a caller can provide only those; then, for a caller that reads the
-    query's shape (sql_narrow), the outermost query node of json_serialize_sql's tree (shared by every
-    caller of the same text: read it, never change it), each reference to an allowed table in the
-    order met, and whether any query of it defines a CTE."""
+    query's shape (sql_narrow): each reference to an allowed table in the order met, each SELECT
+    that reads one directly in its FROM (the table and the SELECT's node of json_serialize_sql's
+    tree, shared by every caller of the same text: read it, never change it), the names of the
+    CTEs it defines, and the names its FROMs give their tables and subqueries (aliases, else table
+    names; lower-case)."""
 
     sql: str
     statement: duckdb.Statement
     tables: frozenset[str]
-    node: dict[str, Any]
     reads: tuple[str, ...]
-    defines_cte: bool
+    selecting: tuple[tuple[str, dict[str, Any]], ...]
+    cte_names: frozenset[str]
+    from_names: frozenset[str]
 
 
 def check_user_sql(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
@@ -245,16 +248,23 @@ def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
             raise InvalidArgument(str(tree.get("error_message", "the query could not be parsed")), "sql")
         if len(tree["statements"]) != 1:
             raise InvalidArgument("multiple statements are not allowed", "sql")
-        node = tree["statements"][0]["node"]
         check = _TreeCheck(allowed_tables)
-        check.query_node(node, frozenset())
+        check.query_node(tree["statements"][0]["node"], frozenset())
     except RecursionError:
         # Python's json and the walk below recurse once per level; a few hundred chained operators
         # (1+1+1+...) are enough to exhaust the interpreter's limit.
         raise InvalidArgument(
             "the query is nested too deeply to check; split long expressions, e.g. with a CTE", "sql"
         ) from None
-    return CheckedSql(sql, statement, frozenset(check.used), node, tuple(check.reads), check.defines_cte)
+    return CheckedSql(
+        sql,
+        statement,
+        frozenset(check.used),
+        tuple(check.reads),
+        tuple(check.selecting),
+        frozenset(check.cte_names),
+        frozenset(check.from_names),
+    )
 
 
 class _TreeCheck:
@@ -269,7 +279,9 @@ class _TreeCheck:
         self.allowed = frozenset(name.lower() for name in allowed_tables)
         self.used: set[str] = set()  # the allowed tables the query reads
         self.reads: list[str] = []  # each reference to one of them
-        self.defines_cte = False
+        self.selecting: list[tuple[str, dict[str, Any]]] = []  # SELECTs reading one directly
+        self.cte_names: set[str] = set()
+        self.from_names: set[str] = set()
         names = ", ".join(sorted(self.allowed))
         self.choices = f"use one of: {names}" if names else "no tables are available"
 
@@ -300,7 +312,6 @@ class _TreeCheck:
                 f"only a single SELECT statement is allowed; got {verb} inside the query", "sql"
             )
         visible = ctes
-        self.defines_cte = self.defines_cte or bool((node.get("cte_map") or {}).get("map"))
         # DuckDB binds a CTE body with only the CTEs defined before it in view: a forward reference or a
         # non-recursive self-reference reaches the real table of that name, never the CTE (measured on
         # 2.0.1). So each body is checked with the earlier names only.
@@ -308,6 +319,12 @@ class _TreeCheck:
             name = str(entry["key"]).lower()
             self._cte(entry["value"], visible, name)
             visible = visible | {name}
+            self.cte_names.add(name)
+        source = node.get("from_table") or {}
+        if kind == "SELECT_NODE" and source.get("type") == "BASE_TABLE":
+            table = str(source.get("table_name", "")).lower()
+            if table in self.allowed and table not in visible:
+                self.selecting.append((table, node))
         for key, value in node.items():
             if key == "cte_map":
                 continue
@@ -333,6 +350,9 @@ class _TreeCheck:
 
     def _table_ref(self, node: dict[str, Any], ctes: frozenset[str]) -> None:
         kind = node["type"]
+        name = node.get("alias") or node.get("table_name")
+        if name:
+            self.from_names.add(str(name).lower())
         if kind == "BASE_TABLE":
             self._base_table(node, ctes)
         elif kind == "TABLE_FUNCTION":

@@ -9,8 +9,8 @@ label values and [start, end) the rows must have; sql_views then gives the view 
 those series in that window, read from the segments' points maps by their series index (the rows of
 a series are one run there) and from the hot tier, and DuckDB runs the query as written over them.
 
-Only what is certain narrows: conjuncts at the top of the outermost WHERE (a row failing one of them
-is dropped by the WHERE whatever else the query does), each an equality or IN list of `datasource`,
+Only what is certain narrows: conjuncts at the top of that SELECT's WHERE (a row failing one of
+them is dropped by the WHERE whatever else the query does), each an equality or IN list of `datasource`,
 `metric` or a label (`labels['k']`, `labels.k`) against string constants or string parameters, or
 a comparison of `ts` with an integer constant or an integral parameter (optionally CAST). A
 comparison of `ts` or `time` with any other expression without columns (`now() - INTERVAL 1
@@ -18,8 +18,10 @@ HOUR`, `epoch_ms(?::TIMESTAMP)`) is kept pending and evaluated by `settle` in th
 query then runs in, so that now() is one instant for both; a `time` bound is widened by
 TIME_MARGIN_MS. Anything else (OR, NOT, BETWEEN, functions of columns, other columns) narrows
 nothing and is left to DuckDB with the rest. The narrowed view holds a superset of the rows the WHERE keeps, so the answer is the
-same. No narrowing at all (None) unless `metrics` is read exactly once, as the FROM of the outermost
-SELECT (no CTE, join, sample, PIVOT or column aliases), and something narrows the series.
+same. No narrowing at all (None) unless `metrics` is read exactly once, directly as the FROM of
+a SELECT (the outermost one, or one in a CTE, a subquery or a UNION: only that SELECT sees the
+view's rows, and its WHERE drops those outside the narrowing; not through a join, a sample, PIVOT
+or column aliases, nor when a CTE is named `metrics`), and something narrows the series.
 """
 
 from __future__ import annotations
@@ -85,27 +87,25 @@ class Narrowing:
 
 
 def narrowing(checked: CheckedSql, params: Sequence[object]) -> Narrowing | None:
-    """The narrowing the outermost SELECT of `checked` says of `metrics`, or None when it says
-    nothing of the series or cannot be trusted (see the module docstring)."""
-    node = checked.node
-    source = node.get("from_table") or {}
+    """The narrowing the one SELECT of `checked` that reads `metrics` says of it, or None when it
+    says nothing of the series or cannot be trusted (see the module docstring)."""
+    selects = [node for table, node in checked.selecting if table == "metrics"]
+    if checked.reads.count("metrics") != 1 or "metrics" in checked.cte_names or len(selects) != 1:
+        return None
+    if "labels" in checked.from_names:
+        return None  # `labels.x` might then name a column of that table, not a label
+    node = selects[0]
+    source = node["from_table"]
     if (
-        node.get("type") != "SELECT_NODE"
-        or source.get("type") != "BASE_TABLE"
-        or str(source.get("table_name", "")).lower() != "metrics"
-        or source.get("schema_name")
+        source.get("schema_name")
         or source.get("catalog_name")
         or source.get("sample")
         or source.get("at_clause")
         or source.get("column_name_alias")
         or node.get("sample")
-        or checked.reads.count("metrics") != 1
-        or checked.defines_cte
     ):
         return None
     alias = str(source.get("alias") or "metrics").lower()
-    if alias == "labels":
-        return None  # `labels.x` would then name a column, not a label
     found = _Found()
     for conjunct in _conjuncts(node.get("where_clause")):
         found.add(conjunct, alias, params)
