@@ -728,6 +728,15 @@ class MappedReader:
                 parts[f.read].append((ids, *(mapped.take(i, rows) for i in r.wanted)))
         return [r.partials(p) for r, p in zip(reads, parts, strict=True)]
 
+    def points_of(self, paths: list[Path], series_ids: np.ndarray) -> int:
+        """How many rows the sorted `series_ids` have in the maps `paths`, all times together: the
+        lengths of their runs, from the series indexes alone (a binary search a series and file)."""
+        total = 0
+        for path in paths:
+            _, lo, hi = self._file(path).locate(series_ids)
+            total += int((hi - lo).sum())
+        return total
+
     def series_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(series ids, points of each) of a points map: its series index, nothing read beyond it."""
         mapped = self._file(path)

@@ -70,7 +70,7 @@ DuckDB streams under its memory limit."""
 WHOLE_VIEWS = "SQL runs in one DuckDB pass over the tenant's views"
 NARROWED_VIEWS = (
     "SQL runs in one DuckDB pass over the tenant's views; `metrics` holds only the points of the "
-    "series its WHERE names, in its ts range, read from the points maps and the hot tier"
+    "series its WHERE names, in the time it bounds, read from the points maps and the hot tier"
 )
 """The plan reasons of an answer (and of Explain) with and without a narrowed `metrics` view."""
 POINTS_SCHEMA = pa.schema([("series_id", pa.uint64()), ("ts", pa.int64()), ("value", pa.float64())])
@@ -333,14 +333,8 @@ def _narrowed(
     sids = np.sort(arrowbuf.numpy(series["series_id"]))
     segments = [s for s in snap.segments if s.max_ts >= narrow.start and s.min_ts < narrow.end]
     mapped = [s for s in segments if s.mapped]
-    if len(sids) and mapped:
-        points = 0
-        for s in mapped:
-            ids, counts = maps.series_points(s.map_path)
-            at = np.minimum(np.searchsorted(ids, sids), len(ids) - 1)
-            points += int(counts[at[ids[at] == sids]].sum()) if len(ids) else 0
-        if points > NARROW_MAX_POINTS:
-            return None
+    if len(sids) and mapped and maps.points_of([s.map_path for s in mapped], sids) > NARROW_MAX_POINTS:
+        return None
     parts = []
     if len(sids) and mapped:
         # Clipped to the segments' span: a map stores times as offsets from its first.

@@ -206,3 +206,12 @@ def test_a_file_seen_wholly_in_memory_is_not_looked_at_again_by_reads(tmp_path):
     seen.prefetch(1, lo[:4], hi[:4])
     seen.prefetch(0, lo, hi)
     assert advice.ranges == []
+
+
+def test_points_of_counts_the_rows_of_the_series_asked_for_from_the_index(tmp_path):
+    _map_of_1000_series(tmp_path, 3)  # ids 0..999, three rows each
+    reader = rollups_module.MappedReader()
+    path = tmp_path / "m.arrow"
+    assert reader.points_of([path], np.array([0, 7, 5000], dtype=np.uint64)) == 6  # 5000: not there
+    assert reader.points_of([path, path], np.arange(1000, dtype=np.uint64)) == 6000
+    assert reader.points_of([], np.array([1], dtype=np.uint64)) == 0
