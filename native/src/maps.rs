@@ -77,7 +77,8 @@ fn search_runs(sorted: &Bound<'_, PyAny>, lo: PyBuffer<i64>, hi: PyBuffer<i64>, 
 /// found by binary search within the windows the caller narrowed the run to (row 2j of `left` and
 /// `right`, shape (keys, runs), for the start; 2j + 1 for the end). Returns the bytes of a and b
 /// (int64, span-major), of every row of every range in that order (int64) and of each row's series
-/// id (uint64, `ids[i]` for run i): what numpy did in a dozen calls per span.
+/// id (uint64, `ids[i]` for run i), in the machine's own byte order: what numpy did in a dozen
+/// calls per span.
 fn rows_in_spans<T: Copy + Into<i64>>(
     sorted: &[T],
     left: &[i64],
@@ -104,8 +105,19 @@ fn rows_in_spans<T: Copy + Into<i64>>(
     Ok((a_out, b_out, rows, row_ids))
 }
 
-fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
-    values.iter().flat_map(|&v| to(v)).collect()
+/// Integer types whose every byte is initialised, so their memory can be copied out as bytes.
+trait Plain: Copy {}
+impl Plain for i64 {}
+impl Plain for u64 {}
+
+/// `values` as one bytes object in the machine's own layout (numpy reads it back with the native
+/// int64 or uint64 dtype): a single copy, where building the bytes value by value cost about as
+/// much as the search on a read of a million rows.
+fn bytes_of<'py, T: Plain>(py: Python<'py>, values: &[T]) -> Bound<'py, PyBytes> {
+    // SAFETY: T is i64 or u64 (Plain): no padding, every byte initialised; the slice covers
+    // exactly the values' memory and lives as long as `values`.
+    let raw = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) };
+    PyBytes::new(py, raw)
 }
 
 /// `rows_in_spans` over a uint32 or int64 `sorted` (the stored ts column), as four bytes objects.
@@ -136,13 +148,7 @@ fn span_rows<'py>(
     } else {
         return Err(PyTypeError::new_err("sorted must be a uint32 or int64 array"));
     };
-    let out = [
-        le_bytes(&a, i64::to_le_bytes),
-        le_bytes(&b, i64::to_le_bytes),
-        le_bytes(&rows, i64::to_le_bytes),
-        le_bytes(&row_ids, u64::to_le_bytes),
-    ];
-    PyTuple::new(py, out.iter().map(|v| PyBytes::new(py, v)))
+    PyTuple::new(py, [bytes_of(py, &a), bytes_of(py, &b), bytes_of(py, &rows), bytes_of(py, &row_ids)])
 }
 
 /// For the sorted `wanted` series ids, those a file holds: their positions in its sorted, distinct
@@ -191,8 +197,7 @@ fn find_runs<'py>(
     } else {
         return Err(PyTypeError::new_err("ends must be an int32 or int64 array"));
     };
-    let out = [le_bytes(&at, i64::to_le_bytes), le_bytes(&lo, i64::to_le_bytes), le_bytes(&hi, i64::to_le_bytes)];
-    PyTuple::new(py, out.iter().map(|v| PyBytes::new(py, v)))
+    PyTuple::new(py, [bytes_of(py, &at), bytes_of(py, &lo), bytes_of(py, &hi)])
 }
 
 /// Ranges whose pages are at most this many apart are looked at with one mincore: a system call
