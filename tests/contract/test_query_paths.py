@@ -488,6 +488,11 @@ async def test_sql_reads_hot_and_flushed_points_and_binds_params_as_values(world
     )
     assert explained.plan.reason.startswith(NARROWED_VIEWS)
     assert counted.metadata.plan.reason == WHOLE_VIEWS
+    # Explain checks the statement as Query does: a refused one is refused naming `sql`.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await world.query.Explain(query_service_pb2.ExplainRequest(query=sql("DROP VIEW metrics")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("sql: "), err.value.details()
     # Spliced into the text, this value would match every row; bound, it matches none.
     injected = await world.query.Query(sql(by_service, DATASOURCE, "x' OR '1'='1"))
     assert injected.rows[0].values[0].number_value == 0
