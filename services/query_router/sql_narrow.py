@@ -12,12 +12,12 @@ a series are one run there) and from the hot tier, and DuckDB runs the query as 
 Only what is certain narrows: conjuncts at the top of that SELECT's WHERE (a row failing one of
 them is dropped by the WHERE whatever else the query does), each an equality or IN list of `datasource`,
 `metric` or a label (`labels['k']`, `labels.k`) against string constants or string parameters, or
-a comparison of `ts` with an integer constant or an integral parameter (optionally CAST). A
-comparison of `ts` or `time` with any other expression without columns (`now() - INTERVAL 1
+a comparison of `ts` with an integer constant or an integral parameter (optionally CAST), or a
+BETWEEN (its two comparisons). A comparison of `ts` or `time` with any other expression without columns (`now() - INTERVAL 1
 HOUR`, `epoch_ms(?::TIMESTAMP)`) is kept pending and evaluated by `settle` in the transaction the
 query then runs in, so that now() is one instant for both; a `time` bound is widened by
-TIME_MARGIN_MS. Anything else (OR, NOT, BETWEEN, functions of columns, other columns) narrows
-nothing and is left to DuckDB with the rest. The narrowed view holds a superset of the rows the WHERE keeps, so the answer is the
+TIME_MARGIN_MS. Anything else (OR, NOT, functions of columns, other columns) narrows nothing and
+is left to DuckDB with the rest. The narrowed view holds a superset of the rows the WHERE keeps, so the answer is the
 same. No narrowing at all (None) unless `metrics` is read exactly once, directly as the FROM of
 a SELECT (the outermost one, or one in a CTE, a subquery or a UNION: only that SELECT sees the
 view's rows, and its WHERE drops those outside the narrowing; not through a join, a sample, PIVOT
@@ -142,14 +142,17 @@ class _Found:
             if column is None:
                 return
             if column in (("ts",), ("time",)):
-                # An integer bounds ts at once; any other expression without columns later.
-                exact = column == ("ts",) and self._time(kind, right, params)
-                if not exact and right is not None and _constant(right):
-                    self.pending.append((column[0], kind, json.dumps(right)))
+                self._bound(column[0], kind, right, params)
             elif kind == "COMPARE_EQUAL":
                 value = _string(right, params)
                 if value is not None:
                     self._values(column, frozenset({value}))
+        elif kind == "COMPARE_BETWEEN" and conjunct.get("class") == "BETWEEN":
+            # x BETWEEN a AND b is x >= a AND x <= b (Grafana's $__timeFilter writes it).
+            column = _column(conjunct.get("input"), alias)
+            if column in (("ts",), ("time",)):
+                self._bound(column[0], "COMPARE_GREATERTHANOREQUALTO", conjunct.get("lower"), params)
+                self._bound(column[0], "COMPARE_LESSTHANOREQUALTO", conjunct.get("upper"), params)
         elif kind == "COMPARE_IN" and conjunct.get("class") == "OPERATOR":
             children = conjunct.get("children") or []
             column = _column(children[0], alias) if children else None
@@ -165,6 +168,13 @@ class _Found:
         elif column[0] == "labels":
             key = column[1]
             self.labels[key] = self.labels[key] & values if key in self.labels else values
+
+    def _bound(self, column: str, kind: str, value: dict[str, Any] | None, params: Sequence[object]) -> None:
+        """`column` ("ts" or "time") <kind> `value`: an integer bounds ts at once, any other
+        expression without columns is kept for `settle`."""
+        exact = column == "ts" and self._time(kind, value, params)
+        if not exact and value is not None and _constant(value):
+            self.pending.append((column, kind, json.dumps(value)))
 
     def _time(self, kind: str, value: dict[str, Any] | None, params: Sequence[object]) -> bool:
         """Narrow the window by `ts <kind> value` when value is an integer; False when it is not."""

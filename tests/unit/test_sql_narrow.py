@@ -173,8 +173,12 @@ def test_settled_bounds_hold_every_row_the_comparison_keeps():
     assert (n.start, n.end, n.pending) == (ms - TIME_MARGIN_MS, INT64_MAX, ())
     n, _ = _settled("ts < CAST($1 AS DOUBLE) + 0.5 AND ts >= $1 - 10", [1000.0])
     assert (n.start, n.end) == (990, 1002)  # ts < 1000.5: up to 1000; the bounds are whole ms around
-    between = _narrowing("SELECT * FROM metrics WHERE metric = 'm' AND time BETWEEN ? AND ?", ["a", "b"])
-    assert between is not None and between.pending == ()  # not a comparison: left to DuckDB
+    n, _ = _settled("time BETWEEN ? AND ?", ["2026-09-22", "2026-09-23"])  # as Grafana's $__timeFilter
+    assert (n.start, n.end) == (ms - TIME_MARGIN_MS, ms + 2 * TIME_MARGIN_MS + 1)
+    n, _ = _settled("ts BETWEEN 5 AND CAST(? AS DOUBLE)", [9.5])
+    assert (n.start, n.end) == (5, 11)
+    negated = _narrowing("SELECT * FROM metrics WHERE metric = 'm' AND ts NOT BETWEEN 5 AND 9")
+    assert negated is not None and (negated.start, negated.end, negated.pending) == (INT64_MIN, INT64_MAX, ())
 
 
 def test_now_is_the_instant_of_the_transaction_the_statement_runs_in():
@@ -253,6 +257,11 @@ QUERIES = [
         ["2026-09-23 12:00:00"],
     ),
     (
+        "SELECT labels.host, count(*), min(ts), max(ts) FROM metrics WHERE metric = 'cpu' "
+        "AND ts BETWEEN 1790000000000 + 60000 AND 1790090000000 GROUP BY 1 ORDER BY 1",
+        [],
+    ),
+    (
         "SELECT datasource, count(*) FROM metrics WHERE labels.pod IS NULL AND metric = 'cpu' GROUP BY 1 ORDER BY 1",
         [],
     ),
@@ -296,7 +305,7 @@ async def test_narrowed_views_answer_as_the_whole_view(store):
         ).narrowed
         for sql, params in QUERIES
     ]
-    assert narrowed == [True] * 15 + [False]  # the last reads `metrics` through a join
+    assert narrowed == [True] * 16 + [False]  # the last reads `metrics` through a join
     # Segments without a points map (written by an earlier release) are read from their Parquet files.
     snapshots = {}
     for ds in store.datasources("acme"):
