@@ -22,6 +22,7 @@ from platformq.analytics.v1 import (
     realtime_service_pb2,
     realtime_service_pb2_grpc,
 )
+from services.query_router.sql_views import NARROWED_VIEWS
 from tests.e2e.conftest import ANALYTICS
 
 SEED_EXAMPLES = [
@@ -377,6 +378,14 @@ def test_sql_explain_and_cache_through_the_gateway(stack, seeded):
     assert status == 200, reply
     assert reply["columns"] == ["service", "n"]
     assert reply["rows"] == [["analytics-service", 30], ["auth-service", 30]]
+    # Its WHERE names a metric and a window: `metrics` held only those points, and the plan says so,
+    # as Explain does before it runs; a refused statement is a 400 from Explain too.
+    assert reply["metadata"]["plan"]["reason"] == NARROWED_VIEWS
+    status, _, plan = http(stack, "POST", "/api/v1/query/explain", json.dumps({"query": body}))
+    assert status == 200 and plan["plan"]["reason"].startswith(NARROWED_VIEWS)
+    refused = {"query": {"sql": "DROP TABLE metrics"}}
+    status, _, plan = http(stack, "POST", "/api/v1/query/explain", json.dumps(refused))
+    assert status == 400 and plan["message"].startswith("sql: "), plan
     status, _, again = http(stack, "POST", "/api/v1/query", json.dumps(body))
     assert (status, again["metadata"]["cache_hit"], again["rows"]) == (200, True, reply["rows"])
 
