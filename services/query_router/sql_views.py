@@ -39,6 +39,7 @@ that answers only metrics queries from rollups and points maps does not load it 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -283,7 +284,9 @@ class _Views:
         if not missing:
             return
         keys = _label_keys(self.live) if self.struct_labels else None
-        every_series, series_of = _series_table(databases, tenant, self.live, keys)
+        # Every series of the tenant, built only for a view that shows them: a narrowed `metrics`
+        # takes its few series' rows from the catalog, and a catalog that grew costs a rebuild.
+        series_tables = functools.cache(lambda: _series_table(databases, tenant, self.live, keys))
         narrowed = None
         if self.narrow is not None and "metrics" in missing and databases.maps is not None:
             narrowed = {
@@ -291,7 +294,7 @@ class _Views:
                 for ds, snap in self.live.items()
             }
             self.read_maps = any(n is not None for n in narrowed.values())
-        _create_views(self.con, self.live, every_series, series_of, frozenset(missing), narrowed)
+        _create_views(self.con, self.live, series_tables, frozenset(missing), narrowed)
         self.built |= missing
 
 
@@ -316,8 +319,8 @@ def _narrowed(
     if narrow.empty or (narrow.datasources is not None and datasource not in narrow.datasources):
         rows = np.zeros(0, dtype=np.int64)
     else:
-        metrics = narrow.metrics if narrow.metrics is not None else catalog.series_per_metric()
-        present = list(catalog.label_values)
+        metrics = narrow.metrics if narrow.metrics is not None else catalog.by_metric
+        present = catalog.label_names()
         matchers: list[tuple[str, str, tuple[str, ...]]] = []
         absent = False
         for key, values in narrow.labels:
@@ -358,18 +361,22 @@ def _narrowed(
     return points_table, series, unmapped
 
 
+def _parquet_source(paths: list[Path]) -> str:
+    files = ", ".join(_quote(str(path)) for path in paths)
+    return f"SELECT series_id, ts, value FROM read_parquet([{files}])"
+
+
 def _create_views(
     con: duckdb.DuckDBPyConnection,
     live: dict[str, Snapshot],
-    every_series: pa.Table,
-    series_of: dict[str, pa.Table],
+    series_tables: Callable[[], tuple[pa.Table, dict[str, pa.Table]]],
     wanted: frozenset[str],
     narrowed: dict[str, tuple[pa.Table, pa.Table, list[Path]] | None] | None = None,
 ) -> None:
     """The TEMP views `wanted` (of VIEWS) over the live snapshots, on the query's cursor; `metrics`
     over each datasource's narrowed sources where `narrowed` gives them (`_narrowed`)."""
     if "series" in wanted:
-        con.register("_series", every_series)
+        con.register("_series", series_tables()[0])
         con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
     if not wanted & {"points", "metrics"}:
         return
@@ -379,38 +386,34 @@ def _create_views(
     for i, (ds, snap) in enumerate(sorted(live.items())):
         sources = []
         if snap.segments:
-            files = ", ".join(_quote(str(s.path)) for s in snap.segments)
-            sources.append(f"SELECT series_id, ts, value FROM read_parquet([{files}])")
+            sources.append(_parquet_source([s.path for s in snap.segments]))
         if snap.hot is not None:
             con.register(f"_hot{i}", snap.hot.table)
             sources.append(f"SELECT series_id, ts, value FROM _hot{i}")
         if not sources:
             continue
-        con.register(f"_series{i}", series_of[ds])
         raw.append(
             f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
         )
         narrow = narrowed.get(ds) if narrowed is not None else None
-        if narrow is not None:
+        if narrow is None:
+            series_name = f"_series{i}"
+            con.register(series_name, series_tables()[1][ds])
+        else:
             points, series, unmapped = narrow
+            series_name = f"_narrow_series{i}"
+            con.register(series_name, series)
             con.register(f"_narrow{i}", points)
-            con.register(f"_narrow_series{i}", series)
             sources = [f"SELECT series_id, ts, value FROM _narrow{i}"]
             if unmapped:
-                files = ", ".join(_quote(str(path)) for path in unmapped)
-                sources.append(f"SELECT series_id, ts, value FROM read_parquet([{files}])")
-            parts.append(
-                f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
-                f"FROM ({' UNION ALL '.join(sources)}) p JOIN _narrow_series{i} s USING (series_id)"
-            )
-            continue
+                sources.append(_parquet_source(unmapped))
         parts.append(
             f"SELECT s.datasource, s.metric, s.labels, p.ts, epoch_ms(p.ts) AS time, p.value "
-            f"FROM ({' UNION ALL '.join(sources)}) p JOIN _series{i} s USING (series_id)"
+            f"FROM ({' UNION ALL '.join(sources)}) p JOIN {series_name} s USING (series_id)"
         )
     if not parts:
         # No datasource has points yet: empty views of the same columns.
-        con.register("_empty_series", every_series)
+        con.register("_empty_series", series_tables()[0])
         parts = [
             "SELECT datasource, metric, labels, NULL::BIGINT AS ts, NULL::TIMESTAMP AS time, "
             "NULL::DOUBLE AS value FROM _empty_series WHERE false"
