@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -47,12 +48,13 @@ _INTEGER_LITERALS = frozenset({"INTEGER", "BIGINT", "HUGEINT", "SMALLINT", "TINY
 _NUMERIC_CASTS = frozenset(
     {"BIGINT", "INT8", "LONG", "INTEGER", "INT", "INT4", "HUGEINT", "DOUBLE", "FLOAT8", "DECIMAL", "NUMERIC"}
 )
-# ts <op> value as the bound it gives: (lower inclusive?, value offset)
-_TS_BOUNDS = {
-    "COMPARE_GREATERTHANOREQUALTO": ("start", 0),
-    "COMPARE_GREATERTHAN": ("start", 1),
-    "COMPARE_LESSTHAN": ("end", 0),
-    "COMPARE_LESSTHANOREQUALTO": ("end", 1),
+# Which ends of the window `column <op> value` bounds: (start, end).
+_SIDES = {
+    "COMPARE_GREATERTHANOREQUALTO": (True, False),
+    "COMPARE_GREATERTHAN": (True, False),
+    "COMPARE_LESSTHAN": (False, True),
+    "COMPARE_LESSTHANOREQUALTO": (False, True),
+    "COMPARE_EQUAL": (True, True),
 }
 # The same comparison with its sides swapped (value <op> ts).
 _FLIPPED = {
@@ -170,26 +172,23 @@ class _Found:
             self.labels[key] = self.labels[key] & values if key in self.labels else values
 
     def _bound(self, column: str, kind: str, value: dict[str, Any] | None, params: Sequence[object]) -> None:
-        """`column` ("ts" or "time") <kind> `value`: an integer bounds ts at once, any other
-        expression without columns is kept for `settle`."""
-        exact = column == "ts" and self._time(kind, value, params)
-        if not exact and value is not None and _constant(value):
+        """`column` ("ts" or "time") <kind> `value`: an integer bounds ts at once (exactly: the
+        first and the past-the-last ts it keeps), any other expression without columns is kept
+        for `settle`."""
+        at = _integer(value, params) if column == "ts" else None
+        if at is not None:
+            first = at + (kind == "COMPARE_GREATERTHAN")
+            past = at + (kind in ("COMPARE_LESSTHANOREQUALTO", "COMPARE_EQUAL"))
+            self.start, self.end = _clip((self.start, self.end), kind, first, past)
+        elif value is not None and _constant(value):
             self.pending.append((column, kind, json.dumps(value)))
 
-    def _time(self, kind: str, value: dict[str, Any] | None, params: Sequence[object]) -> bool:
-        """Narrow the window by `ts <kind> value` when value is an integer; False when it is not."""
-        at = _integer(value, params)
-        if at is None:
-            return False
-        if kind == "COMPARE_EQUAL":
-            self.start, self.end = max(self.start, at), min(self.end, at + 1)
-            return True
-        bound, offset = _TS_BOUNDS[kind]
-        if bound == "start":
-            self.start = max(self.start, at + offset)
-        else:
-            self.end = min(self.end, at + offset)
-        return True
+
+def _clip(window: tuple[int, int], kind: str, first: int, past: int) -> tuple[int, int]:
+    """`window` [start, end) cut to [first, past) on the ends the comparison `kind` bounds."""
+    lower, upper = _SIDES[kind]
+    start, end = window
+    return (max(start, first) if lower else start), (min(end, past) if upper else end)
 
 
 def _conjuncts(where: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -215,14 +214,9 @@ def _column(expression: dict[str, Any] | None, alias: str) -> tuple[str, ...] | 
             return ("labels", names[1])
         return None
     if expression.get("class") == "OPERATOR" and expression.get("type") == "ARRAY_EXTRACT":
-        children = expression.get("children") or []
-        if len(children) == 2 and _column(children[0], alias) is None:
-            base = children[0]
-            names = (
-                [str(n).lower() for n in base.get("column_names") or []]
-                if base.get("class") == "COLUMN_REF"
-                else []
-            )
+        children = expression.get("children") or []  # labels['k']: the column, then the key
+        if len(children) == 2 and children[0].get("class") == "COLUMN_REF":
+            names = [str(n).lower() for n in children[0].get("column_names") or []]
             key = _literal(children[1], "STRING")
             if key is not None and names in (["labels"], [alias, "labels"]):
                 return ("labels", key)
@@ -240,12 +234,17 @@ def _literal(expression: dict[str, Any], kind: str) -> str | None:
 
 def _parameter(expression: dict[str, Any], params: Sequence[object]) -> object:
     """The bound value of a parameter expression (`?` or `$n`), or None."""
-    if expression.get("class") != "PARAMETER":
-        return None
+    index = _parameter_index(expression, params)
+    return None if index is None else params[index]
+
+
+def _parameter_index(expression: dict[str, Any], params: Sequence[object]) -> int | None:
+    """The index in `params` of a parameter expression's value; None for another expression or a
+    number past the parameters given."""
     identifier = str(expression.get("identifier", ""))
-    if not identifier.isdigit() or not 1 <= int(identifier) <= len(params):
+    if expression.get("class") != "PARAMETER" or not identifier.isdigit():
         return None
-    return params[int(identifier) - 1]
+    return int(identifier) - 1 if 1 <= int(identifier) <= len(params) else None
 
 
 def _string(expression: dict[str, Any] | None, params: Sequence[object]) -> str | None:
@@ -308,24 +307,21 @@ def settle(con: duckdb.DuckDBPyConnection, narrow: Narrowing, params: Sequence[o
     import duckdb
 
     con.execute("BEGIN TRANSACTION")
-    start, end = narrow.start, narrow.end
+    window = (narrow.start, narrow.end)
     try:
         for column, kind, expression in narrow.pending:
             value = _evaluate(con, json.loads(expression), column, params)
             if value is None:
                 continue
             margin = TIME_MARGIN_MS if column == "time" else 0
-            bound = "both" if kind == "COMPARE_EQUAL" else _TS_BOUNDS[kind][0]
-            if bound in ("start", "both"):
-                start = max(start, int(value // 1) - margin)
-            if bound in ("end", "both"):
-                end = min(end, int(-(-value // 1)) + 1 + margin)
+            # Whatever the comparison's strictness: the whole ms around the value, and the margin.
+            window = _clip(window, kind, math.floor(value) - margin, math.ceil(value) + 1 + margin)
     except duckdb.Error:
         # The transaction is spoilt by the failed statement: a fresh one, and no bound from these.
         con.execute("ROLLBACK")
         con.execute("BEGIN TRANSACTION")
         return replace(narrow, pending=())
-    return replace(narrow, start=start, end=end, pending=())
+    return replace(narrow, start=window[0], end=window[1], pending=())
 
 
 def _evaluate(
@@ -339,15 +335,15 @@ def _evaluate(
     # Its parameters renumbered $1, $2, ... in order of appearance, bound to their values.
     node = copy.deepcopy(node)
     values: list[object] = []
-    numbers: dict[str, str] = {}
+    numbers: dict[int, str] = {}
     for parameter in _parameters(node):
-        old = str(parameter.get("identifier", ""))
-        if not old.isdigit() or not 1 <= int(old) <= len(params):
+        index = _parameter_index(parameter, params)
+        if index is None:
             return None
-        if old not in numbers:
-            numbers[old] = str(len(numbers) + 1)
-            values.append(params[int(old) - 1])
-        parameter["identifier"] = numbers[old]
+        if index not in numbers:
+            numbers[index] = str(len(numbers) + 1)
+            values.append(params[index])
+        parameter["identifier"] = numbers[index]
     statement = _select_template()
     statement["statements"][0]["node"]["select_list"] = [node]
     # fetchall: a result left unread keeps the cursor busy for the statements after it.
