@@ -259,7 +259,7 @@ def _checked_statement(sql: str, allowed_tables: frozenset[str]) -> CheckedSql:
     return CheckedSql(
         sql,
         statement,
-        frozenset(check.used),
+        frozenset(check.reads),
         tuple(check.reads),
         tuple(check.selecting),
         frozenset(check.cte_names),
@@ -277,8 +277,7 @@ class _TreeCheck:
 
     def __init__(self, allowed_tables: frozenset[str]) -> None:
         self.allowed = frozenset(name.lower() for name in allowed_tables)
-        self.used: set[str] = set()  # the allowed tables the query reads
-        self.reads: list[str] = []  # each reference to one of them
+        self.reads: list[str] = []  # each reference to an allowed table the query reads
         self.selecting: list[tuple[str, dict[str, Any]]] = []  # SELECTs reading one directly
         self.cte_names: set[str] = set()
         self.from_names: set[str] = set()
@@ -379,7 +378,6 @@ class _TreeCheck:
             return
         if table.lower() not in self.allowed:
             raise InvalidArgument(f"table {table!r} is not available; {self.choices}", "sql")
-        self.used.add(table.lower())
         self.reads.append(table.lower())
 
     def _expression(self, node: dict[str, Any]) -> None:
