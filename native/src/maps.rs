@@ -27,6 +27,22 @@ fn elements<'a, T: Element>(buffer: &'a PyBuffer<T>, name: &str) -> PyResult<&'a
     }
 }
 
+/// `$body` with `$s` the elements of `$sorted`, a uint32 or int64 array (a stored ts column or a
+/// time index); a TypeError for any other array.
+macro_rules! with_sorted {
+    ($sorted:expr, $s:ident => $body:expr) => {
+        if let Ok(buffer) = PyBuffer::<u32>::get($sorted) {
+            let $s = elements(&buffer, "sorted")?;
+            $body
+        } else if let Ok(buffer) = PyBuffer::<i64>::get($sorted) {
+            let $s = elements(&buffer, "sorted")?;
+            $body
+        } else {
+            return Err(PyTypeError::new_err("sorted must be a uint32 or int64 array"));
+        }
+    };
+}
+
 /// For each run i, lo[i] plus the number of sorted[lo[i]..hi[i]] below `value` (compared as i64,
 /// so a key past the stored type's range finds the end of every run, or its start).
 fn lower_bounds<T: Copy + Into<i64>>(sorted: &[T], lo: &[i64], hi: &[i64], value: i64) -> PyResult<Vec<i64>> {
@@ -61,13 +77,7 @@ fn search_runs(sorted: &Bound<'_, PyAny>, lo: PyBuffer<i64>, hi: PyBuffer<i64>, 
     if out.readonly() {
         return Err(PyValueError::new_err("out is read-only"));
     }
-    let found = if let Ok(s) = PyBuffer::<u32>::get(sorted) {
-        lower_bounds(elements(&s, "sorted")?, lo_s, hi_s, value)?
-    } else if let Ok(s) = PyBuffer::<i64>::get(sorted) {
-        lower_bounds(elements(&s, "sorted")?, lo_s, hi_s, value)?
-    } else {
-        return Err(PyTypeError::new_err("sorted must be a uint32 or int64 array"));
-    };
+    let found = with_sorted!(sorted, s => lower_bounds(s, lo_s, hi_s, value)?);
     // Written after the search, so an `out` sharing memory with the inputs reads no half answer.
     out.copy_from_slice(sorted.py(), &found)
 }
@@ -141,13 +151,7 @@ fn span_rows<'py>(
             right.len()
         )));
     }
-    let (a, b, rows, row_ids) = if let Ok(s) = PyBuffer::<u32>::get(sorted) {
-        rows_in_spans(elements(&s, "sorted")?, left, right, keys, ids)?
-    } else if let Ok(s) = PyBuffer::<i64>::get(sorted) {
-        rows_in_spans(elements(&s, "sorted")?, left, right, keys, ids)?
-    } else {
-        return Err(PyTypeError::new_err("sorted must be a uint32 or int64 array"));
-    };
+    let (a, b, rows, row_ids) = with_sorted!(sorted, s => rows_in_spans(s, left, right, keys, ids)?);
     PyTuple::new(py, [bytes_of(py, &a), bytes_of(py, &b), bytes_of(py, &rows), bytes_of(py, &row_ids)])
 }
 
