@@ -1,9 +1,9 @@
 //! Kernels of the metrics read path (`libs/storage/rollups.py`, `MappedFile` and `MappedReader`).
 //!
 //! A one-hour query of a few dozen series over a memory-mapped rollup or points map spent most of
-//! its time in numpy calls of a microsecond each on a few dozen values: a binary search per series'
-//! run and per span end, and a residency check of the pages it is about to read. These do the same
-//! loops in one call each. The Python code keeps every decision (which rows, which pages, what to
+//! its time in numpy calls of a microsecond each on a few dozen values: finding its series in a
+//! file's index, a binary search per series' run and per span end, gathering the rows between, and
+//! a residency check of the pages it is about to read. These do the same loops in one call each. The Python code keeps every decision (which rows, which pages, what to
 //! ask the kernel for); these answer the same as the numpy they replace, which
 //! `tests/unit/storage/test_maps_native.py` checks on generated runs.
 

@@ -15,7 +15,8 @@ Only the tenant's own segment files and hot points are wired into the views, and
 may read only the tenant's segment directory, so nothing of another tenant is reachable.
 
 A query whose WHERE narrows `metrics` to some series (sql_narrow: a label's or metric's values,
-and a ts range) gets a `metrics` view of only those series' points in that window: read from the
+and a window from `ts` or `time`; `settle` evaluates expressions such as now() in the transaction
+the statement then runs in) gets a `metrics` view of only those series' points in that window: read from the
 segments' points maps by their series index and picked from the hot tier, at most
 NARROW_MAX_POINTS of them (more: the whole view, as below). DuckDB then runs the query as written
 over them: a day's Parquet file holds one host's series in nearly every row group, a points map in
@@ -249,7 +250,7 @@ def _run(
                 views.con, checked, params, VIEWS, max_rows, hidden_paths=[databases.segments_root]
             )
         ok = True
-        return (*answer, views.read_maps)
+        return (*answer, views.narrowed)
     finally:
         # A cursor whose query failed or was interrupted is not reused, nor one of narrowed views.
         databases.release(tenant, views, reusable=ok and narrow is None)
@@ -268,7 +269,7 @@ class _Views:
     built: set[str] = field(default_factory=set)
     narrow: Narrowing | None = None
     """What the query's WHERE says of `metrics` (sql_narrow), when its view holds only that."""
-    read_maps: bool = False
+    narrowed: bool = False
     """True once the `metrics` view of at least one datasource is narrowed (`narrow`)."""
 
     def matches(self, state: tuple, struct_labels: bool) -> bool:
@@ -287,14 +288,14 @@ class _Views:
         # Every series of the tenant, built only for a view that shows them: a narrowed `metrics`
         # takes its few series' rows from the catalog, and a catalog that grew costs a rebuild.
         series_tables = functools.cache(lambda: _series_table(databases, tenant, self.live, keys))
-        narrowed = None
+        sources = None
         if self.narrow is not None and "metrics" in missing and databases.maps is not None:
-            narrowed = {
-                ds: _narrowed(databases.maps, ds, snap, self.narrow, keys, stop)
+            sources = {
+                ds: _narrowed_sources(databases.maps, ds, snap, self.narrow, keys, stop)
                 for ds, snap in self.live.items()
             }
-            self.read_maps = any(n is not None for n in narrowed.values())
-        _create_views(self.con, self.live, series_tables, frozenset(missing), narrowed)
+            self.narrowed = any(n is not None for n in sources.values())
+        _create_views(self.con, self.live, series_tables, frozenset(missing), sources)
         self.built |= missing
 
 
@@ -303,7 +304,7 @@ def _state(live: dict[str, Snapshot]) -> tuple:
     return tuple((ds, snap.segments, id(snap.hot), len(snap.catalog)) for ds, snap in sorted(live.items()))
 
 
-def _narrowed(
+def _narrowed_sources(
     maps: MappedReader,
     datasource: str,
     snap: Snapshot,
@@ -371,10 +372,11 @@ def _create_views(
     live: dict[str, Snapshot],
     series_tables: Callable[[], tuple[pa.Table, dict[str, pa.Table]]],
     wanted: frozenset[str],
-    narrowed: dict[str, tuple[pa.Table, pa.Table, list[Path]] | None] | None = None,
+    narrowed_sources: dict[str, tuple[pa.Table, pa.Table, list[Path]] | None] | None = None,
 ) -> None:
     """The TEMP views `wanted` (of VIEWS) over the live snapshots, on the query's cursor; `metrics`
-    over each datasource's narrowed sources where `narrowed` gives them (`_narrowed`)."""
+    over each datasource's narrowed sources where `narrowed_sources` gives them
+    (`_narrowed_sources`)."""
     if "series" in wanted:
         con.register("_series", series_tables()[0])
         con.execute("CREATE TEMP VIEW series AS SELECT * FROM _series")
@@ -395,7 +397,7 @@ def _create_views(
         raw.append(
             f"SELECT {_quote(ds)} AS datasource, series_id, ts, value FROM ({' UNION ALL '.join(sources)})"
         )
-        narrow = narrowed.get(ds) if narrowed is not None else None
+        narrow = narrowed_sources.get(ds) if narrowed_sources is not None else None
         if narrow is None:
             series_name = f"_series{i}"
             con.register(series_name, series_tables()[1][ds])
