@@ -315,7 +315,10 @@ INDEX_MEMORY_BYTES = 64 << 20
 indexes (series ids and run ends), newest files first, copied by `keep_open`'s round (never while
 a query waits). A copied index is never reclaimed by the
 kernel, so finding a series in a file touches no page of the file; an index past the budget stays a
-view of the map (files of millions of series)."""
+view of the map (files of millions of series). A segment's points map and rollups hold the same
+series, so their copies share one array of series ids (12 bytes a series for the first file, 4 for
+each other), and the map's own pages of a copied index are let go from the process (they stay in
+the page cache): an index is resident once, not twice."""
 
 
 @dataclass(frozen=True)
@@ -424,9 +427,33 @@ class MappedFile:
         """The size of the series index (series ids and run ends)."""
         return int(self.series.nbytes + self.ends.nbytes)
 
-    def with_index_copied(self) -> MappedFile:
-        """The same file with its series index copied into the process's memory."""
-        return replace(self, series=self.series.copy(), ends=self.ends.copy(), index_copied=True)
+    def with_index_copied(self, series: np.ndarray | None = None) -> MappedFile:
+        """The same file with its series index in the process's memory: its series ids are `series`
+        when given (an equal array another open file already holds), else a copy. The map's pages
+        of the index are then let go from the process (MADV_DONTNEED, which for a read-only map of
+        a file only unmaps them: the page cache keeps them, and a later touch maps them again), so
+        the copy does not leave the index resident twice."""
+        copied = replace(
+            self,
+            series=self.series.copy() if series is None else series,
+            ends=self.ends.copy(),
+            index_copied=True,
+        )
+        for view in (self.series, self.ends):
+            self._let_go(view)
+        return copied
+
+    def _let_go(self, view: np.ndarray) -> None:
+        """Unmap from the process the whole pages of the map that `view` (a view of it) lies on."""
+        if self.mm is None:
+            return
+        at = view.ctypes.data - self.base
+        if at < 0 or at + view.nbytes > len(self.mm):  # not a view of this map
+            return
+        start = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours keep theirs
+        end = (at + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            self.mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def locate(self, series_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of the sorted uint64 `series_ids`, those the file holds: their positions in `series` and
@@ -584,14 +611,19 @@ class MappedReader:
         self.max_open = max_open
         self.index_budget = index_budget
         self._open: OrderedDict[Path, MappedFile] = OrderedDict()
-        self._copied: dict[Path, int] = {}  # open files whose index this reader copied: its bytes
+        # Open files whose index this reader copied: its (series ids, run ends), the ids maybe shared.
+        self._copied: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     @property
     def index_bytes(self) -> int:
         """The process memory the open files' copied series indexes take."""
         with self._lock:
-            return sum(self._copied.values())
+            return self._copied_bytes()
+
+    def _copied_bytes(self) -> int:
+        """`index_bytes`, with the lock held: an array shared by several files counts once."""
+        return sum({id(a): a.nbytes for arrays in self._copied.values() for a in arrays}.values())
 
     def _file(self, path: Path) -> MappedFile:
         with self._lock:
@@ -608,17 +640,23 @@ class MappedReader:
 
     def _copy_index(self, path: Path, mapped: MappedFile) -> MappedFile:
         """Copy the open `path`'s series index into memory when the budget allows (in keep_open's
-        round only: a million series' index is 12 MB to copy, which no query should wait for)."""
+        round only: a million series' index is 12 MB to copy, which no query should wait for).
+        The series ids of a copied file of the same name (a segment's points map and rollups are
+        named alike) are shared when equal."""
         with self._lock:
-            room = self.index_budget - sum(self._copied.values())
-            if mapped.index_copied or self._open.get(path) is not mapped or mapped.index_nbytes > room:
+            if mapped.index_copied or self._open.get(path) is not mapped:
                 return mapped
-        copied = mapped.with_index_copied()
+            room = self.index_budget - self._copied_bytes()
+            kin = [ids for p, (ids, _) in self._copied.items() if p.name == path.name]
+        shared = next((ids for ids in kin if np.array_equal(ids, mapped.series)), None)
+        if mapped.ends.nbytes + (mapped.series.nbytes if shared is None else 0) > room:
+            return mapped
+        copied = mapped.with_index_copied(shared)
         with self._lock:
             if self._open.get(path) is not mapped:  # closed or replaced meanwhile
                 return mapped
             self._open[path] = copied
-            self._copied[path] = copied.index_nbytes
+            self._copied[path] = (copied.series, copied.ends)
         return copied
 
     def _forget(self, path: Path) -> None:
