@@ -203,7 +203,8 @@ class Settings(BaseSettings):
     """HOT_MAX_POINTS: the hot tier's memory bound in points (24 bytes each); ingest waits above it."""
 
     hot_flush_points: int = Field(default=2_000_000, gt=0)
-    """HOT_FLUSH_POINTS: hot points that trigger a flush into Parquet segments."""
+    """HOT_FLUSH_POINTS: hot points that trigger a flush into Parquet segments, and the most one
+    flush round writes (a backlog goes in several rounds: a write's memory stays bounded)."""
 
     hot_flush_seconds: float = Field(default=30.0, gt=0)
     """HOT_FLUSH_SECONDS: the longest a point stays only in the hot tier (and the WAL)."""

@@ -268,6 +268,23 @@ class HotTier:
         self.partitions.setdefault(key, HotPartition()).add(chunk)
         self.points += len(chunk)
 
+    def lsn_holding(self, lsn: int, max_points: int) -> int:
+        """The greatest LSN at most `lsn` whose chunks (those with an LSN at most it, in every
+        partition) hold at most `max_points` points, or the first chunk's LSN when that one alone
+        holds more; `lsn` when no chunk is at most it."""
+        sizes = sorted(
+            (c.lsn, len(c)) for part in self.partitions.values() for c in part.chunks if c.lsn <= lsn
+        )
+        if not sizes:
+            return lsn
+        total, through = 0, sizes[0][0]
+        for at, points in sizes:
+            total += points
+            if total > max_points and at != sizes[0][0]:
+                return through
+            through = at
+        return lsn
+
     def chunks_through(self, lsn: int) -> dict[PartitionKey, list[Chunk]]:
         """The chunks with an LSN at most `lsn`, per partition (they stay until `remove`)."""
         return {

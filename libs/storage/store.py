@@ -494,17 +494,22 @@ class MetricStore:
                 oldest = self.hot.oldest_arrival()
                 due = oldest is not None and time.monotonic() - oldest >= self.config.hot_flush_seconds
                 if self.hot.points >= self.config.hot_flush_points or due:
-                    await self.flush()
+                    await self.flush(max_points=self.config.hot_flush_points)
                 await self.compact()
                 self.apply_retention()
                 self.segments.delete_doomed(grace_s=60)
             except OSError:
                 log.exception("background storage work failed; retrying")
 
-    async def flush(self) -> int:
-        """Write every hot chunk up to the contiguous acknowledged LSN into segments."""
+    async def flush(self, max_points: int | None = None) -> int:
+        """Write every hot chunk up to the contiguous acknowledged LSN into segments; with
+        `max_points`, only the oldest chunks holding at most that many points (at least one), so
+        the memory a write takes (about 150 bytes a point while it sorts and encodes) stays bounded
+        when ingest outruns the flusher: the background loop writes the rest in the next rounds."""
         async with self._flush_lock:
             through = self._contiguous
+            if max_points is not None:
+                through = self.hot.lsn_holding(through, max_points)
             taken = self.hot.chunks_through(through)
             # Series ids only: their keys are built from the catalog's columns in the worker thread.
             unsaved = {

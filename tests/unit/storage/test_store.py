@@ -420,6 +420,56 @@ async def test_ingest_over_the_hot_bound_proceeds_once_the_flusher_frees_room(tm
     await store.close()
 
 
+async def test_a_bounded_flush_writes_the_oldest_batches_and_keeps_every_point_visible(tmp_path):
+    # Found with benchmarks.churn at 1,000,000 series: when ingest outran the flusher, one flush
+    # took everything that had piled up (4.25 M points), and its sort and encoding buffers (about
+    # 150 bytes a point) took the process to 990 MiB. The background loop now writes at most
+    # HOT_FLUSH_POINTS a round, oldest batches first.
+    store = _opened(tmp_path)
+    batches = [[_series("cpu", CPU_A, list(range(T0 + 1_000 * b, T0 + 1_000 * b + 100)))] for b in range(5)]
+    batches.append([_series("cpu", CPU_B, list(range(T0, T0 + 400)))])  # one batch over the bound alone
+    lsns = []
+    for batch in batches:
+        await store.ingest("default", "ds", batch)
+        lsns.append(store.wal.last_lsn)
+
+    assert await store.flush(max_points=250) == 200  # the third batch would pass 250
+    assert store.hot.points == 3 * 100 + 400
+    assert _manifest(tmp_path)["flushed_through"] == lsns[1]
+    assert _stored(store) == _expected(*batches)  # each point in a segment or in the hot tier, once
+    assert await store.flush(max_points=250) == 200
+    assert await store.flush(max_points=250) == 100  # the next batch alone passes the bound
+    assert await store.flush(max_points=250) == 400  # a batch over it goes whole
+    assert store.hot.points == 0 and _manifest(tmp_path)["flushed_through"] == lsns[-1]
+    assert _stored(store) == _expected(*batches)
+    await store.close()
+
+    reopened = _opened(tmp_path)  # nothing replayed twice, nothing lost
+    assert reopened.hot.points == 0 and _stored(reopened) == _expected(*batches)
+    await reopened.close()
+
+
+async def test_the_flusher_writes_a_backlog_in_rounds_of_at_most_hot_flush_points(tmp_path):
+    store = _opened(tmp_path, hot_flush_points=150)
+    recent = int(time.time() * 1000) - HOUR_MS  # the flusher also applies retention by the real clock
+    batches = [
+        [_series("cpu", CPU_A, list(range(recent + 1_000 * b, recent + 1_000 * b + 100)))] for b in range(4)
+    ]
+    for batch in batches:
+        await store.ingest("default", "ds", batch)
+
+    await store.start()
+    deadline = time.monotonic() + 20
+    while store.hot.points >= 150 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+    # 400 points over the trigger: rounds of 100 (a second batch would pass 150) until under it.
+    assert store.stats["flushes"] == 3 and store.hot.points == 100
+    assert len(_parquet_files(tmp_path)) == 3
+    assert _stored(store) == _expected(*batches)
+    await store.close()
+
+
 # ---- tenants and datasources --------------------------------------------------------------
 
 
