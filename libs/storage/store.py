@@ -504,7 +504,7 @@ class MetricStore:
     async def flush(self, max_points: int | None = None) -> int:
         """Write every hot chunk up to the contiguous acknowledged LSN into segments; with
         `max_points`, only the oldest chunks holding at most that many points (at least one), so
-        the memory a write takes (about 150 bytes a point while it sorts and encodes) stays bounded
+        the memory a write takes (about 100 bytes a point while it sorts and encodes) stays bounded
         when ingest outruns the flusher: the background loop writes the rest in the next rounds."""
         async with self._flush_lock:
             through = self._contiguous
