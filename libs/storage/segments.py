@@ -27,7 +27,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -56,6 +56,11 @@ ROW_GROUP_ROWS = 65_536
 BLOCK_MS = 3_600_000  # points files are sorted by (hour, series, ts)
 
 
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays end to end (the one array itself when there is one: no copy)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
 def _by_partition(
     series_ids: np.ndarray, ts: np.ndarray, values: np.ndarray, width: int, offset: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
@@ -75,7 +80,8 @@ def _by_partition(
 
 
 class Points(NamedTuple):
-    """Points as columns: series ids, timestamps, values (a segment's order: by series, then time)."""
+    """Points as columns: series ids, timestamps, values (a segment's order, by series then time,
+    or a batch's as it arrived)."""
 
     series_ids: np.ndarray
     ts: np.ndarray
@@ -249,11 +255,24 @@ class SegmentStore:
     ) -> list[Segment]:
         """Write points as one sorted file per day (or per Monday-to-Sunday week); returns the new
         segments (not yet in the manifest)."""
+        return self.write_batches(tenant, datasource, [Points(series_ids, ts, values)], weekly)
+
+    def write_batches(
+        self, tenant: str, datasource: str, batches: Sequence[Points], weekly: bool = False
+    ) -> list[Segment]:
+        """`write_points` of the points of `batches` taken in order (a flush's hot chunks). Each
+        column is joined, cut to the points that are kept and sorted, and its joined copy dropped
+        at once, so a flush does not hold its points twice beside the write's own copies."""
         # Writes are idempotent per series and timestamp: of several points with the same key, the
         # last to arrive wins (flush order is arrival order; compaction merges older files first).
+        series_ids, ts = (_joined([b[i] for b in batches]) for i in (0, 1))
         keep = last_wins(series_ids, ts)
-        series_ids, ts, values = series_ids[keep], ts[keep], values[keep]
-        del keep  # a write holds about 100 bytes a point at its peak: nothing kept longer than needed
+        # One column at a time, each old array dropped as its name is rebound: a write holds about
+        # 100 bytes a point at its peak, so nothing is kept longer than it is needed.
+        series_ids = series_ids[keep]
+        ts = ts[keep]
+        values = _joined([b.values for b in batches])[keep]
+        del keep
         width, offset, kind = (WEEK_MS, WEEK_OFFSET_MS, "week") if weekly else (DAY_MS, 0, "day")
         written = []
         for part, part_ids, part_ts, part_values in _by_partition(series_ids, ts, values, width, offset):

@@ -549,11 +549,7 @@ class MetricStore:
     ) -> tuple[list[Segment], dict[PartitionKey, Path]]:
         added: list[Segment] = []
         for (tenant, datasource), chunks in taken.items():
-            added += self.segments.write_points(
-                tenant,
-                datasource,
-                *(np.concatenate(cols) for cols in zip(*(c.columns() for c in chunks), strict=True)),
-            )
+            added += self.segments.write_batches(tenant, datasource, [Points(*c.columns()) for c in chunks])
         # The catalog only appends rows, so reading the rows of known ids here, off the event loop,
         # is safe while ingest adds more series.
         series_files = {
