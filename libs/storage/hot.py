@@ -275,12 +275,10 @@ class HotTier:
         sizes = sorted(
             (c.lsn, len(c)) for part in self.partitions.values() for c in part.chunks if c.lsn <= lsn
         )
-        if not sizes:
-            return lsn
-        total, through = 0, sizes[0][0]
+        total, through = 0, None
         for at, points in sizes:
             total += points
-            if total > max_points and at != sizes[0][0]:
+            if total > max_points and through is not None:
                 return through
             through = at
         return lsn

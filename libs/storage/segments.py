@@ -265,7 +265,8 @@ class SegmentStore:
         at once, so a flush does not hold its points twice beside the write's own copies."""
         # Writes are idempotent per series and timestamp: of several points with the same key, the
         # last to arrive wins (flush order is arrival order; compaction merges older files first).
-        series_ids, ts = (_joined([b[i] for b in batches]) for i in (0, 1))
+        series_ids = _joined([b.series_ids for b in batches])
+        ts = _joined([b.ts for b in batches])
         keep = last_wins(series_ids, ts)
         # One column at a time, each old array dropped as its name is rebound: a write holds about
         # 100 bytes a point at its peak, so nothing is kept longer than it is needed.

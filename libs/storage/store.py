@@ -2,8 +2,9 @@
 
 Ingest: validated series -> one MetricsBatchEvent -> WAL (group commit, fsync) -> hot tier; the
 call is acknowledged after the WAL append, and the points answer queries at once. A background
-flusher writes hot chunks into Parquet segments (and their 1-minute and 1-hour rollups), commits
-them in the manifest together with the WAL position they cover, then truncates the WAL. Replay on start re-reads exactly the records
+flusher writes hot chunks into Parquet segments (and their 1-minute and 1-hour rollups), oldest
+first and at most HOT_FLUSH_POINTS a round, commits them in the manifest together with the WAL
+position they cover, then truncates the WAL. Replay on start re-reads exactly the records
 after that position, so an acknowledged point is found once, whatever the crash.
 
 One point per (series, timestamp), last write wins, from acknowledgement on: a batch whose points
